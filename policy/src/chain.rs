@@ -1,0 +1,208 @@
+//! The `Policy` seam and the compiled chain.
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::error::ConfigErrors;
+use crate::headers::HeaderList;
+use crate::headers_policy::HeadersPolicy;
+use crate::spec::PoliciesSpec;
+
+/// What a policy sees of a request (after routing, before the upstream is chosen).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'r> {
+    pub method: &'r str,
+    /// Lower-case host without port.
+    pub host: &'r str,
+    /// The canonical path, before `strip_prefix`.
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    pub client_ip: IpAddr,
+    /// The id of the route that matched.
+    pub route_id: &'r str,
+}
+
+/// What a policy sees of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseInfo {
+    pub status: u16,
+}
+
+/// A response produced by a policy (or by the engine for an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A JSON error body `{"error": code, "message": message}`.
+    pub fn json_error(status: u16, code: &str, message: &str) -> Self {
+        let body = format!(
+            "{{\"error\":{},\"message\":{},\"status\":{status}}}",
+            json_string(code),
+            json_string(message)
+        );
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into_bytes(),
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A policy's answer on the request side.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on to the next policy, then the upstream.
+    Continue,
+    /// Answer the client now; later policies and the upstream are skipped.
+    Respond(Reply),
+}
+
+/// One step of the per-request chain. Every hook has a default that does nothing.
+pub trait Policy: Send + Sync + Debug {
+    /// The name used in configuration.
+    fn name(&self) -> &'static str;
+
+    /// Higher runs earlier on the request side and later on the response side. Bands:
+    /// identity 3000, authorization 2500, limits 2000, cache 1500, transforms 1000.
+    fn priority(&self) -> u32;
+
+    /// Runs after routing, before the upstream request is written. `headers` are the
+    /// request headers that will be sent upstream (hop-by-hop fields already removed);
+    /// edits borrow from `self` or from the request. Returns whether to go on.
+    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Runs once the upstream response head is read (or a reply was produced), before it is
+    /// written to the client. `headers` are the response headers that will be sent.
+    fn on_response<'a>(&'a self, _resp: &ResponseInfo, _headers: &mut HeaderList<'a>) {}
+}
+
+/// The compiled policies of one route, ordered by priority.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    policies: Vec<Arc<dyn Policy>>,
+}
+
+impl Chain {
+    pub fn new(mut policies: Vec<Arc<dyn Policy>>) -> Self {
+        // Stable: equal priorities keep the order of the built-in list, never config order.
+        policies.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+        Self { policies }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Runs the request side; the first `Respond` wins.
+    pub fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>) -> Verdict {
+        for p in &self.policies {
+            if let Verdict::Respond(r) = p.on_request(req, headers) {
+                return Verdict::Respond(r);
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Runs the response side, in reverse priority order.
+    pub fn on_response<'a>(&'a self, resp: &ResponseInfo, headers: &mut HeaderList<'a>) {
+        for p in self.policies.iter().rev() {
+            p.on_response(resp, headers);
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.policies.iter().map(|p| p.name())
+    }
+}
+
+/// Compiles a route's policies; `path` is the JSON path of the `policies` object.
+pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Chain {
+    let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
+    if let Some(h) = &spec.headers {
+        if let Some(p) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
+    Chain::new(policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(u32, &'static str, bool);
+    impl Policy for Fixed {
+        fn name(&self) -> &'static str {
+            self.1
+        }
+        fn priority(&self) -> u32 {
+            self.0
+        }
+        fn on_request<'a>(&'a self, _: &RequestInfo<'_>, h: &mut HeaderList<'a>) -> Verdict {
+            h.push("x-seen", self.1.as_bytes());
+            if self.2 {
+                Verdict::Respond(Reply::json_error(403, "denied", self.1))
+            } else {
+                Verdict::Continue
+            }
+        }
+    }
+
+    fn info() -> RequestInfo<'static> {
+        RequestInfo {
+            method: "GET",
+            host: "h",
+            path: "/",
+            query: None,
+            client_ip: [127, 0, 0, 1].into(),
+            route_id: "r",
+        }
+    }
+
+    #[test]
+    fn runs_by_priority_not_config_order_and_stops_on_respond() {
+        let chain = Chain::new(vec![
+            Arc::new(Fixed(1000, "transform", false)),
+            Arc::new(Fixed(3000, "identity", false)),
+            Arc::new(Fixed(2000, "limit", true)),
+        ]);
+        let mut h = HeaderList::default();
+        let v = chain.on_request(&info(), &mut h);
+        let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
+        assert_eq!(seen, ["identity", "limit"]);
+        match v {
+            Verdict::Respond(r) => {
+                assert_eq!(r.status, 403);
+                assert_eq!(r.body, br#"{"error":"denied","message":"limit","status":403}"#);
+            }
+            Verdict::Continue => panic!("expected a reply"),
+        }
+    }
+}

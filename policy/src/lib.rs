@@ -1,0 +1,24 @@
+//! The per-request policy chain of ringway.
+//!
+//! A [`Policy`] sees each request after routing and each response before it is written, and
+//! returns a [`Verdict`]: go on, or answer now. The engine in `ringway-proxy` performs the
+//! exit; policies never do I/O. Execution order comes from each policy's fixed
+//! [`Policy::priority`], never from the order in the configuration.
+//!
+//! Configuration is parsed, not validated: users write [`PoliciesSpec`] (serde, unknown fields
+//! rejected); [`compile`] turns it into a [`Chain`] that cannot be invalid, reporting every
+//! problem with its path.
+//!
+//! Invariants: no socket I/O, no dependency on monoio, no locks; time comes from the caller.
+
+mod chain;
+mod error;
+mod headers;
+mod headers_policy;
+mod spec;
+
+pub use chain::{compile, Chain, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
+pub use error::{ConfigError, ConfigErrors};
+pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
+pub use headers_policy::HeadersPolicy;
+pub use spec::{HeaderOpsSpec, HeadersPolicySpec, PoliciesSpec};

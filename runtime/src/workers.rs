@@ -1,0 +1,163 @@
+//! Spawning and joining the per-core workers.
+
+use std::future::Future;
+use std::io;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::driver::{DriverChoice, DriverKind};
+
+/// What a worker knows about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerContext {
+    /// 0-based worker index.
+    pub id: usize,
+    /// The CPU it is pinned to, if pinning succeeded.
+    pub cpu: Option<usize>,
+    /// The driver its runtime runs.
+    pub driver: DriverKind,
+}
+
+/// How workers are built.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    pub count: usize,
+    pub driver: DriverChoice,
+    /// Pin worker `i` to the `i`-th CPU this process may run on.
+    pub pin: bool,
+    /// Ask io_uring for `SINGLE_ISSUER | DEFER_TASKRUN` (falls back silently when refused).
+    pub defer_taskrun: bool,
+}
+
+/// Running workers.
+pub struct Workers {
+    handles: Vec<JoinHandle<()>>,
+    contexts: Vec<WorkerContext>,
+}
+
+impl Workers {
+    pub fn contexts(&self) -> &[WorkerContext] {
+        &self.contexts
+    }
+
+    /// Waits for every worker to return.
+    pub fn join(self) {
+        for h in self.handles {
+            if h.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// The CPUs this process is allowed to run on (respects `taskset`).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: as above; the set is initialised before use.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn uring_builder(defer_taskrun: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if defer_taskrun {
+        b.setup_single_issuer().setup_defer_taskrun();
+    }
+    b
+}
+
+enum Built {
+    Uring(monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>),
+    Legacy(monoio::Runtime<monoio::time::TimeDriver<LegacyDriver>>),
+}
+
+fn build_runtime(opts: &WorkerOptions) -> io::Result<Built> {
+    let uring = |defer| {
+        RuntimeBuilder::<IoUringDriver>::new()
+            .uring_builder(uring_builder(defer))
+            .enable_timer()
+            .build()
+    };
+    let legacy = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
+    match opts.driver {
+        DriverChoice::Epoll => legacy().map(Built::Legacy),
+        DriverChoice::IoUring | DriverChoice::Auto => {
+            let first = if opts.defer_taskrun {
+                uring(true).or_else(|_| uring(false))
+            } else {
+                uring(false)
+            };
+            match first {
+                Ok(rt) => Ok(Built::Uring(rt)),
+                Err(e) if opts.driver == DriverChoice::Auto => {
+                    log::warn!("io_uring unavailable ({e}); falling back to epoll");
+                    legacy().map(Built::Legacy)
+                }
+                Err(e) => Err(io::Error::new(e.kind(), format!("io_uring refused: {e}"))),
+            }
+        }
+    }
+}
+
+/// Starts `opts.count` workers. `make` runs inside each worker thread and returns the future
+/// the worker runs to completion. Returns once every runtime is built (or the first error).
+pub fn spawn_workers<F, Fut>(opts: WorkerOptions, make: F) -> io::Result<Workers>
+where
+    F: Fn(WorkerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let make = Arc::new(make);
+    let cpus = allowed_cpus();
+    let mut handles = Vec::with_capacity(opts.count);
+    let mut contexts = Vec::with_capacity(opts.count);
+    for id in 0..opts.count {
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<WorkerContext>>();
+        let make = make.clone();
+        let cpu = if opts.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
+        let handle = std::thread::Builder::new()
+            .name(format!("ringway-w{id}"))
+            .spawn(move || {
+                let cpu = cpu.filter(|&c| pin_to(c));
+                let rt = match build_runtime(&opts) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let driver = match rt {
+                    Built::Uring(_) => DriverKind::IoUring,
+                    Built::Legacy(_) => DriverKind::Epoll,
+                };
+                let ctx = WorkerContext { id, cpu, driver };
+                let _ = ready_tx.send(Ok(ctx));
+                match rt {
+                    Built::Uring(mut rt) => rt.block_on(make(ctx)),
+                    Built::Legacy(mut rt) => rt.block_on(make(ctx)),
+                }
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(ctx)) => contexts.push(ctx),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("worker thread died while starting")),
+        }
+        handles.push(handle);
+    }
+    Ok(Workers { handles, contexts })
+}
