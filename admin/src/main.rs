@@ -1,1 +1,5 @@
-fn main(){}
+//! The `ringway` binary.
+
+fn main() -> std::process::ExitCode {
+    ringway_admin::main()
+}

@@ -1,1 +1,26 @@
+//! The ringway data plane: listeners, HTTP/1.1 both ways, routing, load balancing, upstream
+//! pools, the policy chain's engine, and the per-core worker that owns all of it.
+//!
+//! Key types: [`Snapshot`] (the compiled configuration, shared read-only by every worker),
+//! [`worker::Worker`] (one core's state: the current generation, balancing state, pools),
+//! [`config::ConfigSpec`] (what users write).
+//!
+//! Invariants: nothing here touches the store or blocks a worker; errors become HTTP responses
+//! only in [`respond`]. Hot-path files say so at the top.
 
+pub mod config;
+pub mod conn;
+pub mod forward;
+pub mod h1;
+pub mod io;
+pub mod lb;
+pub mod pool;
+pub mod respond;
+pub mod router;
+pub mod snapshot;
+pub mod upstream;
+pub mod worker;
+
+pub use config::ConfigSpec;
+pub use snapshot::Snapshot;
+pub use worker::{run_worker, Ack, Control, ServerLimits, WorkerSetup};

@@ -1,0 +1,81 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ringway_runtime::DriverChoice;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    ringway_proxy::config::parse_duration(s)
+}
+
+/// ringway: a thread-per-core API gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ringway", version, about)]
+pub struct Args {
+    /// Configuration document (YAML or JSON): upstreams and routes.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+
+    /// Address the gateway listens on (port 0 picks a free port; the log names it).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Worker threads, one per core (default: every core this process may use).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// I/O driver: auto (io_uring, falling back to epoll), io_uring or epoll.
+    #[arg(long, default_value = "auto")]
+    pub driver: DriverChoice,
+
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Do not ask io_uring for SINGLE_ISSUER | DEFER_TASKRUN.
+    #[arg(long)]
+    pub no_defer_taskrun: bool,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Largest request head in bytes (431 past it).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_head_bytes: usize,
+
+    /// Most header fields in a request (431 past it; at most 128).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub max_headers: u16,
+
+    /// Time allowed for a whole request head.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub head_timeout: Duration,
+
+    /// How long an idle client keep-alive connection is kept.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Longest silence while a client sends a request body (408 past it).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub body_timeout: Duration,
+
+    /// Longest time one write to a client may take.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub write_timeout: Duration,
+
+    /// Largest request body in bytes unless a route sets `max_body_bytes` (default: no limit).
+    #[arg(long)]
+    pub max_body_bytes: Option<u64>,
+
+    /// Proxies in front of ringway whose X-Forwarded-For is kept and appended to.
+    #[arg(long, default_value_t = 0)]
+    pub trusted_hops: u32,
+
+    /// Check the configuration, print every problem, and exit.
+    #[arg(long)]
+    pub check: bool,
+}

@@ -1,0 +1,161 @@
+//! The configuration document users write (`ringway.yaml`, and the admin API's bodies).
+//!
+//! Raw `*Spec` types straight from serde, unknown fields rejected; [`crate::snapshot`] compiles
+//! them into a [`crate::Snapshot`] that cannot be invalid.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ringway_policy::PoliciesSpec;
+use serde::{Deserialize, Serialize};
+
+/// A whole configuration document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Upstream services by id.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Routes by id.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteSpec>,
+}
+
+/// One upstream service: where requests go and how they are balanced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// The servers, each `{addr: "host:port", weight}`.
+    pub targets: Vec<TargetSpec>,
+    /// `round_robin` (smooth weighted, the default), `least_conn`, `p2c_ewma` or
+    /// `consistent_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
+    /// For `consistent_hash`: `ip` (the default) or `header:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    /// Timeouts as durations (`"2s"`, `"500ms"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// The per-worker keep-alive pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// `ip:port` or `hostname:port` (resolved when the config is compiled).
+    pub addr: String,
+    /// Relative share of requests; 0 takes the target out of rotation. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// Establishing the TCP connection (default `5s`): past it, 502.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// From the request being sent to the response head being read (default `60s`): past it,
+    /// 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_head: Option<String>,
+    /// Longest silence while a body streams either way (default `60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+/// Per-worker upstream keep-alive pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Idle connections kept per target on each worker (default 64; 0 disables reuse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle: Option<u32>,
+    /// How long an idle connection is kept (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+/// One route: which requests it matches and where they go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Host names, exact (`api.example.com`) or wildcard (`*.example.com`); empty matches any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Paths: `/exact`, `/prefix/*`, `/users/{id}`. At least one.
+    pub paths: Vec<String>,
+    /// Methods; empty matches any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Higher wins over any specificity. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// The id of the upstream that serves this route.
+    pub upstream: String,
+    /// A path prefix removed before forwarding, e.g. `"/api"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// Largest request body accepted, in bytes (default: no limit beyond the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Policies by name.
+    #[serde(default, skip_serializing_if = "is_default_policies")]
+    pub policies: PoliciesSpec,
+}
+
+fn is_default_policies(p: &PoliciesSpec) -> bool {
+    *p == PoliciesSpec::default()
+}
+
+/// Parses `"2s"`, `"500ms"`, `"1m"`, `"1h"`, `"250us"`, `"1.5s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let secs = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use us, ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=86400.0 * 365.0).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3days").is_err());
+    }
+}

@@ -1,0 +1,705 @@
+//! One request, from a parsed head to the end of the response: route, run the policy chain,
+//! pick a target, exchange with the upstream (with one retry on a stale pooled connection when
+//! that is safe), and stream bodies both ways without holding them whole.
+//!
+//! Hot path: no locks, no blocking, no info-level logging.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use ringway_policy::{HeaderList, RequestInfo, Verdict};
+
+use crate::conn::Conn;
+use crate::h1::chunked::{Chunk, ChunkedDecoder};
+use crate::h1::head::{
+    check_raw_head, classify, host_without_port, parse_content_length, split_target, BodyKind, ConnectionOptions,
+    HeadError, Known,
+};
+use crate::io::{encode_chunk, push_dec, read_more, write_all, write_range};
+use crate::lb::{hash64, HashOn, LbKind};
+use crate::respond::{encode_reply, push_header, ProxyError};
+use crate::upstream::{encode_response, read_response, ClientSide};
+use crate::worker::{Generation, Worker};
+
+/// Most header fields parsed; `ServerLimits::max_headers` may set a lower cap.
+pub const MAX_HEADERS: usize = 128;
+
+/// A request id: the client's (when sane) or a generated one.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    buf: [u8; 64],
+    len: u8,
+}
+
+impl RequestId {
+    fn generated(id: [u8; 32]) -> Self {
+        let mut buf = [0u8; 64];
+        buf[..32].copy_from_slice(&id);
+        RequestId { buf, len: 32 }
+    }
+
+    fn from_client(v: &[u8]) -> Option<Self> {
+        if v.is_empty() || v.len() > 64 || !v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) {
+            return None;
+        }
+        let mut buf = [0u8; 64];
+        buf[..v.len()].copy_from_slice(v);
+        Some(RequestId { buf, len: v.len() as u8 })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+/// What `prepare` decided for a request that goes upstream.
+struct Plan {
+    route: usize,
+    upstream: usize,
+    target: usize,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+    is_head: bool,
+    idempotent: bool,
+    http10: bool,
+    max_body: Option<u64>,
+    request_id: RequestId,
+}
+
+/// A request answered without the upstream.
+struct Early {
+    error: Option<ProxyError>,
+    reply: Option<ringway_policy::Reply>,
+    route: Option<usize>,
+    body: BodyKind,
+    keep_alive: bool,
+    is_head: bool,
+    request_id: RequestId,
+}
+
+/// Handles the request whose head is the first `head_len` bytes of `conn.rbuf`. Returns
+/// whether the connection may carry another request.
+pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bool {
+    worker.counters.requests.set(worker.counters.requests.get() + 1);
+    let generation = worker.generation();
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    match prepare(worker, &generation, conn, head_len, &mut out) {
+        Ok(plan) => {
+            conn.consume(head_len);
+            exchange(worker, &generation, conn, &plan, out).await
+        }
+        Err(early) => {
+            // Keep the connection only when the unread body is already here in full.
+            let body_here = match early.body {
+                BodyKind::None => Some(0),
+                BodyKind::Length(n) if (conn.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
+                _ => None,
+            };
+            let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
+            conn.consume(head_len + body_here.unwrap_or(0));
+            let reply = early.reply.unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
+            let chain = early.route.map(|r| &generation.snapshot.routes[r].chain);
+            encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain);
+            let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+            conn.out = out;
+            keep && r.is_ok()
+        }
+    }
+}
+
+/// Parses and checks the head, routes, runs the request policies, picks a target and writes the
+/// upstream request head into `out`. Synchronous: borrows the receive buffer and snapshot.
+fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usize, out: &mut Vec<u8>) -> Result<Plan, Early> {
+    let head = &conn.rbuf[..head_len];
+    let mut early = Early {
+        error: None,
+        reply: None,
+        route: None,
+        body: BodyKind::None,
+        keep_alive: false,
+        is_head: false,
+        request_id: RequestId::generated(worker.next_request_id()),
+    };
+    let fail = |mut early: Early, e: HeadError| {
+        early.error = Some(ProxyError::Head(e));
+        early.keep_alive = false;
+        Err(early)
+    };
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return fail(early, HeadError::Bad("incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => return fail(early, HeadError::TooManyHeaders),
+        Err(e) => return fail(early, HeadError::Bad(describe(e))),
+    }
+    if let Err(e) = check_raw_head(head) {
+        return fail(early, e);
+    }
+    let headers = req.headers;
+    if headers.len() > worker.limits.max_headers {
+        return fail(early, HeadError::TooManyHeaders);
+    }
+    let http10 = match req.version {
+        Some(1) => false,
+        Some(0) => true,
+        _ => return fail(early, HeadError::Version),
+    };
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    early.is_head = method == "HEAD";
+
+    // Pass 1: framing and connection-level fields.
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut te: Option<&[u8]> = None;
+    let mut te_count = 0;
+    let mut opts = ConnectionOptions::default();
+    let mut expect_continue = false;
+    let mut inbound_xff: Option<&[u8]> = None;
+    for h in headers.iter() {
+        if h.name.as_bytes().contains(&b'_') {
+            return fail(early, HeadError::Bad("'_' in a header name"));
+        }
+        match classify(h.name) {
+            Known::Host => {
+                hosts += 1;
+                host = Some(h.value);
+            }
+            Known::ContentLength => {
+                cl_count += 1;
+                match parse_content_length(h.value) {
+                    Some(n) => content_length = Some(n),
+                    None => return fail(early, HeadError::Bad("invalid Content-Length")),
+                }
+            }
+            Known::TransferEncoding => {
+                te_count += 1;
+                te = Some(h.value);
+            }
+            Known::Connection => {
+                if let Err(e) = opts.add(h.value) {
+                    return fail(early, e);
+                }
+            }
+            Known::Expect => {
+                if h.value.eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    return fail(early, HeadError::Expectation);
+                }
+            }
+            Known::RequestId => {
+                if let Some(id) = RequestId::from_client(h.value) {
+                    early.request_id = id;
+                }
+            }
+            Known::Forwarded => {
+                if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                    inbound_xff = Some(h.value);
+                }
+            }
+            Known::HopByHop | Known::Other => {}
+        }
+    }
+    if cl_count > 1 {
+        return fail(early, HeadError::Bad("more than one Content-Length"));
+    }
+    let body = match (te, content_length) {
+        (Some(_), Some(_)) => return fail(early, HeadError::Bad("both Transfer-Encoding and Content-Length")),
+        (Some(_), None) if te_count > 1 => return fail(early, HeadError::Bad("more than one Transfer-Encoding")),
+        (Some(_), None) if http10 => return fail(early, HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request")),
+        (Some(v), None) => {
+            if v.eq_ignore_ascii_case(b"chunked") {
+                BodyKind::Chunked
+            } else {
+                return fail(early, HeadError::NotImplemented("only Transfer-Encoding: chunked is supported"));
+            }
+        }
+        (None, Some(n)) => BodyKind::Length(n),
+        (None, None) => BodyKind::None,
+    };
+    early.body = body;
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return fail(early, HeadError::Bad("a request needs exactly one Host header"));
+    }
+    let host_name = match host.map(host_without_port) {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return fail(early, e),
+        None => "",
+    };
+    let (path, query) = match split_target(target) {
+        Ok(pq) => pq,
+        Err(e) => return fail(early, e),
+    };
+    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close };
+    early.keep_alive = keep_alive;
+
+    // Route.
+    let mut lower = [0u8; 256];
+    let host_lc = &mut lower[..host_name.len()];
+    host_lc.copy_from_slice(host_name.as_bytes());
+    host_lc.make_ascii_lowercase();
+    // Lower-casing ASCII keeps the text valid UTF-8.
+    let host_lc = std::str::from_utf8(host_lc).unwrap_or("");
+    let snapshot = &generation.snapshot;
+    let find_header = |name: &str| headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let Some(route_idx) = snapshot
+        .router
+        .find(host_lc, path, |i| snapshot.routes[i as usize].admits(method, find_header))
+    else {
+        early.error = Some(ProxyError::NoRoute);
+        return Err(early);
+    };
+    let route_idx = route_idx as usize;
+    let route = &snapshot.routes[route_idx];
+    early.route = Some(route_idx);
+    let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
+    if let (BodyKind::Length(n), Some(limit)) = (body, max_body) {
+        if n > limit {
+            early.error = Some(ProxyError::BodyTooLarge { limit });
+            early.keep_alive = false;
+            return Err(early);
+        }
+    }
+
+    // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
+    let mut list: HeaderList<'_> = HeaderList::with_capacity(headers.len() + 4);
+    for h in headers.iter() {
+        match classify(h.name) {
+            Known::Other | Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
+            _ => {}
+        }
+    }
+    let xff: std::borrow::Cow<'_, [u8]> = match inbound_xff {
+        Some(prev) if worker.limits.trusted_hops > 0 => {
+            let mut v = prev.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer_ip.as_bytes());
+            v.into()
+        }
+        _ => conn.peer_ip.as_bytes().into(),
+    };
+    list.push("x-forwarded-for", xff);
+    list.push("x-forwarded-proto", &b"http"[..]);
+    if let Some(h) = host {
+        list.push("x-forwarded-host", h);
+    }
+    let request_id = early.request_id;
+    list.push("x-request-id", request_id.as_bytes().to_vec());
+    let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
+    if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list) {
+        early.reply = Some(r);
+        return Err(early);
+    }
+
+    // Target.
+    let upstream = &snapshot.upstreams[route.upstream];
+    let key = match &upstream.lb {
+        LbKind::ConsistentHash(HashOn::Header(name)) => match find_header(name) {
+            Some(v) => hash64(v),
+            None => ip_hash(conn.peer),
+        },
+        LbKind::ConsistentHash(HashOn::Ip) => ip_hash(conn.peer),
+        _ => 0,
+    };
+    let Some(target) = generation.lb[route.upstream].borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key)
+    else {
+        early.error = Some(ProxyError::NoTarget);
+        return Err(early);
+    };
+
+    // Serialise.
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(route.forward_path(path).as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in list.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    if host.is_none() {
+        push_header(out, b"host", upstream.targets[target].to_string().as_bytes());
+    }
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyKind::None | BodyKind::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Plan {
+        route: route_idx,
+        upstream: route.upstream,
+        target,
+        body,
+        keep_alive,
+        expect_continue,
+        is_head: early.is_head,
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        http10,
+        max_body,
+        request_id,
+    })
+}
+
+fn describe(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name (or white space before the colon, or obs-fold)",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status | httparse::Error::Token => "invalid request line",
+        httparse::Error::Version => "invalid HTTP version",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    }
+}
+
+fn ip_hash(peer: SocketAddr) -> u64 {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => hash64(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash64(&v6.octets()),
+    }
+}
+
+/// How far the request body has come.
+struct BodyProgress {
+    decoder: Option<ChunkedDecoder>,
+    /// Bytes still to read (Content-Length bodies).
+    remaining: u64,
+    /// Body bytes seen so far (for the size cap).
+    seen: u64,
+    done: bool,
+}
+
+/// Moves what `conn.rbuf` holds of the request body into `out` (encoded for the upstream),
+/// consuming it. Fails on malformed framing or a body over its cap.
+fn take_buffered_body(conn: &mut Conn, p: &mut BodyProgress, out: &mut Vec<u8>, max: Option<u64>) -> Result<(), ProxyError> {
+    if p.done {
+        return Ok(());
+    }
+    match &mut p.decoder {
+        None => {
+            let take = (conn.rbuf.len() as u64).min(p.remaining) as usize;
+            out.extend_from_slice(&conn.rbuf[..take]);
+            conn.consume(take);
+            p.remaining -= take as u64;
+            p.done = p.remaining == 0;
+        }
+        Some(d) => {
+            let mut pos = 0;
+            loop {
+                match d.decode(&conn.rbuf, &mut pos).map_err(ProxyError::BadRequestBody)? {
+                    Chunk::Data(r) => {
+                        p.seen += r.len() as u64;
+                        if let Some(limit) = max.filter(|l| p.seen > *l) {
+                            return Err(ProxyError::BodyTooLarge { limit });
+                        }
+                        encode_chunk(out, &conn.rbuf[r]);
+                    }
+                    Chunk::NeedMore => break,
+                    Chunk::Done => {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                        p.done = true;
+                        break;
+                    }
+                }
+            }
+            conn.consume(pos);
+        }
+    }
+    Ok(())
+}
+
+/// Sends the request (head already in `out`) and relays the response. Returns whether the
+/// client connection may be reused.
+async fn exchange(worker: &Rc<Worker>, generation: &Rc<Generation>, conn: &mut Conn, plan: &Plan, mut out: Vec<u8>) -> bool {
+    let snapshot = &generation.snapshot;
+    let upstream = &snapshot.upstreams[plan.upstream];
+    let addr = upstream.targets[plan.target];
+    let mut progress = BodyProgress {
+        decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
+        remaining: match plan.body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        },
+        seen: 0,
+        done: matches!(plan.body, BodyKind::None | BodyKind::Length(0)),
+    };
+    if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+        return fail_before_response(worker, conn, plan, out, e).await;
+    }
+    // The whole request is in `out`: a failed pooled connection can be retried safely.
+    let replayable = progress.done;
+    generation.lb[plan.upstream].borrow_mut().start(plan.target);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut ubuf = Vec::new();
+    let (up, head_len) = loop {
+        attempt += 1;
+        let pooled = worker.pool.borrow_mut().take(addr, Instant::now());
+        let (mut up, reused) = match pooled {
+            Some(s) => (s, true),
+            None => match connect(addr, upstream.connect_timeout).await {
+                Ok(s) => {
+                    worker.pool.borrow_mut().opened += 1;
+                    (s, false)
+                }
+                Err(e) => {
+                    generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                    return fail_before_response(worker, conn, plan, out, e).await;
+                }
+            },
+        };
+        let retry_ok = reused && attempt == 1 && replayable;
+        let (r, o) = write_all(&mut up, out, upstream.idle_timeout).await;
+        out = o;
+        if let Err(e) = r {
+            if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
+                continue;
+            }
+            generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+            return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
+        }
+        if !progress.done {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await {
+                generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                return match e {
+                    Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
+                    None => false,
+                };
+            }
+        }
+        ubuf.clear();
+        let deadline = Instant::now() + upstream.response_head_timeout;
+        match read_response(&mut up, ubuf, deadline).await {
+            Ok((head_len, b)) => {
+                ubuf = b;
+                break (up, head_len);
+            }
+            Err((e, b, nothing_received)) => {
+                ubuf = b;
+                if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
+                    continue;
+                }
+                generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                return fail_before_response(worker, conn, plan, out, e).await;
+            }
+        }
+    };
+    generation.lb[plan.upstream].borrow_mut().finish(plan.target, Some(started.elapsed()));
+    relay_response(worker, generation, conn, plan, up, head_len, ubuf, out).await
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
+        Err(_) => Err(ProxyError::UpstreamConnectTimeout),
+    }
+}
+
+/// Streams the rest of the request body from the client to the upstream. `Err(Some(e))`: answer
+/// the client with `e`; `Err(None)`: the client is gone.
+async fn stream_request_body(
+    worker: &Worker,
+    conn: &mut Conn,
+    up: &mut TcpStream,
+    p: &mut BodyProgress,
+    plan: &Plan,
+    idle: Duration,
+) -> Result<(), Option<ProxyError>> {
+    if plan.expect_continue {
+        let mut cont = std::mem::take(&mut conn.out);
+        cont.clear();
+        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
+        conn.out = b;
+        r.map_err(|_| None)?;
+    }
+    let mut enc = Vec::new();
+    while !p.done {
+        let buf = std::mem::take(&mut conn.rbuf);
+        let deadline = Instant::now() + worker.limits.body_timeout;
+        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, deadline).await;
+        conn.rbuf = buf;
+        match r {
+            Ok(0) => return Err(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Some(ProxyError::RequestTimeout)),
+            Err(_) => return Err(None),
+        }
+        if p.decoder.is_none() {
+            // Content-Length: forward straight from the receive buffer.
+            let take = (conn.rbuf.len() as u64).min(p.remaining) as usize;
+            let buf = std::mem::take(&mut conn.rbuf);
+            let (r, buf) = write_range(up, buf, 0..take, idle).await;
+            conn.rbuf = buf;
+            r.map_err(|_| Some(ProxyError::UpstreamSend))?;
+            conn.consume(take);
+            p.remaining -= take as u64;
+            p.done = p.remaining == 0;
+        } else {
+            enc.clear();
+            take_buffered_body(conn, p, &mut enc, plan.max_body).map_err(Some)?;
+            let (r, b) = write_all(up, enc, idle).await;
+            enc = b;
+            r.map_err(|_| Some(ProxyError::UpstreamSend))?;
+        }
+    }
+    Ok(())
+}
+
+/// Answers the client with `e` (no response byte has been sent yet) and closes.
+async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan, mut out: Vec<u8>, e: ProxyError) -> bool {
+    out.clear();
+    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None);
+    let (_, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    conn.out = out;
+    false
+}
+
+/// Writes the response head and streams the body to the client.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    worker: &Rc<Worker>,
+    generation: &Rc<Generation>,
+    conn: &mut Conn,
+    plan: &Plan,
+    mut up: TcpStream,
+    head_len: usize,
+    mut ubuf: Vec<u8>,
+    mut out: Vec<u8>,
+) -> bool {
+    let snapshot = &generation.snapshot;
+    let upstream = &snapshot.upstreams[plan.upstream];
+    let client = ClientSide {
+        chain: &snapshot.routes[plan.route].chain,
+        request_id: plan.request_id.as_bytes(),
+        request_was_head: plan.is_head,
+        http10: plan.http10,
+        close: !plan.keep_alive || worker.draining.get(),
+    };
+    out.clear();
+    let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
+        Ok(r) => r,
+        Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
+    };
+    let chunked_to_client = resp.chunked_to_client(&client);
+    let close_client = resp.close_client(&client);
+    // Body bytes that came with the head.
+    let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::new);
+    let mut remaining = match resp.body {
+        BodyKind::Length(n) => n,
+        _ => 0,
+    };
+    let mut done = matches!(resp.body, BodyKind::None | BodyKind::Length(0));
+    let mut clean = true; // the upstream connection holds no stray bytes
+    let mut start = resp.head_len;
+    loop {
+        let data = &ubuf[start..];
+        if !done && !data.is_empty() {
+            match (&mut decoder, resp.body) {
+                (Some(d), _) => {
+                    let mut pos = 0;
+                    loop {
+                        match d.decode(data, &mut pos) {
+                            Ok(Chunk::Data(r)) => {
+                                if chunked_to_client {
+                                    encode_chunk(&mut out, &data[r]);
+                                } else {
+                                    out.extend_from_slice(&data[r]);
+                                }
+                            }
+                            Ok(Chunk::NeedMore) => break,
+                            Ok(Chunk::Done) => {
+                                done = true;
+                                clean = pos == data.len();
+                                break;
+                            }
+                            Err(_) => return false,
+                        }
+                    }
+                }
+                (None, BodyKind::Length(_)) => {
+                    let take = (data.len() as u64).min(remaining) as usize;
+                    out.extend_from_slice(&data[..take]);
+                    remaining -= take as u64;
+                    done = remaining == 0;
+                    clean = take == data.len();
+                }
+                _ => {
+                    if chunked_to_client {
+                        encode_chunk(&mut out, data);
+                    } else {
+                        out.extend_from_slice(data);
+                    }
+                }
+            }
+        } else if done && !data.is_empty() {
+            clean = false;
+        }
+        if done && chunked_to_client {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+            out = o;
+            if r.is_err() {
+                return false;
+            }
+            out.clear();
+        }
+        if done {
+            break;
+        }
+        // Read more of the response body.
+        ubuf.clear();
+        start = 0;
+        let deadline = Instant::now() + upstream.idle_timeout;
+        let (r, b) = read_more(&mut up, ubuf, 16 * 1024, deadline).await;
+        ubuf = b;
+        match r {
+            Ok(0) if matches!(resp.body, BodyKind::UntilClose) => {
+                clean = false;
+                if chunked_to_client {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+                    out = o;
+                    if r.is_err() {
+                        return false;
+                    }
+                }
+                break;
+            }
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    if clean && resp.keep_alive && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked) {
+        worker.pool.borrow_mut().put(
+            upstream.targets[plan.target],
+            up,
+            upstream.pool_max_idle,
+            upstream.pool_idle_timeout,
+            Instant::now(),
+        );
+    }
+    conn.out = out;
+    !close_client
+}

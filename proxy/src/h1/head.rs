@@ -1,0 +1,290 @@
+//! Strict parsing of HTTP/1.1 message heads on top of `httparse`, with the checks an edge
+//! proxy needs that `httparse` leaves to its caller (RFC 9112 framing, bare LF, NUL, `_` in
+//! names, duplicated framing headers, ambiguous paths).
+//!
+//! Hot path: runs once per request and once per upstream response; allocation-free.
+
+/// How a message body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+    /// Response only: the body runs until the upstream closes.
+    UntilClose,
+}
+
+/// Why a head was refused, and how to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("request head too large")]
+    TooLarge,
+    #[error("too many header fields")]
+    TooManyHeaders,
+    #[error("{0}")]
+    Bad(&'static str),
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    #[error("HTTP version not supported")]
+    Version,
+    #[error("expectation not supported")]
+    Expectation,
+}
+
+impl HeadError {
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::Bad(_) => 400,
+            HeadError::NotImplemented(_) => 501,
+            HeadError::Version => 505,
+            HeadError::Expectation => 417,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => "request_header_fields_too_large",
+            HeadError::Bad(_) => "bad_request",
+            HeadError::NotImplemented(_) => "not_implemented",
+            HeadError::Version => "http_version_not_supported",
+            HeadError::Expectation => "expectation_failed",
+        }
+    }
+}
+
+/// Classes of header names the proxy treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Hop-by-hop fields removed in both directions.
+    HopByHop,
+    Expect,
+    RequestId,
+    /// `X-Forwarded-*`: replaced by the proxy's own.
+    Forwarded,
+}
+
+/// Classifies a header name (ASCII case-insensitive).
+pub fn classify(name: &str) -> Known {
+    let eq = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if eq("te") => Known::HopByHop,
+        4 if eq("host") => Known::Host,
+        6 if eq("expect") => Known::Expect,
+        7 if eq("upgrade") => Known::HopByHop,
+        10 if eq("connection") => Known::Connection,
+        10 if eq("keep-alive") => Known::HopByHop,
+        12 if eq("x-request-id") => Known::RequestId,
+        14 if eq("content-length") => Known::ContentLength,
+        15 if eq("x-forwarded-for") => Known::Forwarded,
+        16 if eq("proxy-connection") => Known::HopByHop,
+        16 if eq("x-forwarded-host") => Known::Forwarded,
+        17 if eq("transfer-encoding") => Known::TransferEncoding,
+        17 if eq("x-forwarded-proto") => Known::Forwarded,
+        _ => Known::Other,
+    }
+}
+
+/// Checks the raw head bytes for what `httparse` tolerates: bare LF, bare CR and NUL.
+pub fn check_raw_head(head: &[u8]) -> Result<(), HeadError> {
+    for i in memchr::memchr3_iter(b'\n', b'\r', 0, head) {
+        match head[i] {
+            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(HeadError::Bad("bare LF in message head")),
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(HeadError::Bad("bare CR in message head")),
+            0 => return Err(HeadError::Bad("NUL in message head")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a Content-Length value: 1*DIGIT, no sign, no list, no overflow.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Names removed because a `Connection` header lists them (at most 8).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionOptions<'b> {
+    pub close: bool,
+    pub keep_alive: bool,
+    names: [&'b [u8]; 8],
+    count: usize,
+}
+
+impl<'b> ConnectionOptions<'b> {
+    /// Adds the tokens of one `Connection` header value.
+    pub fn add(&mut self, value: &'b [u8]) -> Result<(), HeadError> {
+        for tok in value.split(|b| *b == b',') {
+            let tok = trim(tok);
+            if tok.is_empty() {
+                continue;
+            }
+            if tok.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                if self.count == self.names.len() {
+                    return Err(HeadError::Bad("too many Connection options"));
+                }
+                self.names[self.count] = tok;
+                self.count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is listed as a connection option (and so hop-by-hop).
+    pub fn lists(&self, name: &str) -> bool {
+        self.names[..self.count].iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+pub fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Checks an origin-form path and splits off the query. Refuses what could be read two ways
+/// by different servers: dot segments (raw or %-encoded), encoded slashes and backslashes,
+/// backslashes, `//` and fragments.
+pub fn split_target(target: &str) -> Result<(&str, Option<&str>), HeadError> {
+    if !target.starts_with('/') {
+        return Err(HeadError::Bad("request target must be a path starting with '/'"));
+    }
+    let (path, query) = match target.find('?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    };
+    if target.contains('#') {
+        return Err(HeadError::Bad("fragment in request target"));
+    }
+    let b = path.as_bytes();
+    for i in 0..b.len() {
+        match b[i] {
+            b'\\' => return Err(HeadError::Bad("backslash in path")),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or(HeadError::Bad("truncated percent-encoding in path"))?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(HeadError::Bad("malformed percent-encoding in path"));
+                }
+                let v = (hex_val(hex[0]) << 4) | hex_val(hex[1]);
+                if matches!(v, b'/' | b'\\' | b'.' | 0) {
+                    return Err(HeadError::Bad("encoded '/', '\\', '.' or NUL in path"));
+                }
+            }
+            b'/' => {
+                let seg_end = b[i + 1..].iter().position(|c| *c == b'/').map_or(b.len(), |p| i + 1 + p);
+                let seg = &b[i + 1..seg_end];
+                if seg == b"." || seg == b".." {
+                    return Err(HeadError::Bad("dot segment in path"));
+                }
+                if seg.is_empty() && seg_end < b.len() {
+                    return Err(HeadError::Bad("empty segment ('//') in path"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((path, query))
+}
+
+fn hex_val(b: u8) -> u8 {
+    (b as char).to_digit(16).unwrap_or(0) as u8
+}
+
+/// Checks a Host value and returns it without its port: reg-name, IPv4 or `[IPv6]`.
+pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
+    let bad = HeadError::Bad("invalid Host header");
+    if v.is_empty() || v.len() > 255 {
+        return Err(bad);
+    }
+    let s = std::str::from_utf8(v).map_err(|_| bad)?;
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']').ok_or(bad)?;
+        let after = &rest[end + 1..];
+        (&s[..end + 2], after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { return Err(bad) }))
+    } else {
+        match s.rfind(':') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad);
+        }
+    }
+    let ok = if host.starts_with('[') {
+        host.bytes().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'[' | b']'))
+    } else {
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    if ok {
+        Ok(host)
+    } else {
+        Err(bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_grammar() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"0012"), Some(12));
+        for bad in [&b""[..], b"+5", b"-1", b"1,1", b"0x10", b" 5", b"99999999999999999999", b"18446744073709551616"] {
+            assert_eq!(parse_content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn raw_head_checks() {
+        assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert!(check_raw_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_err());
+        assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n").is_err());
+        assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("/a/b?x=1"), Ok(("/a/b", Some("x=1"))));
+        assert_eq!(split_target("/"), Ok(("/", None)));
+        assert_eq!(split_target("/a/"), Ok(("/a/", None)));
+        assert_eq!(split_target("/a%20b"), Ok(("/a%20b", None)));
+        for bad in ["a", "/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a%2Fb", "/a%5cb", "/a\\b", "//a", "/a//b", "/a#f", "/%zz", "/%2"] {
+            assert!(split_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_without_port(b"Example.com:8080"), Ok("Example.com"));
+        assert_eq!(host_without_port(b"[::1]:80"), Ok("[::1]"));
+        assert_eq!(host_without_port(b"10.0.0.1"), Ok("10.0.0.1"));
+        for bad in [&b""[..], b"a b", b"a:", b"a:x", b"[::1", b"a/b", b"a@b"] {
+            assert!(host_without_port(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn connection_options() {
+        let mut c = ConnectionOptions::default();
+        c.add(b"keep-alive, X-Secret ,Close").unwrap();
+        assert!(c.close && c.keep_alive);
+        assert!(c.lists("x-secret"));
+        assert!(!c.lists("x-other"));
+    }
+}

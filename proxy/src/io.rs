@@ -1,0 +1,111 @@
+//! Socket helpers over monoio's ownership-passing buffers, each bounded by a deadline.
+//!
+//! Hot path. When a deadline fires, the in-flight operation is dropped together with the
+//! buffer it owned; callers close the connection then, so a fresh empty buffer is returned.
+
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+/// Reads more bytes after `buf`'s content, first making room for at least `want` bytes.
+pub async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>, want: usize, deadline: Instant) -> (io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    match monoio::time::timeout_at(deadline, s.read(buf.slice_mut(len..cap))).await {
+        Ok((r, slice)) => (r, slice.into_inner()),
+        Err(_) => (Err(timed_out()), Vec::new()),
+    }
+}
+
+/// Writes `buf[range]` fully.
+pub async fn write_range(s: &mut TcpStream, buf: Vec<u8>, range: Range<usize>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+    if range.is_empty() {
+        return (Ok(()), buf);
+    }
+    match monoio::time::timeout(timeout, s.write_all(buf.slice(range))).await {
+        Ok((r, slice)) => (r.map(|_| ()), slice.into_inner()),
+        Err(_) => (Err(timed_out()), Vec::new()),
+    }
+}
+
+/// Writes all of `buf`.
+pub async fn write_all(s: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+    let len = buf.len();
+    write_range(s, buf, 0..len, timeout).await
+}
+
+/// Appends a chunk of the chunked coding (`size CRLF data CRLF`) to `out`.
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    push_hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in lower-case hex.
+pub fn push_hex(out: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        tmp[i] = b"0123456789abcdef"[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Appends `n` in decimal.
+pub fn push_dec(out: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        let mut v = Vec::new();
+        push_hex(&mut v, 0);
+        v.push(b' ');
+        push_hex(&mut v, 0x1a2b);
+        v.push(b' ');
+        push_dec(&mut v, 0);
+        v.push(b' ');
+        push_dec(&mut v, u64::MAX);
+        assert_eq!(v, b"0 1a2b 0 18446744073709551615");
+        let mut c = Vec::new();
+        encode_chunk(&mut c, b"hello");
+        encode_chunk(&mut c, b"");
+        assert_eq!(c, b"5\r\nhello\r\n");
+    }
+}

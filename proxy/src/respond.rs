@@ -1,0 +1,134 @@
+//! The one place where errors become responses: an ordered list of "caused by X -> answer Y",
+//! and the writing of replies the proxy produces itself.
+
+use ringway_policy::{Chain, HeaderList, Reply, ResponseInfo};
+
+use crate::h1::chunked::ChunkError;
+use crate::h1::head::HeadError;
+use crate::io::push_dec;
+
+/// Everything that can end a request before an upstream answer reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    Head(HeadError),
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("malformed chunked request body: {0}")]
+    BadRequestBody(ChunkError),
+    #[error("request body not received in time")]
+    RequestTimeout,
+    #[error("no upstream target available")]
+    NoTarget,
+    #[error("upstream connection failed")]
+    UpstreamConnect,
+    #[error("upstream did not accept the connection in time")]
+    UpstreamConnectTimeout,
+    #[error("upstream closed the connection or failed while the request was sent")]
+    UpstreamSend,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream sent a malformed response: {0}")]
+    UpstreamProtocol(&'static str),
+}
+
+impl ProxyError {
+    /// Status and machine-readable code of the answer.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            ProxyError::Head(h) => (h.status(), h.code()),
+            ProxyError::NoRoute => (404, "no_route"),
+            ProxyError::BodyTooLarge { .. } => (413, "request_body_too_large"),
+            ProxyError::BadRequestBody(_) => (400, "bad_request_body"),
+            ProxyError::RequestTimeout => (408, "request_timeout"),
+            ProxyError::NoTarget => (503, "no_upstream_target"),
+            ProxyError::UpstreamConnect => (502, "upstream_unreachable"),
+            ProxyError::UpstreamConnectTimeout => (502, "upstream_connect_timeout"),
+            ProxyError::UpstreamSend => (502, "upstream_send_failed"),
+            ProxyError::UpstreamTimeout => (504, "upstream_timeout"),
+            ProxyError::UpstreamProtocol(_) => (502, "bad_upstream_response"),
+        }
+    }
+
+    pub fn reply(&self) -> Reply {
+        let (status, code) = self.status_and_code();
+        Reply::json_error(status, code, &self.to_string())
+    }
+}
+
+/// The canonical reason phrase of a status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// Appends a status line.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason_phrase: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_dec(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a header line.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Serialises a reply the proxy produced (policy verdict or error) into `out`, running the
+/// route's response policies when there is a route.
+pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply, request_id: &[u8], close: bool, head_only: bool, chain: Option<&Chain>) {
+    let mut headers = HeaderList::with_capacity(reply.headers.len() + 2);
+    for (n, v) in &reply.headers {
+        headers.push(n.as_str(), v.as_bytes());
+    }
+    headers.set("x-request-id", request_id);
+    if let Some(c) = chain {
+        c.on_response(&ResponseInfo { status: reply.status }, &mut headers);
+    }
+    push_status_line(out, reply.status, reason(reply.status));
+    for h in headers.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    out.extend_from_slice(b"content-length: ");
+    push_dec(out, reply.body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+}

@@ -1,0 +1,183 @@
+//! The upstream side of an exchange: reading the response head (skipping interim 1xx answers)
+//! and turning it into the head sent to the client, with framing checked as strictly as on the
+//! request side.
+//!
+//! Hot path.
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use ringway_policy::{Chain, HeaderList, ResponseInfo};
+
+use crate::forward::MAX_HEADERS;
+use crate::h1::head::{check_raw_head, classify, parse_content_length, BodyKind, ConnectionOptions, Known};
+use crate::io::{push_dec, read_more};
+use crate::respond::{push_header, push_status_line, ProxyError};
+
+/// Largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Reads a final (non-1xx) response head into `buf`; returns its length. On failure also says
+/// whether nothing at all was received (so a stale pooled connection may be retried).
+pub async fn read_response(
+    up: &mut TcpStream,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(usize, Vec<u8>), (ProxyError, Vec<u8>, bool)> {
+    let mut received = false;
+    let mut scanned: usize = 0;
+    loop {
+        let from = scanned.saturating_sub(3);
+        if let Some(i) = memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+            let head_len = from + i + 4;
+            if buf.len() >= 12 && buf.starts_with(b"HTTP/1.") && buf[9] == b'1' {
+                // An interim response: 101 is never asked for; others are dropped.
+                if &buf[9..12] == b"101" {
+                    return Err((ProxyError::UpstreamProtocol("unexpected 101 Switching Protocols"), buf, false));
+                }
+                buf.drain(..head_len);
+                scanned = 0;
+                continue;
+            }
+            return Ok((head_len, buf));
+        }
+        scanned = buf.len();
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err((ProxyError::UpstreamProtocol("response head too large"), buf, false));
+        }
+        let (r, b) = read_more(up, buf, 8 * 1024, deadline).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                let e = ProxyError::UpstreamProtocol("connection closed before a complete response head");
+                return Err((e, buf, !received));
+            }
+            Ok(_) => received = true,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err((ProxyError::UpstreamTimeout, buf, false)),
+            Err(_) => return Err((ProxyError::UpstreamSend, buf, !received)),
+        }
+    }
+}
+
+/// What the response head said about the rest of the exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponsePlan {
+    pub head_len: usize,
+    pub status: u16,
+    pub body: BodyKind,
+    /// Whether the upstream connection may be reused after the body.
+    pub keep_alive: bool,
+}
+
+/// How the client side is answered.
+pub struct ClientSide<'a> {
+    pub chain: &'a Chain,
+    pub request_id: &'a [u8],
+    pub request_was_head: bool,
+    pub http10: bool,
+    /// Close after this response whatever its framing.
+    pub close: bool,
+}
+
+impl ResponsePlan {
+    /// Whether the body goes to the client with the chunked coding.
+    pub fn chunked_to_client(&self, c: &ClientSide<'_>) -> bool {
+        !c.http10 && matches!(self.body, BodyKind::Chunked | BodyKind::UntilClose)
+    }
+
+    /// Whether the client connection ends after this response.
+    pub fn close_client(&self, c: &ClientSide<'_>) -> bool {
+        c.close || (c.http10 && matches!(self.body, BodyKind::Chunked | BodyKind::UntilClose))
+    }
+}
+
+/// Parses the response head `head`, checks its framing and writes the client's head into `out`.
+pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Result<ResponsePlan, ProxyError> {
+    let bad = ProxyError::UpstreamProtocol;
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete response head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(bad("too many response header fields")),
+        Err(_) => return Err(bad("unparseable response head")),
+    }
+    check_raw_head(head).map_err(|_| bad("bare CR, LF or NUL in response head"))?;
+    let status = resp.code.unwrap_or(0);
+    if !(200..=999).contains(&status) {
+        return Err(bad("invalid status code"));
+    }
+    let http10 = resp.version == Some(0);
+    let headers = resp.headers;
+    let mut opts = ConnectionOptions::default();
+    let mut cl: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    for h in headers.iter() {
+        match classify(h.name) {
+            Known::ContentLength => {
+                let n = parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?;
+                if cl.is_some_and(|prev| prev != n) {
+                    return Err(bad("conflicting Content-Length values"));
+                }
+                cl = Some(n);
+            }
+            Known::TransferEncoding => {
+                if te.is_some() {
+                    return Err(bad("more than one Transfer-Encoding"));
+                }
+                te = Some(h.value);
+            }
+            Known::Connection => opts.add(h.value).map_err(|_| bad("malformed Connection header"))?,
+            _ => {}
+        }
+    }
+    let no_body = c.request_was_head || status == 204 || status == 304;
+    let body = if no_body {
+        BodyKind::None
+    } else {
+        match (te, cl) {
+            (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
+            (Some(v), None) if v.eq_ignore_ascii_case(b"chunked") => BodyKind::Chunked,
+            (Some(_), None) => BodyKind::UntilClose,
+            (None, Some(n)) => BodyKind::Length(n),
+            (None, None) => BodyKind::UntilClose,
+        }
+    };
+    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close } && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
+    let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive };
+
+    let mut list = HeaderList::with_capacity(headers.len() + 2);
+    for h in headers.iter() {
+        match classify(h.name) {
+            // Framing of a body-less answer (HEAD, 304) describes the resource: keep it.
+            Known::ContentLength if no_body => list.push(h.name, h.value),
+            Known::Other | Known::Host | Known::Expect | Known::Forwarded if !opts.lists(h.name) => {
+                list.push(h.name, h.value)
+            }
+            _ => {}
+        }
+    }
+    list.set("x-request-id", c.request_id);
+    c.chain.on_response(&ResponseInfo { status }, &mut list);
+
+    let reason = resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| crate::respond::reason(status));
+    push_status_line(out, status, reason);
+    for h in list.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked | BodyKind::UntilClose if !c.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if plan.close_client(c) {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if c.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(plan)
+}

@@ -1,0 +1,323 @@
+//! The per-core worker: its replica of the configuration, balancing state and pools, the
+//! accept loop, and the control loop that swaps snapshots and drains.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use monoio::time::Instant;
+use ringway_runtime::{Mailbox, WorkerContext};
+
+use crate::lb::LbState;
+use crate::pool::Pool;
+use crate::snapshot::Snapshot;
+
+/// Server-wide limits; every one has a safe default.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest request head, request line included (431 past it).
+    pub max_head_bytes: usize,
+    /// Most header fields in a request (431 past it).
+    pub max_headers: usize,
+    /// Time allowed for a whole request head once a connection has one to send.
+    pub head_timeout: Duration,
+    /// How long an idle client keep-alive connection is kept.
+    pub keepalive_timeout: Duration,
+    /// Longest silence while a client sends a request body.
+    pub body_timeout: Duration,
+    /// Longest time one write to a client may take.
+    pub write_timeout: Duration,
+    /// Largest request body unless a route sets its own (`None`: no limit).
+    pub max_body_bytes: Option<u64>,
+    /// Proxies in front of ringway whose `X-Forwarded-*` are trusted. 0: inbound ones are
+    /// replaced; more: the client address is appended to the inbound `X-Forwarded-For`.
+    pub trusted_hops: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+            head_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_body_bytes: None,
+            trusted_hops: 0,
+        }
+    }
+}
+
+/// Orders from the control thread.
+pub enum Control {
+    /// Serve this snapshot for new requests; acknowledge with its revision.
+    Apply(Arc<Snapshot>),
+    /// Stop accepting, finish in-flight requests within the timeout, then return.
+    Drain(Duration),
+}
+
+/// A worker's acknowledgement that it serves a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub worker: usize,
+    pub revision: u64,
+}
+
+/// One snapshot plus this worker's state derived from it.
+pub struct Generation {
+    pub snapshot: Arc<Snapshot>,
+    /// Balancing state per upstream, aligned with `snapshot.upstreams`.
+    pub lb: Vec<RefCell<LbState>>,
+}
+
+impl Generation {
+    /// Builds from `prev`, keeping the balancing state of upstreams whose targets and
+    /// balancer did not change.
+    fn new(snapshot: Arc<Snapshot>, prev: Option<&Generation>, seed: u64) -> Generation {
+        let mut old: HashMap<(&str, u64), &RefCell<LbState>> = HashMap::new();
+        if let Some(p) = prev {
+            for (u, s) in p.snapshot.upstreams.iter().zip(&p.lb) {
+                old.insert((u.id.as_str(), u.fingerprint), s);
+            }
+        }
+        let lb = snapshot
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| match old.get(&(u.id.as_str(), u.fingerprint)) {
+                Some(s) => RefCell::new(s.borrow().clone()),
+                None => RefCell::new(LbState::new(u.targets.len(), seed ^ (i as u64).wrapping_mul(0x9e37_79b9))),
+            })
+            .collect();
+        Generation { snapshot, lb }
+    }
+}
+
+/// Per-worker counters, read by the status API and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: Cell<u64>,
+    pub connections: Cell<u64>,
+}
+
+/// Everything one worker owns. Shared by its tasks through `Rc`; never crosses threads.
+pub struct Worker {
+    pub ctx: WorkerContext,
+    pub limits: ServerLimits,
+    generation: RefCell<Rc<Generation>>,
+    pub pool: RefCell<Pool>,
+    pub draining: Cell<bool>,
+    pub active: Cell<usize>,
+    pub counters: Counters,
+    idle: RefCell<IdleSlots>,
+    request_seq: Cell<u64>,
+    id_prefix: u64,
+}
+
+/// Sockets of connections idle between requests, so a drain can wake them.
+#[derive(Default)]
+struct IdleSlots {
+    fds: Vec<RawFd>,
+    free: Vec<usize>,
+}
+
+impl Worker {
+    pub fn new(ctx: WorkerContext, limits: ServerLimits, snapshot: Arc<Snapshot>, seed: u64) -> Worker {
+        let id_prefix = seed ^ ((ctx.id as u64) << 56);
+        Worker {
+            ctx,
+            limits,
+            generation: RefCell::new(Rc::new(Generation::new(snapshot, None, seed))),
+            pool: RefCell::new(Pool::default()),
+            draining: Cell::new(false),
+            active: Cell::new(0),
+            counters: Counters::default(),
+            idle: RefCell::new(IdleSlots::default()),
+            request_seq: Cell::new(0),
+            id_prefix,
+        }
+    }
+
+    /// The generation new requests use (a non-atomic reference count).
+    pub fn generation(&self) -> Rc<Generation> {
+        self.generation.borrow().clone()
+    }
+
+    /// Swaps in a new snapshot; in-flight requests keep the generation they started with.
+    pub fn apply(&self, snapshot: Arc<Snapshot>) {
+        let next = {
+            let prev = self.generation.borrow();
+            Generation::new(snapshot, Some(&prev), self.id_prefix)
+        };
+        *self.generation.borrow_mut() = Rc::new(next);
+    }
+
+    /// A fresh request id: 32 hex digits, unique per process run.
+    pub fn next_request_id(&self) -> [u8; 32] {
+        let seq = self.request_seq.get().wrapping_add(1);
+        self.request_seq.set(seq);
+        let mut out = [0u8; 32];
+        for (i, v) in [self.id_prefix, seq].iter().enumerate() {
+            for j in 0..16 {
+                out[i * 16 + j] = b"0123456789abcdef"[((v >> (60 - 4 * j)) & 15) as usize];
+            }
+        }
+        out
+    }
+
+    /// Registers an idle connection's socket; returns its slot.
+    pub fn idle_enter(&self, fd: RawFd) -> usize {
+        let mut s = self.idle.borrow_mut();
+        match s.free.pop() {
+            Some(i) => {
+                s.fds[i] = fd;
+                i
+            }
+            None => {
+                s.fds.push(fd);
+                s.fds.len() - 1
+            }
+        }
+    }
+
+    pub fn idle_leave(&self, slot: usize) {
+        let mut s = self.idle.borrow_mut();
+        s.fds[slot] = -1;
+        s.free.push(slot);
+    }
+
+    /// Ends every idle connection's wait: their pending reads see end-of-stream.
+    fn wake_idle(&self) {
+        for &fd in self.idle.borrow().fds.iter().filter(|fd| **fd >= 0) {
+            // SAFETY: the fd belongs to a live connection task of this worker (slots are
+            // cleared before a connection closes); shutting down its read side is harmless.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
+        }
+    }
+}
+
+/// A one-shot event local to a worker.
+#[derive(Default)]
+pub struct LocalEvent {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalEvent {
+    pub fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.fired.get() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEvent>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                worker.active.set(worker.active.get() + 1);
+                worker.counters.connections.set(worker.counters.connections.get() + 1);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    crate::conn::serve(&w, stream, peer).await;
+                    w.active.set(w.active.get() - 1);
+                });
+            }
+            Err(e) => {
+                log::warn!("worker {}: accept failed: {e}", worker.ctx.id);
+                // Out of descriptors or similar: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn sweeper(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(2)).await;
+        worker.pool.borrow_mut().sweep(Instant::now());
+    }
+}
+
+/// Everything a worker is started with.
+pub struct WorkerSetup {
+    pub listener: std::net::TcpListener,
+    pub mailbox: Mailbox<Control>,
+    pub snapshot: Arc<Snapshot>,
+    pub limits: ServerLimits,
+    pub acks: crossbeam_channel::Sender<Ack>,
+    pub seed: u64,
+}
+
+/// Runs one worker until it is drained (or its control channel closes).
+pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
+    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed } = setup;
+    let revision = snapshot.revision;
+    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed));
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("worker {}: cannot adopt listener: {e}", ctx.id);
+            return;
+        }
+    };
+    let stop = Rc::new(LocalEvent::default());
+    monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
+    monoio::spawn(sweeper(worker.clone()));
+    let _ = acks.send(Ack { worker: ctx.id, revision });
+    let drain = loop {
+        match mailbox.recv().await {
+            Some(Control::Apply(s)) => {
+                // Latest wins: skip snapshots already superseded in the queue.
+                let s = match mailbox.try_latest() {
+                    Some(Control::Apply(newer)) => newer,
+                    Some(Control::Drain(t)) => break t,
+                    None => s,
+                };
+                let rev = s.revision;
+                worker.apply(s);
+                let _ = acks.send(Ack { worker: ctx.id, revision: rev });
+            }
+            Some(Control::Drain(t)) => break t,
+            None => break Duration::ZERO,
+        }
+    };
+    worker.draining.set(true);
+    stop.fire();
+    worker.wake_idle();
+    let deadline = Instant::now() + drain;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+        worker.wake_idle();
+    }
+    if worker.active.get() > 0 {
+        log::warn!("worker {}: drain timeout with {} connection(s) open", ctx.id, worker.active.get());
+    }
+}
