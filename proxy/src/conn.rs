@@ -11,7 +11,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::h1::head::{check_raw_head, HeadError};
-use crate::io::{read_more, write_all};
+use crate::io::{linger, read_more, write_all};
 use crate::respond::{encode_reply, ProxyError};
 use crate::worker::Worker;
 
@@ -69,7 +69,10 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 let mut out = std::mem::take(&mut conn.out);
                 out.clear();
                 encode_reply(&mut out, &e.reply(), &id, true, false, None);
-                let _ = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+                let (r, _) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+                if r.is_ok() {
+                    linger(&mut conn.stream).await;
+                }
                 return;
             }
         };

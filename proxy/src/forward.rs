@@ -18,7 +18,7 @@ use crate::h1::head::{
     check_raw_head, classify, host_without_port, parse_content_length, split_target, BodyKind, ConnectionOptions,
     HeadError, Known,
 };
-use crate::io::{encode_chunk, push_dec, read_more, write_all, write_range};
+use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_range};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::respond::{encode_reply, push_header, ProxyError};
 use crate::upstream::{encode_response, read_response, ClientSide};
@@ -107,6 +107,9 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain);
             let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
             conn.out = out;
+            if !keep && r.is_ok() {
+                linger(&mut conn.stream).await;
+            }
             keep && r.is_ok()
         }
     }
@@ -569,8 +572,11 @@ async fn stream_request_body(
 async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan, mut out: Vec<u8>, e: ProxyError) -> bool {
     out.clear();
     encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None);
-    let (_, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
+    if r.is_ok() {
+        linger(&mut conn.stream).await;
+    }
     false
 }
 

@@ -45,6 +45,25 @@ pub async fn write_all(s: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (i
     write_range(s, buf, 0..len, timeout).await
 }
 
+/// Closes a connection after an error answer without destroying that answer: stops sending,
+/// then reads and discards what the client still sends (bounded in bytes and time), so the
+/// kernel does not reset the connection over unread data before the client reads the answer.
+pub async fn linger(s: &mut TcpStream) {
+    let _ = monoio::io::AsyncWriteRent::shutdown(s).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut discarded = 0;
+    while discarded < 1024 * 1024 {
+        buf.clear();
+        let (r, b) = read_more(s, buf, 16 * 1024, deadline).await;
+        buf = b;
+        match r {
+            Ok(n) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
 /// Appends a chunk of the chunked coding (`size CRLF data CRLF`) to `out`.
 pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {

@@ -1,0 +1,177 @@
+//! The gateway process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir() -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// The gateway binary cargo built for these tests: `RINGWAY_BIN`, or `ringway-under-test`
+/// beside the test executable's `deps/` folder.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGWAY_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let bin = dir.join("ringway-under-test");
+    assert!(bin.exists(), "{} not found: run the tests with cargo", bin.display());
+    bin
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    pub dir: PathBuf,
+}
+
+/// The driver tests run under: `RINGWAY_TEST_DRIVER` or `auto`.
+pub fn default_driver() -> String {
+    std::env::var("RINGWAY_TEST_DRIVER").unwrap_or_else(|_| "auto".into())
+}
+
+impl Gateway {
+    /// Starts with 2 workers under the default driver.
+    pub fn start(config: &str) -> Gateway {
+        Self::start_with(config, &default_driver(), &[])
+    }
+
+    /// Starts with `config` (YAML), `driver` and extra flags.
+    pub fn start_with(config: &str, driver: &str, extra: &[&str]) -> Gateway {
+        Self::try_start(config, driver, extra).unwrap_or_else(|(status, log)| panic!("gateway did not start ({status:?}):\n{log}"))
+    }
+
+    /// Starts, or returns the exit status and log when the process ends before listening.
+    pub fn try_start(config: &str, driver: &str, extra: &[&str]) -> Result<Gateway, (Option<ExitStatus>, String)> {
+        let dir = scratch_dir();
+        let cfg = dir.join("ringway.yaml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--driver".into(),
+            driver.into(),
+            "--no-pin".into(),
+        ];
+        if !extra.iter().any(|a| *a == "--workers") {
+            args.extend(["--workers".into(), "2".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(binary())
+            .args(&args)
+            .env("RINGWAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        for pipe in [child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)]
+            .into_iter()
+            .flatten()
+        {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").parse().expect("address in log");
+                        return Ok(Gateway { child, addr, log, dir });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Err((Some(status), log.lock().unwrap().join("\n")));
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        return Err((None, log.lock().unwrap().join("\n")));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().ok();
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Err((status, log.lock().unwrap().join("\n")));
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,111 @@
+//! Start-up and shutdown: configuration errors refuse to start, SIGTERM drains.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use ringway_tests::gateway::default_driver;
+use ringway_tests::{Client, Gateway, Reply, Upstream};
+
+use crate::{both_drivers, single};
+
+both_drivers!(sigterm_drains_in_flight_requests_then_exits_zero);
+
+fn sigterm_drains_in_flight_requests_then_exits_zero(driver: &str) {
+    let up = Upstream::start("a", |r| {
+        let body = Reply::Full(200, vec![], format!("done {}", r.target).into_bytes());
+        if r.target == "/slow" {
+            Reply::Delay(Duration::from_millis(1500), Box::new(body))
+        } else {
+            body
+        }
+    });
+    let mut gw = Gateway::start_with(&single(&[up.addr], "", ""), driver, &[]);
+    let addr = gw.addr;
+    // An idle keep-alive client and an in-flight slow request.
+    let mut idle = Client::connect(addr);
+    assert_eq!(idle.get("/warm").status, 200);
+    let in_flight = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let r = c.get("/slow");
+        let closed = c.is_closed(Duration::from_secs(5));
+        (r, closed)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    gw.signal(libc::SIGTERM);
+
+    // The idle connection is closed promptly, without waiting for its keep-alive timeout.
+    assert!(idle.is_closed(Duration::from_secs(3)), "idle keep-alive connection survived the drain");
+    // New connections are refused once the listeners are closed.
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Err(_) => true,
+        Ok(s) => {
+            Client::from_stream(s).is_closed(Duration::from_secs(2))
+        }
+    };
+    assert!(refused, "a new connection was accepted during the drain");
+    // The in-flight request completes, marked as the connection's last.
+    let (r, closed) = in_flight.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "done /slow");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(closed);
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("gateway exits after the drain");
+    assert!(status.success(), "exit status {status:?}\n{}", gw.log());
+    assert!(gw.log().contains("draining"));
+}
+
+#[test]
+fn invalid_config_is_refused_with_every_problem() {
+    let cfg = r#"
+upstreams:
+  u:
+    targets: [{addr: "nowhere"}]
+    lb: fastest
+    timeouts: {connect: "2 parsecs"}
+routes:
+  r1: {paths: ["no-slash"], upstream: u}
+  r2: {paths: ["/x"], upstream: missing}
+"#;
+    let (status, log) = match Gateway::try_start(cfg, &default_driver(), &[]) {
+        Ok(_) => panic!("an invalid config was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    for needle in [
+        "upstreams.u.targets[0].addr",
+        "upstreams.u.lb",
+        "upstreams.u.timeouts.connect",
+        "routes.r1.paths[0]",
+        "routes.r2.upstream",
+    ] {
+        assert!(log.contains(needle), "{needle} not reported:\n{log}");
+    }
+    // Unknown fields are named with their path.
+    let (_, log) = Gateway::try_start("routes:\n  r: {paths: [\"/\"], upstream: u, colour: red}\n", &default_driver(), &[])
+        .err()
+        .expect("unknown field accepted");
+    assert!(log.contains("routes.r") && log.contains("colour"), "{log}");
+}
+
+#[test]
+fn sample_config_is_valid() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../admin/ringway.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway-under-test"))
+        .args(["--check", "--config", sample])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn runs_on_the_epoll_driver_when_asked_and_says_so() {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start_with(&single(&[up.addr], "", ""), "epoll", &[]);
+    assert!(gw.log().contains("driver epoll"), "{}", gw.log());
+    assert_eq!(Client::connect(gw.addr).get("/").status, 200);
+    let gw = Gateway::start_with(&single(&[up.addr], "", ""), "io_uring", &[]);
+    assert!(gw.log().contains("driver io_uring"), "{}", gw.log());
+}

@@ -1,0 +1,37 @@
+//! End-to-end tests: the gateway process against upstream servers started here, through real
+//! sockets. Socket-level tests run under both drivers (`io_uring` and `epoll`).
+
+mod bodies;
+mod framing;
+mod headers;
+mod lb;
+mod lifecycle;
+mod routing;
+mod upstream_errors;
+
+use std::net::SocketAddr;
+
+/// A config with one upstream `u` of the given targets and one catch-all route to it, plus
+/// `extra` YAML appended under `routes:`.
+pub fn single(targets: &[SocketAddr], upstream_extra: &str, route_extra: &str) -> String {
+    let mut t = String::new();
+    for a in targets {
+        t.push_str(&format!("      - addr: \"{a}\"\n"));
+    }
+    format!(
+        "upstreams:\n  u:\n    targets:\n{t}{upstream_extra}\nroutes:\n  all:\n    paths: [\"/*\"]\n    upstream: u\n{route_extra}\n"
+    )
+}
+
+/// Declares `name_io_uring` and `name_epoll` tests calling `name(driver)`.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod under_io_uring {
+            $( #[test] fn $name() { super::$name("io_uring") } )*
+        }
+        mod under_epoll {
+            $( #[test] fn $name() { super::$name("epoll") } )*
+        }
+    };
+}
