@@ -48,8 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if count == 0 {
         bail!("--workers must be at least 1");
     }
-    let (local, listeners) =
-        crate::listen::bind_listeners(args.listen, count).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (local, listeners) = crate::listen::bind_listeners(args.listen, count)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let limits = ServerLimits {
         max_head_bytes: args.max_head_bytes.max(1024),
         max_headers: usize::from(args.max_headers),
@@ -77,12 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed: base_seed.wrapping_add(i as u64),
         });
     }
-    let opts = WorkerOptions {
-        count,
-        driver: args.driver,
-        pin: !args.no_pin,
-        defer_taskrun: !args.no_defer_taskrun,
-    };
+    let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
     let workers = spawn_workers(opts, move |ctx| {
         let setup = setup_rx.try_recv().ok();
         async move {

@@ -40,16 +40,9 @@ pub struct Reply {
 impl Reply {
     /// A JSON error body `{"error": code, "message": message}`.
     pub fn json_error(status: u16, code: &str, message: &str) -> Self {
-        let body = format!(
-            "{{\"error\":{},\"message\":{},\"status\":{status}}}",
-            json_string(code),
-            json_string(message)
-        );
-        Reply {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.into_bytes(),
-        }
+        let body =
+            format!("{{\"error\":{},\"message\":{},\"status\":{status}}}", json_string(code), json_string(message));
+        Reply { status, headers: vec![("content-type".into(), "application/json".into())], body: body.into_bytes() }
     }
 }
 

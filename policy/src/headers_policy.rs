@@ -85,16 +85,10 @@ pub struct HeadersPolicy {
 impl HeadersPolicy {
     pub fn compile(spec: &HeadersPolicySpec, path: &str, errors: &mut ConfigErrors) -> Option<Self> {
         let before = errors.0.len();
-        let request = spec
-            .request
-            .as_ref()
-            .map(|s| Ops::compile(s, &format!("{path}.request"), errors))
-            .unwrap_or_default();
-        let response = spec
-            .response
-            .as_ref()
-            .map(|s| Ops::compile(s, &format!("{path}.response"), errors))
-            .unwrap_or_default();
+        let request =
+            spec.request.as_ref().map(|s| Ops::compile(s, &format!("{path}.request"), errors)).unwrap_or_default();
+        let response =
+            spec.response.as_ref().map(|s| Ops::compile(s, &format!("{path}.response"), errors)).unwrap_or_default();
         (errors.0.len() == before).then_some(HeadersPolicy { request, response })
     }
 }

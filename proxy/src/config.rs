@@ -127,9 +127,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m or h)"))?;
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let value: f64 = num.parse().map_err(|_| format!("duration {s:?} does not start with a number"))?;
     let secs = match unit {
         "us" => value / 1e6,
         "ms" => value / 1e3,

@@ -52,13 +52,8 @@ enum HeadRead {
 
 /// Serves one client connection to its end.
 pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let mut conn = Conn {
-        stream,
-        peer,
-        rbuf: Vec::with_capacity(INITIAL_BUF),
-        out: Vec::new(),
-        peer_ip: peer.ip().to_string(),
-    };
+    let mut conn =
+        Conn { stream, peer, rbuf: Vec::with_capacity(INITIAL_BUF), out: Vec::new(), peer_ip: peer.ip().to_string() };
     let mut first = true;
     loop {
         let head_len = match read_head(worker, &mut conn, first).await {

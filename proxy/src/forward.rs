@@ -42,7 +42,10 @@ impl RequestId {
     }
 
     fn from_client(v: &[u8]) -> Option<Self> {
-        if v.is_empty() || v.len() > 64 || !v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) {
+        if v.is_empty()
+            || v.len() > 64
+            || !v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
             return None;
         }
         let mut buf = [0u8; 64];
@@ -102,7 +105,9 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             };
             let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
             conn.consume(head_len + body_here.unwrap_or(0));
-            let reply = early.reply.unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
+            let reply = early
+                .reply
+                .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
             let chain = early.route.map(|r| &generation.snapshot.routes[r].chain);
             encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain);
             let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
@@ -117,7 +122,13 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
 
 /// Parses and checks the head, routes, runs the request policies, picks a target and writes the
 /// upstream request head into `out`. Synchronous: borrows the receive buffer and snapshot.
-fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usize, out: &mut Vec<u8>) -> Result<Plan, Early> {
+fn prepare(
+    worker: &Worker,
+    generation: &Generation,
+    conn: &Conn,
+    head_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<Plan, Box<Early>> {
     let head = &conn.rbuf[..head_len];
     let mut early = Early {
         error: None,
@@ -131,7 +142,7 @@ fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usiz
     let fail = |mut early: Early, e: HeadError| {
         early.error = Some(ProxyError::Head(e));
         early.keep_alive = false;
-        Err(early)
+        Err(Box::new(early))
     };
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
@@ -254,12 +265,11 @@ fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usiz
     let host_lc = std::str::from_utf8(host_lc).unwrap_or("");
     let snapshot = &generation.snapshot;
     let find_header = |name: &str| headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let Some(route_idx) = snapshot
-        .router
-        .find(host_lc, path, |i| snapshot.routes[i as usize].admits(method, find_header))
+    let Some(route_idx) =
+        snapshot.router.find(host_lc, path, |i| snapshot.routes[i as usize].admits(method, find_header))
     else {
         early.error = Some(ProxyError::NoRoute);
-        return Err(early);
+        return Err(Box::new(early));
     };
     let route_idx = route_idx as usize;
     let route = &snapshot.routes[route_idx];
@@ -269,7 +279,7 @@ fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usiz
         if n > limit {
             early.error = Some(ProxyError::BodyTooLarge { limit });
             early.keep_alive = false;
-            return Err(early);
+            return Err(Box::new(early));
         }
     }
 
@@ -300,7 +310,7 @@ fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usiz
     let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
     if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list) {
         early.reply = Some(r);
-        return Err(early);
+        return Err(Box::new(early));
     }
 
     // Target.
@@ -313,10 +323,11 @@ fn prepare(worker: &Worker, generation: &Generation, conn: &Conn, head_len: usiz
         LbKind::ConsistentHash(HashOn::Ip) => ip_hash(conn.peer),
         _ => 0,
     };
-    let Some(target) = generation.lb[route.upstream].borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key)
+    let Some(target) =
+        generation.lb[route.upstream].borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key)
     else {
         early.error = Some(ProxyError::NoTarget);
-        return Err(early);
+        return Err(Box::new(early));
     };
 
     // Serialise.
@@ -389,7 +400,12 @@ struct BodyProgress {
 
 /// Moves what `conn.rbuf` holds of the request body into `out` (encoded for the upstream),
 /// consuming it. Fails on malformed framing or a body over its cap.
-fn take_buffered_body(conn: &mut Conn, p: &mut BodyProgress, out: &mut Vec<u8>, max: Option<u64>) -> Result<(), ProxyError> {
+fn take_buffered_body(
+    conn: &mut Conn,
+    p: &mut BodyProgress,
+    out: &mut Vec<u8>,
+    max: Option<u64>,
+) -> Result<(), ProxyError> {
     if p.done {
         return Ok(());
     }
@@ -428,7 +444,13 @@ fn take_buffered_body(conn: &mut Conn, p: &mut BodyProgress, out: &mut Vec<u8>, 
 
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
-async fn exchange(worker: &Rc<Worker>, generation: &Rc<Generation>, conn: &mut Conn, plan: &Plan, mut out: Vec<u8>) -> bool {
+async fn exchange(
+    worker: &Rc<Worker>,
+    generation: &Rc<Generation>,
+    conn: &mut Conn,
+    plan: &Plan,
+    mut out: Vec<u8>,
+) -> bool {
     let snapshot = &generation.snapshot;
     let upstream = &snapshot.upstreams[plan.upstream];
     let addr = upstream.targets[plan.target];
@@ -477,7 +499,8 @@ async fn exchange(worker: &Rc<Worker>, generation: &Rc<Generation>, conn: &mut C
             return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
         }
         if !progress.done {
-            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
+            {
                 generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
                 return match e {
                     Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,

@@ -17,7 +17,12 @@ fn timed_out() -> io::Error {
 }
 
 /// Reads more bytes after `buf`'s content, first making room for at least `want` bytes.
-pub async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>, want: usize, deadline: Instant) -> (io::Result<usize>, Vec<u8>) {
+pub async fn read_more(
+    s: &mut TcpStream,
+    mut buf: Vec<u8>,
+    want: usize,
+    deadline: Instant,
+) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
     }
@@ -29,7 +34,12 @@ pub async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>, want: usize, deadlin
 }
 
 /// Writes `buf[range]` fully.
-pub async fn write_range(s: &mut TcpStream, buf: Vec<u8>, range: Range<usize>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+pub async fn write_range(
+    s: &mut TcpStream,
+    buf: Vec<u8>,
+    range: Range<usize>,
+    timeout: Duration,
+) -> (io::Result<()>, Vec<u8>) {
     if range.is_empty() {
         return (Ok(()), buf);
     }

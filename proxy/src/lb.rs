@@ -114,8 +114,8 @@ impl LbState {
                 // takes the largest counter and subtracts the total from it.
                 let mut total = 0i64;
                 let mut best: Option<usize> = None;
-                for i in 0..n {
-                    let w = i64::from(weights[i]);
+                for (i, &w) in weights.iter().enumerate() {
+                    let w = i64::from(w);
                     if w == 0 {
                         continue;
                     }

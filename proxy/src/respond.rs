@@ -108,7 +108,14 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Serialises a reply the proxy produced (policy verdict or error) into `out`, running the
 /// route's response policies when there is a route.
-pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply, request_id: &[u8], close: bool, head_only: bool, chain: Option<&Chain>) {
+pub fn encode_reply(
+    out: &mut Vec<u8>,
+    reply: &Reply,
+    request_id: &[u8],
+    close: bool,
+    head_only: bool,
+    chain: Option<&Chain>,
+) {
     let mut headers = HeaderList::with_capacity(reply.headers.len() + 2);
     for (n, v) in &reply.headers {
         headers.push(n.as_str(), v.as_bytes());

@@ -43,7 +43,7 @@ impl PathPattern {
             let parts: Vec<&str> = body.split('/').collect();
             for (i, s) in parts.iter().enumerate() {
                 let last = i + 1 == parts.len();
-                if s.is_empty() && !(last && !prefix) {
+                if s.is_empty() && (prefix || !last) {
                     return Err(format!("path {p:?} has an empty segment"));
                 }
                 if *s == "." || *s == ".." {
@@ -166,7 +166,7 @@ impl Node {
 }
 
 fn sort_entries(v: &mut [Entry]) {
-    v.sort_by(|a, b| b.rank.cmp(&a.rank));
+    v.sort_by_key(|e| std::cmp::Reverse(e.rank));
 }
 
 #[derive(Debug, Default)]

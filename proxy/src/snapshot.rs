@@ -169,17 +169,15 @@ impl Snapshot {
 }
 
 fn check_id(id: &str, path: &str, errors: &mut ConfigErrors) {
-    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         errors.push(path, "an id is 1 to 128 letters, digits, '-', '_' or '.'");
     }
 }
 
-fn duration_or(
-    value: Option<&String>,
-    default: Duration,
-    path: String,
-    errors: &mut ConfigErrors,
-) -> Duration {
+fn duration_or(value: Option<&String>, default: Duration, path: String, errors: &mut ConfigErrors) -> Duration {
     match value.map(|v| parse_duration(v)) {
         None => default,
         Some(Ok(d)) if d.is_zero() => {
@@ -305,11 +303,10 @@ mod tests {
 
     #[test]
     fn reports_every_problem_with_its_path() {
-        let spec = doc(
-            r#"{"upstreams": {"u": {"targets": [{"addr": "nope"}, {"addr": "127.0.0.1:1", "weight": 20000}],
+        let spec =
+            doc(r#"{"upstreams": {"u": {"targets": [{"addr": "nope"}, {"addr": "127.0.0.1:1", "weight": 20000}],
                                  "lb": "fastest", "timeouts": {"connect": "2 parsecs"}}},
-                "routes": {"r": {"paths": ["x", "/ok"], "upstream": "missing", "strip_prefix": "api/"}}}"#,
-        );
+                "routes": {"r": {"paths": ["x", "/ok"], "upstream": "missing", "strip_prefix": "api/"}}}"#);
         let errs = Snapshot::compile(&spec, 1).unwrap_err();
         let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
@@ -328,10 +325,8 @@ mod tests {
 
     #[test]
     fn strip_prefix_at_segment_boundary() {
-        let spec = doc(
-            r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
-                "routes": {"r": {"paths": ["/api/*"], "upstream": "u", "strip_prefix": "/api"}}}"#,
-        );
+        let spec = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
+                "routes": {"r": {"paths": ["/api/*"], "upstream": "u", "strip_prefix": "/api"}}}"#);
         let s = Snapshot::compile(&spec, 1).unwrap();
         let r = &s.routes[0];
         assert_eq!(r.forward_path("/api/users"), "/users");

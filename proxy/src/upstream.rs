@@ -52,7 +52,9 @@ pub async fn read_response(
                 return Err((e, buf, !received));
             }
             Ok(_) => received = true,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err((ProxyError::UpstreamTimeout, buf, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err((ProxyError::UpstreamTimeout, buf, false))
+            }
             Err(_) => return Err((ProxyError::UpstreamSend, buf, !received)),
         }
     }
@@ -142,7 +144,8 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
             (None, None) => BodyKind::UntilClose,
         }
     };
-    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close } && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
+    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close }
+        && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
     let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive };
 
     let mut list = HeaderList::with_capacity(headers.len() + 2);
@@ -170,7 +173,9 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
             push_dec(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        BodyKind::Chunked | BodyKind::UntilClose if !c.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyKind::Chunked | BodyKind::UntilClose if !c.http10 => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
         _ => {}
     }
     if plan.close_client(c) {

@@ -23,9 +23,7 @@ impl FromStr for DriverChoice {
             "auto" => Ok(Self::Auto),
             "io_uring" | "iouring" | "uring" => Ok(Self::IoUring),
             "epoll" | "legacy" => Ok(Self::Epoll),
-            other => Err(format!(
-                "unknown driver {other:?}: expected auto, io_uring or epoll"
-            )),
+            other => Err(format!("unknown driver {other:?}: expected auto, io_uring or epoll")),
         }
     }
 }

@@ -88,21 +88,13 @@ enum Built {
 }
 
 fn build_runtime(opts: &WorkerOptions) -> io::Result<Built> {
-    let uring = |defer| {
-        RuntimeBuilder::<IoUringDriver>::new()
-            .uring_builder(uring_builder(defer))
-            .enable_timer()
-            .build()
-    };
+    let uring =
+        |defer| RuntimeBuilder::<IoUringDriver>::new().uring_builder(uring_builder(defer)).enable_timer().build();
     let legacy = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
     match opts.driver {
         DriverChoice::Epoll => legacy().map(Built::Legacy),
         DriverChoice::IoUring | DriverChoice::Auto => {
-            let first = if opts.defer_taskrun {
-                uring(true).or_else(|_| uring(false))
-            } else {
-                uring(false)
-            };
+            let first = if opts.defer_taskrun { uring(true).or_else(|_| uring(false)) } else { uring(false) };
             match first {
                 Ok(rt) => Ok(Built::Uring(rt)),
                 Err(e) if opts.driver == DriverChoice::Auto => {
@@ -130,28 +122,26 @@ where
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<WorkerContext>>();
         let make = make.clone();
         let cpu = if opts.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
-        let handle = std::thread::Builder::new()
-            .name(format!("ringway-w{id}"))
-            .spawn(move || {
-                let cpu = cpu.filter(|&c| pin_to(c));
-                let rt = match build_runtime(&opts) {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let driver = match rt {
-                    Built::Uring(_) => DriverKind::IoUring,
-                    Built::Legacy(_) => DriverKind::Epoll,
-                };
-                let ctx = WorkerContext { id, cpu, driver };
-                let _ = ready_tx.send(Ok(ctx));
-                match rt {
-                    Built::Uring(mut rt) => rt.block_on(make(ctx)),
-                    Built::Legacy(mut rt) => rt.block_on(make(ctx)),
+        let handle = std::thread::Builder::new().name(format!("ringway-w{id}")).spawn(move || {
+            let cpu = cpu.filter(|&c| pin_to(c));
+            let rt = match build_runtime(&opts) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
                 }
-            })?;
+            };
+            let driver = match rt {
+                Built::Uring(_) => DriverKind::IoUring,
+                Built::Legacy(_) => DriverKind::Epoll,
+            };
+            let ctx = WorkerContext { id, cpu, driver };
+            let _ = ready_tx.send(Ok(ctx));
+            match rt {
+                Built::Uring(mut rt) => rt.block_on(make(ctx)),
+                Built::Legacy(mut rt) => rt.block_on(make(ctx)),
+            }
+        })?;
         match ready_rx.recv() {
             Ok(Ok(ctx)) => contexts.push(ctx),
             Ok(Err(e)) => return Err(e),

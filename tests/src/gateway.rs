@@ -54,7 +54,8 @@ impl Gateway {
 
     /// Starts with `config` (YAML), `driver` and extra flags.
     pub fn start_with(config: &str, driver: &str, extra: &[&str]) -> Gateway {
-        Self::try_start(config, driver, extra).unwrap_or_else(|(status, log)| panic!("gateway did not start ({status:?}):\n{log}"))
+        Self::try_start(config, driver, extra)
+            .unwrap_or_else(|(status, log)| panic!("gateway did not start ({status:?}):\n{log}"))
     }
 
     /// Starts, or returns the exit status and log when the process ends before listening.
@@ -71,7 +72,7 @@ impl Gateway {
             driver.into(),
             "--no-pin".into(),
         ];
-        if !extra.iter().any(|a| *a == "--workers") {
+        if !extra.contains(&"--workers") {
             args.extend(["--workers".into(), "2".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -85,9 +86,12 @@ impl Gateway {
             .expect("spawn gateway");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
-        for pipe in [child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)]
-            .into_iter()
-            .flatten()
+        for pipe in [
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
         {
             let log = log.clone();
             let tx = tx.clone();

@@ -213,7 +213,10 @@ pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']').ok_or(bad)?;
         let after = &rest[end + 1..];
-        (&s[..end + 2], after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { return Err(bad) }))
+        (
+            &s[..end + 2],
+            after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { return Err(bad) }),
+        )
     } else {
         match s.rfind(':') {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
@@ -264,7 +267,21 @@ mod tests {
         assert_eq!(split_target("/"), Ok(("/", None)));
         assert_eq!(split_target("/a/"), Ok(("/a/", None)));
         assert_eq!(split_target("/a%20b"), Ok(("/a%20b", None)));
-        for bad in ["a", "/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a%2Fb", "/a%5cb", "/a\\b", "//a", "/a//b", "/a#f", "/%zz", "/%2"] {
+        for bad in [
+            "a",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "//a",
+            "/a//b",
+            "/a#f",
+            "/%zz",
+            "/%2",
+        ] {
             assert!(split_target(bad).is_err(), "{bad}");
         }
     }

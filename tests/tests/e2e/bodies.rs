@@ -94,9 +94,7 @@ fn one_gib_upload_and_download_with_bounded_memory() {
 }
 
 fn chunked_bodies_both_ways(driver: &str) {
-    let up = Upstream::start("a", |r| {
-        Reply::Chunked(200, vec![b"echo:".to_vec(), r.body.clone(), b":end".to_vec()])
-    });
+    let up = Upstream::start("a", |r| Reply::Chunked(200, vec![b"echo:".to_vec(), r.body.clone(), b":end".to_vec()]));
     let gw = Gateway::start_with(&single(&[up.addr], "", ""), driver, &[]);
     let mut c = Client::connect(gw.addr);
     c.send(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n");

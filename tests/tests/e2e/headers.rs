@@ -76,7 +76,11 @@ fn hop_by_hop_stripped_both_ways(driver: &str) {
 
 fn headers_policy_edits_both_directions(driver: &str) {
     let up = Upstream::start("a", |_| {
-        Reply::Full(200, vec![("Server".into(), "origin/1.0".into()), ("X-Powered-By".into(), "php".into())], b"ok".to_vec())
+        Reply::Full(
+            200,
+            vec![("Server".into(), "origin/1.0".into()), ("X-Powered-By".into(), "php".into())],
+            b"ok".to_vec(),
+        )
     });
     let policy = "    policies:\n      headers:\n        request:\n          set: {x-gateway: ringway, x-tenant: t1}\n          add: {x-extra: two}\n          remove: [cookie]\n        response:\n          set: {server: ringway}\n          remove: [x-powered-by]\n          add: {x-frame-options: DENY}\n";
     let gw = Gateway::start_with(&single(&[up.addr], "", policy), driver, &[]);

@@ -19,7 +19,12 @@ fn weighted(targets: &[(SocketAddr, u32)], lb: &str) -> String {
 }
 
 /// Which upstream served each request, by the echo body's first word.
-fn tally(gw: &Gateway, requests: usize, connections: usize, headers: impl Fn(usize) -> Vec<(String, String)>) -> HashMap<String, usize> {
+fn tally(
+    gw: &Gateway,
+    requests: usize,
+    connections: usize,
+    headers: impl Fn(usize) -> Vec<(String, String)>,
+) -> HashMap<String, usize> {
     let mut clients: Vec<Client> = (0..connections).map(|_| Client::connect(gw.addr)).collect();
     let mut counts = HashMap::new();
     for i in 0..requests {
@@ -43,7 +48,11 @@ fn weighted_round_robin_within_two_percent() {
     for (u, w) in ups.iter().zip(weights) {
         let share = counts.get(&u.name).copied().unwrap_or(0) as f64 / n as f64;
         let want = f64::from(w) / 10.0;
-        assert!((share - want).abs() <= 0.02 * want.max(0.1), "{}: share {share:.4}, weight share {want:.4} ({counts:?})", u.name);
+        assert!(
+            (share - want).abs() <= 0.02 * want.max(0.1),
+            "{}: share {share:.4}, weight share {want:.4} ({counts:?})",
+            u.name
+        );
     }
 }
 
@@ -105,7 +114,14 @@ fn consistent_hash_moves_about_one_nth_when_a_target_is_added() {
         let gw = Gateway::start(&weighted(&targets, lb));
         let mut c = Client::connect(gw.addr);
         (0..keys)
-            .map(|k| c.request("GET", "/", &[("X-User", &format!("u{k}"))], b"").text().split(' ').next().unwrap().to_string())
+            .map(|k| {
+                c.request("GET", "/", &[("X-User", &format!("u{k}"))], b"")
+                    .text()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     };
     let before = map(4);
@@ -130,7 +146,8 @@ fn least_conn_prefers_the_idle_target() {
     };
     let a = Upstream::start("a", handler("a"));
     let b = Upstream::start("b", handler("b"));
-    let gw = Gateway::start_with(&weighted(&[(a.addr, 1), (b.addr, 1)], "    lb: least_conn"), "auto", &["--workers", "1"]);
+    let gw =
+        Gateway::start_with(&weighted(&[(a.addr, 1), (b.addr, 1)], "    lb: least_conn"), "auto", &["--workers", "1"]);
     // Occupy one target with a slow request; every quick request then goes to the other.
     let addr = gw.addr;
     let busy = std::thread::spawn(move || Client::connect(addr).get("/slow").text());
@@ -143,9 +160,15 @@ fn least_conn_prefers_the_idle_target() {
 
 #[test]
 fn p2c_ewma_avoids_the_slow_target() {
-    let slow = Upstream::start("slow", |_| Reply::Delay(Duration::from_millis(30), Box::new(Reply::Full(200, vec![], b"slow".to_vec()))));
+    let slow = Upstream::start("slow", |_| {
+        Reply::Delay(Duration::from_millis(30), Box::new(Reply::Full(200, vec![], b"slow".to_vec())))
+    });
     let fast = Upstream::echo("fast");
-    let gw = Gateway::start_with(&weighted(&[(slow.addr, 1), (fast.addr, 1)], "    lb: p2c_ewma"), "auto", &["--workers", "1"]);
+    let gw = Gateway::start_with(
+        &weighted(&[(slow.addr, 1), (fast.addr, 1)], "    lb: p2c_ewma"),
+        "auto",
+        &["--workers", "1"],
+    );
     let counts = tally(&gw, 200, 1, |_| vec![]);
     let fast_n = counts.get("fast").copied().unwrap_or(0);
     assert!(fast_n >= 170, "fast target served {fast_n} of 200 ({counts:?})");

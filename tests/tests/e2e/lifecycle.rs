@@ -40,9 +40,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero(driver: &str) {
     std::thread::sleep(Duration::from_millis(200));
     let refused = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
         Err(_) => true,
-        Ok(s) => {
-            Client::from_stream(s).is_closed(Duration::from_secs(2))
-        }
+        Ok(s) => Client::from_stream(s).is_closed(Duration::from_secs(2)),
     };
     assert!(refused, "a new connection was accepted during the drain");
     // The in-flight request completes, marked as the connection's last.
@@ -83,19 +81,18 @@ routes:
         assert!(log.contains(needle), "{needle} not reported:\n{log}");
     }
     // Unknown fields are named with their path.
-    let (_, log) = Gateway::try_start("routes:\n  r: {paths: [\"/\"], upstream: u, colour: red}\n", &default_driver(), &[])
-        .err()
-        .expect("unknown field accepted");
+    let (_, log) =
+        Gateway::try_start("routes:\n  r: {paths: [\"/\"], upstream: u, colour: red}\n", &default_driver(), &[])
+            .err()
+            .expect("unknown field accepted");
     assert!(log.contains("routes.r") && log.contains("colour"), "{log}");
 }
 
 #[test]
 fn sample_config_is_valid() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../admin/ringway.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway-under-test"))
-        .args(["--check", "--config", sample])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_ringway-under-test")).args(["--check", "--config", sample]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }

@@ -15,7 +15,9 @@ fn unreachable_slow_and_broken_upstreams(driver: &str) {
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let slow = Upstream::start("slow", |_| Reply::Hang);
     let broken = Upstream::start("broken", |r| match r.target.as_str() {
-        "/both" => Reply::RawThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\nok".to_vec()),
+        "/both" => Reply::RawThenClose(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\nok".to_vec(),
+        ),
         _ => Reply::RawThenClose(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
     });
     let ok = Upstream::echo("ok");
