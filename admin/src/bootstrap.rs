@@ -32,7 +32,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_with_their_path() {
         let e = parse_document("upstreams:\n  u:\n    targets: []\n    colour: red\n").unwrap_err();
-        assert_eq!(e.0[0].path, "upstreams.u");
+        assert_eq!(e.0[0].path, "upstreams.u.colour");
         assert!(e.0[0].message.contains("colour"), "{}", e.0[0].message);
         let e = parse_document("routes:\n  r:\n    paths: 5\n    upstream: u\n").unwrap_err();
         assert_eq!(e.0[0].path, "routes.r.paths");

@@ -75,6 +75,28 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub trusted_hops: u32,
 
+    /// Address of the admin API (loopback unless a token is set).
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    pub admin_listen: SocketAddr,
+
+    /// Token the admin API requires (`Authorization: Bearer TOKEN`); required for a
+    /// non-loopback admin address.
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest admin request body in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub admin_max_body: usize,
+
+    /// Where the configuration store (RocksDB) lives.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Replace the stored configuration with `--config`'s (by default a file only seeds an
+    /// empty store).
+    #[arg(long)]
+    pub replace_config: bool,
+
     /// Check the configuration, print every problem, and exit.
     #[arg(long)]
     pub check: bool,

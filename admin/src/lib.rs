@@ -4,10 +4,13 @@
 //! Invariant: nothing here runs on a worker's request path; `proxy` and `policy` never depend
 //! on this crate.
 
+pub mod api;
 pub mod bootstrap;
 pub mod cli;
+pub mod http;
 pub mod listen;
 pub mod serve;
+pub mod state;
 
 use std::process::ExitCode;
 

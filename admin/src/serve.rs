@@ -1,18 +1,23 @@
-//! Start-up and shutdown: compile the configuration, bind, start the workers, wait for a
-//! signal, drain.
+//! Start-up and shutdown: open the store, seed it from a file when asked, compile, bind, start
+//! the workers and the admin API, run the admin thread until a signal, drain.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ringway_proxy::{run_worker, Ack, ConfigSpec, Control, ServerLimits, Snapshot, WorkerSetup};
+use crossbeam_channel::{select, unbounded};
+use ringway_proxy::{run_worker, Ack, Control, ServerLimits, Snapshot, WorkerSetup};
 use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions};
+use ringway_store::{Change, ConfigStore, RocksStore};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::api::{self, ApiContext};
 use crate::bootstrap::load_file;
 use crate::cli::Args;
+use crate::http::{self, AdminLimits, Job};
+use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
 
 fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -21,33 +26,64 @@ fn seed() -> u64 {
     h.finish()
 }
 
+fn report(path: &std::path::Path, errors: ringway_policy::ConfigErrors) -> anyhow::Error {
+    for e in &errors.0 {
+        eprintln!("ringway: config error at {}: {}", e.path, e.message);
+    }
+    anyhow::anyhow!("{} refused: {} problem(s)", path.display(), errors.0.len())
+}
+
+/// Opens the store and applies `--config` to it as the flags say.
+fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
+    let mut store = RocksStore::open(&args.data_dir)
+        .with_context(|| format!("cannot open the configuration store in {}", args.data_dir.display()))?;
+    let stored = store.revision().context("cannot read the store's revision")?;
+    if let Some(path) = &args.config {
+        let (spec, _) = load_file(path, stored + 1).map_err(|e| report(path, e))?;
+        if stored == 0 || args.replace_config {
+            let current = spec_from_state(&store.load()?).map_err(anyhow::Error::msg)?;
+            let (_, ops) = diff(&current, &spec);
+            if stored == 0 || !ops.is_empty() {
+                let rev = store.commit(Change { ops, summary: format!("load {}", path.display()) })?;
+                log::info!("stored {} as revision {rev}", path.display());
+            }
+        } else {
+            log::warn!(
+                "{} not loaded: the store in {} already holds revision {stored} (--replace-config replaces it)",
+                path.display(),
+                args.data_dir.display()
+            );
+        }
+    }
+    Ok(Box::new(store))
+}
+
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (_spec, snapshot) = match &args.config {
-        Some(path) => match load_file(path, 1) {
-            Ok(v) => v,
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("ringway: config error at {}: {}", e.path, e.message);
-                }
-                bail!("{} refused: {} problem(s)", path.display(), errors.0.len());
-            }
-        },
-        None => {
-            let spec = ConfigSpec::default();
-            let snap = Snapshot::compile(&spec, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
-            (spec, snap)
-        }
-    };
     if args.check {
+        let Some(path) = &args.config else { bail!("--check needs --config FILE") };
+        let (_, snapshot) = load_file(path, 1).map_err(|e| report(path, e))?;
         println!("configuration OK: {} upstream(s), {} route(s)", snapshot.upstreams.len(), snapshot.routes.len());
         return Ok(());
     }
-    let snapshot = Arc::new(snapshot);
+    if !args.admin_listen.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
+        bail!("the admin API on {} is not loopback: set --admin-token or RINGWAY_ADMIN_TOKEN", args.admin_listen);
+    }
     let count = args.workers.unwrap_or_else(|| ringway_runtime::allowed_cpus().len().max(1));
     if count == 0 {
         bail!("--workers must be at least 1");
     }
+    let store = open_store(&args)?;
+    let stored = store.load().context("cannot load the stored configuration")?;
+    let spec = spec_from_state(&stored).map_err(anyhow::Error::msg)?;
+    let snapshot = Snapshot::compile(&spec, stored.revision).map_err(|e| {
+        anyhow::anyhow!("the stored configuration (revision {}) does not compile: {e}", stored.revision)
+    })?;
+    let snapshot = Arc::new(snapshot);
+
+    let admin_listener = std::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("cannot listen for the admin API on {}", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
     let (local, listeners) = crate::listen::bind_listeners(args.listen, count)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let limits = ServerLimits {
@@ -60,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         trusted_hops: args.trusted_hops,
     };
-    let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
+    let (ack_tx, ack_rx) = unbounded::<Ack>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
@@ -87,30 +123,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     })
     .context("cannot start workers")?;
+    let mut worker_status: Vec<WorkerStatus> = workers
+        .contexts()
+        .iter()
+        .map(|c| WorkerStatus { id: c.id, cpu: c.cpu, driver: c.driver.as_str(), revision: 0 })
+        .collect();
+    // Worker ids come from the runtime; the mailbox a worker took may belong to any index, so
+    // acknowledgements name the worker id.
     for _ in 0..count {
-        ack_rx.recv_timeout(Duration::from_secs(10)).context("a worker did not start")?;
+        let a = ack_rx.recv_timeout(Duration::from_secs(10)).context("a worker did not start")?;
+        if let Some(w) = worker_status.get_mut(a.worker) {
+            w.revision = a.revision;
+        }
     }
-    let drivers: Vec<&str> = workers.contexts().iter().map(|c| c.driver.as_str()).collect();
+    let driver = worker_status.first().map_or("none", |w| w.driver);
     log::info!(
-        "ringway {} listening on {local} with {count} worker(s), driver {}; {} route(s), {} upstream(s)",
+        "ringway {} listening on {local} with {count} worker(s), driver {driver}; revision {}: {} route(s), {} upstream(s)",
         env!("CARGO_PKG_VERSION"),
-        drivers.first().copied().unwrap_or("none"),
+        snapshot.revision,
         snapshot.routes.len(),
         snapshot.upstreams.len()
     );
 
+    let (job_tx, job_rx) = unbounded::<Job>();
+    let admin_limits = AdminLimits { max_body: args.admin_max_body, max_connections: 64 };
+    std::thread::Builder::new()
+        .name("ringway-admin-accept".into())
+        .spawn(move || http::serve(admin_listener, job_tx, admin_limits))
+        .context("cannot start the admin API")?;
+    log::info!(
+        "admin listening on {admin_addr} (token {})",
+        if args.admin_token.is_some() { "required" } else { "not set" }
+    );
+
+    let (sig_tx, sig_rx) = unbounded::<i32>();
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
-    let sig = signals.forever().next().unwrap_or(SIGTERM);
-    log::info!("signal {sig}: draining (up to {:?})", args.drain_timeout);
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            log::warn!("second signal: exiting without waiting for the drain");
-            std::process::exit(1);
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                log::warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
         }
     });
-    for s in &senders {
-        let _ = s.send(Control::Drain(args.drain_timeout));
-    }
+
+    let mut state = AdminState::new(store, spec, stored.revision, senders, ack_rx, worker_status);
+    let ctx =
+        ApiContext { token: args.admin_token.clone().filter(|t| !t.is_empty()), version: env!("CARGO_PKG_VERSION") };
+    let sig = loop {
+        select! {
+            recv(job_rx) -> job => {
+                let Ok((req, reply)) = job else { continue };
+                let resp = api::handle(&mut state, &ctx, &req);
+                let _ = reply.send(resp);
+            }
+            recv(sig_rx) -> sig => break sig.unwrap_or(SIGTERM),
+        }
+    };
+    drop(sig_rx);
+    log::info!("signal {sig}: draining (up to {:?})", args.drain_timeout);
+    state.drain(args.drain_timeout);
     workers.join();
     log::info!("drained; exiting");
     Ok(())

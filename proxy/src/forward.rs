@@ -283,6 +283,7 @@ fn prepare(
         }
     }
 
+    let request_id = early.request_id;
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
     let mut list: HeaderList<'_> = HeaderList::with_capacity(headers.len() + 4);
     for h in headers.iter() {
@@ -305,8 +306,7 @@ fn prepare(
     if let Some(h) = host {
         list.push("x-forwarded-host", h);
     }
-    let request_id = early.request_id;
-    list.push("x-request-id", request_id.as_bytes().to_vec());
+    list.push("x-request-id", request_id.as_bytes());
     let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
     if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list) {
         early.reply = Some(r);

@@ -59,7 +59,7 @@ impl Client {
         for (n, v) in headers {
             raw.push_str(&format!("{n}: {v}\r\n"));
         }
-        if !body.is_empty() || method == "POST" || method == "PUT" {
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
             raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         raw.push_str("\r\n");

@@ -37,8 +37,11 @@ pub fn binary() -> PathBuf {
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     pub dir: PathBuf,
+    /// Keep `dir` when dropped (for a restart on the same data).
+    pub keep_dir: bool,
 }
 
 /// The driver tests run under: `RINGWAY_TEST_DRIVER` or `auto`.
@@ -60,18 +63,27 @@ impl Gateway {
 
     /// Starts, or returns the exit status and log when the process ends before listening.
     pub fn try_start(config: &str, driver: &str, extra: &[&str]) -> Result<Gateway, (Option<ExitStatus>, String)> {
-        let dir = scratch_dir();
-        let cfg = dir.join("ringway.yaml");
-        std::fs::write(&cfg, config).expect("write config");
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--driver".into(),
-            driver.into(),
-            "--no-pin".into(),
-        ];
+        Self::start_in(scratch_dir(), Some(config), driver, extra)
+    }
+
+    /// Starts with its data in `dir` (`dir/data`), seeding from `config` when given.
+    pub fn start_in(
+        dir: PathBuf,
+        config: Option<&str>,
+        driver: &str,
+        extra: &[&str],
+    ) -> Result<Gateway, (Option<ExitStatus>, String)> {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(config) = config {
+            let cfg = dir.join("ringway.yaml");
+            std::fs::write(&cfg, config).expect("write config");
+            args.extend(["--config".into(), cfg.display().to_string()]);
+        }
+        if !extra.contains(&"--admin-listen") {
+            args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(["--data-dir".into(), dir.join("data").display().to_string()]);
+        args.extend(["--listen".into(), "127.0.0.1:0".into(), "--driver".into(), driver.into(), "--no-pin".into()]);
         if !extra.contains(&"--workers") {
             args.extend(["--workers".into(), "2".into()]);
         }
@@ -104,13 +116,17 @@ impl Gateway {
         }
         drop(tx);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut addr: Option<SocketAddr> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").parse().expect("address in log");
-                        return Ok(Gateway { child, addr, log, dir });
+                    if let Some(rest) = line.split("admin listening on ").nth(1) {
+                        let admin = rest.split_whitespace().next().unwrap_or("").parse().expect("admin address in log");
+                        let addr = addr.expect("the data-plane address is logged first");
+                        return Ok(Gateway { child, addr, admin, log, dir, keep_dir: false });
+                    } else if let Some(rest) = line.split("listening on ").nth(1) {
+                        addr = Some(rest.split_whitespace().next().unwrap_or("").parse().expect("address in log"));
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -130,6 +146,22 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Sends SIGKILL and waits for the process to end.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A request to the admin API; `body` is sent as JSON.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> crate::Response {
+        let mut c = crate::Client::connect(self.admin);
+        let mut headers = vec![("Host", "admin")];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        c.request(method, path, &headers, body.unwrap_or("").as_bytes())
     }
 
     pub fn pid(&self) -> u32 {
@@ -176,6 +208,8 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

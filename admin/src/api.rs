@@ -1,0 +1,303 @@
+//! The admin API under `/admin/v1`: resources (`upstreams`, `routes`), the whole document,
+//! revisions and rollback, status. Runs on the admin thread only.
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use ringway_policy::{ConfigError, ConfigErrors};
+use ringway_proxy::ConfigSpec;
+
+use crate::http::{Request, Response};
+use crate::state::{spec_from_state, AdminState, ApiError, ROUTES, UPSTREAMS};
+
+/// What the API needs besides the state.
+pub struct ApiContext {
+    pub token: Option<String>,
+    pub version: &'static str,
+}
+
+/// Compares in time independent of where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+fn authorized(ctx: &ApiContext, req: &Request) -> bool {
+    let Some(token) = &ctx.token else { return true };
+    let given = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.header("x-admin-token"))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn err(e: ApiError) -> Response {
+    let mut v = json!({"error": e.code, "message": e.message, "status": e.status});
+    if !e.problems.is_empty() {
+        v["problems"] = serde_json::to_value(&e.problems).unwrap_or(Value::Null);
+    }
+    Response::json(e.status, &v)
+}
+
+/// Handles one request.
+pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Response {
+    if !authorized(ctx, req) {
+        return Response::error(401, "unauthorized", "a valid admin token is required (Authorization: Bearer TOKEN)");
+    }
+    let Some(rest) = req.path.strip_prefix("/admin/v1/") else {
+        return Response::error(404, "not_found", format!("no admin endpoint at {}", req.path));
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let m = req.method.as_str();
+    let result = match (m, parts.as_slice()) {
+        ("GET", ["status"]) => Ok(status(state, ctx)),
+        ("GET", ["config"]) => Ok(get_config(state, req)),
+        ("PUT", ["config"]) => put_config(state, req),
+        ("GET", ["revisions"]) => revisions(state, req),
+        ("POST", ["revisions", rev, "rollback"]) => rollback(state, rev),
+        ("GET", [kind]) if is_kind(kind) => Ok(list(state, kind)),
+        ("GET", [kind, id]) if is_kind(kind) => get_one(state, kind, id),
+        ("PUT", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, false),
+        ("PATCH", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, true),
+        ("DELETE", [kind, id]) if is_kind(kind) => delete_one(state, kind, id),
+        (_, ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"]) => {
+            Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
+        }
+        (_, [kind] | [kind, _]) if is_kind(kind) => {
+            Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
+        }
+        _ => Err(ApiError::new(404, "not_found", format!("no admin endpoint at {}", req.path))),
+    };
+    result.unwrap_or_else(err)
+}
+
+fn is_kind(k: &str) -> bool {
+    k == UPSTREAMS || k == ROUTES
+}
+
+fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
+    state.refresh();
+    let drivers: Vec<&str> = state.worker_status.iter().map(|w| w.driver).collect();
+    Response::json(
+        200,
+        &json!({
+            "version": ctx.version,
+            "driver": drivers.first().copied().unwrap_or("none"),
+            "revision": state.revision(),
+            "workers": state.worker_status,
+            "last_rollout_ms": state.last_rollout.map(|d| d.as_secs_f64() * 1e3),
+        }),
+    )
+}
+
+fn wants_yaml(req: &Request) -> bool {
+    req.query_param("format") == Some("yaml") || req.header("accept").is_some_and(|a| a.contains("yaml"))
+}
+
+fn get_config(state: &AdminState, req: &Request) -> Response {
+    if wants_yaml(req) {
+        let body = serde_yaml::to_string(state.spec()).unwrap_or_default().into_bytes();
+        return Response { status: 200, content_type: "application/yaml", body };
+    }
+    let mut v = serde_json::to_value(state.spec()).unwrap_or(Value::Null);
+    v["revision"] = json!(state.revision());
+    // `revision` is informational: PUT ignores it.
+    Response::json(200, &v)
+}
+
+/// Parses a body (JSON or YAML) into `T`, with problems named by their path under `prefix`.
+fn parse_body<T: DeserializeOwned>(req: &Request, prefix: &str) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(&req.body).map_err(|_| ApiError::new(400, "bad_body", "the body is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(ApiError::new(400, "bad_body", "the body is empty"));
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner == ".") {
+            (true, true) => "$".to_string(),
+            (true, false) => inner,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        ApiError::invalid(ConfigErrors(vec![ConfigError::new(path, e.into_inner().to_string())]))
+    })
+}
+
+fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiError> {
+    let mut value: Value = parse_body(req, "")?;
+    if let Some(o) = value.as_object_mut() {
+        o.remove("revision");
+    }
+    let spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        ApiError::invalid(ConfigErrors(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]))
+    })?;
+    if req.query_param("dry_run") == Some("true") {
+        let d = state.dry_run(&spec)?;
+        return Ok(Response::json(200, &json!({"dry_run": true, "revision": state.revision(), "diff": d})));
+    }
+    let (rev, d) = state.apply(spec, "replace the whole configuration".into())?;
+    Ok(Response::json(200, &json!({"revision": rev, "diff": d})))
+}
+
+fn revisions(state: &AdminState, req: &Request) -> Result<Response, ApiError> {
+    let limit = req.query_param("limit").and_then(|v| v.parse().ok()).unwrap_or(100usize).min(1000);
+    let h = state.store().history(limit).map_err(|e| ApiError::new(500, "store_failed", e.to_string()))?;
+    Ok(Response::json(200, &json!({"revision": state.revision(), "revisions": h})))
+}
+
+fn rollback(state: &mut AdminState, rev: &str) -> Result<Response, ApiError> {
+    let target: u64 =
+        rev.parse().map_err(|_| ApiError::new(400, "bad_revision", format!("{rev:?} is not a revision number")))?;
+    let past = state.store().state_at(target).map_err(|e| match e {
+        ringway_store::StoreError::UnknownRevision(_) | ringway_store::StoreError::Pruned { .. } => {
+            ApiError::new(404, "unknown_revision", e.to_string())
+        }
+        other => ApiError::new(500, "store_failed", other.to_string()),
+    })?;
+    let spec = spec_from_state(&past).map_err(|e| ApiError::new(500, "store_failed", e))?;
+    let (new_rev, d) = state.apply(spec, format!("rollback to revision {target}"))?;
+    Ok(Response::json(200, &json!({"revision": new_rev, "rolled_back_to": target, "diff": d})))
+}
+
+fn list(state: &AdminState, kind: &str) -> Response {
+    let items: Vec<Value> = match kind {
+        UPSTREAMS => state.spec().upstreams.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
+        _ => state.spec().routes.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
+    };
+    Response::json(200, &json!({"revision": state.revision(), "items": items}))
+}
+
+fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
+    match kind {
+        UPSTREAMS => state.spec().upstreams.get(id).and_then(|v| serde_json::to_value(v).ok()),
+        _ => state.spec().routes.get(id).and_then(|v| serde_json::to_value(v).ok()),
+    }
+}
+
+fn get_one(state: &AdminState, kind: &str, id: &str) -> Result<Response, ApiError> {
+    current(state, kind, id)
+        .map(|v| Response::json(200, &v))
+        .ok_or_else(|| ApiError::new(404, "not_found", format!("no {} with id {id:?}", singular(kind))))
+}
+
+fn singular(kind: &str) -> &'static str {
+    if kind == UPSTREAMS {
+        "upstream"
+    } else {
+        "route"
+    }
+}
+
+/// RFC 7396 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn typed<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." { prefix.to_string() } else { format!("{prefix}.{inner}") };
+        ApiError::invalid(ConfigErrors(vec![ConfigError::new(path, e.into_inner().to_string())]))
+    })
+}
+
+fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: bool) -> Result<Response, ApiError> {
+    let prefix = format!("{kind}.{id}");
+    let body: Value = parse_body(req, &prefix)?;
+    let existed = current(state, kind, id);
+    let value = if patch {
+        let mut base = existed
+            .clone()
+            .ok_or_else(|| ApiError::new(404, "not_found", format!("no {} with id {id:?}", singular(kind))))?;
+        merge_patch(&mut base, &body);
+        base
+    } else {
+        body
+    };
+    let mut spec = state.spec().clone();
+    match kind {
+        UPSTREAMS => {
+            spec.upstreams.insert(id.to_string(), typed(value, &prefix)?);
+        }
+        _ => {
+            spec.routes.insert(id.to_string(), typed(value, &prefix)?);
+        }
+    }
+    let verb = if patch {
+        "patch"
+    } else if existed.is_some() {
+        "replace"
+    } else {
+        "create"
+    };
+    let (rev, _) = state.apply(spec, format!("{verb} {} {id}", singular(kind)))?;
+    let status = if existed.is_none() { 201 } else { 200 };
+    Ok(Response::json(status, &json!({"revision": rev, "id": id, "value": current(state, kind, id)})))
+}
+
+fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, ApiError> {
+    if current(state, kind, id).is_none() {
+        return Err(ApiError::new(404, "not_found", format!("no {} with id {id:?}", singular(kind))));
+    }
+    let mut spec = state.spec().clone();
+    if kind == UPSTREAMS {
+        let users: Vec<&String> = spec.routes.iter().filter(|(_, r)| r.upstream == id).map(|(rid, _)| rid).collect();
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::new(
+                409,
+                "in_use",
+                format!("upstream {id:?} is used by route(s) {}", names.join(", ")),
+            ));
+        }
+        spec.upstreams.remove(id);
+    } else {
+        spec.routes.remove(id);
+    }
+    let (rev, _) = state.apply(spec, format!("delete {} {id}", singular(kind)))?;
+    Ok(Response::json(200, &json!({"revision": rev, "deleted": id})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+    }
+}
