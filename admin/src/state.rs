@@ -132,6 +132,9 @@ pub struct AdminState {
     pub rollout_timeout: Duration,
     /// How long the last rollout took from commit to the last acknowledgement.
     pub last_rollout: Option<Duration>,
+    /// The latest published snapshots. Holding them here makes the admin thread, not a
+    /// worker, free a superseded snapshot (tens of thousands of allocations with many routes).
+    published: std::collections::VecDeque<Arc<Snapshot>>,
 }
 
 impl AdminState {
@@ -152,6 +155,7 @@ impl AdminState {
             worker_status,
             rollout_timeout: Duration::from_secs(10),
             last_rollout: None,
+            published: std::collections::VecDeque::new(),
         }
     }
 
@@ -205,6 +209,11 @@ impl AdminState {
         let started = Instant::now();
         for w in &self.workers {
             let _ = w.send(Control::Apply(snapshot.clone()));
+        }
+        self.published.push_back(snapshot);
+        while self.published.len() > 3 {
+            // Workers moved past it (they ack the newest): usually the last reference.
+            self.published.pop_front();
         }
         let deadline = started + self.rollout_timeout;
         loop {

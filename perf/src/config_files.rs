@@ -1,0 +1,121 @@
+//! Configuration files for the proxies under test, each given one worker and keep-alive
+//! connections to the origin, and tuned so no proxy touches the disk on the request path.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Idle keep-alive connections each proxy may hold to the origin.
+pub const UPSTREAM_KEEPALIVE: usize = 64;
+
+/// nginx: one worker, no access log, pooled HTTP/1.1 upstream connections, buffers large
+/// enough that neither the 16 KiB request body nor the 64 KiB response goes to a temp file.
+pub fn nginx(origin: SocketAddr, listen: SocketAddr, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+
+events {{
+    worker_connections 8192;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-client-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_buffer_size 64k;
+
+    upstream origin {{
+        server {origin};
+        keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_requests 10000000;
+    }}
+
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// HAProxy: one thread, HTTP mode, connections to the origin always reused.
+pub fn haproxy(origin: SocketAddr, listen: SocketAddr) -> String {
+    format!(
+        r#"global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+    http-reuse always
+
+frontend bench
+    bind {listen}
+    default_backend origin
+
+backend origin
+    server origin {origin}
+"#
+    )
+}
+
+/// ringway: one upstream, and either a catch-all route or `extra_routes` non-matching routes
+/// followed by the `/bench/*` route the load hits.
+pub fn ringway(origin: SocketAddr, extra_routes: usize) -> String {
+    let mut out =
+        format!("upstreams:\n  origin:\n    targets:\n      - addr: \"{origin}\"\n        weight: 1\nroutes:\n");
+    if extra_routes == 0 {
+        out.push_str("  all:\n    paths: [\"/*\"]\n    upstream: origin\n");
+        return out;
+    }
+    for i in 1..=extra_routes {
+        let _ = writeln!(out, "  r{i:04}: {{paths: [\"/svc{i:04}/*\"], upstream: origin}}");
+    }
+    out.push_str("  hit: {paths: [\"/bench/*\"], upstream: origin}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ringway_route_table_has_the_hit_route_last() {
+        let origin = "127.0.0.1:9001".parse().unwrap();
+        let yaml = ringway(origin, 999);
+        assert_eq!(yaml.matches("upstream: origin").count(), 1000);
+        assert!(yaml.contains("r0999: {paths: [\"/svc0999/*\"]"));
+        assert!(yaml.trim_end().ends_with("hit: {paths: [\"/bench/*\"], upstream: origin}"));
+        assert!(ringway(origin, 0).contains("paths: [\"/*\"]"));
+    }
+
+    #[test]
+    fn proxies_point_at_the_origin() {
+        let origin: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let listen: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let n = nginx(origin, listen, Path::new("/tmp/x"));
+        assert!(n.contains("server 127.0.0.1:9001;") && n.contains("listen 127.0.0.1:9002;"));
+        let h = haproxy(origin, listen);
+        assert!(h.contains("server origin 127.0.0.1:9001") && h.contains("bind 127.0.0.1:9002"));
+    }
+}

@@ -1,0 +1,102 @@
+//! The scenarios `compare` runs. Adding one is adding an entry to [`SCENARIOS`].
+
+use anyhow::{bail, Result};
+
+use crate::load::Method;
+
+/// One workload shape, run against every contender.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Short name used on the command line and in reports.
+    pub name: &'static str,
+    /// One line saying what is measured.
+    pub description: &'static str,
+    /// Request method.
+    pub method: Method,
+    /// Request body size in bytes (POST only).
+    pub request_body: usize,
+    /// Response body size the origin serves.
+    pub response_body: usize,
+    /// Path the load generator requests.
+    pub path: &'static str,
+    /// Open a new client connection per request.
+    pub new_connection: bool,
+    /// Routes loaded into ringway besides the one that matches (nginx and HAProxy always run
+    /// their plain configuration).
+    pub extra_routes: usize,
+}
+
+/// A small GET over keep-alive, the baseline all others are read against.
+const BASE: Scenario = Scenario {
+    name: "small_get",
+    description: "GET, 13-byte response, keep-alive",
+    method: Method::Get,
+    request_body: 0,
+    response_body: 13,
+    path: "/bench/x",
+    new_connection: false,
+    extra_routes: 0,
+};
+
+/// Every scenario, in report order.
+pub const SCENARIOS: &[Scenario] = &[
+    BASE,
+    Scenario { name: "body_64k", description: "GET, 64 KiB response, keep-alive", response_body: 64 * 1024, ..BASE },
+    Scenario {
+        name: "post_16k",
+        description: "POST with a 16 KiB body, small response, keep-alive",
+        method: Method::Post,
+        request_body: 16 * 1024,
+        ..BASE
+    },
+    Scenario {
+        name: "new_conn",
+        description: "GET, a new client connection per request",
+        new_connection: true,
+        ..BASE
+    },
+    Scenario {
+        name: "routes_1000",
+        description: "GET with 1,000 routes loaded in ringway (plain config elsewhere)",
+        extra_routes: 999,
+        ..BASE
+    },
+];
+
+/// The scenarios named in a comma-separated list, in the order given; all when `None`.
+pub fn select(list: Option<&str>) -> Result<Vec<Scenario>> {
+    let Some(list) = list else {
+        return Ok(SCENARIOS.to_vec());
+    };
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match SCENARIOS.iter().find(|s| s.name == name) {
+            Some(s) => out.push(*s),
+            None => {
+                let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+                bail!("unknown scenario {name:?}; known: {}", known.join(", "));
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no scenario selected");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_selectable() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(SCENARIOS[i + 1..].iter().all(|o| o.name != s.name));
+        }
+        let picked = select(Some("body_64k, small_get")).unwrap();
+        assert_eq!(picked[0].name, "body_64k");
+        assert_eq!(picked[1].name, "small_get");
+        assert!(select(Some("nope")).is_err());
+        assert_eq!(select(None).unwrap().len(), SCENARIOS.len());
+    }
+}
