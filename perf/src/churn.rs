@@ -109,7 +109,7 @@ fn route_body(v: u64) -> String {
     )
 }
 
-fn load_p99(me: &PathBuf, url: &str, rate: u64, secs: u64) -> Result<(f64, u64)> {
+fn load_p99(me: &std::path::Path, url: &str, rate: u64, secs: u64) -> Result<(f64, u64)> {
     let out = Command::new(me)
         .args([
             "load",

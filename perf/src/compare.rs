@@ -133,6 +133,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     let scenarios = scenarios::select(args.scenarios.as_deref())?;
     let ringway = args.ringway.clone().unwrap_or_else(contender::default_ringway);
+    // Proxies start in a scratch directory: a relative path would no longer resolve there.
+    let ringway = std::fs::canonicalize(&ringway).unwrap_or(ringway);
     let (mut contenders, mut notes) = contender::discover(&ringway);
     if let Some(list) = &args.contenders {
         let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
@@ -160,9 +162,6 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         eprintln!("note: {note}");
     }
     let tmp = TempDir::new("ringway-perf")?;
-    for c in &mut contenders {
-        contender::probe_options(c, tmp.path());
-    }
     let versions = contenders
         .iter()
         .filter_map(|c| contender::version(c, tmp.path()).map(|v| (c.kind.name().to_string(), v)))

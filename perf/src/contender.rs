@@ -48,8 +48,6 @@ pub struct Contender {
     pub kind: Kind,
     /// Its executable.
     pub binary: Option<PathBuf>,
-    /// Optional command-line options the binary was found to accept.
-    pub options: Vec<String>,
 }
 
 /// A proxy process serving on its port.
@@ -64,10 +62,10 @@ pub struct Running {
 
 /// Finds the contenders to race, with a note for each one skipped.
 pub fn discover(ringway: &Path) -> (Vec<Contender>, Vec<String>) {
-    let mut found = vec![Contender { kind: Kind::Direct, binary: None, options: Vec::new() }];
+    let mut found = vec![Contender { kind: Kind::Direct, binary: None }];
     let mut skipped = Vec::new();
     if ringway.is_file() {
-        found.push(Contender { kind: Kind::Ringway, binary: Some(ringway.to_path_buf()), options: Vec::new() });
+        found.push(Contender { kind: Kind::Ringway, binary: Some(ringway.to_path_buf()) });
     } else {
         skipped.push(format!(
             "ringway skipped: no binary at {} (build it with `cargo build --release`, or pass \
@@ -78,7 +76,7 @@ pub fn discover(ringway: &Path) -> (Vec<Contender>, Vec<String>) {
     for (kind, path) in [(Kind::Nginx, "/usr/sbin/nginx"), (Kind::Haproxy, "/usr/sbin/haproxy")] {
         let path = PathBuf::from(path);
         if path.is_file() {
-            found.push(Contender { kind, binary: Some(path), options: Vec::new() });
+            found.push(Contender { kind, binary: Some(path) });
         } else {
             skipped.push(format!("{} skipped: {} not installed", kind.name(), path.display()));
         }
@@ -101,11 +99,6 @@ pub fn default_ringway() -> PathBuf {
 }
 
 impl Contender {
-    /// Whether the binary accepts an optional command-line option.
-    fn accepts(&self, option: &str) -> bool {
-        self.options.iter().any(|o| o == option)
-    }
-
     /// Starts the proxy for `scenario` pinned to `cpus`, in front of `origin`, and waits until
     /// it accepts connections. Direct has no process and returns `None`.
     pub fn start(
@@ -129,13 +122,9 @@ impl Contender {
                 let yaml = config_files::ringway(origin, scenario.extra_routes);
                 std::fs::write(&file, yaml)?;
                 cmd.arg("--config").arg(&file).arg("--listen").arg(listen.to_string()).arg("--workers").arg("1");
-                if self.accepts("--data-dir") {
-                    // A fresh store per start, so no configuration survives from an earlier run.
-                    cmd.arg("--data-dir").arg(dir.join(format!("ringway-data-{port}")));
-                }
-                if self.accepts("--admin-listen") {
-                    cmd.arg("--admin-listen").arg(format!("127.0.0.1:{}", process::free_port()?));
-                }
+                // A fresh store per start, so no configuration survives from an earlier run.
+                cmd.arg("--data-dir").arg(dir.join(format!("ringway-data-{port}")));
+                cmd.arg("--admin-listen").arg(format!("127.0.0.1:{}", process::free_port()?));
             }
             Kind::Nginx => {
                 let file = dir.join("nginx.conf");
@@ -193,16 +182,3 @@ pub fn version(contender: &Contender, dir: &Path) -> Option<String> {
     let line = text.lines().next()?.trim().to_string();
     (ok && !line.is_empty()).then_some(line)
 }
-
-/// Records which optional ringway options the binary accepts (from its `--help`), so a build
-/// with a configuration store gets a fresh one and its admin API a free port at every start.
-pub fn probe_options(contender: &mut Contender, dir: &Path) {
-    let Some(binary) = contender.binary.clone().filter(|_| contender.kind == Kind::Ringway) else {
-        return;
-    };
-    let help = bounded_output("ringway-help", &binary, &["--help"], dir).map(|(_, text)| text).unwrap_or_default();
-    contender.options = RINGWAY_OPTIONS.iter().filter(|o| help.contains(*o)).map(|o| o.to_string()).collect();
-}
-
-/// ringway options `compare` passes when the binary has them.
-const RINGWAY_OPTIONS: [&str; 2] = ["--data-dir", "--admin-listen"];
