@@ -213,10 +213,12 @@ pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']').ok_or(bad)?;
         let after = &rest[end + 1..];
-        (
-            &s[..end + 2],
-            after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { return Err(bad) }),
-        )
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad),
+        };
+        (&s[..end + 2], port)
     } else {
         match s.rfind(':') {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
