@@ -286,7 +286,7 @@ fn rollout_under_load_loses_no_request() {
         201,
     );
     let route = |v: u64| {
-        let up = if v % 2 == 0 { "a" } else { "b" };
+        let up = if v.is_multiple_of(2) { "a" } else { "b" };
         json!({"paths": ["/*"], "upstream": up, "policies": {"headers": {"response": {"set": {"x-config": v.to_string()}}}}})
             .to_string()
     };
@@ -303,7 +303,7 @@ fn rollout_under_load_loses_no_request() {
                     let r = c.get("/load");
                     assert_eq!(r.status, 200, "request {n} failed: {}", r.text());
                     let v: u64 = r.header("x-config").expect("x-config").parse().unwrap();
-                    let who = if v % 2 == 0 { "a" } else { "b" };
+                    let who = if v.is_multiple_of(2) { "a" } else { "b" };
                     assert_eq!(r.text(), format!("{who} GET /load"), "config {v} served by the wrong upstream");
                     assert!(v >= last, "went back from config {last} to {v} on one connection");
                     last = v;
