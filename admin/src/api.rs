@@ -8,7 +8,7 @@ use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::ConfigSpec;
 
 use crate::http::{Request, Response};
-use crate::state::{spec_from_state, AdminState, ApiError, ROUTES, UPSTREAMS};
+use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, ROUTES, UPSTREAMS};
 
 /// What the API needs besides the state.
 pub struct ApiContext {
@@ -139,7 +139,7 @@ fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiErro
         ApiError::invalid(ConfigErrors(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]))
     })?;
     if req.query_param("dry_run") == Some("true") {
-        let d = state.dry_run(&spec)?;
+        let d = state.dry_run(spec)?;
         return Ok(Response::json(200, &json!({"dry_run": true, "revision": state.revision(), "diff": d})));
     }
     let (rev, d) = state.apply(spec, "replace the whole configuration".into())?;
@@ -237,15 +237,10 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
     } else {
         body
     };
-    let mut spec = state.spec().clone();
-    match kind {
-        UPSTREAMS => {
-            spec.upstreams.insert(id.to_string(), typed(value, &prefix)?);
-        }
-        _ => {
-            spec.routes.insert(id.to_string(), typed(value, &prefix)?);
-        }
-    }
+    let change = match kind {
+        UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(typed(value, &prefix)?)),
+        _ => ResourceChange::Route(id.to_string(), Some(typed(value, &prefix)?)),
+    };
     let verb = if patch {
         "patch"
     } else if existed.is_some() {
@@ -253,7 +248,7 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
     } else {
         "create"
     };
-    let (rev, _) = state.apply(spec, format!("{verb} {} {id}", singular(kind)))?;
+    let (rev, _) = state.apply_changes(vec![change], format!("{verb} {} {id}", singular(kind)))?;
     let status = if existed.is_none() { 201 } else { 200 };
     Ok(Response::json(status, &json!({"revision": rev, "id": id, "value": current(state, kind, id)})))
 }
@@ -262,9 +257,8 @@ fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, 
     if current(state, kind, id).is_none() {
         return Err(ApiError::new(404, "not_found", format!("no {} with id {id:?}", singular(kind))));
     }
-    let mut spec = state.spec().clone();
-    if kind == UPSTREAMS {
-        let users: Vec<&String> = spec.routes.iter().filter(|(_, r)| r.upstream == id).map(|(rid, _)| rid).collect();
+    let change = if kind == UPSTREAMS {
+        let users: Vec<&String> = state.snapshot().routes_using(id).collect();
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
             return Err(ApiError::new(
@@ -273,11 +267,11 @@ fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, 
                 format!("upstream {id:?} is used by route(s) {}", names.join(", ")),
             ));
         }
-        spec.upstreams.remove(id);
+        ResourceChange::Upstream(id.to_string(), None)
     } else {
-        spec.routes.remove(id);
-    }
-    let (rev, _) = state.apply(spec, format!("delete {} {id}", singular(kind)))?;
+        ResourceChange::Route(id.to_string(), None)
+    };
+    let (rev, _) = state.apply_changes(vec![change], format!("delete {} {id}", singular(kind)))?;
     Ok(Response::json(200, &json!({"revision": rev, "deleted": id})))
 }
 

@@ -42,7 +42,7 @@ fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
         let (spec, _) = load_file(path, stored + 1).map_err(|e| report(path, e))?;
         if stored == 0 || args.replace_config {
             let current = spec_from_state(&store.load()?).map_err(anyhow::Error::msg)?;
-            let (_, ops) = diff(&current, &spec);
+            let (_, ops) = diff(&current, spec);
             if stored == 0 || !ops.is_empty() {
                 let rev = store.commit(Change { ops, summary: format!("load {}", path.display()) })?;
                 log::info!("stored {} as revision {rev}", path.display());
@@ -69,6 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.admin_listen.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
         bail!("the admin API on {} is not loopback: set --admin-token or RINGWAY_ADMIN_TOKEN", args.admin_listen);
     }
+    let nofile = ringway_runtime::raise_nofile_limit();
+    log::debug!("open-file limit {nofile}");
     let count = args.workers.unwrap_or_else(|| ringway_runtime::allowed_cpus().len().max(1));
     if count == 0 {
         bail!("--workers must be at least 1");
@@ -167,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    let mut state = AdminState::new(store, spec, stored.revision, senders, ack_rx, worker_status);
+    let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
     let ctx =
         ApiContext { token: args.admin_token.clone().filter(|t| !t.is_empty()), version: env!("CARGO_PKG_VERSION") };
     let sig = loop {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use ringway_policy::{ConfigError, ConfigErrors};
+use ringway_proxy::config::{RouteSpec, UpstreamSpec};
+use ringway_proxy::snapshot::Edit;
 use ringway_proxy::{Ack, ConfigSpec, Control, Snapshot};
 use ringway_runtime::MailboxSender;
 use ringway_store::{Change, ConfigStore, Op, StoredState};
@@ -63,35 +65,94 @@ impl Diff {
     }
 }
 
-fn diff_maps<T: PartialEq + Serialize>(
-    kind: &str,
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
-    ops: &mut Vec<Op>,
-) -> KindDiff {
-    let mut d = KindDiff::default();
-    for (id, v) in new {
-        match old.get(id) {
-            Some(o) if o == v => continue,
-            Some(_) => d.changed.push(id.clone()),
-            None => d.added.push(id.clone()),
-        }
-        ops.push(Op::Put { kind: kind.into(), id: id.clone(), value: serde_json::to_vec(v).unwrap_or_default() });
-    }
-    for id in old.keys().filter(|id| !new.contains_key(*id)) {
-        d.removed.push(id.clone());
-        ops.push(Op::Delete { kind: kind.into(), id: id.clone() });
-    }
-    d
+/// One resource created or replaced (`Some`) or deleted (`None`).
+#[derive(Debug, Clone)]
+pub enum ResourceChange {
+    Upstream(String, Option<UpstreamSpec>),
+    Route(String, Option<RouteSpec>),
 }
 
-/// The differences between two documents and the store operations that turn one into the
-/// other (only what changed is written).
-pub fn diff(old: &ConfigSpec, new: &ConfigSpec) -> (Diff, Vec<Op>) {
+impl ResourceChange {
+    fn edit(&self) -> Edit<'_> {
+        match self {
+            ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_ref()),
+            ResourceChange::Route(id, v) => Edit::Route(id, v.as_ref()),
+        }
+    }
+}
+
+fn diff_map<T: PartialEq>(
+    old: &BTreeMap<String, T>,
+    mut new: BTreeMap<String, T>,
+    make: impl Fn(String, Option<T>) -> ResourceChange,
+    out: &mut Vec<ResourceChange>,
+) {
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
+        out.push(make(id.clone(), None));
+    }
+    while let Some((id, v)) = new.pop_first() {
+        if old.get(&id) != Some(&v) {
+            out.push(make(id, Some(v)));
+        }
+    }
+}
+
+/// The changes that turn document `old` into `new`.
+pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange> {
+    let mut out = Vec::new();
+    diff_map(&old.upstreams, new.upstreams, ResourceChange::Upstream, &mut out);
+    diff_map(&old.routes, new.routes, ResourceChange::Route, &mut out);
+    out
+}
+
+/// The diff from `old` to `new` and the store operations that make it.
+pub fn diff(old: &ConfigSpec, new: ConfigSpec) -> (Diff, Vec<Op>) {
+    let (_, d, ops) = effective(old, changes_between(old, new));
+    (d, ops)
+}
+
+/// Drops the changes that change nothing in `spec`; returns the rest with their diff and the
+/// store operations that make them (only what changed is written).
+fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceChange>, Diff, Vec<Op>) {
+    fn one<T: PartialEq + Serialize>(
+        kind: &str,
+        id: &str,
+        value: Option<&T>,
+        old: Option<&T>,
+        d: &mut KindDiff,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        match (value, old) {
+            (None, None) => return false,
+            (Some(v), Some(o)) if v == o => return false,
+            (None, Some(_)) => {
+                d.removed.push(id.to_string());
+                ops.push(Op::delete(kind, id));
+                return true;
+            }
+            (Some(_), Some(_)) => d.changed.push(id.to_string()),
+            (Some(_), None) => d.added.push(id.to_string()),
+        }
+        ops.push(Op::put(kind, id, serde_json::to_vec(&value).unwrap_or_default()));
+        true
+    }
+    let mut d = Diff::default();
     let mut ops = Vec::new();
-    let upstreams = diff_maps(UPSTREAMS, &old.upstreams, &new.upstreams, &mut ops);
-    let routes = diff_maps(ROUTES, &old.routes, &new.routes, &mut ops);
-    (Diff { upstreams, routes }, ops)
+    let kept = changes
+        .into_iter()
+        .filter(|c| match c {
+            ResourceChange::Upstream(id, v) => {
+                one(UPSTREAMS, id, v.as_ref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
+            }
+            ResourceChange::Route(id, v) => one(ROUTES, id, v.as_ref(), spec.routes.get(id), &mut d.routes, &mut ops),
+        })
+        .collect();
+    for k in [&mut d.upstreams, &mut d.routes] {
+        k.added.sort();
+        k.changed.sort();
+        k.removed.sort();
+    }
+    (kept, d, ops)
 }
 
 /// Rebuilds a document from stored resources.
@@ -126,6 +187,8 @@ pub struct AdminState {
     store: Box<dyn ConfigStore>,
     spec: ConfigSpec,
     revision: u64,
+    /// The snapshot of `spec` at `revision`, which the next change is compiled from.
+    current: Arc<Snapshot>,
     workers: Vec<MailboxSender<Control>>,
     acks: Receiver<Ack>,
     pub worker_status: Vec<WorkerStatus>,
@@ -141,7 +204,7 @@ impl AdminState {
     pub fn new(
         store: Box<dyn ConfigStore>,
         spec: ConfigSpec,
-        revision: u64,
+        current: Arc<Snapshot>,
         workers: Vec<MailboxSender<Control>>,
         acks: Receiver<Ack>,
         worker_status: Vec<WorkerStatus>,
@@ -149,7 +212,8 @@ impl AdminState {
         AdminState {
             store,
             spec,
-            revision,
+            revision: current.revision,
+            current,
             workers,
             acks,
             worker_status,
@@ -171,10 +235,21 @@ impl AdminState {
         &*self.store
     }
 
-    /// Validates, commits and rolls out `new`; answers once every worker serves it.
+    /// Validates, commits and rolls out the document `new`; answers once every worker serves
+    /// it.
     pub fn apply(&mut self, new: ConfigSpec, summary: String) -> Result<(u64, Diff), ApiError> {
-        let (d, ops) = diff(&self.spec, &new);
-        let mut snapshot = Snapshot::compile(&new, self.revision + 1).map_err(ApiError::invalid)?;
+        let changes = changes_between(&self.spec, new);
+        self.apply_changes(changes, summary)
+    }
+
+    /// Validates, commits and rolls out `changes`, all or nothing; answers once every worker
+    /// serves them. The work grows with the changes, not with the size of the configuration.
+    pub fn apply_changes(&mut self, changes: Vec<ResourceChange>, summary: String) -> Result<(u64, Diff), ApiError> {
+        let (changes, d, ops) = effective(&self.spec, changes);
+        let mut next = self
+            .current
+            .edit(changes.iter().map(ResourceChange::edit), self.revision + 1)
+            .map_err(ApiError::invalid)?;
         if ops.is_empty() {
             return Ok((self.revision, d));
         }
@@ -182,17 +257,39 @@ impl AdminState {
             .store
             .commit(Change { ops, summary })
             .map_err(|e| ApiError::new(500, "store_failed", format!("the change was not stored: {e}")))?;
-        snapshot.revision = rev;
-        self.spec = new;
+        next.revision = rev;
+        for c in changes {
+            match c {
+                ResourceChange::Upstream(id, Some(v)) => {
+                    self.spec.upstreams.insert(id, v);
+                }
+                ResourceChange::Upstream(id, None) => {
+                    self.spec.upstreams.remove(&id);
+                }
+                ResourceChange::Route(id, Some(v)) => {
+                    self.spec.routes.insert(id, v);
+                }
+                ResourceChange::Route(id, None) => {
+                    self.spec.routes.remove(&id);
+                }
+            }
+        }
         self.revision = rev;
-        self.rollout(Arc::new(snapshot))?;
+        self.current = Arc::new(next);
+        self.rollout(self.current.clone())?;
         Ok((rev, d))
     }
 
-    /// Validates `new` without changing anything.
-    pub fn dry_run(&self, new: &ConfigSpec) -> Result<Diff, ApiError> {
-        Snapshot::compile(new, self.revision + 1).map_err(ApiError::invalid)?;
-        Ok(diff(&self.spec, new).0)
+    /// Validates the document `new` without changing anything; answers its diff.
+    pub fn dry_run(&self, new: ConfigSpec) -> Result<Diff, ApiError> {
+        let (changes, d, _) = effective(&self.spec, changes_between(&self.spec, new));
+        self.current.edit(changes.iter().map(ResourceChange::edit), self.revision + 1).map_err(ApiError::invalid)?;
+        Ok(d)
+    }
+
+    /// The snapshot workers serve (or are being given).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.current
     }
 
     fn drain_acks(&mut self) {

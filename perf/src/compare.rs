@@ -45,6 +45,10 @@ pub struct CompareArgs {
     /// Client connections of the load generator.
     #[arg(long, default_value_t = 50)]
     pub connections: usize,
+    /// Open-loop: offer this many requests per second to every contender (latency counted
+    /// from each request's intended send time) instead of as many as the connections carry.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Directory for compare.md, compare.json and compare.svg.
     #[arg(long, default_value = "perf/results")]
     pub out: PathBuf,
@@ -110,6 +114,7 @@ struct CompareReport {
     warmup_s: f64,
     rounds: usize,
     connections: usize,
+    rate: Option<f64>,
     notes: Vec<String>,
     scenarios: Vec<ScenarioResult>,
 }
@@ -127,6 +132,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let duration_ok = args.duration > 0.0 && args.duration <= 600.0;
     if !duration_ok || !(0.0..=60.0).contains(&args.warmup) {
         bail!("--duration must be in (0, 600] and --warmup in [0, 60] seconds");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number");
     }
     if args.rounds == 0 || args.rounds > 100 {
         bail!("--rounds must be between 1 and 100");
@@ -188,6 +196,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         warmup_s: args.warmup,
         rounds: args.rounds,
         connections: args.connections,
+        rate: args.rate,
         notes,
         scenarios: results,
     };
@@ -372,6 +381,9 @@ fn run_load(bench: &Bench<'_>, scenario: &Scenario, url: &str, seconds: f64) -> 
     if scenario.new_connection {
         cmd.arg("--new-connection-per-request");
     }
+    if let Some(rate) = bench.args.rate {
+        cmd.arg("--rate").arg(rate.to_string());
+    }
     let limit = Duration::from_secs_f64(seconds) + Duration::from_secs(30);
     let out = process::run_capture("load", cmd, limit, bench.dir)?;
     serde_json::from_str(&out).context("parsing the load report")
@@ -384,14 +396,18 @@ fn write_outputs(report: &CompareReport, contenders: &[Contender], out: &Path) -
     let mut md = String::from("## ringway-perf compare\n\n");
     md.push_str(&format!(
         "Proxy pinned to core {}, origin and load generator to core(s) {}; kernel {}; {} round(s) \
-         of {} s after {} s warm-up, {} connections. Medians over rounds.\n\n",
+         of {} s after {} s warm-up, {} connections, {}. Medians over rounds.\n\n",
         report.cores.proxy,
         report.cores.others,
         report.kernel.as_deref().unwrap_or("?"),
         report.rounds,
         report.duration_s,
         report.warmup_s,
-        report.connections
+        report.connections,
+        match report.rate {
+            Some(r) => format!("open loop at {r} requests/s (latency from each intended send time)"),
+            None => "closed loop".to_string(),
+        }
     ));
     for (name, version) in &report.versions {
         md.push_str(&format!("- {name}: {version}\n"));

@@ -15,10 +15,11 @@ pub fn nginx(origin: SocketAddr, listen: SocketAddr, dir: &Path) -> String {
     format!(
         r#"worker_processes 1;
 pid {d}/nginx.pid;
+worker_rlimit_nofile 30000;
 error_log {d}/nginx-error.log warn;
 
 events {{
-    worker_connections 8192;
+    worker_connections 24576;
 }}
 
 http {{

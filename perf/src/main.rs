@@ -8,6 +8,7 @@ mod config_files;
 mod conn;
 mod contender;
 mod http;
+mod idle;
 mod load;
 mod origin;
 mod process;
@@ -46,6 +47,8 @@ enum Command {
     },
     /// Admin write to every worker serving it, CPU per swap, and p99 under config churn.
     Churn(churn::ChurnArgs),
+    /// Memory per idle client keep-alive connection, with 10,000 of them open.
+    Idle(idle::IdleArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,5 +70,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Churn(args) => churn::run(&args),
+        Command::Idle(args) => idle::run(&args),
     }
 }

@@ -69,8 +69,7 @@ pub fn measure(n: usize, rounds: usize) -> (f64, usize) {
     let start = Instant::now();
     for _ in 0..rounds {
         for (host, path) in &reqs {
-            let r =
-                snap.router.find(black_box(host), black_box(path), |i| snap.routes[i as usize].admits("GET", |_| None));
+            let r = snap.router.find(black_box(host), black_box(path), |r| r.admits("GET", |_| None));
             hits += usize::from(r.is_some());
         }
     }

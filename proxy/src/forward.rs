@@ -21,8 +21,9 @@ use crate::h1::head::{
 use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_range};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::respond::{encode_reply, push_header, ProxyError};
+use crate::snapshot::{Route, Upstream};
 use crate::upstream::{encode_response, read_response, ClientSide};
-use crate::worker::{Generation, Worker};
+use crate::worker::{Generation, SharedLb, Worker};
 
 /// Most header fields parsed; `ServerLimits::max_headers` may set a lower cap.
 pub const MAX_HEADERS: usize = 128;
@@ -59,9 +60,10 @@ impl RequestId {
 }
 
 /// What `prepare` decided for a request that goes upstream.
-struct Plan {
-    route: usize,
-    upstream: usize,
+struct Plan<'g> {
+    route: &'g Route,
+    upstream: &'g Upstream,
+    lb: SharedLb,
     target: usize,
     body: BodyKind,
     keep_alive: bool,
@@ -74,10 +76,10 @@ struct Plan {
 }
 
 /// A request answered without the upstream.
-struct Early {
+struct Early<'g> {
     error: Option<ProxyError>,
     reply: Option<ringway_policy::Reply>,
-    route: Option<usize>,
+    route: Option<&'g Route>,
     body: BodyKind,
     keep_alive: bool,
     is_head: bool,
@@ -94,7 +96,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     match prepare(worker, &generation, conn, head_len, &mut out) {
         Ok(plan) => {
             conn.consume(head_len);
-            exchange(worker, &generation, conn, &plan, out).await
+            exchange(worker, conn, &plan, out).await
         }
         Err(early) => {
             // Keep the connection only when the unread body is already here in full.
@@ -108,7 +110,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             let reply = early
                 .reply
                 .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
-            let chain = early.route.map(|r| &generation.snapshot.routes[r].chain);
+            let chain = early.route.map(|r| &r.chain);
             encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain);
             let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
             conn.out = out;
@@ -122,13 +124,13 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
 
 /// Parses and checks the head, routes, runs the request policies, picks a target and writes the
 /// upstream request head into `out`. Synchronous: borrows the receive buffer and snapshot.
-fn prepare(
+fn prepare<'g>(
     worker: &Worker,
-    generation: &Generation,
+    generation: &'g Generation,
     conn: &Conn,
     head_len: usize,
     out: &mut Vec<u8>,
-) -> Result<Plan, Box<Early>> {
+) -> Result<Plan<'g>, Box<Early<'g>>> {
     let head = &conn.rbuf[..head_len];
     let mut early = Early {
         error: None,
@@ -139,7 +141,7 @@ fn prepare(
         is_head: false,
         request_id: RequestId::generated(worker.next_request_id()),
     };
-    let fail = |mut early: Early, e: HeadError| {
+    let fail = |mut early: Early<'g>, e: HeadError| -> Result<Plan<'g>, Box<Early<'g>>> {
         early.error = Some(ProxyError::Head(e));
         early.keep_alive = false;
         Err(Box::new(early))
@@ -265,15 +267,12 @@ fn prepare(
     let host_lc = std::str::from_utf8(host_lc).unwrap_or("");
     let snapshot = &generation.snapshot;
     let find_header = |name: &str| headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let Some(route_idx) =
-        snapshot.router.find(host_lc, path, |i| snapshot.routes[i as usize].admits(method, find_header))
-    else {
+    let Some(route) = snapshot.router.find(host_lc, path, |r| r.admits(method, find_header)) else {
         early.error = Some(ProxyError::NoRoute);
         return Err(Box::new(early));
     };
-    let route_idx = route_idx as usize;
-    let route = &snapshot.routes[route_idx];
-    early.route = Some(route_idx);
+    let route: &Route = route;
+    early.route = Some(route);
     let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
     if let (BodyKind::Length(n), Some(limit)) = (body, max_body) {
         if n > limit {
@@ -314,7 +313,7 @@ fn prepare(
     }
 
     // Target.
-    let upstream = &snapshot.upstreams[route.upstream];
+    let upstream = snapshot.upstream(route.upstream);
     let key = match &upstream.lb {
         LbKind::ConsistentHash(HashOn::Header(name)) => match find_header(name) {
             Some(v) => hash64(v),
@@ -323,9 +322,8 @@ fn prepare(
         LbKind::ConsistentHash(HashOn::Ip) => ip_hash(conn.peer),
         _ => 0,
     };
-    let Some(target) =
-        generation.lb[route.upstream].borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key)
-    else {
+    let lb = worker.lb_state(upstream);
+    let Some(target) = lb.borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key) else {
         early.error = Some(ProxyError::NoTarget);
         return Err(Box::new(early));
     };
@@ -356,8 +354,9 @@ fn prepare(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Plan {
-        route: route_idx,
-        upstream: route.upstream,
+        route,
+        upstream,
+        lb,
         target,
         body,
         keep_alive,
@@ -444,15 +443,8 @@ fn take_buffered_body(
 
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
-async fn exchange(
-    worker: &Rc<Worker>,
-    generation: &Rc<Generation>,
-    conn: &mut Conn,
-    plan: &Plan,
-    mut out: Vec<u8>,
-) -> bool {
-    let snapshot = &generation.snapshot;
-    let upstream = &snapshot.upstreams[plan.upstream];
+async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
+    let upstream = plan.upstream;
     let addr = upstream.targets[plan.target];
     let mut progress = BodyProgress {
         decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
@@ -468,7 +460,7 @@ async fn exchange(
     }
     // The whole request is in `out`: a failed pooled connection can be retried safely.
     let replayable = progress.done;
-    generation.lb[plan.upstream].borrow_mut().start(plan.target);
+    plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
     let mut attempt = 0;
     let mut ubuf = Vec::new();
@@ -483,7 +475,7 @@ async fn exchange(
                     (s, false)
                 }
                 Err(e) => {
-                    generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                    plan.lb.borrow_mut().finish(plan.target, None);
                     return fail_before_response(worker, conn, plan, out, e).await;
                 }
             },
@@ -495,13 +487,13 @@ async fn exchange(
             if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
                 continue;
             }
-            generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+            plan.lb.borrow_mut().finish(plan.target, None);
             return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
         }
         if !progress.done {
             if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
             {
-                generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                plan.lb.borrow_mut().finish(plan.target, None);
                 return match e {
                     Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
                     None => false,
@@ -520,13 +512,13 @@ async fn exchange(
                 if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
-                generation.lb[plan.upstream].borrow_mut().finish(plan.target, None);
+                plan.lb.borrow_mut().finish(plan.target, None);
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
     };
-    generation.lb[plan.upstream].borrow_mut().finish(plan.target, Some(started.elapsed()));
-    relay_response(worker, generation, conn, plan, up, head_len, ubuf, out).await
+    plan.lb.borrow_mut().finish(plan.target, Some(started.elapsed()));
+    relay_response(worker, conn, plan, up, head_len, ubuf, out).await
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -547,7 +539,7 @@ async fn stream_request_body(
     conn: &mut Conn,
     up: &mut TcpStream,
     p: &mut BodyProgress,
-    plan: &Plan,
+    plan: &Plan<'_>,
     idle: Duration,
 ) -> Result<(), Option<ProxyError>> {
     if plan.expect_continue {
@@ -592,7 +584,13 @@ async fn stream_request_body(
 }
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
-async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan, mut out: Vec<u8>, e: ProxyError) -> bool {
+async fn fail_before_response(
+    worker: &Worker,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut out: Vec<u8>,
+    e: ProxyError,
+) -> bool {
     out.clear();
     encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None);
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
@@ -607,18 +605,16 @@ async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan, mut
 #[allow(clippy::too_many_arguments)]
 async fn relay_response(
     worker: &Rc<Worker>,
-    generation: &Rc<Generation>,
     conn: &mut Conn,
-    plan: &Plan,
+    plan: &Plan<'_>,
     mut up: TcpStream,
     head_len: usize,
     mut ubuf: Vec<u8>,
     mut out: Vec<u8>,
 ) -> bool {
-    let snapshot = &generation.snapshot;
-    let upstream = &snapshot.upstreams[plan.upstream];
+    let upstream = plan.upstream;
     let client = ClientSide {
-        chain: &snapshot.routes[plan.route].chain,
+        chain: &plan.route.chain,
         request_id: plan.request_id.as_bytes(),
         request_was_head: plan.is_head,
         http10: plan.http10,

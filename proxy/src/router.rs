@@ -1,13 +1,21 @@
 //! Route matching whose cost grows with the request's path depth and host labels, not with the
-//! number of routes.
+//! number of routes, and route changes whose cost grows with the change, not with the number of
+//! routes.
 //!
 //! Routes are indexed by host (exact names in a hash map, `*.suffix` wildcards in a second map
 //! probed once per label, and a table for routes without hosts); inside each host table exact
 //! paths sit in a hash map and patterns (`/users/{id}`, `/prefix/*`) in a segment trie. Every
-//! candidate list is sorted by rank once, at compile time, so a lookup looks at the first few
-//! entries of a handful of lists.
+//! candidate list is kept sorted by rank, so a lookup looks at the first few entries of a
+//! handful of lists.
+//!
+//! The maps are persistent (hash array mapped tries that share structure between versions):
+//! cloning a [`Router`] is O(1), and inserting or removing one route copies only the nodes on
+//! its way, O(log n) each. A new snapshot is therefore the old one plus the change, while
+//! workers go on reading the old one.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+type Map<K, V> = imbl::GenericHashMap<K, V, rustc_hash::FxBuildHasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// How a route's path pattern is shaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,82 +123,151 @@ impl HostPattern {
     }
 }
 
-/// Rank used to order candidates: higher wins. Field order is significance order.
+/// Rank used to order candidates: higher wins. Field order is significance order; equal ranks
+/// go to the route whose id sorts first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Rank {
     pub priority: i32,
     pub host: u32,
     pub path: u32,
     pub constraints: u32,
-    /// Earlier routes (by id) win ties: stored as `u32::MAX - index`.
-    pub order: u32,
+}
+
+/// What the index stores per route: cheap to clone, and named by a unique id.
+pub trait Indexed: Clone {
+    fn id(&self) -> &str;
 }
 
 /// One entry in a candidate list.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    route: u32,
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    item: T,
     rank: Rank,
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    children: HashMap<String, Node>,
-    param: Option<Box<Node>>,
-    /// Routes whose `Params` pattern ends here.
-    terminal: Vec<Entry>,
-    /// Routes whose `Prefix` pattern ends here.
-    prefix: Vec<Entry>,
+impl<T: Indexed> Entry<T> {
+    /// Whether `self` is tried before `other`.
+    fn precedes(&self, other: &Entry<T>) -> bool {
+        self.rank > other.rank || (self.rank == other.rank && self.item.id() <= other.item.id())
+    }
 }
 
-impl Node {
-    fn descend(&mut self, segs: &[Option<String>]) -> &mut Node {
+/// Inserts keeping the list ordered by [`Entry::precedes`].
+fn insert_sorted<T: Indexed>(list: &mut Vec<Entry<T>>, e: Entry<T>) {
+    let at = list.partition_point(|x| x.precedes(&e));
+    list.insert(at, e);
+}
+
+#[derive(Debug, Clone)]
+struct Node<T> {
+    children: Map<Arc<str>, Arc<Node<T>>>,
+    param: Option<Arc<Node<T>>>,
+    /// Routes whose `Params` pattern ends here.
+    terminal: Vec<Entry<T>>,
+    /// Routes whose `Prefix` pattern ends here.
+    prefix: Vec<Entry<T>>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node { children: Map::default(), param: None, terminal: Vec::new(), prefix: Vec::new() }
+    }
+}
+
+impl<T: Indexed> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.param.is_none() && self.terminal.is_empty() && self.prefix.is_empty()
+    }
+
+    /// The node for `segs`, created (and copied where shared) on the way.
+    fn descend(&mut self, segs: &[Option<String>]) -> &mut Node<T> {
         let mut n = self;
         for s in segs {
-            n = match s {
-                Some(lit) => n.children.entry(lit.clone()).or_default(),
+            let child = match s {
+                Some(lit) => n.children.entry(Arc::from(lit.as_str())).or_default(),
                 None => n.param.get_or_insert_with(Default::default),
             };
+            n = Arc::make_mut(child);
         }
         n
     }
 
-    fn sort(&mut self) {
-        sort_entries(&mut self.terminal);
-        sort_entries(&mut self.prefix);
-        self.children.values_mut().for_each(Node::sort);
-        if let Some(p) = &mut self.param {
-            p.sort();
+    /// Removes `id` from the list at `segs`, pruning nodes left empty. Returns whether `self`
+    /// is now empty.
+    fn remove(&mut self, segs: &[Option<String>], prefix: bool, id: &str) -> bool {
+        match segs.split_first() {
+            None => {
+                let list = if prefix { &mut self.prefix } else { &mut self.terminal };
+                list.retain(|e| e.item.id() != id);
+            }
+            Some((Some(lit), rest)) => {
+                if let Some(child) = self.children.get_mut(lit.as_str()) {
+                    if Arc::make_mut(child).remove(rest, prefix, id) {
+                        self.children.remove(lit.as_str());
+                    }
+                }
+            }
+            Some((None, rest)) => {
+                if let Some(child) = &mut self.param {
+                    if Arc::make_mut(child).remove(rest, prefix, id) {
+                        self.param = None;
+                    }
+                }
+            }
         }
+        self.is_empty()
     }
 }
 
-fn sort_entries(v: &mut [Entry]) {
-    v.sort_by_key(|e| std::cmp::Reverse(e.rank));
+#[derive(Debug, Clone)]
+struct PathTable<T> {
+    exact: Map<Arc<str>, Arc<Vec<Entry<T>>>>,
+    trie: Node<T>,
 }
 
-#[derive(Debug, Default)]
-struct PathTable {
-    exact: HashMap<String, Vec<Entry>>,
-    trie: Node,
+impl<T> Default for PathTable<T> {
+    fn default() -> Self {
+        PathTable { exact: Map::default(), trie: Node::default() }
+    }
 }
 
-impl PathTable {
-    fn insert(&mut self, pattern: &PathPattern, e: Entry) {
+impl<T: Indexed> PathTable<T> {
+    fn insert(&mut self, pattern: &PathPattern, e: Entry<T>) {
         match pattern {
-            PathPattern::Exact(p) => self.exact.entry(p.clone()).or_default().push(e),
-            PathPattern::Params(segs) => self.trie.descend(segs).terminal.push(e),
-            PathPattern::Prefix(segs) => self.trie.descend(segs).prefix.push(e),
+            PathPattern::Exact(p) => {
+                insert_sorted(Arc::make_mut(self.exact.entry(Arc::from(p.as_str())).or_default()), e)
+            }
+            PathPattern::Params(segs) => insert_sorted(&mut self.trie.descend(segs).terminal, e),
+            PathPattern::Prefix(segs) => insert_sorted(&mut self.trie.descend(segs).prefix, e),
         }
     }
 
-    fn sort(&mut self) {
-        self.exact.values_mut().for_each(|v| sort_entries(v));
-        self.trie.sort();
+    fn remove(&mut self, pattern: &PathPattern, id: &str) {
+        match pattern {
+            PathPattern::Exact(p) => {
+                if let Some(list) = self.exact.get_mut(p.as_str()) {
+                    let list = Arc::make_mut(list);
+                    list.retain(|e| e.item.id() != id);
+                    if list.is_empty() {
+                        self.exact.remove(p.as_str());
+                    }
+                }
+            }
+            PathPattern::Params(segs) => {
+                self.trie.remove(segs, false, id);
+            }
+            PathPattern::Prefix(segs) => {
+                self.trie.remove(segs, true, id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.trie.is_empty()
     }
 
     /// Calls `visit` with every candidate list that matches `path`.
-    fn candidates<'s>(&'s self, path: &str, visit: &mut impl FnMut(&'s [Entry])) {
+    fn candidates<'s>(&'s self, path: &str, visit: &mut impl FnMut(&'s [Entry<T>])) {
         if let Some(v) = self.exact.get(path) {
             visit(v);
         }
@@ -200,7 +277,7 @@ impl PathTable {
 }
 
 /// Depth-first walk of the trie over the remaining path `rest` (without its leading '/').
-fn walk<'s>(node: &'s Node, rest: &str, visit: &mut impl FnMut(&'s [Entry])) {
+fn walk<'s, T: Indexed>(node: &'s Node<T>, rest: &str, visit: &mut impl FnMut(&'s [Entry<T>])) {
     if !node.prefix.is_empty() {
         visit(&node.prefix);
     }
@@ -214,7 +291,7 @@ fn walk<'s>(node: &'s Node, rest: &str, visit: &mut impl FnMut(&'s [Entry])) {
         Some(i) => (&rest[..i], &rest[i + 1..], true),
         None => (rest, "", false),
     };
-    let mut next = |child: &'s Node| {
+    let mut next = |child: &'s Node<T>| {
         if more && tail.is_empty() {
             // A trailing slash: prefix routes of the child match; exact patterns do not.
             if !child.prefix.is_empty() {
@@ -234,69 +311,99 @@ fn walk<'s>(node: &'s Node, rest: &str, visit: &mut impl FnMut(&'s [Entry])) {
     }
 }
 
-/// The compiled routing index.
-#[derive(Debug, Default)]
-pub struct Router {
-    exact_hosts: HashMap<String, PathTable>,
-    wildcard_hosts: HashMap<String, PathTable>,
-    any_host: PathTable,
-    max_wildcard_labels: usize,
+/// The routing index. Cloning is O(1); see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Router<T> {
+    exact_hosts: Map<Arc<str>, Arc<PathTable<T>>>,
+    wildcard_hosts: Map<Arc<str>, Arc<PathTable<T>>>,
+    any_host: PathTable<T>,
 }
 
-/// What the builder needs to know about a route.
-pub struct RouteKey<'a> {
-    pub hosts: &'a [HostPattern],
-    pub paths: &'a [PathPattern],
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router { exact_hosts: Map::default(), wildcard_hosts: Map::default(), any_host: PathTable::default() }
+    }
+}
+
+/// Where a route sits in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteKey {
+    pub hosts: Vec<HostPattern>,
+    pub paths: Vec<PathPattern>,
     pub priority: i32,
     pub constraints: u32,
 }
 
-impl Router {
-    /// Builds the index; `routes[i]` is route number `i`.
-    pub fn build(routes: &[RouteKey<'_>]) -> Router {
-        let mut r = Router::default();
-        for (i, key) in routes.iter().enumerate() {
-            let any = [HostPattern::Any];
-            let hosts = if key.hosts.is_empty() { &any[..] } else { key.hosts };
-            for host in hosts {
-                let (table, host_score) = match host {
-                    HostPattern::Any => (&mut r.any_host, 0),
-                    HostPattern::Exact(h) => (r.exact_hosts.entry(h.clone()).or_default(), 2 << 16),
-                    HostPattern::Wildcard(h) => {
-                        r.max_wildcard_labels = r.max_wildcard_labels.max(h.split('.').count());
-                        (r.wildcard_hosts.entry(h.clone()).or_default(), (1 << 16) | h.len() as u32)
-                    }
-                };
-                for p in key.paths {
-                    let rank = Rank {
-                        priority: key.priority,
-                        host: host_score,
-                        path: p.score(),
-                        constraints: key.constraints,
-                        order: u32::MAX - i as u32,
-                    };
-                    table.insert(p, Entry { route: i as u32, rank });
+impl RouteKey {
+    /// Every (host pattern, host score) the route is indexed under.
+    fn hosts(&self) -> impl Iterator<Item = (&HostPattern, u32)> {
+        const ANY: &[HostPattern] = &[HostPattern::Any];
+        let hosts = if self.hosts.is_empty() { ANY } else { &self.hosts[..] };
+        hosts.iter().map(|h| {
+            let score = match h {
+                HostPattern::Any => 0,
+                HostPattern::Exact(_) => 2 << 16,
+                HostPattern::Wildcard(name) => (1 << 16) | name.len() as u32,
+            };
+            (h, score)
+        })
+    }
+}
+
+impl<T: Indexed> Router<T> {
+    fn table(&mut self, host: &HostPattern) -> &mut PathTable<T> {
+        match host {
+            HostPattern::Any => &mut self.any_host,
+            HostPattern::Exact(h) => Arc::make_mut(self.exact_hosts.entry(Arc::from(h.as_str())).or_default()),
+            HostPattern::Wildcard(h) => Arc::make_mut(self.wildcard_hosts.entry(Arc::from(h.as_str())).or_default()),
+        }
+    }
+
+    /// Indexes `item` under `key`. Its id must not be indexed already.
+    pub fn insert(&mut self, key: &RouteKey, item: T) {
+        for (host, host_score) in key.hosts() {
+            let table = self.table(host);
+            for p in &key.paths {
+                let rank =
+                    Rank { priority: key.priority, host: host_score, path: p.score(), constraints: key.constraints };
+                table.insert(p, Entry { item: item.clone(), rank });
+            }
+        }
+    }
+
+    /// Removes the route `id`, indexed under `key`.
+    pub fn remove(&mut self, key: &RouteKey, id: &str) {
+        for (host, _) in key.hosts() {
+            let (map, name) = match host {
+                HostPattern::Any => {
+                    key.paths.iter().for_each(|p| self.any_host.remove(p, id));
+                    continue;
+                }
+                HostPattern::Exact(h) => (&mut self.exact_hosts, h),
+                HostPattern::Wildcard(h) => (&mut self.wildcard_hosts, h),
+            };
+            if let Some(t) = map.get_mut(name.as_str()) {
+                let t = Arc::make_mut(t);
+                key.paths.iter().for_each(|p| t.remove(p, id));
+                if t.is_empty() {
+                    map.remove(name.as_str());
                 }
             }
         }
-        r.any_host.sort();
-        r.exact_hosts.values_mut().for_each(PathTable::sort);
-        r.wildcard_hosts.values_mut().for_each(PathTable::sort);
-        r
     }
 
     /// The best route for `host` (lower-case, no port) and `path` among those `accept`
     /// admits (method and header constraints).
-    pub fn find(&self, host: &str, path: &str, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
-        let mut best: Option<Entry> = None;
-        let mut consider = |list: &[Entry]| {
+    pub fn find<'s>(&'s self, host: &str, path: &str, mut accept: impl FnMut(&T) -> bool) -> Option<&'s T> {
+        let mut best: Option<&'s Entry<T>> = None;
+        let mut consider = |list: &'s [Entry<T>]| {
             for e in list {
-                if best.is_some_and(|b| b.rank >= e.rank) {
-                    // Lists are sorted by rank: nothing further can win.
+                if best.is_some_and(|b| b.precedes(e)) {
+                    // Lists are sorted: nothing further can win.
                     return;
                 }
-                if accept(e.route) {
-                    best = Some(*e);
+                if accept(&e.item) {
+                    best = Some(e);
                     return;
                 }
             }
@@ -321,7 +428,7 @@ impl Router {
             }
         }
         self.any_host.candidates(path, &mut consider);
-        best.map(|e| e.route)
+        best.map(|e| &e.item)
     }
 }
 
@@ -329,26 +436,38 @@ impl Router {
 mod tests {
     use super::*;
 
-    struct R {
-        hosts: Vec<HostPattern>,
-        paths: Vec<PathPattern>,
-        priority: i32,
-    }
+    #[derive(Debug, Clone)]
+    struct Item(u32, String);
 
-    fn r(hosts: &[&str], paths: &[&str], priority: i32) -> R {
-        R {
-            hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
-            paths: paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect(),
-            priority,
+    impl Indexed for Item {
+        fn id(&self) -> &str {
+            &self.1
         }
     }
 
-    fn build(routes: &[R]) -> Router {
-        let keys: Vec<_> = routes
-            .iter()
-            .map(|r| RouteKey { hosts: &r.hosts, paths: &r.paths, priority: r.priority, constraints: 0 })
-            .collect();
-        Router::build(&keys)
+    fn r(hosts: &[&str], paths: &[&str], priority: i32) -> RouteKey {
+        RouteKey {
+            hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
+            paths: paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect(),
+            priority,
+            constraints: 0,
+        }
+    }
+
+    fn item(i: usize) -> Item {
+        Item(i as u32, format!("r{i:04}"))
+    }
+
+    fn build(routes: &[RouteKey]) -> Router<Item> {
+        let mut router = Router::default();
+        for (i, k) in routes.iter().enumerate() {
+            router.insert(k, item(i));
+        }
+        router
+    }
+
+    fn find(router: &Router<Item>, h: &str, p: &str) -> Option<u32> {
+        router.find(h, p, |_| true).map(|i| i.0)
     }
 
     #[test]
@@ -363,7 +482,7 @@ mod tests {
             r(&[], &["/forced/*"], 10),             // 6
             r(&[], &["/users/{id}/orders/{o}"], 0), // 7
         ]);
-        let f = |h: &str, p: &str| router.find(h, p, |_| true);
+        let f = |h: &str, p: &str| find(&router, h, p);
         assert_eq!(f("x", "/other"), Some(0));
         assert_eq!(f("x", "/users"), Some(1));
         assert_eq!(f("x", "/users/"), Some(1));
@@ -377,14 +496,52 @@ mod tests {
         assert_eq!(f("example.com", "/x"), Some(0));
         assert_eq!(f("api.example.com", "/forced/a"), Some(6));
         // A constraint that rejects the best falls back to the next.
-        assert_eq!(router.find("x", "/users/me", |i| i != 3), Some(2));
+        assert_eq!(router.find("x", "/users/me", |i| i.0 != 3).map(|i| i.0), Some(2));
+    }
+
+    #[test]
+    fn equal_ranks_go_to_the_smaller_id_in_any_insertion_order() {
+        // Same rank from two different lists: /ab/* and /{p}/cd/* both score 3 literal bytes.
+        let keys = [r(&[], &["/ab/*"], 0), r(&[], &["/{p}/cd/*"], 0)];
+        for order in [[0, 1], [1, 0]] {
+            let mut router = Router::default();
+            for i in order {
+                router.insert(&keys[i], item(i));
+            }
+            assert_eq!(find(&router, "x", "/ab/cd/e"), Some(0));
+        }
+        let mut router = Router::default();
+        router.insert(&r(&[], &["/same"], 0), item(2));
+        router.insert(&r(&[], &["/same"], 0), item(1));
+        assert_eq!(find(&router, "x", "/same"), Some(1));
+    }
+
+    #[test]
+    fn insert_and_remove_leave_older_versions_untouched() {
+        let keys = [r(&[], &["/a/{id}"], 0), r(&["h.com"], &["/a/*"], 0), r(&["*.h.com"], &["/x"], 0)];
+        let v1 = build(&keys);
+        let mut v2 = v1.clone();
+        v2.remove(&keys[1], "r0001");
+        v2.remove(&keys[2], "r0002");
+        v2.insert(&r(&[], &["/a/{id}"], 5), item(9));
+        // v1 is unchanged.
+        assert_eq!(find(&v1, "h.com", "/a/1"), Some(1));
+        assert_eq!(find(&v1, "q.h.com", "/x"), Some(2));
+        // v2 sees the change; emptied tables and nodes are pruned.
+        assert_eq!(find(&v2, "h.com", "/a/1"), Some(9));
+        assert_eq!(find(&v2, "q.h.com", "/x"), None);
+        assert!(v2.exact_hosts.is_empty() && v2.wildcard_hosts.is_empty());
+        v2.remove(&r(&[], &["/a/{id}"], 5), "r0009");
+        v2.remove(&keys[0], "r0000");
+        assert!(v2.any_host.is_empty());
+        assert_eq!(find(&v1, "x", "/a/1"), Some(0));
     }
 
     #[test]
     fn no_match() {
         let router = build(&[r(&["a.com"], &["/x"], 0)]);
-        assert_eq!(router.find("b.com", "/x", |_| true), None);
-        assert_eq!(router.find("a.com", "/y", |_| true), None);
+        assert_eq!(find(&router, "b.com", "/x"), None);
+        assert_eq!(find(&router, "a.com", "/y"), None);
     }
 
     #[test]

@@ -2,20 +2,24 @@
 //! turns a [`ConfigSpec`] into it, reporting every problem with its JSON path.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
+
+use imbl::{OrdMap, OrdSet, Vector};
 
 use ringway_policy::{is_valid_header_name, is_valid_header_value, Chain, ConfigErrors};
 
-use crate::config::{parse_duration, ConfigSpec, UpstreamSpec};
+use crate::config::{parse_duration, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
-use crate::router::{HostPattern, PathPattern, RouteKey, Router};
+use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
-    /// Index into [`Snapshot::upstreams`].
-    pub upstream: usize,
+    /// The upstream's id, and its slot in [`Snapshot::upstream`].
+    pub upstream_id: String,
+    pub upstream: u32,
     /// Upper-case methods; empty admits any.
     pub methods: Vec<String>,
     /// Lower-case header names with the exact value required.
@@ -23,6 +27,14 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub chain: Chain,
+    /// Where the route sits in the routing index.
+    pub key: RouteKey,
+}
+
+impl Indexed for Arc<Route> {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Route {
@@ -52,6 +64,8 @@ impl Route {
 #[derive(Debug)]
 pub struct Upstream {
     pub id: String,
+    /// Stable while the upstream exists; routes and per-worker state refer to it by slot.
+    pub slot: u32,
     pub targets: Vec<SocketAddr>,
     pub weights: Vec<u32>,
     pub lb: LbKind,
@@ -66,106 +80,235 @@ pub struct Upstream {
     pub fingerprint: u64,
 }
 
+/// One change to a document, by reference: a resource created or replaced (`Some`) or
+/// deleted (`None`).
+#[derive(Debug, Clone, Copy)]
+pub enum Edit<'a> {
+    Upstream(&'a str, Option<&'a UpstreamSpec>),
+    Route(&'a str, Option<&'a RouteSpec>),
+}
+
 /// Everything a worker needs to serve requests, built once and shared read-only.
-#[derive(Debug)]
+///
+/// Every collection is persistent: [`Snapshot::edit`] makes the next snapshot from this one
+/// at a cost proportional to the change, sharing everything unchanged with it.
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub revision: u64,
-    pub routes: Vec<Route>,
-    pub upstreams: Vec<Upstream>,
-    pub router: Router,
+    pub routes: OrdMap<String, Arc<Route>>,
+    pub upstreams: OrdMap<String, Arc<Upstream>>,
+    pub router: Router<Arc<Route>>,
+    /// Upstreams by slot.
+    slots: Vector<Option<Arc<Upstream>>>,
+    free_slots: Vector<u32>,
+    /// Route ids by the upstream they use.
+    users: OrdMap<String, OrdSet<String>>,
 }
 
 impl Snapshot {
-    /// Compiles a document; `Err` lists every problem.
+    /// Compiles a whole document; `Err` lists every problem.
     pub fn compile(spec: &ConfigSpec, revision: u64) -> Result<Snapshot, ConfigErrors> {
-        let mut errors = ConfigErrors::default();
-        let mut upstreams = Vec::with_capacity(spec.upstreams.len());
-        for (id, u) in &spec.upstreams {
-            if let Some(up) = compile_upstream(id, u, &mut errors) {
-                upstreams.push(up);
-            }
+        let edits = spec
+            .upstreams
+            .iter()
+            .map(|(id, u)| Edit::Upstream(id, Some(u)))
+            .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))));
+        Snapshot::default().edit(edits, revision)
+    }
+
+    /// The upstream in `slot`.
+    #[inline]
+    pub fn upstream(&self, slot: u32) -> &Upstream {
+        match self.slots.get(slot as usize) {
+            Some(Some(u)) => u,
+            // A compiled route always names a live slot.
+            _ => unreachable!("route refers to an empty upstream slot"),
         }
-        let mut routes = Vec::with_capacity(spec.routes.len());
-        let mut keys: Vec<(Vec<HostPattern>, Vec<PathPattern>, i32, u32)> = Vec::new();
-        for (id, r) in &spec.routes {
-            let path = format!("routes.{id}");
-            check_id(id, &path, &mut errors);
-            let mut hosts = Vec::new();
-            for (i, h) in r.hosts.iter().enumerate() {
-                match HostPattern::parse(h) {
-                    Ok(p) => hosts.push(p),
-                    Err(e) => errors.push(format!("{path}.hosts[{i}]"), e),
-                }
-            }
-            let mut paths = Vec::new();
-            if r.paths.is_empty() {
-                errors.push(format!("{path}.paths"), "a route needs at least one path (use \"/*\" for all)");
-            }
-            for (i, p) in r.paths.iter().enumerate() {
-                match PathPattern::parse(p) {
-                    Ok(p) => paths.push(p),
-                    Err(e) => errors.push(format!("{path}.paths[{i}]"), e),
-                }
-            }
-            let mut methods = Vec::new();
-            for (i, m) in r.methods.iter().enumerate() {
-                if m.is_empty() || !is_valid_header_name(m) {
-                    errors.push(format!("{path}.methods[{i}]"), format!("{m:?} is not a method"));
-                } else {
-                    methods.push(m.to_ascii_uppercase());
-                }
-            }
-            let mut headers = Vec::new();
-            for (n, v) in &r.headers {
-                if !is_valid_header_name(n) {
-                    errors.push(format!("{path}.headers.{n}"), "not a valid header name");
-                } else if !is_valid_header_value(v.as_bytes()) {
-                    errors.push(format!("{path}.headers.{n}"), "not a valid header value");
-                } else {
-                    headers.push((n.to_ascii_lowercase(), v.as_bytes().to_vec()));
-                }
-            }
-            let upstream = match spec.upstreams.keys().position(|k| k == &r.upstream) {
-                Some(i) => i,
-                None => {
-                    errors.push(format!("{path}.upstream"), format!("no upstream with id {:?}", r.upstream));
-                    0
-                }
+    }
+
+    /// Ids of the routes that use upstream `id`.
+    pub fn routes_using(&self, id: &str) -> impl Iterator<Item = &String> {
+        self.users.get(id).into_iter().flat_map(|s| s.iter())
+    }
+
+    /// The snapshot with `edits` applied, all or nothing, at `revision`; `self` is unchanged.
+    /// Costs O(log n) per edited resource, whatever the number of routes; edits of upstreams
+    /// come before edits of routes, so a route may name an upstream created in the same call.
+    pub fn edit<'a>(&self, edits: impl IntoIterator<Item = Edit<'a>>, revision: u64) -> Result<Snapshot, ConfigErrors> {
+        let mut next = self.clone();
+        next.revision = revision;
+        let mut errors = ConfigErrors::default();
+        let (ups, routes): (Vec<_>, Vec<_>) = edits.into_iter().partition(|e| matches!(e, Edit::Upstream(..)));
+        let mut seen = std::collections::HashSet::new();
+        for e in ups.iter().chain(&routes) {
+            let (kind, id) = match e {
+                Edit::Upstream(id, _) => ("upstreams", *id),
+                Edit::Route(id, _) => ("routes", *id),
             };
-            if let Some(sp) = &r.strip_prefix {
-                if !sp.starts_with('/') || sp.len() < 2 || sp.ends_with('/') || sp.contains(['?', '#', '*', '{']) {
-                    errors.push(
-                        format!("{path}.strip_prefix"),
-                        "must be a path prefix such as \"/api\": starting with '/', not ending with '/'",
-                    );
-                }
+            if !seen.insert((kind, id)) {
+                errors.push(format!("{kind}.{id}"), "changed twice in one change");
             }
-            if r.max_body_bytes == Some(0) {
-                errors.push(format!("{path}.max_body_bytes"), "must be at least 1 (omit it for no limit)");
-            }
-            let chain = ringway_policy::compile(&r.policies, &format!("{path}.policies"), &mut errors);
-            let constraints = u32::from(!methods.is_empty()) + headers.len() as u32;
-            keys.push((hosts, paths, r.priority, constraints));
-            routes.push(Route {
-                id: id.clone(),
-                upstream,
-                methods,
-                headers,
-                strip_prefix: r.strip_prefix.clone(),
-                max_body_bytes: r.max_body_bytes,
-                chain,
-            });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        let route_keys: Vec<RouteKey<'_>> = keys
-            .iter()
-            .map(|(h, p, prio, c)| RouteKey { hosts: h, paths: p, priority: *prio, constraints: *c })
-            .collect();
-        let router = Router::build(&route_keys);
-        Ok(Snapshot { revision, routes, upstreams, router })
+        // Upstreams put in this call that did not compile: routes naming them are not blamed.
+        let mut broken: Vec<&str> = Vec::new();
+        let mut deleted: Vec<&str> = Vec::new();
+        for e in ups {
+            let Edit::Upstream(id, spec) = e else { continue };
+            match spec {
+                Some(u) => {
+                    let slot = match next.upstreams.get(id) {
+                        Some(old) => old.slot,
+                        None => next.take_slot(),
+                    };
+                    match compile_upstream(id, u, slot, &mut errors) {
+                        Some(up) => {
+                            let up = Arc::new(up);
+                            next.slots.set(slot as usize, Some(up.clone()));
+                            next.upstreams.insert(id.to_string(), up);
+                        }
+                        None => broken.push(id),
+                    }
+                }
+                None => {
+                    if let Some(old) = next.upstreams.remove(id) {
+                        next.slots.set(old.slot as usize, None);
+                        next.free_slots.push_back(old.slot);
+                        deleted.push(id);
+                    }
+                }
+            }
+        }
+        for e in routes {
+            let Edit::Route(id, spec) = e else { continue };
+            if let Some(old) = next.routes.remove(id) {
+                next.router.remove(&old.key, id);
+                next.unuse(&old.upstream_id, id);
+            }
+            let Some(r) = spec else { continue };
+            if let Some(route) = compile_route(id, r, &next.upstreams, &broken, &mut errors) {
+                let route = Arc::new(route);
+                next.router.insert(&route.key, route.clone());
+                next.users.entry(route.upstream_id.clone()).or_default().insert(id.to_string());
+                next.routes.insert(id.to_string(), route);
+            }
+        }
+        for id in deleted {
+            if next.upstreams.contains_key(id) {
+                continue;
+            }
+            let users: Vec<&String> = next.routes_using(id).collect();
+            if !users.is_empty() {
+                let list = users.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ");
+                errors.push(format!("upstreams.{id}"), format!("still used by route(s) {list}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(next)
+        } else {
+            Err(errors)
+        }
     }
+
+    fn take_slot(&mut self) -> u32 {
+        match self.free_slots.pop_back() {
+            Some(s) => s,
+            None => {
+                self.slots.push_back(None);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn unuse(&mut self, upstream: &str, route: &str) {
+        if let Some(set) = self.users.get_mut(upstream) {
+            set.remove(route);
+            if set.is_empty() {
+                self.users.remove(upstream);
+            }
+        }
+    }
+}
+
+fn compile_route(
+    id: &str,
+    r: &RouteSpec,
+    upstreams: &OrdMap<String, Arc<Upstream>>,
+    broken: &[&str],
+    errors: &mut ConfigErrors,
+) -> Option<Route> {
+    let before = errors.0.len();
+    let path = format!("routes.{id}");
+    check_id(id, &path, errors);
+    let mut hosts = Vec::new();
+    for (i, h) in r.hosts.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(p) => hosts.push(p),
+            Err(e) => errors.push(format!("{path}.hosts[{i}]"), e),
+        }
+    }
+    let mut paths = Vec::new();
+    if r.paths.is_empty() {
+        errors.push(format!("{path}.paths"), "a route needs at least one path (use \"/*\" for all)");
+    }
+    for (i, p) in r.paths.iter().enumerate() {
+        match PathPattern::parse(p) {
+            Ok(p) => paths.push(p),
+            Err(e) => errors.push(format!("{path}.paths[{i}]"), e),
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, m) in r.methods.iter().enumerate() {
+        if m.is_empty() || !is_valid_header_name(m) {
+            errors.push(format!("{path}.methods[{i}]"), format!("{m:?} is not a method"));
+        } else {
+            methods.push(m.to_ascii_uppercase());
+        }
+    }
+    let mut headers = Vec::new();
+    for (n, v) in &r.headers {
+        if !is_valid_header_name(n) {
+            errors.push(format!("{path}.headers.{n}"), "not a valid header name");
+        } else if !is_valid_header_value(v.as_bytes()) {
+            errors.push(format!("{path}.headers.{n}"), "not a valid header value");
+        } else {
+            headers.push((n.to_ascii_lowercase(), v.as_bytes().to_vec()));
+        }
+    }
+    let upstream = upstreams.get(&r.upstream).map(|u| u.slot);
+    if upstream.is_none() && !broken.contains(&r.upstream.as_str()) {
+        errors.push(format!("{path}.upstream"), format!("no upstream with id {:?}", r.upstream));
+    }
+    if let Some(sp) = &r.strip_prefix {
+        if !sp.starts_with('/') || sp.len() < 2 || sp.ends_with('/') || sp.contains(['?', '#', '*', '{']) {
+            errors.push(
+                format!("{path}.strip_prefix"),
+                "must be a path prefix such as \"/api\": starting with '/', not ending with '/'",
+            );
+        }
+    }
+    if r.max_body_bytes == Some(0) {
+        errors.push(format!("{path}.max_body_bytes"), "must be at least 1 (omit it for no limit)");
+    }
+    let chain = ringway_policy::compile(&r.policies, &format!("{path}.policies"), errors);
+    let upstream = upstream?;
+    if errors.0.len() != before {
+        return None;
+    }
+    let constraints = u32::from(!methods.is_empty()) + headers.len() as u32;
+    Some(Route {
+        id: id.to_string(),
+        upstream_id: r.upstream.clone(),
+        upstream,
+        methods,
+        headers,
+        strip_prefix: r.strip_prefix.clone(),
+        max_body_bytes: r.max_body_bytes,
+        chain,
+        key: RouteKey { hosts, paths, priority: r.priority, constraints },
+    })
 }
 
 fn check_id(id: &str, path: &str, errors: &mut ConfigErrors) {
@@ -192,7 +335,7 @@ fn duration_or(value: Option<&String>, default: Duration, path: String, errors: 
     }
 }
 
-fn compile_upstream(id: &str, u: &UpstreamSpec, errors: &mut ConfigErrors) -> Option<Upstream> {
+fn compile_upstream(id: &str, u: &UpstreamSpec, slot: u32, errors: &mut ConfigErrors) -> Option<Upstream> {
     let path = format!("upstreams.{id}");
     let before = errors.0.len();
     check_id(id, &path, errors);
@@ -267,6 +410,7 @@ fn compile_upstream(id: &str, u: &UpstreamSpec, errors: &mut ConfigErrors) -> Op
     let fingerprint = hash64(format!("{pairs:?}{lb:?}").as_bytes());
     Some(Upstream {
         id: id.to_string(),
+        slot,
         targets,
         weights,
         lb,
@@ -328,9 +472,111 @@ mod tests {
         let spec = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
                 "routes": {"r": {"paths": ["/api/*"], "upstream": "u", "strip_prefix": "/api"}}}"#);
         let s = Snapshot::compile(&spec, 1).unwrap();
-        let r = &s.routes[0];
+        let r = &s.routes["r"];
         assert_eq!(r.forward_path("/api/users"), "/users");
         assert_eq!(r.forward_path("/api"), "/");
         assert_eq!(r.forward_path("/apix"), "/apix");
+    }
+
+    fn route(paths: &[&str], hosts: &[&str], upstream: &str, priority: i32) -> RouteSpec {
+        RouteSpec {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            upstream: upstream.into(),
+            priority,
+            ..Default::default()
+        }
+    }
+
+    fn upstream(port: u16) -> UpstreamSpec {
+        UpstreamSpec {
+            targets: vec![crate::config::TargetSpec { addr: format!("127.0.0.1:{port}"), weight: 1 }],
+            ..Default::default()
+        }
+    }
+
+    fn lookup<'s>(s: &'s Snapshot, host: &str, path: &str) -> Option<(&'s str, u16)> {
+        s.router.find(host, path, |_| true).map(|r| (r.id.as_str(), s.upstream(r.upstream).targets[0].port()))
+    }
+
+    #[test]
+    fn edits_leave_the_previous_snapshot_untouched() {
+        let u1 = upstream(1);
+        let u2 = upstream(2);
+        let a = route(&["/a"], &[], "u1", 0);
+        let v1 = Snapshot::default().edit([Edit::Upstream("u1", Some(&u1)), Edit::Route("a", Some(&a))], 1).unwrap();
+        let b = route(&["/a"], &[], "u2", 1);
+        let v2 = v1
+            .edit([Edit::Upstream("u2", Some(&u2)), Edit::Route("b", Some(&b)), Edit::Upstream("u1", Some(&u2))], 2)
+            .unwrap();
+        assert_eq!(lookup(&v1, "h", "/a"), Some(("a", 1)));
+        assert_eq!(lookup(&v2, "h", "/a"), Some(("b", 2)));
+        // A changed upstream keeps its slot, so routes that use it see the new targets.
+        assert_eq!(v2.upstreams["u1"].slot, v1.upstreams["u1"].slot);
+        let v3 = v2.edit([Edit::Route("b", None)], 3).unwrap();
+        assert_eq!(lookup(&v3, "h", "/a"), Some(("a", 2)));
+        assert_eq!(v3.routes_using("u2").count(), 0);
+        assert_eq!(v2.routes_using("u2").collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn refused_edits_name_every_problem() {
+        let u1 = upstream(1);
+        let a = route(&["/a"], &[], "u1", 0);
+        let v1 = Snapshot::default().edit([Edit::Upstream("u1", Some(&u1)), Edit::Route("a", Some(&a))], 1).unwrap();
+        let e = v1.edit([Edit::Upstream("u1", None)], 2).unwrap_err();
+        assert_eq!(e.0[0].path, "upstreams.u1");
+        assert!(e.0[0].message.contains("route(s) a"), "{}", e.0[0].message);
+        let bad = route(&["x"], &[], "nope", 0);
+        let e = v1.edit([Edit::Route("a", Some(&bad))], 2).unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["routes.a.paths[0]", "routes.a.upstream"]);
+        let e = v1.edit([Edit::Route("a", None), Edit::Route("a", Some(&a))], 2).unwrap_err();
+        assert_eq!(e.0[0].path, "routes.a");
+        // Deleting the route and its upstream together is fine.
+        let v2 = v1.edit([Edit::Route("a", None), Edit::Upstream("u1", None)], 2).unwrap();
+        assert!(v2.routes.is_empty() && v2.upstreams.is_empty());
+        assert_eq!(lookup(&v1, "h", "/a"), Some(("a", 1)));
+    }
+
+    #[test]
+    fn many_edits_answer_like_one_compile() {
+        // A random walk of edits, checked against compiling the final document from scratch.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let paths = ["/a", "/a/*", "/a/{id}", "/b/{x}/c", "/*", "/b/*", "/a/b"];
+        let hosts = ["", "h.com", "*.h.com"];
+        let mut spec = ConfigSpec::default();
+        for u in 0..4u16 {
+            spec.upstreams.insert(format!("u{u}"), upstream(u + 1));
+        }
+        let mut snap = Snapshot::compile(&spec, 0).unwrap();
+        for step in 1..400u64 {
+            let id = format!("r{}", rand(30));
+            let r = if rand(4) == 0 {
+                None
+            } else {
+                let h = hosts[rand(3) as usize];
+                let hs: Vec<&str> = if h.is_empty() { vec![] } else { vec![h] };
+                Some(route(&[paths[rand(7) as usize]], &hs, &format!("u{}", rand(4)), rand(3) as i32))
+            };
+            snap = snap.edit([Edit::Route(&id, r.as_ref())], step).unwrap();
+            match r {
+                Some(r) => spec.routes.insert(id, r),
+                None => spec.routes.remove(&id),
+            };
+        }
+        let fresh = Snapshot::compile(&spec, 0).unwrap();
+        assert_eq!(snap.routes.len(), fresh.routes.len());
+        for host in ["h.com", "x.h.com", "other"] {
+            for path in ["/a", "/a/1", "/a/b", "/b/1/c", "/b/1", "/zzz", "/a/1/2"] {
+                assert_eq!(lookup(&snap, host, path), lookup(&fresh, host, path), "{host}{path}");
+            }
+        }
     }
 }

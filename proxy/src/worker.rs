@@ -2,7 +2,6 @@
 //! accept loop, and the control loop that swaps snapshots and drains.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -16,7 +15,7 @@ use ringway_runtime::{Mailbox, WorkerContext};
 
 use crate::lb::LbState;
 use crate::pool::Pool;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Upstream};
 
 /// Server-wide limits; every one has a safe default.
 #[derive(Debug, Clone)]
@@ -70,34 +69,12 @@ pub struct Ack {
     pub revision: u64,
 }
 
-/// One snapshot plus this worker's state derived from it.
+/// Balancing state shared by the requests of one worker.
+pub type SharedLb = Rc<RefCell<LbState>>;
+
+/// The snapshot new requests use; a request keeps the one it started with.
 pub struct Generation {
     pub snapshot: Arc<Snapshot>,
-    /// Balancing state per upstream, aligned with `snapshot.upstreams`.
-    pub lb: Vec<RefCell<LbState>>,
-}
-
-impl Generation {
-    /// Builds from `prev`, keeping the balancing state of upstreams whose targets and
-    /// balancer did not change.
-    fn new(snapshot: Arc<Snapshot>, prev: Option<&Generation>, seed: u64) -> Generation {
-        let mut old: HashMap<(&str, u64), &RefCell<LbState>> = HashMap::new();
-        if let Some(p) = prev {
-            for (u, s) in p.snapshot.upstreams.iter().zip(&p.lb) {
-                old.insert((u.id.as_str(), u.fingerprint), s);
-            }
-        }
-        let lb = snapshot
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, u)| match old.get(&(u.id.as_str(), u.fingerprint)) {
-                Some(s) => RefCell::new(s.borrow().clone()),
-                None => RefCell::new(LbState::new(u.targets.len(), seed ^ (i as u64).wrapping_mul(0x9e37_79b9))),
-            })
-            .collect();
-        Generation { snapshot, lb }
-    }
 }
 
 /// Per-worker counters, read by the status API and tests.
@@ -112,6 +89,9 @@ pub struct Worker {
     pub ctx: WorkerContext,
     pub limits: ServerLimits,
     generation: RefCell<Rc<Generation>>,
+    /// Balancing state by upstream slot, with the fingerprint of the upstream it was made for:
+    /// made on first use, kept while the upstream's targets and balancer stay the same.
+    lb: RefCell<Vec<Option<(u64, SharedLb)>>>,
     pub pool: RefCell<Pool>,
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
@@ -134,7 +114,8 @@ impl Worker {
         Worker {
             ctx,
             limits,
-            generation: RefCell::new(Rc::new(Generation::new(snapshot, None, seed))),
+            generation: RefCell::new(Rc::new(Generation { snapshot })),
+            lb: RefCell::new(Vec::new()),
             pool: RefCell::new(Pool::default()),
             draining: Cell::new(false),
             active: Cell::new(0),
@@ -151,12 +132,28 @@ impl Worker {
     }
 
     /// Swaps in a new snapshot; in-flight requests keep the generation they started with.
+    /// O(1): state derived from the snapshot is made again lazily, only where it changed.
     pub fn apply(&self, snapshot: Arc<Snapshot>) {
-        let next = {
-            let prev = self.generation.borrow();
-            Generation::new(snapshot, Some(&prev), self.id_prefix)
-        };
-        *self.generation.borrow_mut() = Rc::new(next);
+        *self.generation.borrow_mut() = Rc::new(Generation { snapshot });
+    }
+
+    /// This worker's balancing state for `upstream`.
+    #[inline]
+    pub fn lb_state(&self, upstream: &Upstream) -> SharedLb {
+        let mut all = self.lb.borrow_mut();
+        let slot = upstream.slot as usize;
+        if all.len() <= slot {
+            all.resize(slot + 1, None);
+        }
+        match &all[slot] {
+            Some((fp, s)) if *fp == upstream.fingerprint => s.clone(),
+            _ => {
+                let seed = self.id_prefix ^ (slot as u64).wrapping_mul(0x9e37_79b9);
+                let s = Rc::new(RefCell::new(LbState::new(upstream.targets.len(), seed)));
+                all[slot] = Some((upstream.fingerprint, s.clone()));
+                s
+            }
+        }
     }
 
     /// A fresh request id: 32 hex digits, unique per process run.
