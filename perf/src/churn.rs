@@ -110,7 +110,11 @@ fn route_body(v: u64) -> String {
 }
 
 fn load_p99(me: &std::path::Path, url: &str, rate: u64, secs: u64) -> Result<(f64, u64)> {
-    let out = Command::new(me)
+    // The gateway's one worker pins itself to the first core; the load runs on the others.
+    let cpus = crate::compare::allowed_cpus();
+    let others =
+        if cpus.len() > 1 { Some(cpus[1..].iter().map(usize::to_string).collect::<Vec<_>>().join(",")) } else { None };
+    let out = crate::process::pinned(others.as_deref(), me)
         .args([
             "load",
             "--url",

@@ -91,7 +91,7 @@ impl CoreLayout {
 }
 
 /// The cores this process may run on.
-fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
     // size_of::<cpu_set_t>() bytes into it, and CPU_ISSET only reads it.
     unsafe {
@@ -148,6 +148,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
         contenders.retain(|c| wanted.contains(&c.kind.name()));
         notes.retain(|n| wanted.iter().any(|w| n.starts_with(w)));
+    } else {
+        contenders.retain(|c| !c.kind.on_request_only());
     }
     if contenders.is_empty() {
         bail!("no contender selected");

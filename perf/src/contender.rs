@@ -23,6 +23,10 @@ pub enum Kind {
     Direct,
     /// ringway with one worker.
     Ringway,
+    /// ringway on io_uring without `DEFER_TASKRUN` (run only when named).
+    RingwayUringPlain,
+    /// ringway on epoll (run only when named).
+    RingwayEpoll,
     /// nginx with one worker process.
     Nginx,
     /// HAProxy with one thread.
@@ -31,10 +35,17 @@ pub enum Kind {
 
 impl Kind {
     /// Name used in reports.
+    /// Variants measured only when asked for by name.
+    pub fn on_request_only(self) -> bool {
+        matches!(self, Kind::RingwayUringPlain | Kind::RingwayEpoll)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Ringway => "ringway",
+            Kind::RingwayUringPlain => "ringway-uring-plain",
+            Kind::RingwayEpoll => "ringway-epoll",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
@@ -65,7 +76,9 @@ pub fn discover(ringway: &Path) -> (Vec<Contender>, Vec<String>) {
     let mut found = vec![Contender { kind: Kind::Direct, binary: None }];
     let mut skipped = Vec::new();
     if ringway.is_file() {
-        found.push(Contender { kind: Kind::Ringway, binary: Some(ringway.to_path_buf()) });
+        for kind in [Kind::Ringway, Kind::RingwayUringPlain, Kind::RingwayEpoll] {
+            found.push(Contender { kind, binary: Some(ringway.to_path_buf()) });
+        }
     } else {
         skipped.push(format!(
             "ringway skipped: no binary at {} (build it with `cargo build --release`, or pass \
@@ -117,7 +130,16 @@ impl Contender {
         let mut cmd = process::pinned(cpus, binary);
         match self.kind {
             Kind::Direct => return Ok(None),
-            Kind::Ringway => {
+            Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll => {
+                match self.kind {
+                    Kind::RingwayUringPlain => {
+                        cmd.arg("--driver").arg("io_uring").arg("--no-defer-taskrun");
+                    }
+                    Kind::RingwayEpoll => {
+                        cmd.arg("--driver").arg("epoll");
+                    }
+                    _ => {}
+                }
                 let file = dir.join(format!("ringway-{}.yaml", scenario.name));
                 let yaml = config_files::ringway(origin, scenario.extra_routes);
                 std::fs::write(&file, yaml)?;
@@ -175,7 +197,7 @@ pub fn version(contender: &Contender, dir: &Path) -> Option<String> {
     let binary = contender.binary.as_ref()?;
     let flag = match contender.kind {
         Kind::Direct => return None,
-        Kind::Ringway => "--version",
+        Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll => "--version",
         Kind::Nginx | Kind::Haproxy => "-v",
     };
     let (ok, text) = bounded_output(contender.kind.name(), binary, &[flag], dir)?;

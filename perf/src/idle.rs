@@ -125,7 +125,7 @@ pub fn run(args: &IdleArgs) -> Result<()> {
             Ok((before, after))
         })();
         running.child.stop();
-        let (before, after) = measured.with_context(|| format!("{}", c.kind.name()))?;
+        let (before, after) = measured.with_context(|| c.kind.name())?;
         let per = (after.saturating_sub(before)) as f64 / args.connections as f64;
         println!("| {} | {before} KiB | {after} KiB | {per:.2} KiB |", c.kind.name());
     }

@@ -25,6 +25,11 @@ use crate::snapshot::{Route, Upstream};
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::{Generation, SharedLb, Worker};
 
+/// Receive buffer for an upstream response: the head and a small body in one read.
+const RESPONSE_BUF: usize = 16 * 1024;
+/// Receive buffer while a large response body streams: fewer, larger reads and writes.
+const LARGE_BODY_BUF: usize = 64 * 1024;
+
 /// Most header fields parsed; `ServerLimits::max_headers` may set a lower cap.
 pub const MAX_HEADERS: usize = 128;
 
@@ -284,7 +289,7 @@ fn prepare<'g>(
 
     let request_id = early.request_id;
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
-    let mut list: HeaderList<'_> = HeaderList::with_capacity(headers.len() + 4);
+    let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
             Known::Other | Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
@@ -340,6 +345,7 @@ fn prepare<'g>(
     for h in list.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
+    worker.spares.give_headers(list);
     if host.is_none() {
         push_header(out, b"host", upstream.targets[target].to_string().as_bytes());
     }
@@ -463,7 +469,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
     plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
     let mut attempt = 0;
-    let mut ubuf = Vec::new();
+    let mut ubuf = worker.spares.buf(RESPONSE_BUF);
     let (up, head_len) = loop {
         attempt += 1;
         let pooled = worker.pool.borrow_mut().take(addr, Instant::now());
@@ -619,6 +625,7 @@ async fn relay_response(
         request_was_head: plan.is_head,
         http10: plan.http10,
         close: !plan.keep_alive || worker.draining.get(),
+        spares: &worker.spares,
     };
     out.clear();
     let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
@@ -637,6 +644,18 @@ async fn relay_response(
     let mut clean = true; // the upstream connection holds no stray bytes
     let mut start = resp.head_len;
     loop {
+        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && out.is_empty() {
+            // Past the first piece a sized body goes straight from the receive buffer.
+            let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
+            let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
+            ubuf = b;
+            if r.is_err() {
+                return false;
+            }
+            start += take;
+            remaining -= take as u64;
+            done = remaining == 0;
+        }
         let data = &ubuf[start..];
         if !done && !data.is_empty() {
             match (&mut decoder, resp.body) {
@@ -697,7 +716,8 @@ async fn relay_response(
         ubuf.clear();
         start = 0;
         let deadline = Instant::now() + upstream.idle_timeout;
-        let (r, b) = read_more(&mut up, ubuf, 16 * 1024, deadline).await;
+        let want = if remaining > RESPONSE_BUF as u64 { LARGE_BODY_BUF } else { RESPONSE_BUF };
+        let (r, b) = read_more(&mut up, ubuf, want, deadline).await;
         ubuf = b;
         match r {
             Ok(0) if matches!(resp.body, BodyKind::UntilClose) => {
@@ -725,6 +745,7 @@ async fn relay_response(
             Instant::now(),
         );
     }
+    worker.spares.give_buf(ubuf);
     conn.out = out;
     !close_client
 }

@@ -6,12 +6,13 @@
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringway_policy::{Chain, HeaderList, ResponseInfo};
+use ringway_policy::{Chain, ResponseInfo};
 
 use crate::forward::MAX_HEADERS;
 use crate::h1::head::{check_raw_head, classify, parse_content_length, BodyKind, ConnectionOptions, Known};
 use crate::io::{push_dec, read_more};
 use crate::respond::{push_header, push_status_line, ProxyError};
+use crate::worker::Spares;
 
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -78,6 +79,8 @@ pub struct ClientSide<'a> {
     pub http10: bool,
     /// Close after this response whatever its framing.
     pub close: bool,
+    /// Where the header list comes from and goes back to.
+    pub spares: &'a Spares,
 }
 
 impl ResponsePlan {
@@ -148,7 +151,7 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
         && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
     let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive };
 
-    let mut list = HeaderList::with_capacity(headers.len() + 2);
+    let mut list = c.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
             // Framing of a body-less answer (HEAD, 304) describes the resource: keep it.
@@ -167,6 +170,7 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
     for h in list.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
+    c.spares.give_headers(list);
     match body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"content-length: ");

@@ -13,6 +13,8 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use ringway_runtime::{Mailbox, WorkerContext};
 
+use ringway_policy::HeaderList;
+
 use crate::lb::LbState;
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
@@ -77,6 +79,59 @@ pub struct Generation {
     pub snapshot: Arc<Snapshot>,
 }
 
+/// Buffers and header lists handed back by finished requests, so the next request reuses
+/// their allocations instead of making new ones.
+#[derive(Default)]
+pub struct Spares {
+    headers: RefCell<Vec<HeaderList<'static>>>,
+    bufs: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Spares kept per kind; more than the requests in flight at once is waste.
+const MAX_SPARES: usize = 256;
+/// Buffers larger than this are freed rather than kept.
+const MAX_SPARE_BUF: usize = 256 * 1024;
+
+impl Spares {
+    /// An empty header list, with the capacity of an earlier one when there is one.
+    #[inline]
+    pub fn headers<'a>(&self) -> HeaderList<'a> {
+        match self.headers.borrow_mut().pop() {
+            Some(h) => h.recycle(),
+            None => HeaderList::with_capacity(32),
+        }
+    }
+
+    #[inline]
+    pub fn give_headers(&self, h: HeaderList<'_>) {
+        let mut all = self.headers.borrow_mut();
+        if all.len() < MAX_SPARES {
+            all.push(h.recycle());
+        }
+    }
+
+    /// An empty buffer of at least `capacity` bytes.
+    #[inline]
+    pub fn buf(&self, capacity: usize) -> Vec<u8> {
+        match self.bufs.borrow_mut().pop() {
+            Some(mut b) => {
+                b.reserve(capacity);
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    #[inline]
+    pub fn give_buf(&self, mut b: Vec<u8>) {
+        let mut all = self.bufs.borrow_mut();
+        if all.len() < MAX_SPARES && b.capacity() <= MAX_SPARE_BUF {
+            b.clear();
+            all.push(b);
+        }
+    }
+}
+
 /// Per-worker counters, read by the status API and tests.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -96,6 +151,7 @@ pub struct Worker {
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
     pub counters: Counters,
+    pub spares: Spares,
     idle: RefCell<IdleSlots>,
     request_seq: Cell<u64>,
     id_prefix: u64,
@@ -120,6 +176,7 @@ impl Worker {
             draining: Cell::new(false),
             active: Cell::new(0),
             counters: Counters::default(),
+            spares: Spares::default(),
             idle: RefCell::new(IdleSlots::default()),
             request_seq: Cell::new(0),
             id_prefix,
