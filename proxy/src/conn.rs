@@ -10,7 +10,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::h1::head::{check_raw_head, HeadError};
+use crate::h1::head::{check_partial_head, HeadError};
 use crate::io::{linger, read_more, write_all};
 use crate::respond::{encode_reply, ProxyError};
 use crate::worker::Worker;
@@ -100,7 +100,7 @@ async fn read_head(worker: &Rc<Worker>, conn: &mut Conn, first: bool) -> HeadRea
             }
             // Refuse a head with bare LFs now rather than after a timeout; the last byte may be
             // a CR whose LF has not arrived yet.
-            if let Err(e) = check_raw_head(&conn.rbuf[..conn.rbuf.len() - 1]) {
+            if let Err(e) = check_partial_head(&conn.rbuf) {
                 return HeadRead::Fail(ProxyError::Head(e));
             }
             scanned = conn.rbuf.len();

@@ -1,7 +1,6 @@
 //! Per-worker keep-alive pools of upstream connections, keyed by target address so that they
 //! survive configuration changes that keep the target.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ struct Idle {
 /// The idle upstream connections of one worker.
 #[derive(Default)]
 pub struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Keys come from the configuration, not from clients: a fast hasher is safe here.
+    idle: rustc_hash::FxHashMap<SocketAddr, Vec<Idle>>,
     /// Connections opened, for tests and metrics.
     pub opened: u64,
     /// Connections taken from the pool.

@@ -72,33 +72,54 @@ pub enum Known {
 /// Classifies a header name (ASCII case-insensitive).
 pub fn classify(name: &str) -> Known {
     let eq = |s: &str| name.eq_ignore_ascii_case(s);
-    match name.len() {
-        2 if eq("te") => Known::HopByHop,
-        4 if eq("host") => Known::Host,
-        6 if eq("expect") => Known::Expect,
-        7 if eq("upgrade") => Known::HopByHop,
-        10 if eq("connection") => Known::Connection,
-        10 if eq("keep-alive") => Known::HopByHop,
-        12 if eq("x-request-id") => Known::RequestId,
-        14 if eq("content-length") => Known::ContentLength,
-        15 if eq("x-forwarded-for") => Known::Forwarded,
-        16 if eq("proxy-connection") => Known::HopByHop,
-        16 if eq("x-forwarded-host") => Known::Forwarded,
-        17 if eq("transfer-encoding") => Known::TransferEncoding,
-        17 if eq("x-forwarded-proto") => Known::Forwarded,
+    // Length and first letter rule out almost every other field before any comparison.
+    let first = name.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
+    match (name.len(), first) {
+        (2, b't') if eq("te") => Known::HopByHop,
+        (4, b'h') if eq("host") => Known::Host,
+        (6, b'e') if eq("expect") => Known::Expect,
+        (7, b'u') if eq("upgrade") => Known::HopByHop,
+        (10, b'c') if eq("connection") => Known::Connection,
+        (10, b'k') if eq("keep-alive") => Known::HopByHop,
+        (12, b'x') if eq("x-request-id") => Known::RequestId,
+        (14, b'c') if eq("content-length") => Known::ContentLength,
+        (15, b'x') if eq("x-forwarded-for") => Known::Forwarded,
+        (16, b'p') if eq("proxy-connection") => Known::HopByHop,
+        (16, b'x') if eq("x-forwarded-host") => Known::Forwarded,
+        (17, b't') if eq("transfer-encoding") => Known::TransferEncoding,
+        (17, b'x') if eq("x-forwarded-proto") => Known::Forwarded,
         _ => Known::Other,
     }
 }
 
 /// Checks the raw head bytes for what `httparse` tolerates: bare LF, bare CR and NUL.
 pub fn check_raw_head(head: &[u8]) -> Result<(), HeadError> {
-    for i in memchr::memchr3_iter(b'\n', b'\r', 0, head) {
-        match head[i] {
-            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(HeadError::Bad("bare LF in message head")),
-            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(HeadError::Bad("bare CR in message head")),
-            0 => return Err(HeadError::Bad("NUL in message head")),
-            _ => {}
+    check_bytes(head, false)
+}
+
+/// [`check_raw_head`] for the start of a head still arriving: a CR as the last byte passes,
+/// since its LF may be in the next read.
+pub fn check_partial_head(buf: &[u8]) -> Result<(), HeadError> {
+    check_bytes(buf, true)
+}
+
+/// A few vectorised passes instead of a search per line end: every LF must follow a CR, and
+/// then a CR count equal to the LF count means no CR stands alone.
+fn check_bytes(head: &[u8], partial: bool) -> Result<(), HeadError> {
+    if memchr::memchr(0, head).is_some() {
+        return Err(HeadError::Bad("NUL in message head"));
+    }
+    let mut lfs = 0;
+    for i in memchr::memchr_iter(b'\n', head) {
+        if i == 0 || head[i - 1] != b'\r' {
+            return Err(HeadError::Bad("bare LF in message head"));
         }
+        lfs += 1;
+    }
+    let crs = memchr::memchr_iter(b'\r', head).count();
+    let trailing = usize::from(partial && head.last() == Some(&b'\r'));
+    if crs != lfs + trailing {
+        return Err(HeadError::Bad("bare CR in message head"));
     }
     Ok(())
 }
@@ -244,6 +265,32 @@ pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn classify_names_in_any_case() {
+        let cases = [
+            ("TE", Known::HopByHop),
+            ("Host", Known::Host),
+            ("EXPECT", Known::Expect),
+            ("Upgrade", Known::HopByHop),
+            ("Connection", Known::Connection),
+            ("Keep-Alive", Known::HopByHop),
+            ("X-Request-Id", Known::RequestId),
+            ("Content-Length", Known::ContentLength),
+            ("x-forwarded-for", Known::Forwarded),
+            ("Proxy-Connection", Known::HopByHop),
+            ("X-Forwarded-Host", Known::Forwarded),
+            ("Transfer-Encoding", Known::TransferEncoding),
+            ("X-Forwarded-Proto", Known::Forwarded),
+            ("Date", Known::Other),
+            ("Content-Type", Known::Other),
+            ("", Known::Other),
+        ];
+        for (name, want) in cases {
+            assert_eq!(classify(name), want, "{name}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -261,6 +308,13 @@ mod tests {
         assert!(check_raw_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_err());
         assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n").is_err());
         assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\0\r\n\r\n").is_err());
+        assert!(check_raw_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r").is_err());
+        assert!(check_raw_head(b"\nGET / HTTP/1.1\r\n\r\n").is_err());
+        // A head still arriving may end in the CR of a CRLF, and only there.
+        assert!(check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r").is_ok());
+        assert!(check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r\n").is_ok());
+        assert!(check_partial_head(b"GET / HTTP/1.1\rHost: a\r").is_err());
+        assert!(check_partial_head(b"GET / HTTP/1.1\nHost: a").is_err());
     }
 
     #[test]

@@ -7,7 +7,12 @@ use ringway_tests::{Client, Gateway, Upstream};
 
 use crate::{both_drivers, single};
 
-both_drivers!(malformed_requests_are_refused_and_closed, pipelined_requests_answered_in_order, oversized_heads_get_431);
+both_drivers!(
+    malformed_requests_are_refused_and_closed,
+    pipelined_requests_answered_in_order,
+    oversized_heads_get_431,
+    heads_arriving_in_pieces_are_served
+);
 
 const CASES: &[(&str, &[u8], u16)] = &[
     (
@@ -108,6 +113,31 @@ fn pipelined_requests_answered_in_order(driver: &str) {
     assert_eq!(c.read_response(false).text(), "a POST /2");
     assert_eq!(c.read_response(false).text(), "a GET /3");
     assert_eq!(up.requests()[1].body, b"abc");
+}
+
+fn heads_arriving_in_pieces_are_served(driver: &str) {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start_with(&single(&[up.addr], "", ""), driver, &[]);
+    let head = b"GET /split HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n";
+    // Cut after a CR, after a CRLF, inside a name, and one byte at a time.
+    let cuts: Vec<Vec<usize>> = vec![
+        vec![head.iter().position(|b| *b == b'\r').unwrap() + 1],
+        vec![head.windows(2).position(|w| w == b"\r\n").unwrap() + 2],
+        vec![22],
+        (1..head.len()).collect(),
+    ];
+    for cut in cuts {
+        let mut c = Client::connect(gw.addr);
+        let mut from = 0;
+        for at in cut.into_iter().chain([head.len()]) {
+            c.send(&head[from..at]);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            from = at;
+        }
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "a GET /split");
+    }
 }
 
 fn oversized_heads_get_431(driver: &str) {
