@@ -113,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             limits: limits.clone(),
             acks: ack_tx.clone(),
             seed: base_seed.wrapping_add(i as u64),
+            workers: count,
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };

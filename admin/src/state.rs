@@ -69,14 +69,15 @@ impl Diff {
 #[derive(Debug, Clone)]
 pub enum ResourceChange {
     Upstream(String, Option<UpstreamSpec>),
-    Route(String, Option<RouteSpec>),
+    /// Boxed: a route's spec is several times the size of an upstream's.
+    Route(String, Option<Box<RouteSpec>>),
 }
 
 impl ResourceChange {
     fn edit(&self) -> Edit<'_> {
         match self {
             ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_ref()),
-            ResourceChange::Route(id, v) => Edit::Route(id, v.as_ref()),
+            ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
         }
     }
 }
@@ -101,7 +102,7 @@ fn diff_map<T: PartialEq>(
 pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange> {
     let mut out = Vec::new();
     diff_map(&old.upstreams, new.upstreams, ResourceChange::Upstream, &mut out);
-    diff_map(&old.routes, new.routes, ResourceChange::Route, &mut out);
+    diff_map(&old.routes, new.routes, |id, v| ResourceChange::Route(id, v.map(Box::new)), &mut out);
     out
 }
 
@@ -144,7 +145,7 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             ResourceChange::Upstream(id, v) => {
                 one(UPSTREAMS, id, v.as_ref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
             }
-            ResourceChange::Route(id, v) => one(ROUTES, id, v.as_ref(), spec.routes.get(id), &mut d.routes, &mut ops),
+            ResourceChange::Route(id, v) => one(ROUTES, id, v.as_deref(), spec.routes.get(id), &mut d.routes, &mut ops),
         })
         .collect();
     for k in [&mut d.upstreams, &mut d.routes] {
@@ -267,7 +268,7 @@ impl AdminState {
                     self.spec.upstreams.remove(&id);
                 }
                 ResourceChange::Route(id, Some(v)) => {
-                    self.spec.routes.insert(id, v);
+                    self.spec.routes.insert(id, *v);
                 }
                 ResourceChange::Route(id, None) => {
                     self.spec.routes.remove(&id);

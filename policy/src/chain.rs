@@ -4,9 +4,11 @@ use std::fmt::Debug;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
 use crate::headers_policy::HeadersPolicy;
+use crate::limits::{ConcurrencyLimit, RateLimit};
 use crate::spec::PoliciesSpec;
 
 /// What a policy sees of a request (after routing, before the upstream is chosen).
@@ -82,7 +84,7 @@ pub trait Policy: Send + Sync + Debug {
     /// Runs after routing, before the upstream request is written. `headers` are the
     /// request headers that will be sent upstream (hop-by-hop fields already removed);
     /// edits borrow from `self` or from the request. Returns whether to go on.
-    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>) -> Verdict {
+    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>, _cx: &mut Context) -> Verdict {
         Verdict::Continue
     }
 
@@ -113,9 +115,9 @@ impl Chain {
     }
 
     /// Runs the request side; the first `Respond` wins.
-    pub fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>) -> Verdict {
+    pub fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
         for p in &self.policies {
-            if let Verdict::Respond(r) = p.on_request(req, headers) {
+            if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
                 return Verdict::Respond(r);
             }
         }
@@ -142,6 +144,16 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
             policies.push(Arc::new(p));
         }
     }
+    if let Some(r) = &spec.rate_limit {
+        if let Some(p) = RateLimit::compile(r, &format!("{path}.rate_limit"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
+    if let Some(c) = &spec.concurrency_limit {
+        if let Some(p) = ConcurrencyLimit::compile(c, &format!("{path}.concurrency_limit"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
     Chain::new(policies)
 }
 
@@ -158,7 +170,7 @@ mod tests {
         fn priority(&self) -> u32 {
             self.0
         }
-        fn on_request<'a>(&'a self, _: &RequestInfo<'_>, h: &mut HeaderList<'a>) -> Verdict {
+        fn on_request<'a>(&'a self, _: &RequestInfo<'_>, h: &mut HeaderList<'a>, _: &mut Context) -> Verdict {
             h.push("x-seen", self.1.as_bytes());
             if self.2 {
                 Verdict::Respond(Reply::json_error(403, "denied", self.1))
@@ -187,7 +199,8 @@ mod tests {
             Arc::new(Fixed(2000, "limit", true)),
         ]);
         let mut h = HeaderList::default();
-        let v = chain.on_request(&info(), &mut h);
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1)));
+        let v = chain.on_request(&info(), &mut h, &mut Context::new(state));
         let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
         assert_eq!(seen, ["identity", "limit"]);
         match v {

@@ -1,6 +1,7 @@
 //! `headers`: set, add and remove header fields on the request and the response.
 
 use crate::chain::{Policy, RequestInfo, ResponseInfo, Verdict};
+use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
 use crate::spec::{HeaderOpsSpec, HeadersPolicySpec};
@@ -102,7 +103,7 @@ impl Policy for HeadersPolicy {
         1000
     }
 
-    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, headers: &mut HeaderList<'a>) -> Verdict {
+    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, _cx: &mut Context) -> Verdict {
         self.request.apply(headers);
         Verdict::Continue
     }

@@ -9,16 +9,24 @@
 //! rejected); [`compile`] turns it into a [`Chain`] that cannot be invalid, reporting every
 //! problem with its path.
 //!
-//! Invariants: no socket I/O, no dependency on monoio, no locks; time comes from the caller.
+//! Invariants: no socket I/O, no dependency on monoio, no locks on the request path (node-wide
+//! limits lease from a shared bank in batches, see [`limits`]); time comes from the caller's
+//! [`Context`].
 
 mod chain;
+mod context;
+mod duration;
 mod error;
 mod headers;
 mod headers_policy;
+pub mod limits;
 mod spec;
 
 pub use chain::{compile, Chain, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
+pub use context::{Context, ResponseExtras, WorkerPolicyState};
+pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
+pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
 pub use spec::{HeaderOpsSpec, HeadersPolicySpec, PoliciesSpec};

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{ConcurrencyLimitSpec, RateLimitSpec};
+
 /// The policies of one route, by name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -11,6 +13,12 @@ pub struct PoliciesSpec {
     /// Header transforms on the request to the upstream and the response to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersPolicySpec>,
+    /// Node-wide rate limit of the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Node-wide cap on the route's requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<ConcurrencyLimitSpec>,
 }
 
 /// `headers: {request: {...}, response: {...}}`.

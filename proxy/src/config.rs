@@ -4,7 +4,6 @@
 //! them into a [`crate::Snapshot`] that cannot be invalid.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use ringway_policy::PoliciesSpec;
 use serde::{Deserialize, Serialize};
@@ -120,40 +119,4 @@ fn is_default_policies(p: &PoliciesSpec) -> bool {
     *p == PoliciesSpec::default()
 }
 
-/// Parses `"2s"`, `"500ms"`, `"1m"`, `"1h"`, `"250us"`, `"1.5s"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m or h)"))?;
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("duration {s:?} does not start with a number"))?;
-    let secs = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use us, ms, s, m or h)")),
-    };
-    if !secs.is_finite() || !(0.0..=86400.0 * 365.0).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3days").is_err());
-    }
-}
+pub use ringway_policy::parse_duration;

@@ -63,7 +63,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 let id = worker.next_request_id();
                 let mut out = std::mem::take(&mut conn.out);
                 out.clear();
-                encode_reply(&mut out, &e.reply(), &id, true, false, None);
+                encode_reply(&mut out, &e.reply(), &id, true, false, None, None);
                 let (r, _) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
                 if r.is_ok() {
                     linger(&mut conn.stream).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringway_policy::{HeaderList, RequestInfo, Verdict};
+use ringway_policy::{Context, HeaderList, RequestInfo, Verdict};
 
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
@@ -78,6 +78,9 @@ struct Plan<'g> {
     http10: bool,
     max_body: Option<u64>,
     request_id: RequestId,
+    /// The policies' context (response headers to add, permits held until the end); only for
+    /// routes with policies.
+    cx: Option<Context>,
 }
 
 /// A request answered without the upstream.
@@ -89,6 +92,7 @@ struct Early<'g> {
     keep_alive: bool,
     is_head: bool,
     request_id: RequestId,
+    cx: Option<Context>,
 }
 
 /// Handles the request whose head is the first `head_len` bytes of `conn.rbuf`. Returns
@@ -116,7 +120,8 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
                 .reply
                 .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
             let chain = early.route.map(|r| &r.chain);
-            encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain);
+            let extras = early.cx.as_ref().map(|c| &c.extras);
+            encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain, extras);
             let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
             conn.out = out;
             if !keep && r.is_ok() {
@@ -145,6 +150,7 @@ fn prepare<'g>(
         keep_alive: false,
         is_head: false,
         request_id: RequestId::generated(worker.next_request_id()),
+        cx: None,
     };
     let fail = |mut early: Early<'g>, e: HeadError| -> Result<Plan<'g>, Box<Early<'g>>> {
         early.error = Some(ProxyError::Head(e));
@@ -312,9 +318,14 @@ fn prepare<'g>(
     }
     list.push("x-request-id", request_id.as_bytes());
     let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
-    if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list) {
-        early.reply = Some(r);
-        return Err(Box::new(early));
+    let mut cx = None;
+    if !route.chain.is_empty() {
+        let c = cx.insert(Context::new(worker.policy_state.clone()));
+        if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list, c) {
+            early.reply = Some(r);
+            early.cx = cx;
+            return Err(Box::new(early));
+        }
     }
 
     // Target.
@@ -372,6 +383,7 @@ fn prepare<'g>(
         http10,
         max_body,
         request_id,
+        cx,
     })
 }
 
@@ -598,7 +610,8 @@ async fn fail_before_response(
     e: ProxyError,
 ) -> bool {
     out.clear();
-    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None);
+    let extras = plan.cx.as_ref().map(|c| &c.extras);
+    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None, extras);
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
     if r.is_ok() {
@@ -626,6 +639,7 @@ async fn relay_response(
         http10: plan.http10,
         close: !plan.keep_alive || worker.draining.get(),
         spares: &worker.spares,
+        extras: plan.cx.as_ref().map(|c| &c.extras),
     };
     out.clear();
     let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {

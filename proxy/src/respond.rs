@@ -1,7 +1,7 @@
 //! The one place where errors become responses: an ordered list of "caused by X -> answer Y",
 //! and the writing of replies the proxy produces itself.
 
-use ringway_policy::{Chain, HeaderList, Reply, ResponseInfo};
+use ringway_policy::{Chain, HeaderList, Reply, ResponseExtras, ResponseInfo};
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
@@ -106,6 +106,16 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends the numeric headers policies asked for.
+pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
+    for (name, value) in extras.into_iter().flat_map(ResponseExtras::iter) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        push_dec(out, value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Serialises a reply the proxy produced (policy verdict or error) into `out`, running the
 /// route's response policies when there is a route.
 pub fn encode_reply(
@@ -115,6 +125,7 @@ pub fn encode_reply(
     close: bool,
     head_only: bool,
     chain: Option<&Chain>,
+    extras: Option<&ResponseExtras>,
 ) {
     let mut headers = HeaderList::with_capacity(reply.headers.len() + 2);
     for (n, v) in &reply.headers {
@@ -128,6 +139,7 @@ pub fn encode_reply(
     for h in headers.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
+    push_extras(out, extras);
     out.extend_from_slice(b"content-length: ");
     push_dec(out, reply.body.len() as u64);
     out.extend_from_slice(b"\r\n");

@@ -6,7 +6,7 @@
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringway_policy::{Chain, ResponseInfo};
+use ringway_policy::{Chain, ResponseExtras, ResponseInfo};
 
 use crate::forward::MAX_HEADERS;
 use crate::h1::head::{check_raw_head, classify, parse_content_length, BodyKind, ConnectionOptions, Known};
@@ -81,6 +81,8 @@ pub struct ClientSide<'a> {
     pub close: bool,
     /// Where the header list comes from and goes back to.
     pub spares: &'a Spares,
+    /// Headers the route's policies add to every answer.
+    pub extras: Option<&'a ResponseExtras>,
 }
 
 impl ResponsePlan {
@@ -171,6 +173,7 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
         push_header(out, h.name.as_bytes(), &h.value);
     }
     c.spares.give_headers(list);
+    crate::respond::push_extras(out, c.extras);
     match body {
         BodyKind::Length(n) => {
             out.extend_from_slice(b"content-length: ");

@@ -13,7 +13,7 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use ringway_runtime::{Mailbox, WorkerContext};
 
-use ringway_policy::HeaderList;
+use ringway_policy::{HeaderList, WorkerPolicyState};
 
 use crate::lb::LbState;
 use crate::pool::Pool;
@@ -152,6 +152,8 @@ pub struct Worker {
     pub active: Cell<usize>,
     pub counters: Counters,
     pub spares: Spares,
+    /// Policy state of this worker (limit shards); shared by its requests.
+    pub policy_state: Rc<RefCell<WorkerPolicyState>>,
     idle: RefCell<IdleSlots>,
     request_seq: Cell<u64>,
     id_prefix: u64,
@@ -165,7 +167,7 @@ struct IdleSlots {
 }
 
 impl Worker {
-    pub fn new(ctx: WorkerContext, limits: ServerLimits, snapshot: Arc<Snapshot>, seed: u64) -> Worker {
+    pub fn new(ctx: WorkerContext, limits: ServerLimits, snapshot: Arc<Snapshot>, seed: u64, workers: usize) -> Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
         Worker {
             ctx,
@@ -177,6 +179,7 @@ impl Worker {
             active: Cell::new(0),
             counters: Counters::default(),
             spares: Spares::default(),
+            policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers))),
             idle: RefCell::new(IdleSlots::default()),
             request_seq: Cell::new(0),
             id_prefix,
@@ -328,13 +331,15 @@ pub struct WorkerSetup {
     pub limits: ServerLimits,
     pub acks: crossbeam_channel::Sender<Ack>,
     pub seed: u64,
+    /// How many workers the gateway runs (node-wide limits size their leases by it).
+    pub workers: usize,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
-    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed } = setup;
+    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers } = setup;
     let revision = snapshot.revision;
-    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed));
+    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers));
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

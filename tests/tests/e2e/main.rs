@@ -7,6 +7,7 @@ mod framing;
 mod headers;
 mod lb;
 mod lifecycle;
+mod limits;
 mod routing;
 mod upstream_errors;
 

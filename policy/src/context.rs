@@ -1,0 +1,87 @@
+//! What the engine hands a policy besides the request: the time, the worker's own policy
+//! state, and where to put response headers and held permits.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::limits::{Permit, WorkerLimits};
+
+/// Headers with numeric values that policies add to whatever answer the request gets (the
+/// upstream's response or a reply of the engine's). Fixed capacity: no allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseExtras {
+    items: [(&'static str, u64); 12],
+    len: usize,
+}
+
+impl ResponseExtras {
+    /// Adds a header; past the capacity it is dropped.
+    pub fn push(&mut self, name: &'static str, value: u64) {
+        if self.len < self.items.len() {
+            self.items[self.len] = (name, value);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.items[..self.len].iter().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The state a worker keeps for its policies (limit shards, leases). One per worker thread;
+/// never shared across threads.
+#[derive(Debug)]
+pub struct WorkerPolicyState {
+    pub limits: WorkerLimits,
+}
+
+impl WorkerPolicyState {
+    /// State for one of `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        WorkerPolicyState { limits: WorkerLimits::new(workers) }
+    }
+}
+
+/// Everything a policy may use besides the request itself.
+pub struct Context {
+    state: Rc<RefCell<WorkerPolicyState>>,
+    unix_ms: Option<u64>,
+    /// Headers for the answer, whichever it is.
+    pub extras: ResponseExtras,
+    /// Held until the request ends (concurrency limits).
+    pub permits: [Option<Permit>; 2],
+}
+
+impl Context {
+    pub fn new(state: Rc<RefCell<WorkerPolicyState>>) -> Self {
+        Context { state, unix_ms: None, extras: ResponseExtras::default(), permits: [None, None] }
+    }
+
+    /// A context whose clock reads `unix_ms` (tests).
+    pub fn at(state: Rc<RefCell<WorkerPolicyState>>, unix_ms: u64) -> Self {
+        Context { unix_ms: Some(unix_ms), ..Context::new(state) }
+    }
+
+    /// Milliseconds since the Unix epoch, read once per request and only when a policy asks.
+    pub fn now_ms(&mut self) -> u64 {
+        *self
+            .unix_ms
+            .get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    }
+
+    pub fn state(&self) -> &Rc<RefCell<WorkerPolicyState>> {
+        &self.state
+    }
+
+    /// Keeps `p` until the request ends.
+    pub fn hold(&mut self, p: Permit) {
+        if let Some(slot) = self.permits.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(p);
+        }
+    }
+}

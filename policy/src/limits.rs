@@ -1,0 +1,672 @@
+//! `rate_limit` and `concurrency_limit`: node-wide limits kept in per-worker shards.
+//!
+//! A node-wide count needs state shared by the workers, but touching it on every request
+//! would put a lock or a contended atomic on the request path. So workers lease: a worker
+//! takes a batch of admissions from the shared bank and spends it locally without any
+//! synchronisation; only when its lease runs out does it go back to the bank (one short
+//! critical section on one shard of a concurrent map). Batches shrink as the bank empties
+//! (a quarter of what is left, split across the workers), so near the limit a lease is one
+//! request, and a worker told "nothing left" remembers until when and answers 429 locally.
+//!
+//! Bounds, sliding window: the bank grants at most `limit` admissions per fixed window, and
+//! a lease never outlives the window it was granted in, so no window admits more than
+//! `limit`. Admissions a worker leased but did not use are lost to its window: at most one
+//! batch per worker, and batches are small when little is left, so under load every window
+//! admits all but a handful of its `limit`.
+//!
+//! Concurrency: the bank holds the free slots; a worker takes a few, keeps up to one batch of
+//! unused ones and gives the rest back when requests end. In flight node-wide never exceeds
+//! `max_in_flight`; slots parked on idle workers (one batch each) may turn a request away
+//! early.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{Policy, Reply, RequestInfo, Verdict};
+use crate::context::Context;
+use crate::error::ConfigErrors;
+use crate::headers::{is_valid_header_name, HeaderList};
+
+/// `rate_limit: {limit, window, key, algorithm, burst}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Requests admitted per window (node-wide).
+    pub limit: u64,
+    /// The window, as a duration (`"1s"`, `"1m"`, `"1h"`...).
+    pub window: String,
+    /// What is counted separately: `ip` (the default), `route`, `header:NAME`; `consumer`
+    /// once identities exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `sliding_window` (the default) or `token_bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Token bucket only: the most requests admitted at once after a quiet spell (default:
+    /// `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// `concurrency_limit: {max_in_flight}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimitSpec {
+    /// Requests of the route in flight at once, node-wide.
+    pub max_in_flight: u64,
+}
+
+/// Largest lease a worker takes at once.
+const MAX_BATCH: u64 = 64;
+/// Keys tracked per worker per kind; past it the stalest are dropped.
+pub const MAX_LOCAL_KEYS: usize = 65_536;
+/// Keys tracked in the shared bank; past it, entries of finished windows are swept first.
+const MAX_BANK_KEYS: usize = 1_048_576;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyKind {
+    Ip,
+    Route,
+    /// Lower-case header name; requests without it are counted by client address.
+    Header(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    SlidingWindow,
+    TokenBucket { burst: u64 },
+}
+
+/// The compiled `rate_limit` of one route.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Identifies the counters: the route's path in the config and the limit's settings, so an
+    /// unchanged limit keeps its counters across config changes.
+    id: u64,
+    limit: u64,
+    window_ms: u64,
+    key: KeyKind,
+    algorithm: Algorithm,
+}
+
+fn hasher() -> &'static RandomState {
+    static H: OnceLock<RandomState> = OnceLock::new();
+    H.get_or_init(RandomState::new)
+}
+
+fn keyed_hash(v: impl Hash) -> u64 {
+    hasher().hash_one(v)
+}
+
+impl RateLimit {
+    pub fn compile(spec: &RateLimitSpec, path: &str, errors: &mut ConfigErrors) -> Option<RateLimit> {
+        let before = errors.0.len();
+        if spec.limit == 0 || spec.limit > 1_000_000_000 {
+            errors.push(format!("{path}.limit"), "must be between 1 and 1000000000");
+        }
+        let window = match crate::duration::parse_duration(&spec.window) {
+            Ok(d) if d >= Duration::from_millis(100) => d,
+            Ok(_) => {
+                errors.push(format!("{path}.window"), "must be at least 100ms");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                errors.push(format!("{path}.window"), e);
+                Duration::from_secs(1)
+            }
+        };
+        let key = match spec.key.as_deref().unwrap_or("ip") {
+            "ip" => KeyKind::Ip,
+            "route" => KeyKind::Route,
+            "consumer" => {
+                errors.push(
+                    format!("{path}.key"),
+                    "\"consumer\" needs consumer identities, which this version does not have yet; use ip, route or header:NAME",
+                );
+                KeyKind::Ip
+            }
+            other => match other.strip_prefix("header:") {
+                Some(name) if is_valid_header_name(name) => KeyKind::Header(name.to_ascii_lowercase()),
+                _ => {
+                    errors
+                        .push(format!("{path}.key"), format!("{other:?}: expected ip, route, consumer or header:NAME"));
+                    KeyKind::Ip
+                }
+            },
+        };
+        let algorithm = match spec.algorithm.as_deref().unwrap_or("sliding_window") {
+            "sliding_window" => {
+                if spec.burst.is_some() {
+                    errors.push(format!("{path}.burst"), "burst only applies to algorithm: token_bucket");
+                }
+                Algorithm::SlidingWindow
+            }
+            "token_bucket" => {
+                let burst = spec.burst.unwrap_or(spec.limit);
+                if burst == 0 || burst > 1_000_000_000 {
+                    errors.push(format!("{path}.burst"), "must be between 1 and 1000000000");
+                }
+                Algorithm::TokenBucket { burst }
+            }
+            other => {
+                errors.push(
+                    format!("{path}.algorithm"),
+                    format!("unknown algorithm {other:?}: expected sliding_window or token_bucket"),
+                );
+                Algorithm::SlidingWindow
+            }
+        };
+        if errors.0.len() != before {
+            return None;
+        }
+        let id = keyed_hash((path, spec.limit, &spec.window, &spec.key, &spec.algorithm, spec.burst));
+        Some(RateLimit { id, limit: spec.limit, window_ms: window.as_millis() as u64, key, algorithm })
+    }
+
+    fn key_hash(&self, req: &RequestInfo<'_>, headers: &HeaderList<'_>) -> u64 {
+        match &self.key {
+            KeyKind::Route => 0,
+            KeyKind::Ip => keyed_hash(req.client_ip),
+            KeyKind::Header(name) => match headers.get(name) {
+                Some(v) => keyed_hash(v),
+                None => keyed_hash(req.client_ip),
+            },
+        }
+    }
+}
+
+impl Policy for RateLimit {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn priority(&self) -> u32 {
+        2000
+    }
+
+    fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        let key = self.key_hash(req, headers);
+        let now = cx.now_ms();
+        let state = cx.state().clone();
+        let decision = state.borrow_mut().limits.rate(self, key, now);
+        cx.extras.push("ratelimit-limit", self.limit);
+        cx.extras.push("ratelimit-remaining", decision.remaining);
+        cx.extras.push("ratelimit-reset", decision.reset_s);
+        cx.extras.push("x-ratelimit-limit", self.limit);
+        cx.extras.push("x-ratelimit-remaining", decision.remaining);
+        cx.extras.push("x-ratelimit-reset", decision.reset_s);
+        match decision.retry_after_s {
+            None => Verdict::Continue,
+            Some(s) => {
+                let mut r =
+                    Reply::json_error(429, "rate_limited", "too many requests: the route's rate limit is reached");
+                r.headers.push(("retry-after".into(), s.to_string()));
+                Verdict::Respond(r)
+            }
+        }
+    }
+}
+
+/// The compiled `concurrency_limit` of one route.
+#[derive(Debug)]
+pub struct ConcurrencyLimit {
+    id: u64,
+    max: u64,
+    shared: Arc<AtomicI64>,
+}
+
+impl ConcurrencyLimit {
+    pub fn compile(spec: &ConcurrencyLimitSpec, path: &str, errors: &mut ConfigErrors) -> Option<ConcurrencyLimit> {
+        if spec.max_in_flight == 0 || spec.max_in_flight > 10_000_000 {
+            errors.push(format!("{path}.max_in_flight"), "must be between 1 and 10000000");
+            return None;
+        }
+        let id = keyed_hash((path, spec.max_in_flight, "concurrency"));
+        let shared =
+            bank().slots.entry(id).or_insert_with(|| Arc::new(AtomicI64::new(spec.max_in_flight as i64))).clone();
+        Some(ConcurrencyLimit { id, max: spec.max_in_flight, shared })
+    }
+}
+
+impl Policy for ConcurrencyLimit {
+    fn name(&self) -> &'static str {
+        "concurrency_limit"
+    }
+
+    fn priority(&self) -> u32 {
+        1990
+    }
+
+    fn on_request<'a>(&'a self, _: &RequestInfo<'_>, _: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        let state = cx.state().clone();
+        let ok = state.borrow_mut().limits.acquire(self);
+        if ok {
+            cx.hold(Permit { state, id: self.id });
+            Verdict::Continue
+        } else {
+            Verdict::Respond(Reply::json_error(
+                503,
+                "concurrency_limited",
+                "too many requests in flight on this route; try again shortly",
+            ))
+        }
+    }
+}
+
+/// A concurrency slot held until the request ends; dropping it frees the slot.
+pub struct Permit {
+    state: std::rc::Rc<std::cell::RefCell<crate::context::WorkerPolicyState>>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({:x})", self.id)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.limits.release(self.id);
+        }
+    }
+}
+
+/// The node-wide side: what every worker leases from.
+struct Bank {
+    windows: DashMap<(u64, u64), WindowEntry>,
+    buckets: DashMap<(u64, u64), BucketEntry>,
+    /// Free concurrency slots by limit.
+    slots: DashMap<u64, Arc<AtomicI64>>,
+}
+
+fn bank() -> &'static Bank {
+    static B: OnceLock<Bank> = OnceLock::new();
+    B.get_or_init(|| Bank { windows: DashMap::new(), buckets: DashMap::new(), slots: DashMap::new() })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WindowEntry {
+    window: u64,
+    window_ms: u64,
+    cur: u64,
+    prev: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BucketEntry {
+    tokens: f64,
+    last_ms: u64,
+}
+
+/// What the bank answered a worker.
+struct Grant {
+    granted: u64,
+    /// Left in the bank after this grant.
+    left: u64,
+    /// When nothing was granted: when to ask again.
+    retry_at_ms: u64,
+}
+
+impl Bank {
+    fn batch(left: u64, workers: u64) -> u64 {
+        (left / (4 * workers.max(1))).clamp(1, MAX_BATCH).min(left)
+    }
+
+    fn sweep_windows(&self, now_ms: u64) {
+        if self.windows.len() > MAX_BANK_KEYS {
+            // Entries whose previous window no longer matters hold nothing.
+            self.windows.retain(|_, e| (e.window + 2) * e.window_ms > now_ms);
+            if self.windows.len() > MAX_BANK_KEYS {
+                self.windows.clear();
+            }
+        }
+    }
+
+    fn lease_window(&self, l: &RateLimit, key: u64, now_ms: u64, workers: u64) -> Grant {
+        let w = now_ms / l.window_ms;
+        let start = w * l.window_ms;
+        let end = start + l.window_ms;
+        let mut e = self.windows.entry((l.id, key)).or_insert(WindowEntry {
+            window: w,
+            window_ms: l.window_ms,
+            cur: 0,
+            prev: 0,
+        });
+        if e.window != w {
+            e.prev = if e.window + 1 == w { e.cur } else { 0 };
+            e.cur = 0;
+            e.window = w;
+        }
+        // The previous window counts for the part of it still inside the sliding window.
+        let elapsed = now_ms - start;
+        let prev_share = (e.prev * (l.window_ms - elapsed)).div_ceil(l.window_ms);
+        let left = l.limit.saturating_sub(prev_share + e.cur);
+        if left == 0 {
+            // Ask again once the previous window's share has shrunk by one, or next window.
+            let retry = if e.cur < l.limit && e.prev > 0 {
+                let room = l.limit - e.cur - 1;
+                let keep = (room * l.window_ms) / e.prev;
+                (start + l.window_ms.saturating_sub(keep)).clamp(now_ms + 1, end)
+            } else {
+                end
+            };
+            return Grant { granted: 0, left: 0, retry_at_ms: retry };
+        }
+        let g = Bank::batch(left, workers);
+        e.cur += g;
+        drop(e);
+        if g == left {
+            self.sweep_windows(now_ms);
+        }
+        Grant { granted: g, left: left - g, retry_at_ms: 0 }
+    }
+
+    fn lease_bucket(&self, l: &RateLimit, burst: u64, key: u64, now_ms: u64, workers: u64) -> Grant {
+        let rate = l.limit as f64 / l.window_ms as f64; // tokens per millisecond
+        let mut e = self.buckets.entry((l.id, key)).or_insert(BucketEntry { tokens: burst as f64, last_ms: now_ms });
+        let t = (e.tokens + now_ms.saturating_sub(e.last_ms) as f64 * rate).min(burst as f64);
+        e.tokens = t;
+        e.last_ms = now_ms;
+        let left = t.floor() as u64;
+        if left == 0 {
+            let wait = ((1.0 - t) / rate).ceil().max(1.0) as u64;
+            return Grant { granted: 0, left: 0, retry_at_ms: now_ms + wait };
+        }
+        let g = Bank::batch(left, workers);
+        e.tokens -= g as f64;
+        drop(e);
+        if self.buckets.len() > MAX_BANK_KEYS {
+            // A bucket idle for a whole refill is full again: forgetting it changes nothing.
+            let full_after = (burst as f64 / rate) as u64;
+            self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < full_after);
+        }
+        Grant { granted: g, left: left - g, retry_at_ms: 0 }
+    }
+}
+
+/// What a worker decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub remaining: u64,
+    pub reset_s: u64,
+    /// `Some(seconds)`: refused; ask again after this long.
+    pub retry_after_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    /// Window index (sliding window) or expiry in ms (token bucket) of the lease.
+    valid: u64,
+    tokens: u64,
+    /// The bank's count of what is left after the last grant.
+    bank_left: u64,
+    /// Refused until then (ms).
+    denied_until: u64,
+    /// Last use, for eviction.
+    used_ms: u64,
+}
+
+#[derive(Debug)]
+struct LocalConc {
+    shared: Arc<AtomicI64>,
+    max: u64,
+    allowance: u64,
+    in_flight: u64,
+}
+
+/// One worker's shard of every limit.
+#[derive(Debug)]
+pub struct WorkerLimits {
+    workers: u64,
+    leases: FxHashMap<(u64, u64), Lease>,
+    conc: FxHashMap<u64, LocalConc>,
+}
+
+fn secs_ceil(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+impl WorkerLimits {
+    pub fn new(workers: usize) -> Self {
+        WorkerLimits { workers: workers.max(1) as u64, leases: FxHashMap::default(), conc: FxHashMap::default() }
+    }
+
+    /// Keys tracked by this worker.
+    pub fn tracked_keys(&self) -> usize {
+        self.leases.len()
+    }
+
+    fn evict(&mut self, now_ms: u64) {
+        // Drop the stalest half: leases not used for the longest.
+        let mut ages: Vec<u64> = self.leases.values().map(|l| l.used_ms).collect();
+        let mid = ages.len() / 2;
+        let (_, cut, _) = ages.select_nth_unstable(mid);
+        let cut = *cut;
+        self.leases.retain(|_, l| l.used_ms > cut || l.denied_until > now_ms);
+        if self.leases.len() >= MAX_LOCAL_KEYS {
+            self.leases.clear();
+        }
+    }
+
+    /// Decides one request under `l` for key `key` at `now_ms`.
+    pub fn rate(&mut self, l: &RateLimit, key: u64, now_ms: u64) -> RateDecision {
+        if self.leases.len() >= MAX_LOCAL_KEYS && !self.leases.contains_key(&(l.id, key)) {
+            self.evict(now_ms);
+        }
+        let workers = self.workers;
+        let lease = self.leases.entry((l.id, key)).or_default();
+        lease.used_ms = now_ms;
+        let (valid_now, reset_ms) = match l.algorithm {
+            Algorithm::SlidingWindow => {
+                let w = now_ms / l.window_ms;
+                (w, (w + 1) * l.window_ms - now_ms)
+            }
+            Algorithm::TokenBucket { .. } => (now_ms, l.window_ms.min(1000)),
+        };
+        let lease_ok = match l.algorithm {
+            Algorithm::SlidingWindow => lease.valid == valid_now,
+            // A token-bucket lease is spent within a second or dropped.
+            Algorithm::TokenBucket { .. } => lease.valid > now_ms,
+        };
+        if !lease_ok {
+            lease.tokens = 0;
+        }
+        if lease.tokens == 0 {
+            if now_ms < lease.denied_until {
+                let wait = lease.denied_until - now_ms;
+                return RateDecision {
+                    remaining: 0,
+                    reset_s: secs_ceil(reset_ms),
+                    retry_after_s: Some(secs_ceil(wait)),
+                };
+            }
+            let g = match l.algorithm {
+                Algorithm::SlidingWindow => bank().lease_window(l, key, now_ms, workers),
+                Algorithm::TokenBucket { burst } => bank().lease_bucket(l, burst, key, now_ms, workers),
+            };
+            if g.granted == 0 {
+                lease.denied_until = g.retry_at_ms;
+                let wait = g.retry_at_ms.saturating_sub(now_ms).max(1);
+                return RateDecision {
+                    remaining: 0,
+                    reset_s: secs_ceil(reset_ms),
+                    retry_after_s: Some(secs_ceil(wait)),
+                };
+            }
+            lease.tokens = g.granted;
+            lease.bank_left = g.left;
+            lease.valid = match l.algorithm {
+                Algorithm::SlidingWindow => valid_now,
+                Algorithm::TokenBucket { .. } => now_ms + 1000,
+            };
+        }
+        lease.tokens -= 1;
+        RateDecision { remaining: lease.bank_left + lease.tokens, reset_s: secs_ceil(reset_ms), retry_after_s: None }
+    }
+
+    /// Takes a concurrency slot of `c`; false when none is free node-wide.
+    fn acquire(&mut self, c: &ConcurrencyLimit) -> bool {
+        let workers = self.workers;
+        let local = self.conc.entry(c.id).or_insert_with(|| LocalConc {
+            shared: c.shared.clone(),
+            max: c.max,
+            allowance: 0,
+            in_flight: 0,
+        });
+        if local.in_flight < local.allowance {
+            local.in_flight += 1;
+            return true;
+        }
+        let want = Bank::batch(local.max, workers) as i64;
+        let mut cur = local.shared.load(Ordering::Acquire);
+        loop {
+            if cur <= 0 {
+                return false;
+            }
+            let take = want.min(cur);
+            match local.shared.compare_exchange_weak(cur, cur - take, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    local.allowance += take as u64;
+                    local.in_flight += 1;
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Frees a slot of limit `id`, giving spare slots back to the bank.
+    fn release(&mut self, id: u64) {
+        let workers = self.workers;
+        if let Some(local) = self.conc.get_mut(&id) {
+            local.in_flight = local.in_flight.saturating_sub(1);
+            let keep = Bank::batch(local.max, workers);
+            let spare = local.allowance - local.in_flight;
+            if spare > keep {
+                let give = spare - keep;
+                local.allowance -= give;
+                local.shared.fetch_add(give as i64, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(limit: u64, window: &str, algorithm: Option<&str>, burst: Option<u64>, path: &str) -> RateLimit {
+        let spec = RateLimitSpec {
+            limit,
+            window: window.into(),
+            key: Some("route".into()),
+            algorithm: algorithm.map(String::from),
+            burst,
+        };
+        RateLimit::compile(&spec, path, &mut ConfigErrors::default()).unwrap()
+    }
+
+    #[test]
+    fn sliding_window_admits_the_limit_per_window_across_workers() {
+        let l = limit(1000, "1s", None, None, "t.sliding");
+        let mut workers: Vec<WorkerLimits> = (0..4).map(|_| WorkerLimits::new(4)).collect();
+        // 4 workers offer 3x the limit, round-robin, over 6 windows; count per fixed window.
+        let mut admitted = [0u64; 7];
+        let start = 10_000_000u64;
+        for i in 0..18_000u64 {
+            let now = start + i / 3; // 3 requests per millisecond
+            let w = &mut workers[(i % 4) as usize];
+            if w.rate(&l, 0, now).retry_after_s.is_none() {
+                admitted[((now - start) / 1000) as usize] += 1;
+            }
+        }
+        for (i, a) in admitted.iter().take(6).enumerate() {
+            assert!(*a <= 1000, "window {i} admitted {a}");
+            if i > 0 {
+                assert!(*a >= 990, "window {i} admitted {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let l = limit(10, "1s", Some("token_bucket"), Some(50), "t.bucket");
+        let mut w = WorkerLimits::new(1);
+        let t0 = 20_000_000u64;
+        let burst = (0..100).filter(|_| w.rate(&l, 0, t0).retry_after_s.is_none()).count();
+        assert_eq!(burst, 50);
+        // Then 10 per second.
+        let mut later = 0;
+        for ms in (1..=2000).step_by(10) {
+            later += (0..10).filter(|_| w.rate(&l, 0, t0 + ms).retry_after_s.is_none()).count();
+        }
+        assert!((19..=21).contains(&later), "{later}");
+    }
+
+    #[test]
+    fn refusals_say_when_to_come_back() {
+        let l = limit(2, "10s", None, None, "t.refuse");
+        let mut w = WorkerLimits::new(1);
+        let t0 = 30_000_000u64;
+        assert!(w.rate(&l, 0, t0).retry_after_s.is_none());
+        let d = w.rate(&l, 0, t0);
+        assert_eq!((d.retry_after_s, d.remaining), (None, 0));
+        let d = w.rate(&l, 0, t0 + 1);
+        assert_eq!(d.retry_after_s, Some(10));
+        assert_eq!(d.reset_s, 10);
+    }
+
+    #[test]
+    fn key_cap_evicts_the_stalest() {
+        let spec = RateLimitSpec { limit: 5, window: "1m".into(), key: None, algorithm: None, burst: None };
+        let l = RateLimit::compile(&spec, "t.cap", &mut ConfigErrors::default()).unwrap();
+        let mut w = WorkerLimits::new(1);
+        for k in 0..(MAX_LOCAL_KEYS as u64 + 10) {
+            w.rate(&l, k, 40_000_000 + k);
+        }
+        assert!(w.tracked_keys() <= MAX_LOCAL_KEYS, "{}", w.tracked_keys());
+        assert!(w.tracked_keys() > MAX_LOCAL_KEYS / 4);
+    }
+
+    #[test]
+    fn concurrency_never_exceeds_the_maximum() {
+        let mut errors = ConfigErrors::default();
+        let c = ConcurrencyLimit::compile(&ConcurrencyLimitSpec { max_in_flight: 10 }, "t.conc", &mut errors).unwrap();
+        let mut a = WorkerLimits::new(2);
+        let mut b = WorkerLimits::new(2);
+        let mut held = 0;
+        for i in 0..40 {
+            let w = if i % 2 == 0 { &mut a } else { &mut b };
+            if w.acquire(&c) {
+                held += 1;
+            }
+        }
+        assert_eq!(held, 10);
+        a.release(c.id);
+        assert!(b.acquire(&c) || a.acquire(&c));
+    }
+
+    #[test]
+    fn bad_specs_name_their_field() {
+        let mut errors = ConfigErrors::default();
+        let spec = RateLimitSpec {
+            limit: 0,
+            window: "soon".into(),
+            key: Some("consumer".into()),
+            algorithm: Some("leaky".into()),
+            burst: None,
+        };
+        assert!(RateLimit::compile(&spec, "p", &mut errors).is_none());
+        let paths: Vec<_> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["p.limit", "p.window", "p.key", "p.algorithm"]);
+    }
+}
