@@ -24,6 +24,8 @@ pub struct Scenario {
     /// Routes loaded into ringway besides the one that matches (nginx and HAProxy always run
     /// their plain configuration).
     pub extra_routes: usize,
+    /// Policies of ringway's route, as YAML flow (nginx and HAProxy run their plain config).
+    pub ringway_policies: &'static str,
 }
 
 /// A small GET over keep-alive, the baseline all others are read against.
@@ -36,6 +38,7 @@ const BASE: Scenario = Scenario {
     path: "/bench/x",
     new_connection: false,
     extra_routes: 0,
+    ringway_policies: "",
 };
 
 /// Every scenario, in report order.
@@ -59,6 +62,12 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "routes_1000",
         description: "GET with 1,000 routes loaded in ringway (plain config elsewhere)",
         extra_routes: 999,
+        ..BASE
+    },
+    Scenario {
+        name: "rate_limited",
+        description: "GET through a node-wide rate limit far above the offered load (ringway only)",
+        ringway_policies: "{rate_limit: {limit: 1000000000, window: 1s, key: ip}}",
         ..BASE
     },
 ];

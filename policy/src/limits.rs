@@ -197,10 +197,10 @@ impl Policy for RateLimit {
         let state = cx.state().clone();
         let decision = state.borrow_mut().limits.rate(self, key, now);
         cx.extras.push("ratelimit-limit", self.limit);
-        cx.extras.push("ratelimit-remaining", decision.remaining);
-        cx.extras.push("ratelimit-reset", decision.reset_s);
         cx.extras.push("x-ratelimit-limit", self.limit);
+        cx.extras.push("ratelimit-remaining", decision.remaining);
         cx.extras.push("x-ratelimit-remaining", decision.remaining);
+        cx.extras.push("ratelimit-reset", decision.reset_s);
         cx.extras.push("x-ratelimit-reset", decision.reset_s);
         match decision.retry_after_s {
             None => Verdict::Continue,

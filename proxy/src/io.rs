@@ -104,21 +104,47 @@ pub fn push_hex(out: &mut Vec<u8>, n: u64) {
 /// Appends `n` in decimal.
 pub fn push_dec(out: &mut Vec<u8>, n: u64) {
     let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
+    out.extend_from_slice(format_dec(n, &mut tmp));
+}
+
+/// `n` in decimal, written at the end of `buf`: two digits per step from a table.
+pub fn format_dec(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let mut i = buf.len();
     let mut v = n;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
     }
-    out.extend_from_slice(&tmp[i..]);
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + v as u8;
+    }
+    &buf[i..]
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn decimal_formatting() {
+        for n in [0u64, 7, 10, 99, 100, 101, 999, 1000, 65_536, 1_000_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_dec(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -108,10 +108,21 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Appends the numeric headers policies asked for.
 pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
+    let mut buf = [0u8; 20];
+    // Policies often send one value under two names in a row: format it once.
+    let mut last: Option<(u64, usize)> = None;
     for (name, value) in extras.into_iter().flat_map(ResponseExtras::iter) {
+        let start = match last {
+            Some((v, start)) if v == value => start,
+            _ => {
+                let start = buf.len() - crate::io::format_dec(value, &mut buf).len();
+                last = Some((value, start));
+                start
+            }
+        };
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        push_dec(out, value);
+        out.extend_from_slice(&buf[start..]);
         out.extend_from_slice(b"\r\n");
     }
 }

@@ -326,3 +326,25 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<See
     }
     Some(req)
 }
+
+/// An address where nothing listens and nothing else can start listening while the returned
+/// socket lives: bound, never listening, so connections to it are refused.
+pub fn refused_addr() -> (SocketAddr, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr structs are
+    // zero-initialised and sized as the calls expect.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len), 0, "bind");
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        assert_eq!(libc::getsockname(fd, (&mut got as *mut libc::sockaddr_in).cast(), &mut got_len), 0);
+        (SocketAddr::from(([127, 0, 0, 1], u16::from_be(got.sin_port))), owned)
+    }
+}

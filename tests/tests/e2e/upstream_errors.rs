@@ -1,7 +1,6 @@
 //! Upstream failures: unreachable (502), slow (504), malformed answers (502) — each with a JSON
 //! body, and the worker goes on serving everything else meanwhile.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use ringway_tests::{Client, Gateway, Reply, Upstream};
@@ -12,7 +11,8 @@ both_drivers!(unreachable_slow_and_broken_upstreams);
 
 fn unreachable_slow_and_broken_upstreams(driver: &str) {
     // A port with nothing listening.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // Bound and never listening: refused, and no other socket (the admin API!) can take it.
+    let (dead, _dead_guard) = ringway_tests::upstream::refused_addr();
     let slow = Upstream::start("slow", |_| Reply::Hang);
     let broken = Upstream::start("broken", |r| match r.target.as_str() {
         "/both" => Reply::RawThenClose(
