@@ -60,13 +60,14 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         ("GET", ["config"]) => Ok(get_config(state, req)),
         ("PUT", ["config"]) => put_config(state, req),
         ("GET", ["revisions"]) => revisions(state, req),
+        ("DELETE", ["cache"]) => purge(state, req),
         ("POST", ["revisions", rev, "rollback"]) => rollback(state, rev),
         ("GET", [kind]) if is_kind(kind) => Ok(list(state, kind)),
         ("GET", [kind, id]) if is_kind(kind) => get_one(state, kind, id),
         ("PUT", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, false),
         ("PATCH", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, true),
         ("DELETE", [kind, id]) if is_kind(kind) => delete_one(state, kind, id),
-        (_, ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"]) => {
+        (_, ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"] | ["cache"]) => {
             Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
         }
         (_, [kind] | [kind, _]) if is_kind(kind) => {
@@ -75,6 +76,59 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         _ => Err(ApiError::new(404, "not_found", format!("no admin endpoint at {}", req.path))),
     };
     result.unwrap_or_else(err)
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) in a query value.
+fn unescape(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `DELETE /admin/v1/cache?route=ID&path=/exact` or `...&prefix=/some/prefix`.
+fn purge(state: &mut AdminState, req: &Request) -> Result<Response, ApiError> {
+    let param = |name: &str| -> Result<Option<String>, ApiError> {
+        match req.query_param(name) {
+            None => Ok(None),
+            Some(v) => unescape(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::new(400, "bad_query", format!("query parameter {name} is not valid UTF-8"))),
+        }
+    };
+    let route = param("route")?.ok_or_else(|| ApiError::new(400, "bad_query", "route=ID is required"))?;
+    let (path, prefix) = (param("path")?, param("prefix")?);
+    let target = match (&path, &prefix) {
+        (Some(p), None) | (None, Some(p)) => p,
+        _ => {
+            return Err(ApiError::new(400, "bad_query", "give exactly one of path=/exact/path and prefix=/some/prefix"))
+        }
+    };
+    if !target.starts_with('/') {
+        return Err(ApiError::new(400, "bad_query", "a path or prefix starts with '/'"));
+    }
+    if !state.spec().routes.contains_key(&route) {
+        return Err(ApiError::new(404, "not_found", format!("no route with id {route:?}")));
+    }
+    let removed = state.purge(&route, path.as_deref(), prefix.as_deref())?;
+    Ok(Response::json(200, &json!({"route": route, "path": path, "prefix": prefix, "removed": removed})))
 }
 
 fn is_kind(k: &str) -> bool {

@@ -43,6 +43,10 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// Response cache budget for the whole node, in bytes, split evenly across the workers.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub cache_size: u64,
+
     /// Largest request head in bytes (431 past it).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_head_bytes: usize,

@@ -114,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             acks: ack_tx.clone(),
             seed: base_seed.wrapping_add(i as u64),
             workers: count,
+            cache_bytes: args.cache_size / count as u64,
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };

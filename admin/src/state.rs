@@ -199,6 +199,9 @@ pub struct AdminState {
     /// The latest published snapshots. Holding them here makes the admin thread, not a
     /// worker, free a superseded snapshot (tens of thousands of allocations with many routes).
     published: std::collections::VecDeque<Arc<Snapshot>>,
+    /// The last purge order each worker finished, and what it removed.
+    purged: Vec<(u64, usize)>,
+    next_purge: u64,
 }
 
 impl AdminState {
@@ -221,6 +224,8 @@ impl AdminState {
             rollout_timeout: Duration::from_secs(10),
             last_rollout: None,
             published: std::collections::VecDeque::new(),
+            purged: Vec::new(),
+            next_purge: 0,
         }
     }
 
@@ -293,10 +298,52 @@ impl AdminState {
         &self.current
     }
 
+    fn note(&mut self, a: Ack) {
+        if let Some(w) = self.worker_status.get_mut(a.worker) {
+            w.revision = w.revision.max(a.revision);
+        }
+        if self.purged.len() <= a.worker {
+            self.purged.resize(a.worker + 1, (0, 0));
+        }
+        if a.purged > self.purged[a.worker].0 {
+            self.purged[a.worker] = (a.purged, a.removed);
+        }
+    }
+
     fn drain_acks(&mut self) {
         while let Ok(a) = self.acks.try_recv() {
-            if let Some(w) = self.worker_status.get_mut(a.worker) {
-                w.revision = w.revision.max(a.revision);
+            self.note(a);
+        }
+    }
+
+    /// Removes cached responses of `route` at `path` or under `prefix` on every worker;
+    /// answers once every worker has, with how many entries went.
+    pub fn purge(&mut self, route: &str, path: Option<&str>, prefix: Option<&str>) -> Result<usize, ApiError> {
+        self.next_purge += 1;
+        let id = self.next_purge;
+        let order = ringway_proxy::Purge {
+            id,
+            route: route.to_string(),
+            path: path.map(String::from),
+            prefix: prefix.map(String::from),
+        };
+        for w in &self.workers {
+            let _ = w.send(Control::Purge(order.clone()));
+        }
+        let deadline = Instant::now() + self.rollout_timeout;
+        let ids: Vec<usize> = self.worker_status.iter().map(|w| w.id).collect();
+        loop {
+            self.drain_acks();
+            let done = |p: &Vec<(u64, usize)>| ids.iter().all(|i| p.get(*i).is_some_and(|x| x.0 >= id));
+            if done(&self.purged) {
+                return Ok(ids.iter().map(|i| self.purged[*i].1).sum());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ApiError::new(500, "purge_incomplete", "not every worker finished the purge in time"));
+            }
+            if let Ok(a) = self.acks.recv_timeout(left) {
+                self.note(a);
             }
         }
     }
@@ -332,9 +379,7 @@ impl AdminState {
                 ));
             }
             if let Ok(a) = self.acks.recv_timeout(left) {
-                if let Some(w) = self.worker_status.get_mut(a.worker) {
-                    w.revision = w.revision.max(a.revision);
-                }
+                self.note(a);
             }
         }
     }

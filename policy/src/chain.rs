@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::cache::CacheRule;
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
@@ -97,17 +98,24 @@ pub trait Policy: Send + Sync + Debug {
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     policies: Vec<Arc<dyn Policy>>,
+    /// The route's cache rules; the engine does the caching.
+    cache: Option<Arc<CacheRule>>,
 }
 
 impl Chain {
     pub fn new(mut policies: Vec<Arc<dyn Policy>>) -> Self {
         // Stable: equal priorities keep the order of the built-in list, never config order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority()));
-        Self { policies }
+        Self { policies, cache: None }
     }
 
+    /// Whether there is nothing to run (no policy and no cache).
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
+        self.policies.is_empty() && self.cache.is_none()
+    }
+
+    pub fn cache(&self) -> Option<&Arc<CacheRule>> {
+        self.cache.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +162,11 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
             policies.push(Arc::new(p));
         }
     }
-    Chain::new(policies)
+    let mut chain = Chain::new(policies);
+    if let Some(c) = &spec.cache {
+        chain.cache = CacheRule::compile(c, &format!("{path}.cache"), errors).map(Arc::new);
+    }
+    chain
 }
 
 #[cfg(test)]

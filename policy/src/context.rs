@@ -13,6 +13,8 @@ use crate::limits::{Permit, WorkerLimits};
 pub struct ResponseExtras {
     items: [(&'static str, u64); 12],
     len: usize,
+    /// One textual header (the cache status).
+    pub text: Option<(&'static str, &'static str)>,
 }
 
 impl ResponseExtras {

@@ -13,6 +13,7 @@
 //! limits lease from a shared bank in batches, see [`limits`]); time comes from the caller's
 //! [`Context`].
 
+mod cache;
 mod chain;
 mod context;
 mod duration;
@@ -22,6 +23,7 @@ mod headers_policy;
 pub mod limits;
 mod spec;
 
+pub use cache::{CacheRule, CacheSpec};
 pub use chain::{compile, Chain, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
 pub use context::{Context, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::CacheSpec;
 use crate::limits::{ConcurrencyLimitSpec, RateLimitSpec};
 
 /// The policies of one route, by name.
@@ -19,6 +20,9 @@ pub struct PoliciesSpec {
     /// Node-wide cap on the route's requests in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<ConcurrencyLimitSpec>,
+    /// Response caching in per-worker partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 }
 
 /// `headers: {request: {...}, response: {...}}`.

@@ -12,6 +12,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringway_policy::{Context, HeaderList, RequestInfo, Verdict};
 
+use crate::cache::Stored;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::{
@@ -20,10 +21,10 @@ use crate::h1::head::{
 };
 use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_range};
 use crate::lb::{hash64, HashOn, LbKind};
-use crate::respond::{encode_reply, push_header, ProxyError};
+use crate::respond::{encode_cached, encode_reply, push_header, ProxyError};
 use crate::snapshot::{Route, Upstream};
 use crate::upstream::{encode_response, read_response, ClientSide};
-use crate::worker::{Generation, SharedLb, Worker};
+use crate::worker::{Generation, LocalEvent, SharedLb, Worker};
 
 /// Receive buffer for an upstream response: the head and a small body in one read.
 const RESPONSE_BUF: usize = 16 * 1024;
@@ -81,6 +82,21 @@ struct Plan<'g> {
     /// The policies' context (response headers to add, permits held until the end); only for
     /// routes with policies.
     cx: Option<Context>,
+    /// What the cache does with this request's response, on cached routes.
+    cache: Option<CachePlan>,
+}
+
+/// A cacheable request that goes upstream.
+struct CachePlan {
+    key: u64,
+    /// Store the response when it allows it.
+    store: bool,
+    /// A stored response past its freshness, kept for `stale-if-error`.
+    stale: Option<Rc<Stored>>,
+    ttl_ms: u64,
+    max_body: u64,
+    /// The request path, kept with the stored response for purges.
+    path: String,
 }
 
 /// A request answered without the upstream.
@@ -93,6 +109,53 @@ struct Early<'g> {
     is_head: bool,
     request_id: RequestId,
     cx: Option<Context>,
+    /// A fresh stored response that answers the request.
+    cached: Option<Rc<Stored>>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|b| *b == b',').any(|p| {
+        let p = p.trim_ascii();
+        let name = p.split(|b| *b == b'=').next().unwrap_or(p).trim_ascii();
+        name.eq_ignore_ascii_case(token.as_bytes())
+    })
+}
+
+/// Removes this worker's in-flight mark of a cache key and wakes the requests waiting on it.
+struct Inflight<'w> {
+    worker: &'w Worker,
+    key: u64,
+    done: Rc<LocalEvent>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.worker.cache.borrow_mut().inflight.remove(&self.key);
+        self.done.fire();
+    }
+}
+
+/// Answers from a stored response. Returns whether the connection may be reused.
+async fn serve_stored(
+    worker: &Worker,
+    conn: &mut Conn,
+    mut out: Vec<u8>,
+    stored: &Stored,
+    (request_id, is_head, keep): (&[u8], bool, bool),
+    chain: &ringway_policy::Chain,
+    extras: Option<&ringway_policy::ResponseExtras>,
+) -> bool {
+    out.clear();
+    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras);
+    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    conn.out = out;
+    keep && r.is_ok()
 }
 
 /// Handles the request whose head is the first `head_len` bytes of `conn.rbuf`. Returns
@@ -103,8 +166,35 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
     match prepare(worker, &generation, conn, head_len, &mut out) {
-        Ok(plan) => {
+        Ok(mut plan) => {
             conn.consume(head_len);
+            let mut _leader = None;
+            if let Some(key) = plan.cache.as_ref().filter(|c| c.store).map(|c| c.key) {
+                let waiting = worker.cache.borrow().inflight.get(&key).cloned();
+                match waiting {
+                    Some(done) => {
+                        // Another request of this worker is fetching it: wait, then answer
+                        // from what it stored (or go upstream if it stored nothing).
+                        let _ = monoio::time::timeout(Duration::from_secs(30), done.wait()).await;
+                        let now = unix_ms();
+                        let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now));
+                        if let Some(stored) = hit {
+                            if let Some(cx) = plan.cx.as_mut() {
+                                cx.extras.text = Some(("x-cache-status", "HIT"));
+                            }
+                            let keep = plan.keep_alive && !worker.draining.get();
+                            let extras = plan.cx.as_ref().map(|c| &c.extras);
+                            let info = (plan.request_id.as_bytes(), plan.is_head, keep);
+                            return serve_stored(worker, conn, out, &stored, info, &plan.route.chain, extras).await;
+                        }
+                    }
+                    None => {
+                        let done = Rc::new(LocalEvent::default());
+                        worker.cache.borrow_mut().inflight.insert(key, done.clone());
+                        _leader = Some(Inflight { worker, key, done });
+                    }
+                }
+            }
             exchange(worker, conn, &plan, out).await
         }
         Err(early) => {
@@ -116,6 +206,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             };
             let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
             conn.consume(head_len + body_here.unwrap_or(0));
+            if let (Some(stored), Some(route)) = (&early.cached, early.route) {
+                let extras = early.cx.as_ref().map(|c| &c.extras);
+                let info = (early.request_id.as_bytes(), early.is_head, keep);
+                return serve_stored(worker, conn, out, stored, info, &route.chain, extras).await;
+            }
             let reply = early
                 .reply
                 .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
@@ -151,6 +246,7 @@ fn prepare<'g>(
         is_head: false,
         request_id: RequestId::generated(worker.next_request_id()),
         cx: None,
+        cached: None,
     };
     let fail = |mut early: Early<'g>, e: HeadError| -> Result<Plan<'g>, Box<Early<'g>>> {
         early.error = Some(ProxyError::Head(e));
@@ -294,11 +390,19 @@ fn prepare<'g>(
     }
 
     let request_id = early.request_id;
+    // A cacheable request: only keyed headers reach the upstream (see crate::cache).
+    let rule = route.chain.cache().filter(|r| (method == "GET" && r.get) || (method == "HEAD" && r.head));
+    let auth = rule.is_some() && find_header("authorization").is_some();
+    let keyed_only = rule.filter(|_| !auth);
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
-            Known::Other | Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
+            Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
+            Known::Other if !opts.lists(h.name) => match keyed_only {
+                Some(r) if !r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)) => {}
+                _ => list.push(h.name, h.value),
+            },
             _ => {}
         }
     }
@@ -325,6 +429,53 @@ fn prepare<'g>(
             early.reply = Some(r);
             early.cx = cx;
             return Err(Box::new(early));
+        }
+    }
+    let mut cache = None;
+    if let Some(r) = route.chain.cache() {
+        let status = match rule {
+            None => "BYPASS",
+            Some(rule) => {
+                let cc = find_header("cache-control").unwrap_or(b"");
+                let no_store = has_token(cc, "no-store");
+                let no_cache =
+                    has_token(cc, "no-cache") || find_header("pragma").is_some_and(|p| has_token(p, "no-cache"));
+                let key = worker.cache.borrow().key(host_lc, path, query, rule.keyed.iter().map(|n| find_header(n)));
+                let now = unix_ms();
+                let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
+                let usable = found.filter(|s| !auth || s.auth_ok);
+                match usable {
+                    Some(s) if s.is_fresh(now) => {
+                        if let Some(c) = cx.as_mut() {
+                            c.extras.text = Some(("x-cache-status", "HIT"));
+                        }
+                        early.cached = Some(s);
+                        early.cx = cx;
+                        return Err(Box::new(early));
+                    }
+                    stale => {
+                        let status = if auth || no_store || no_cache {
+                            "BYPASS"
+                        } else if stale.is_some() {
+                            "EXPIRED"
+                        } else {
+                            "MISS"
+                        };
+                        cache = Some(CachePlan {
+                            key,
+                            store: method == "GET" && !auth && !no_store,
+                            stale: stale.filter(|_| !auth),
+                            ttl_ms: r.ttl_ms,
+                            max_body: r.max_body,
+                            path: path.to_string(),
+                        });
+                        status
+                    }
+                }
+            }
+        };
+        if let Some(c) = cx.as_mut() {
+            c.extras.text = Some(("x-cache-status", status));
         }
     }
 
@@ -384,6 +535,7 @@ fn prepare<'g>(
         max_body,
         request_id,
         cx,
+        cache,
     })
 }
 
@@ -609,6 +761,9 @@ async fn fail_before_response(
     mut out: Vec<u8>,
     e: ProxyError,
 ) -> bool {
+    if let Some(stale) = usable_stale(plan) {
+        return serve_stale(worker, conn, out, plan, &stale).await;
+    }
     out.clear();
     let extras = plan.cx.as_ref().map(|c| &c.extras);
     encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None, extras);
@@ -646,6 +801,19 @@ async fn relay_response(
         Ok(r) => r,
         Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
     };
+    if resp.status >= 500 {
+        if let Some(stale) = usable_stale(plan) {
+            // stale-if-error: the stored copy answers instead of the failed upstream.
+            return serve_stale(worker, conn, out, plan, &stale).await;
+        }
+    }
+    // A response the cache may keep: its body is collected while it streams.
+    let mut capture = match (&plan.cache, resp.body) {
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.max_body => {
+            cacheable(&ubuf[..head_len], c.ttl_ms).map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n))
+        }
+        _ => None,
+    };
     let chunked_to_client = resp.chunked_to_client(&client);
     let close_client = resp.close_client(&client);
     // Body bytes that came with the head.
@@ -661,6 +829,9 @@ async fn relay_response(
         if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && out.is_empty() {
             // Past the first piece a sized body goes straight from the receive buffer.
             let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
+            if let Some(c) = capture.as_mut() {
+                c.0.extend_from_slice(&ubuf[start..start + take]);
+            }
             let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
             ubuf = b;
             if r.is_err() {
@@ -697,6 +868,9 @@ async fn relay_response(
                 (None, BodyKind::Length(_)) => {
                     let take = (data.len() as u64).min(remaining) as usize;
                     out.extend_from_slice(&data[..take]);
+                    if let Some(c) = capture.as_mut() {
+                        c.0.extend_from_slice(&data[..take]);
+                    }
                     remaining -= take as u64;
                     done = remaining == 0;
                     clean = take == data.len();
@@ -760,6 +934,46 @@ async fn relay_response(
         );
     }
     worker.spares.give_buf(ubuf);
+    if let (Some((body, f, headers, n)), Some(c)) = (capture, &plan.cache) {
+        if done && body.len() as u64 == n {
+            let stored = Stored {
+                status: resp.status,
+                headers,
+                body,
+                stored_ms: unix_ms(),
+                age_s: f.age_s,
+                fresh_ms: f.fresh_ms,
+                stale_if_error_ms: f.stale_if_error_ms,
+                auth_ok: f.auth_ok,
+                route: Box::from(plan.route.id.as_str()),
+                path: Box::from(c.path.as_str()),
+            };
+            worker.cache.borrow_mut().insert(c.key, stored);
+        }
+    }
     conn.out = out;
     !close_client
+}
+
+/// Whether a response head allows storing, and for how long; with the header fields to keep.
+fn cacheable(head: &[u8], ttl_ms: u64) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    resp.parse(head).ok()?;
+    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), ttl_ms)?;
+    Some((f, crate::cache::stored_headers(resp.headers)))
+}
+
+/// The stored copy `stale-if-error` allows for this request now.
+fn usable_stale(plan: &Plan<'_>) -> Option<Rc<Stored>> {
+    let now = unix_ms();
+    plan.cache.as_ref()?.stale.clone().filter(|s| s.usable_on_error(now))
+}
+
+/// Answers with a stale stored copy because the upstream failed; closes the connection.
+async fn serve_stale(worker: &Worker, conn: &mut Conn, out: Vec<u8>, plan: &Plan<'_>, stale: &Stored) -> bool {
+    let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
+    extras.text = Some(("x-cache-status", "STALE"));
+    let info = (plan.request_id.as_bytes(), plan.is_head, false);
+    serve_stored(worker, conn, out, stale, info, &plan.route.chain, Some(&extras)).await
 }

@@ -8,6 +8,7 @@
 //! Invariants: nothing here touches the store or blocks a worker; errors become HTTP responses
 //! only in [`respond`]. Hot-path files say so at the top.
 
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;
@@ -23,4 +24,4 @@ pub mod worker;
 
 pub use config::ConfigSpec;
 pub use snapshot::Snapshot;
-pub use worker::{run_worker, Ack, Control, ServerLimits, WorkerSetup};
+pub use worker::{run_worker, Ack, Control, Purge, ServerLimits, WorkerSetup};

@@ -125,6 +125,50 @@ pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
         out.extend_from_slice(&buf[start..]);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some((name, value)) = extras.and_then(|e| e.text) {
+        push_header(out, name.as_bytes(), value.as_bytes());
+    }
+}
+
+/// Serialises a stored response: its status and headers (through the route's response
+/// policies), `Age`, the request id, the policies' headers, and the body unless `head_only`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_cached(
+    out: &mut Vec<u8>,
+    stored: &crate::cache::Stored,
+    now_ms: u64,
+    request_id: &[u8],
+    close: bool,
+    head_only: bool,
+    chain: &Chain,
+    extras: Option<&ResponseExtras>,
+) {
+    let mut headers = HeaderList::with_capacity(stored.headers.len() + 1);
+    for (n, v) in &stored.headers {
+        headers.push(&**n, &**v);
+    }
+    headers.set("x-request-id", request_id);
+    chain.on_response(&ResponseInfo { status: stored.status }, &mut headers);
+    push_status_line(out, stored.status, reason(stored.status));
+    for h in headers.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    out.extend_from_slice(b"age: ");
+    push_dec(out, stored.age(now_ms));
+    out.extend_from_slice(b"\r\n");
+    push_extras(out, extras);
+    if stored.status != 204 {
+        out.extend_from_slice(b"content-length: ");
+        push_dec(out, stored.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&stored.body);
+    }
 }
 
 /// Serialises a reply the proxy produced (policy verdict or error) into `out`, running the

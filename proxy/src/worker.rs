@@ -15,6 +15,7 @@ use ringway_runtime::{Mailbox, WorkerContext};
 
 use ringway_policy::{HeaderList, WorkerPolicyState};
 
+use crate::cache::WorkerCache;
 use crate::lb::LbState;
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
@@ -62,6 +63,17 @@ pub enum Control {
     Apply(Arc<Snapshot>),
     /// Stop accepting, finish in-flight requests within the timeout, then return.
     Drain(Duration),
+    /// Remove cached responses; acknowledge with the order's id.
+    Purge(Purge),
+}
+
+/// Which cached responses to remove: those of `route` at `path`, or under `prefix`.
+#[derive(Debug, Clone)]
+pub struct Purge {
+    pub id: u64,
+    pub route: String,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
 }
 
 /// A worker's acknowledgement that it serves a revision.
@@ -69,6 +81,10 @@ pub enum Control {
 pub struct Ack {
     pub worker: usize,
     pub revision: u64,
+    /// The last purge order done (0: none).
+    pub purged: u64,
+    /// Entries that purge removed on this worker.
+    pub removed: usize,
 }
 
 /// Balancing state shared by the requests of one worker.
@@ -154,6 +170,8 @@ pub struct Worker {
     pub spares: Spares,
     /// Policy state of this worker (limit shards); shared by its requests.
     pub policy_state: Rc<RefCell<WorkerPolicyState>>,
+    /// This worker's partition of the response cache.
+    pub cache: RefCell<WorkerCache>,
     idle: RefCell<IdleSlots>,
     request_seq: Cell<u64>,
     id_prefix: u64,
@@ -167,7 +185,14 @@ struct IdleSlots {
 }
 
 impl Worker {
-    pub fn new(ctx: WorkerContext, limits: ServerLimits, snapshot: Arc<Snapshot>, seed: u64, workers: usize) -> Worker {
+    pub fn new(
+        ctx: WorkerContext,
+        limits: ServerLimits,
+        snapshot: Arc<Snapshot>,
+        seed: u64,
+        workers: usize,
+        cache_bytes: u64,
+    ) -> Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
         Worker {
             ctx,
@@ -180,6 +205,7 @@ impl Worker {
             counters: Counters::default(),
             spares: Spares::default(),
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers))),
+            cache: RefCell::new(WorkerCache::new(cache_bytes)),
             idle: RefCell::new(IdleSlots::default()),
             request_seq: Cell::new(0),
             id_prefix,
@@ -266,23 +292,27 @@ impl Worker {
 #[derive(Default)]
 pub struct LocalEvent {
     fired: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
+    wakers: RefCell<Vec<Waker>>,
 }
 
 impl LocalEvent {
     pub fn fire(&self) {
         self.fired.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
+        for w in self.wakers.borrow_mut().drain(..) {
             w.wake();
         }
     }
 
+    /// Waits until fired; any number of tasks may wait.
     pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.fired.get() {
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                let mut w = self.wakers.borrow_mut();
+                if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                    w.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -333,13 +363,15 @@ pub struct WorkerSetup {
     pub seed: u64,
     /// How many workers the gateway runs (node-wide limits size their leases by it).
     pub workers: usize,
+    /// This worker's share of the response cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
-    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers } = setup;
+    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers, cache_bytes } = setup;
     let revision = snapshot.revision;
-    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers));
+    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes));
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -350,22 +382,31 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     let stop = Rc::new(LocalEvent::default());
     monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
     monoio::spawn(sweeper(worker.clone()));
-    let _ = acks.send(Ack { worker: ctx.id, revision });
-    let drain = loop {
-        match mailbox.recv().await {
-            Some(Control::Apply(s)) => {
-                // Latest wins: skip snapshots already superseded in the queue.
-                let s = match mailbox.try_latest() {
-                    Some(Control::Apply(newer)) => newer,
-                    Some(Control::Drain(t)) => break t,
-                    None => s,
-                };
-                let rev = s.revision;
-                worker.apply(s);
-                let _ = acks.send(Ack { worker: ctx.id, revision: rev });
+    let _ = acks.send(Ack { worker: ctx.id, revision, purged: 0, removed: 0 });
+    let mut purged = 0;
+    let drain = 'control: loop {
+        let Some(first) = mailbox.recv().await else { break Duration::ZERO };
+        // Take everything queued: of the snapshots only the newest is applied (latest wins);
+        // every purge is done.
+        let mut newest = None;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Control::Apply(s) => newest = Some(s),
+                Control::Drain(t) => break 'control t,
+                Control::Purge(p) => {
+                    let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
+                    purged = p.id;
+                    let rev = worker.generation().snapshot.revision;
+                    let _ = acks.send(Ack { worker: ctx.id, revision: rev, purged, removed });
+                }
             }
-            Some(Control::Drain(t)) => break t,
-            None => break Duration::ZERO,
+            next = mailbox.try_recv();
+        }
+        if let Some(s) = newest {
+            let rev = s.revision;
+            worker.apply(s);
+            let _ = acks.send(Ack { worker: ctx.id, revision: rev, purged, removed: 0 });
         }
     };
     worker.draining.set(true);

@@ -57,6 +57,11 @@ impl<T> Mailbox<T> {
         .await
     }
 
+    /// The next value waiting, if any.
+    pub fn try_recv(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+
     /// The newest value waiting, dropping older ones ("latest wins").
     pub fn try_latest(&self) -> Option<T> {
         let mut last = None;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bodies;
+mod cache;
 mod framing;
 mod headers;
 mod lb;
@@ -12,6 +13,8 @@ mod routing;
 mod upstream_errors;
 
 use std::net::SocketAddr;
+
+pub use ringway_tests::gateway::default_driver;
 
 /// A config with one upstream `u` of the given targets and one catch-all route to it, plus
 /// `extra` YAML appended under `routes:`.

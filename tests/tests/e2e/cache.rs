@@ -1,0 +1,242 @@
+//! The response cache: hits, misses and `Age`; the RFC 9111 rules; `Authorization`;
+//! coalescing; `stale-if-error`; purge on every worker; and no poisoning through unkeyed
+//! headers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringway_tests::{Client, Gateway, Reply, SeenRequest, Upstream};
+
+use crate::single;
+
+fn cached(up: &Upstream, cache: &str) -> String {
+    single(&[up.addr], "", &format!("    policies:\n      cache: {cache}\n"))
+}
+
+/// An upstream whose answer depends on the path: `/cc/<cache-control>` sends that
+/// Cache-Control; the body names the path and how many requests it has seen.
+fn rules_upstream() -> Upstream {
+    let n = Arc::new(AtomicUsize::new(0));
+    Upstream::start("rules", move |r: &SeenRequest| {
+        let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+        let path = r.target.split('?').next().unwrap_or("").to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut status = 200;
+        if let Some(cc) = path.strip_prefix("/cc/") {
+            headers.push(("cache-control".into(), cc.replace('_', " ")));
+        } else if path == "/cookie" {
+            headers.push(("set-cookie".into(), "session=secret".into()));
+        } else if path == "/vary-star" {
+            headers.push(("vary".into(), "*".into()));
+        } else if path == "/error" {
+            status = 500;
+        } else if path == "/expires" {
+            headers.push(("date".into(), "Thu, 01 Jan 2026 00:00:00 GMT".into()));
+            headers.push(("expires".into(), "Thu, 01 Jan 2026 00:01:00 GMT".into()));
+        } else if path == "/expires-bad" {
+            headers.push(("expires".into(), "0".into()));
+        }
+        let evil = r.header("x-evil").unwrap_or("-").to_string();
+        Reply::Full(status, headers, format!("{path} #{i} evil={evil}").into_bytes())
+    })
+}
+
+fn status_of(r: &ringway_tests::Response) -> &str {
+    r.header("x-cache-status").unwrap_or("none")
+}
+
+#[test]
+fn hits_misses_age_head_and_keys() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    let first = c.get("/a?x=1");
+    assert_eq!((first.status, status_of(&first)), (200, "MISS"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = c.get("/a?x=1");
+    assert_eq!(status_of(&second), "HIT");
+    assert_eq!(second.text(), first.text(), "served the stored body");
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&age), "age {age}");
+    assert_ne!(second.header("x-request-id"), first.header("x-request-id"), "each answer has its own id");
+    let head = c.request("HEAD", "/a?x=1", &[], b"");
+    assert_eq!(status_of(&head), "HIT");
+    assert_eq!(c.get("/a?x=2").header("x-cache-status"), Some("MISS"), "the query is part of the key");
+    let gz = c.request("GET", "/a?x=1", &[("accept-encoding", "gzip")], b"");
+    assert_eq!(status_of(&gz), "MISS", "accept-encoding is keyed by default");
+    assert_eq!(up.request_count(), 3);
+    let post = c.request("POST", "/a?x=1", &[], b"z");
+    assert_eq!(status_of(&post), "BYPASS", "only GET and HEAD are cached");
+}
+
+#[test]
+fn rfc9111_rules_decide_what_is_stored() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    let twice = |c: &mut Client, path: &str| -> (String, String) {
+        let a = c.get(path);
+        let b = c.get(path);
+        (status_of(&a).to_string(), status_of(&b).to_string())
+    };
+    for path in
+        ["/cc/no-store", "/cc/private", "/cc/no-cache", "/cc/max-age=0", "/cookie", "/vary-star", "/expires-bad"]
+    {
+        assert_eq!(twice(&mut c, path), ("MISS".into(), "MISS".into()), "{path} must not be stored");
+    }
+    let e = c.get("/error");
+    assert_eq!((e.status, status_of(&e)), (500, "MISS"));
+    assert_eq!(status_of(&c.get("/error")), "MISS", "a 500 is not stored");
+    for path in ["/cc/max-age=60", "/cc/s-maxage=60_,_max-age=0", "/expires", "/plain"] {
+        assert_eq!(twice(&mut c, path), ("MISS".into(), "HIT".into()), "{path} must be stored");
+    }
+    // max-age=1: fresh, then expired.
+    assert_eq!(status_of(&c.get("/cc/max-age=1")), "MISS");
+    assert_eq!(status_of(&c.get("/cc/max-age=1")), "HIT");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(status_of(&c.get("/cc/max-age=1")), "EXPIRED");
+    // A request that asks for a fresh answer bypasses the stored one.
+    let r = c.request("GET", "/plain", &[("cache-control", "no-cache")], b"");
+    assert_eq!(status_of(&r), "BYPASS");
+    let r = c.request("GET", "/plain", &[("pragma", "no-cache")], b"");
+    assert_eq!(status_of(&r), "BYPASS");
+}
+
+#[test]
+fn authorization_is_only_served_what_the_response_allows() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    let auth = [("authorization", "Bearer t")];
+    // Stored without Authorization; `public` lets it answer requests that carry one.
+    assert_eq!(status_of(&c.get("/cc/public")), "MISS");
+    assert_eq!(status_of(&c.request("GET", "/cc/public", &auth, b"")), "HIT");
+    // A plain stored response does not.
+    assert_eq!(status_of(&c.get("/plain")), "MISS");
+    let before = up.request_count();
+    assert_eq!(status_of(&c.request("GET", "/plain", &auth, b"")), "BYPASS");
+    assert_eq!(up.request_count(), before + 1);
+    // A request with Authorization is not stored.
+    assert_eq!(status_of(&c.request("GET", "/private-data", &auth, b"")), "BYPASS");
+    assert_eq!(status_of(&c.get("/private-data")), "MISS");
+}
+
+#[test]
+fn unkeyed_headers_never_reach_the_upstream_or_another_client() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut attacker = Client::connect(gw.addr);
+    let r = attacker.request("GET", "/page", &[("x-evil", "injected")], b"");
+    assert_eq!(status_of(&r), "MISS");
+    assert!(r.text().ends_with("evil=-"), "the upstream saw the unkeyed header: {}", r.text());
+    let victim = Client::connect(gw.addr).get("/page");
+    assert_eq!(status_of(&victim), "HIT");
+    assert!(!victim.text().contains("injected"));
+    assert!(up.requests().iter().all(|r| r.header("x-evil").is_none()));
+    // A keyed extra header does reach the upstream and splits the key.
+    let gw2 = Gateway::start_with(
+        &cached(&up, "{ttl: 60s, key_extra: [\"header:X-Evil\"]}"),
+        &crate::default_driver(),
+        &["--workers", "1"],
+    );
+    let mut c = Client::connect(gw2.addr);
+    assert!(c.request("GET", "/k", &[("x-evil", "one")], b"").text().ends_with("evil=one"));
+    let other = c.request("GET", "/k", &[("x-evil", "two")], b"");
+    assert_eq!(status_of(&other), "MISS");
+    assert!(other.text().ends_with("evil=two"));
+}
+
+#[test]
+fn concurrent_misses_on_a_worker_make_one_upstream_request() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    let up = Upstream::start("slow", move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(400));
+        Reply::Full(200, vec![("cache-control".into(), "max-age=60".into())], b"slow body".to_vec())
+    });
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = gw.addr;
+            std::thread::spawn(move || {
+                let r = Client::connect(addr).get("/same");
+                (r.status, r.text(), status_of(&r).to_string())
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results.iter().all(|(s, body, _)| *s == 200 && body == "slow body"), "{results:?}");
+    assert_eq!(n.load(Ordering::SeqCst), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.2 == "MISS").count(), 1, "{results:?}");
+}
+
+#[test]
+fn stale_if_error_serves_the_stored_copy_when_the_upstream_fails() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    let up = Upstream::start("flaky", move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Full(200, vec![("cache-control".into(), "max-age=1, stale-if-error=60".into())], b"good".to_vec())
+        } else {
+            Reply::Full(503, vec![], b"down".to_vec())
+        }
+    });
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(c.get("/s").text(), "good");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = Client::connect(gw.addr).get("/s");
+    assert_eq!((r.status, r.text(), status_of(&r)), (200, "good".to_string(), "STALE"));
+    // Without stale-if-error the failure goes through.
+    let plain = rules_upstream();
+    let gw2 = Gateway::start_with(&cached(&plain, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    assert_eq!(Client::connect(gw2.addr).get("/error").status, 500);
+}
+
+#[test]
+fn purge_reaches_every_worker_before_it_answers() {
+    let up = rules_upstream();
+    let gw = Gateway::start(&cached(&up, "{ttl: 60s}"));
+    // Many connections, so both workers store each path.
+    for _ in 0..12 {
+        let mut c = Client::connect(gw.addr);
+        for p in ["/p/a", "/p/b", "/q"] {
+            assert_eq!(c.get(p).status, 200);
+        }
+    }
+    let hits_everywhere = |path: &str| (0..12).all(|_| status_of(&Client::connect(gw.addr).get(path)) == "HIT");
+    assert!(hits_everywhere("/p/a") && hits_everywhere("/p/b") && hits_everywhere("/q"));
+    let r = gw.admin("DELETE", "/admin/v1/cache?route=all&path=/p/a", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["removed"].as_u64().unwrap() >= 1);
+    let first = (0..12).map(|_| status_of(&Client::connect(gw.addr).get("/p/a")).to_string()).collect::<Vec<_>>();
+    assert!(first.iter().filter(|s| *s == "MISS").count() >= 1 && first.iter().all(|s| s != "EXPIRED"), "{first:?}");
+    assert!(hits_everywhere("/p/b"));
+    let r = gw.admin("DELETE", "/admin/v1/cache?route=all&prefix=%2Fp", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after: Vec<String> = (0..4).map(|_| status_of(&Client::connect(gw.addr).get("/p/b")).to_string()).collect();
+    assert_eq!(after[0], "MISS", "{after:?}");
+    assert!(hits_everywhere("/q"), "other paths stay");
+    // Bad purges name the problem.
+    for (q, status) in [("route=all", 400), ("route=all&path=x", 400), ("route=nope&path=/x", 404), ("path=/x", 400)] {
+        let r = gw.admin("DELETE", &format!("/admin/v1/cache?{q}"), None);
+        assert_eq!(r.status, status, "{q}: {}", r.text());
+    }
+}
+
+#[test]
+fn cache_settings_are_validated_with_their_paths() {
+    let up = rules_upstream();
+    let gw = Gateway::start(&single(&[up.addr], "", ""));
+    let body = r#"{"paths": ["/x"], "upstream": "u", "policies": {"cache": {"ttl": "0s", "methods": ["POST"],
+        "vary": ["authorization"], "key_extra": ["consumer"], "max_body": 0}}}"#;
+    let r = gw.admin("PUT", "/admin/v1/routes/bad", Some(body));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    let paths: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    for want in ["ttl", "methods[0]", "key_extra[0]", "vary", "max_body"] {
+        assert!(paths.contains(&format!("routes.bad.policies.cache.{want}").as_str()), "{want}: {paths:?}");
+    }
+}
