@@ -136,7 +136,9 @@ fn is_kind(k: &str) -> bool {
 }
 
 fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
-    state.refresh();
+    if state.report().is_err() {
+        state.refresh();
+    }
     let drivers: Vec<&str> = state.worker_status.iter().map(|w| w.driver).collect();
     Response::json(
         200,

@@ -43,6 +43,11 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// Rate-limit keys (client addresses, header values) each worker tracks at most; past it
+    /// the least recently seen half is dropped.
+    #[arg(long, default_value_t = ringway_policy::limits::DEFAULT_KEYS_PER_WORKER)]
+    pub rate_limit_keys: usize,
+
     /// Response cache budget for the whole node, in bytes, split evenly across the workers.
     #[arg(long, default_value_t = 64 << 20)]
     pub cache_size: u64,

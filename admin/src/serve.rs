@@ -98,6 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         trusted_hops: args.trusted_hops,
     };
+    ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
@@ -115,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed: base_seed.wrapping_add(i as u64),
             workers: count,
             cache_bytes: args.cache_size / count as u64,
+            limit_keys: args.rate_limit_keys,
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
@@ -130,7 +132,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut worker_status: Vec<WorkerStatus> = workers
         .contexts()
         .iter()
-        .map(|c| WorkerStatus { id: c.id, cpu: c.cpu, driver: c.driver.as_str(), revision: 0 })
+        .map(|c| WorkerStatus {
+            id: c.id,
+            cpu: c.cpu,
+            driver: c.driver.as_str(),
+            revision: 0,
+            rate_limit_keys: 0,
+            cache_entries: 0,
+        })
         .collect();
     // Worker ids come from the runtime; the mailbox a worker took may belong to any index, so
     // acknowledgements name the worker id.

@@ -181,6 +181,10 @@ pub struct WorkerStatus {
     pub cpu: Option<usize>,
     pub driver: &'static str,
     pub revision: u64,
+    /// Rate-limit keys the worker tracks (capped by --rate-limit-keys).
+    pub rate_limit_keys: usize,
+    /// Responses in the worker's cache partition.
+    pub cache_entries: usize,
 }
 
 /// Everything the admin thread owns.
@@ -301,6 +305,8 @@ impl AdminState {
     fn note(&mut self, a: Ack) {
         if let Some(w) = self.worker_status.get_mut(a.worker) {
             w.revision = w.revision.max(a.revision);
+            w.rate_limit_keys = a.rate_limit_keys;
+            w.cache_entries = a.cache_entries;
         }
         if self.purged.len() <= a.worker {
             self.purged.resize(a.worker + 1, (0, 0));
@@ -330,6 +336,21 @@ impl AdminState {
         for w in &self.workers {
             let _ = w.send(Control::Purge(order.clone()));
         }
+        self.wait_orders(id)
+    }
+
+    /// Asks every worker for its current figures (for the status API).
+    pub fn report(&mut self) -> Result<usize, ApiError> {
+        self.next_purge += 1;
+        let id = self.next_purge;
+        for w in &self.workers {
+            let _ = w.send(Control::Report(id));
+        }
+        self.wait_orders(id)
+    }
+
+    /// Waits until every worker acknowledged order `id`; answers the entries purges removed.
+    fn wait_orders(&mut self, id: u64) -> Result<usize, ApiError> {
         let deadline = Instant::now() + self.rollout_timeout;
         let ids: Vec<usize> = self.worker_status.iter().map(|w| w.id).collect();
         loop {

@@ -211,7 +211,7 @@ mod tests {
             Arc::new(Fixed(2000, "limit", true)),
         ]);
         let mut h = HeaderList::default();
-        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1)));
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1, 16)));
         let v = chain.on_request(&info(), &mut h, &mut Context::new(state));
         let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
         assert_eq!(seen, ["identity", "limit"]);

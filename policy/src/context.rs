@@ -43,9 +43,9 @@ pub struct WorkerPolicyState {
 }
 
 impl WorkerPolicyState {
-    /// State for one of `workers` workers.
-    pub fn new(workers: usize) -> Self {
-        WorkerPolicyState { limits: WorkerLimits::new(workers) }
+    /// State for one of `workers` workers, tracking at most `limit_keys` rate-limit keys.
+    pub fn new(workers: usize, limit_keys: usize) -> Self {
+        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys) }
     }
 }
 

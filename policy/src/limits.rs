@@ -65,10 +65,20 @@ pub struct ConcurrencyLimitSpec {
 
 /// Largest lease a worker takes at once.
 const MAX_BATCH: u64 = 64;
-/// Keys tracked per worker per kind; past it the stalest are dropped.
-pub const MAX_LOCAL_KEYS: usize = 65_536;
+/// Keys tracked per worker unless configured otherwise; past the cap the stalest half goes.
+pub const DEFAULT_KEYS_PER_WORKER: usize = 65_536;
+
 /// Keys tracked in the shared bank; past it, entries of finished windows are swept first.
-const MAX_BANK_KEYS: usize = 1_048_576;
+static BANK_KEYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 20);
+
+/// Sets the bank's key cap (at start, from the per-worker cap and the worker count).
+pub fn set_bank_key_cap(keys: usize) {
+    BANK_KEYS.store(keys.max(1024), Ordering::Relaxed);
+}
+
+fn bank_cap() -> usize {
+    BANK_KEYS.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyKind {
@@ -322,10 +332,10 @@ impl Bank {
     }
 
     fn sweep_windows(&self, now_ms: u64) {
-        if self.windows.len() > MAX_BANK_KEYS {
+        if self.windows.len() > bank_cap() {
             // Entries whose previous window no longer matters hold nothing.
             self.windows.retain(|_, e| (e.window + 2) * e.window_ms > now_ms);
-            if self.windows.len() > MAX_BANK_KEYS {
+            if self.windows.len() > bank_cap() {
                 self.windows.clear();
             }
         }
@@ -384,7 +394,7 @@ impl Bank {
         let g = Bank::batch(left, workers);
         e.tokens -= g as f64;
         drop(e);
-        if self.buckets.len() > MAX_BANK_KEYS {
+        if self.buckets.len() > bank_cap() {
             // A bucket idle for a whole refill is full again: forgetting it changes nothing.
             let full_after = (burst as f64 / rate) as u64;
             self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < full_after);
@@ -427,6 +437,7 @@ struct LocalConc {
 #[derive(Debug)]
 pub struct WorkerLimits {
     workers: u64,
+    max_keys: usize,
     leases: FxHashMap<(u64, u64), Lease>,
     conc: FxHashMap<u64, LocalConc>,
 }
@@ -436,8 +447,14 @@ fn secs_ceil(ms: u64) -> u64 {
 }
 
 impl WorkerLimits {
-    pub fn new(workers: usize) -> Self {
-        WorkerLimits { workers: workers.max(1) as u64, leases: FxHashMap::default(), conc: FxHashMap::default() }
+    /// The shard of one of `workers` workers, tracking at most `max_keys` keys.
+    pub fn new(workers: usize, max_keys: usize) -> Self {
+        WorkerLimits {
+            workers: workers.max(1) as u64,
+            max_keys: max_keys.max(16),
+            leases: FxHashMap::default(),
+            conc: FxHashMap::default(),
+        }
     }
 
     /// Keys tracked by this worker.
@@ -452,14 +469,14 @@ impl WorkerLimits {
         let (_, cut, _) = ages.select_nth_unstable(mid);
         let cut = *cut;
         self.leases.retain(|_, l| l.used_ms > cut || l.denied_until > now_ms);
-        if self.leases.len() >= MAX_LOCAL_KEYS {
+        if self.leases.len() >= self.max_keys {
             self.leases.clear();
         }
     }
 
     /// Decides one request under `l` for key `key` at `now_ms`.
     pub fn rate(&mut self, l: &RateLimit, key: u64, now_ms: u64) -> RateDecision {
-        if self.leases.len() >= MAX_LOCAL_KEYS && !self.leases.contains_key(&(l.id, key)) {
+        if self.leases.len() >= self.max_keys && !self.leases.contains_key(&(l.id, key)) {
             self.evict(now_ms);
         }
         let workers = self.workers;
@@ -578,7 +595,7 @@ mod tests {
     #[test]
     fn sliding_window_admits_the_limit_per_window_across_workers() {
         let l = limit(1000, "1s", None, None, "t.sliding");
-        let mut workers: Vec<WorkerLimits> = (0..4).map(|_| WorkerLimits::new(4)).collect();
+        let mut workers: Vec<WorkerLimits> = (0..4).map(|_| WorkerLimits::new(4, DEFAULT_KEYS_PER_WORKER)).collect();
         // 4 workers offer 3x the limit, round-robin, over 6 windows; count per fixed window.
         let mut admitted = [0u64; 7];
         let start = 10_000_000u64;
@@ -600,7 +617,7 @@ mod tests {
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {
         let l = limit(10, "1s", Some("token_bucket"), Some(50), "t.bucket");
-        let mut w = WorkerLimits::new(1);
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
         let t0 = 20_000_000u64;
         let burst = (0..100).filter(|_| w.rate(&l, 0, t0).retry_after_s.is_none()).count();
         assert_eq!(burst, 50);
@@ -615,7 +632,7 @@ mod tests {
     #[test]
     fn refusals_say_when_to_come_back() {
         let l = limit(2, "10s", None, None, "t.refuse");
-        let mut w = WorkerLimits::new(1);
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
         let t0 = 30_000_000u64;
         assert!(w.rate(&l, 0, t0).retry_after_s.is_none());
         let d = w.rate(&l, 0, t0);
@@ -629,20 +646,20 @@ mod tests {
     fn key_cap_evicts_the_stalest() {
         let spec = RateLimitSpec { limit: 5, window: "1m".into(), key: None, algorithm: None, burst: None };
         let l = RateLimit::compile(&spec, "t.cap", &mut ConfigErrors::default()).unwrap();
-        let mut w = WorkerLimits::new(1);
-        for k in 0..(MAX_LOCAL_KEYS as u64 + 10) {
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
+        for k in 0..(DEFAULT_KEYS_PER_WORKER as u64 + 10) {
             w.rate(&l, k, 40_000_000 + k);
         }
-        assert!(w.tracked_keys() <= MAX_LOCAL_KEYS, "{}", w.tracked_keys());
-        assert!(w.tracked_keys() > MAX_LOCAL_KEYS / 4);
+        assert!(w.tracked_keys() <= DEFAULT_KEYS_PER_WORKER, "{}", w.tracked_keys());
+        assert!(w.tracked_keys() > DEFAULT_KEYS_PER_WORKER / 4);
     }
 
     #[test]
     fn concurrency_never_exceeds_the_maximum() {
         let mut errors = ConfigErrors::default();
         let c = ConcurrencyLimit::compile(&ConcurrencyLimitSpec { max_in_flight: 10 }, "t.conc", &mut errors).unwrap();
-        let mut a = WorkerLimits::new(2);
-        let mut b = WorkerLimits::new(2);
+        let mut a = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER);
+        let mut b = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER);
         let mut held = 0;
         for i in 0..40 {
             let w = if i % 2 == 0 { &mut a } else { &mut b };

@@ -65,6 +65,8 @@ pub enum Control {
     Drain(Duration),
     /// Remove cached responses; acknowledge with the order's id.
     Purge(Purge),
+    /// Acknowledge with this order id (and, as every acknowledgement, current figures).
+    Report(u64),
 }
 
 /// Which cached responses to remove: those of `route` at `path`, or under `prefix`.
@@ -85,6 +87,10 @@ pub struct Ack {
     pub purged: u64,
     /// Entries that purge removed on this worker.
     pub removed: usize,
+    /// Rate-limit keys this worker tracks.
+    pub rate_limit_keys: usize,
+    /// Responses in this worker's cache partition.
+    pub cache_entries: usize,
 }
 
 /// Balancing state shared by the requests of one worker.
@@ -192,6 +198,7 @@ impl Worker {
         seed: u64,
         workers: usize,
         cache_bytes: u64,
+        limit_keys: usize,
     ) -> Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
         Worker {
@@ -204,7 +211,7 @@ impl Worker {
             active: Cell::new(0),
             counters: Counters::default(),
             spares: Spares::default(),
-            policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers))),
+            policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
             cache: RefCell::new(WorkerCache::new(cache_bytes)),
             idle: RefCell::new(IdleSlots::default()),
             request_seq: Cell::new(0),
@@ -365,13 +372,15 @@ pub struct WorkerSetup {
     pub workers: usize,
     /// This worker's share of the response cache, in bytes.
     pub cache_bytes: u64,
+    /// Rate-limit keys this worker tracks at most.
+    pub limit_keys: usize,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
-    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers, cache_bytes } = setup;
+    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers, cache_bytes, limit_keys } = setup;
     let revision = snapshot.revision;
-    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes));
+    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys));
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -382,7 +391,15 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     let stop = Rc::new(LocalEvent::default());
     monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
     monoio::spawn(sweeper(worker.clone()));
-    let _ = acks.send(Ack { worker: ctx.id, revision, purged: 0, removed: 0 });
+    let ack = |revision: u64, purged: u64, removed: usize| Ack {
+        worker: ctx.id,
+        revision,
+        purged,
+        removed,
+        rate_limit_keys: worker.policy_state.borrow().limits.tracked_keys(),
+        cache_entries: worker.cache.borrow().len(),
+    };
+    let _ = acks.send(ack(revision, 0, 0));
     let mut purged = 0;
     let drain = 'control: loop {
         let Some(first) = mailbox.recv().await else { break Duration::ZERO };
@@ -397,8 +414,11 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
                 Control::Purge(p) => {
                     let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
                     purged = p.id;
-                    let rev = worker.generation().snapshot.revision;
-                    let _ = acks.send(Ack { worker: ctx.id, revision: rev, purged, removed });
+                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, removed));
+                }
+                Control::Report(id) => {
+                    purged = id;
+                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, 0));
                 }
             }
             next = mailbox.try_recv();
@@ -406,7 +426,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         if let Some(s) = newest {
             let rev = s.revision;
             worker.apply(s);
-            let _ = acks.send(Ack { worker: ctx.id, revision: rev, purged, removed: 0 });
+            let _ = acks.send(ack(rev, purged, 0));
         }
     };
     worker.draining.set(true);

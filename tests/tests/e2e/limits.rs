@@ -179,3 +179,27 @@ fn concurrency_limit_turns_away_requests_past_the_maximum_node_wide() {
     // Slots come back when requests end.
     assert_eq!(Client::connect(gw.addr).get("/x").status, 200);
 }
+
+#[test]
+fn tracked_keys_are_capped_per_worker() {
+    let up = Upstream::echo("a");
+    let cfg = limited(&up, "rate_limit: {limit: 5, window: 1m, key: \"header:X-Key\"}");
+    let gw = Gateway::start_with(&cfg, &crate::default_driver(), &["--rate-limit-keys", "100"]);
+    // One client spraying 1,000 keys over a few connections.
+    for conn in 0..4 {
+        let mut c = Client::connect(gw.addr);
+        for i in 0..250 {
+            let key = format!("k{conn}-{i}");
+            assert_eq!(c.request("GET", "/x", &[("x-key", &key)], b"").status, 200);
+        }
+    }
+    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    let keys: Vec<u64> =
+        status["workers"].as_array().unwrap().iter().map(|w| w["rate_limit_keys"].as_u64().unwrap()).collect();
+    assert!(keys.iter().all(|k| *k <= 100), "tracked keys per worker: {keys:?}");
+    assert!(keys.iter().any(|k| *k > 0), "{keys:?}");
+    // Limits still hold for a key in use.
+    let mut c = Client::connect(gw.addr);
+    let statuses: Vec<u16> = (0..7).map(|_| c.request("GET", "/x", &[("x-key", "steady")], b"").status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+}
