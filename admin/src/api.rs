@@ -8,7 +8,7 @@ use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::ConfigSpec;
 
 use crate::http::{Request, Response};
-use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, ROUTES, UPSTREAMS};
+use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, GLOBAL, ROUTES, UPSTREAMS};
 
 /// What the API needs besides the state.
 pub struct ApiContext {
@@ -61,21 +61,47 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         ("PUT", ["config"]) => put_config(state, req),
         ("GET", ["revisions"]) => revisions(state, req),
         ("DELETE", ["cache"]) => purge(state, req),
+        ("GET", ["global_policies"]) => {
+            Ok(Response::json(200, &json!({"revision": state.revision(), "value": state.spec().global_policies})))
+        }
+        ("PUT", ["global_policies"]) => put_global(state, req, false),
+        ("PATCH", ["global_policies"]) => put_global(state, req, true),
+        ("DELETE", ["global_policies"]) => state
+            .apply_changes(vec![ResourceChange::Global(None)], "delete the global policies".into())
+            .map(|(rev, _)| Response::json(200, &json!({"revision": rev, "value": {}}))),
         ("POST", ["revisions", rev, "rollback"]) => rollback(state, rev),
         ("GET", [kind]) if is_kind(kind) => Ok(list(state, kind)),
         ("GET", [kind, id]) if is_kind(kind) => get_one(state, kind, id),
         ("PUT", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, false),
         ("PATCH", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, true),
         ("DELETE", [kind, id]) if is_kind(kind) => delete_one(state, kind, id),
-        (_, ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"] | ["cache"]) => {
-            Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
-        }
+        (
+            _,
+            ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"] | ["cache"] | ["global_policies"],
+        ) => Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path))),
         (_, [kind] | [kind, _]) if is_kind(kind) => {
             Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
         }
         _ => Err(ApiError::new(404, "not_found", format!("no admin endpoint at {}", req.path))),
     };
     result.unwrap_or_else(err)
+}
+
+/// `PUT` (or with `patch`, a JSON merge patch onto the current value) of the global policies.
+fn put_global(state: &mut AdminState, req: &Request, patch: bool) -> Result<Response, ApiError> {
+    let body: Value = parse_body(req, GLOBAL)?;
+    let value = if patch {
+        let mut base = serde_json::to_value(&state.spec().global_policies).unwrap_or(Value::Null);
+        merge_patch(&mut base, &body);
+        base
+    } else {
+        body
+    };
+    let spec: ringway_policy::PoliciesSpec = typed(value, GLOBAL)?;
+    let verb = if patch { "patch" } else { "replace" };
+    let (rev, _) = state
+        .apply_changes(vec![ResourceChange::Global(Some(Box::new(spec)))], format!("{verb} the global policies"))?;
+    Ok(Response::json(200, &json!({"revision": rev, "value": state.spec().global_policies})))
 }
 
 /// Decodes `%XX` escapes (and `+` as a space) in a query value.

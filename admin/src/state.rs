@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use ringway_policy::PoliciesSpec;
 use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::config::{RouteSpec, UpstreamSpec};
 use ringway_proxy::snapshot::Edit;
@@ -20,6 +21,9 @@ use serde::Serialize;
 /// Resource kinds the store holds, as named in the API and the document.
 pub const UPSTREAMS: &str = "upstreams";
 pub const ROUTES: &str = "routes";
+/// The global policies: one resource of this kind, with the id [`GLOBAL_ID`].
+pub const GLOBAL: &str = "global_policies";
+pub const GLOBAL_ID: &str = "default";
 
 /// An answer the API turns into an HTTP error.
 #[derive(Debug)]
@@ -57,6 +61,7 @@ pub struct KindDiff {
 pub struct Diff {
     pub upstreams: KindDiff,
     pub routes: KindDiff,
+    pub global_policies: KindDiff,
 }
 
 impl Diff {
@@ -71,6 +76,8 @@ pub enum ResourceChange {
     Upstream(String, Option<UpstreamSpec>),
     /// Boxed: a route's spec is several times the size of an upstream's.
     Route(String, Option<Box<RouteSpec>>),
+    /// The global policies (`None`, or empty: none).
+    Global(Option<Box<PoliciesSpec>>),
 }
 
 impl ResourceChange {
@@ -78,6 +85,7 @@ impl ResourceChange {
         match self {
             ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_ref()),
             ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
+            ResourceChange::Global(v) => Edit::Global(v.as_deref()),
         }
     }
 }
@@ -103,6 +111,10 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     let mut out = Vec::new();
     diff_map(&old.upstreams, new.upstreams, ResourceChange::Upstream, &mut out);
     diff_map(&old.routes, new.routes, |id, v| ResourceChange::Route(id, v.map(Box::new)), &mut out);
+    if old.global_policies != new.global_policies {
+        let g = new.global_policies;
+        out.push(ResourceChange::Global((g != PoliciesSpec::default()).then(|| Box::new(g))));
+    }
     out
 }
 
@@ -146,9 +158,14 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
                 one(UPSTREAMS, id, v.as_ref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
             }
             ResourceChange::Route(id, v) => one(ROUTES, id, v.as_deref(), spec.routes.get(id), &mut d.routes, &mut ops),
+            ResourceChange::Global(v) => {
+                let old = Some(&spec.global_policies).filter(|g| **g != PoliciesSpec::default());
+                let new = v.as_deref().filter(|g| **g != PoliciesSpec::default());
+                one(GLOBAL, GLOBAL_ID, new, old, &mut d.global_policies, &mut ops)
+            }
         })
         .collect();
-    for k in [&mut d.upstreams, &mut d.routes] {
+    for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies] {
         k.added.sort();
         k.changed.sort();
         k.removed.sort();
@@ -168,6 +185,7 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             ROUTES => {
                 spec.routes.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
             }
+            GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
             other => return Err(format!("stored resource of unknown kind {other:?}")),
         }
     }
@@ -282,6 +300,7 @@ impl AdminState {
                 ResourceChange::Route(id, None) => {
                     self.spec.routes.remove(&id);
                 }
+                ResourceChange::Global(v) => self.spec.global_policies = v.map(|b| *b).unwrap_or_default(),
             }
         }
         self.revision = rev;

@@ -70,6 +70,12 @@ pub const SCENARIOS: &[Scenario] = &[
         ringway_policies: "{rate_limit: {limit: 1000000000, window: 1s, key: ip}}",
         ..BASE
     },
+    Scenario {
+        name: "cache_hit",
+        description: "GET answered from ringway's response cache (nginx and HAProxy proxy it)",
+        ringway_policies: "{cache: {ttl: 3600s}}",
+        ..BASE
+    },
 ];
 
 /// The scenarios named in a comma-separated list, in the order given; all when `None`.

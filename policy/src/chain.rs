@@ -144,6 +144,75 @@ impl Chain {
     }
 }
 
+/// A route's chain over the global one: both run, in one priority order; a policy the route
+/// sets itself replaces the global policy of the same name.
+#[derive(Debug, Clone, Copy)]
+pub struct Layered<'a> {
+    pub own: &'a Chain,
+    pub global: &'a Chain,
+}
+
+impl<'a> Layered<'a> {
+    pub fn new(own: &'a Chain, global: &'a Chain) -> Self {
+        Layered { own, global }
+    }
+
+    /// The policies that run, highest priority first.
+    fn policies(&self) -> impl Iterator<Item = &'a Arc<dyn Policy>> + 'a {
+        let own = self.own;
+        let mut a = own.policies.iter().peekable();
+        let mut b =
+            self.global.policies.iter().filter(move |g| !own.policies.iter().any(|p| p.name() == g.name())).peekable();
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.priority() > x.priority() => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.own.is_empty() && self.global.is_empty()
+    }
+
+    pub fn cache(&self) -> Option<&'a Arc<CacheRule>> {
+        self.own.cache().or(self.global.cache())
+    }
+
+    /// Runs the request side; the first `Respond` wins.
+    pub fn on_request<'h>(&self, req: &RequestInfo<'_>, headers: &mut HeaderList<'h>, cx: &mut Context) -> Verdict
+    where
+        'a: 'h,
+    {
+        for p in self.policies() {
+            if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
+                return Verdict::Respond(r);
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Runs the response side, in reverse priority order.
+    pub fn on_response<'h>(&self, resp: &ResponseInfo, headers: &mut HeaderList<'h>)
+    where
+        'a: 'h,
+    {
+        let own = self.own;
+        let mut a = own.policies.iter().rev().peekable();
+        let mut b =
+            self.global.policies.iter().rev().filter(|g| !own.policies.iter().any(|p| p.name() == g.name())).peekable();
+        // The exact reverse of `policies`: lowest priority first; on a tie the global one,
+        // which ran after the route's own.
+        let rev = std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.priority() <= x.priority() => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        });
+        for p in rev {
+            p.on_response(resp, headers);
+        }
+    }
+}
+
 /// Compiles a route's policies; `path` is the JSON path of the `policies` object.
 pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Chain {
     let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
@@ -222,5 +291,23 @@ mod tests {
             }
             Verdict::Continue => panic!("expected a reply"),
         }
+    }
+
+    #[test]
+    fn layered_runs_both_in_priority_order_and_the_route_overrides_by_name() {
+        let global = Chain::new(vec![Arc::new(Fixed(2000, "limit", false)), Arc::new(Fixed(500, "late", false))]);
+        let own = Chain::new(vec![Arc::new(Fixed(1000, "transform", false)), Arc::new(Fixed(3000, "identity", false))]);
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1, 16)));
+        let mut h = HeaderList::default();
+        let l = Layered::new(&own, &global);
+        assert!(matches!(l.on_request(&info(), &mut h, &mut Context::new(state.clone())), Verdict::Continue));
+        let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
+        assert_eq!(seen, ["identity", "limit", "transform", "late"]);
+        // A route policy with the global one's name replaces it.
+        let own = Chain::new(vec![Arc::new(Fixed(2000, "limit", true))]);
+        let mut h = HeaderList::default();
+        let v = Layered::new(&own, &global).on_request(&info(), &mut h, &mut Context::new(state));
+        assert!(matches!(v, Verdict::Respond(_)));
+        assert_eq!(h.len(), 1);
     }
 }

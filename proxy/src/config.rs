@@ -18,6 +18,9 @@ pub struct ConfigSpec {
     /// Routes by id.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteSpec>,
+    /// Policies for every route; a route's own policy of the same name replaces the global one.
+    #[serde(default, skip_serializing_if = "is_default_policies")]
+    pub global_policies: PoliciesSpec,
 }
 
 /// One upstream service: where requests go and how they are balanced.

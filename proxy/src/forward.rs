@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringway_policy::{Context, HeaderList, RequestInfo, Verdict};
+use ringway_policy::{Context, HeaderList, Layered, RequestInfo, Verdict};
 
 use crate::cache::Stored;
 use crate::conn::Conn;
@@ -68,6 +68,8 @@ impl RequestId {
 /// What `prepare` decided for a request that goes upstream.
 struct Plan<'g> {
     route: &'g Route,
+    /// The route's policies over the global ones.
+    chains: Layered<'g>,
     upstream: &'g Upstream,
     lb: SharedLb,
     target: usize,
@@ -104,6 +106,7 @@ struct Early<'g> {
     error: Option<ProxyError>,
     reply: Option<ringway_policy::Reply>,
     route: Option<&'g Route>,
+    chains: Option<Layered<'g>>,
     body: BodyKind,
     keep_alive: bool,
     is_head: bool,
@@ -148,7 +151,7 @@ async fn serve_stored(
     mut out: Vec<u8>,
     stored: &Stored,
     (request_id, is_head, keep): (&[u8], bool, bool),
-    chain: &ringway_policy::Chain,
+    chain: Layered<'_>,
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
     out.clear();
@@ -185,7 +188,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
                             let keep = plan.keep_alive && !worker.draining.get();
                             let extras = plan.cx.as_ref().map(|c| &c.extras);
                             let info = (plan.request_id.as_bytes(), plan.is_head, keep);
-                            return serve_stored(worker, conn, out, &stored, info, &plan.route.chain, extras).await;
+                            return serve_stored(worker, conn, out, &stored, info, plan.chains, extras).await;
                         }
                     }
                     None => {
@@ -206,15 +209,15 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             };
             let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
             conn.consume(head_len + body_here.unwrap_or(0));
-            if let (Some(stored), Some(route)) = (&early.cached, early.route) {
+            if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
                 let extras = early.cx.as_ref().map(|c| &c.extras);
                 let info = (early.request_id.as_bytes(), early.is_head, keep);
-                return serve_stored(worker, conn, out, stored, info, &route.chain, extras).await;
+                return serve_stored(worker, conn, out, stored, info, chains, extras).await;
             }
             let reply = early
                 .reply
                 .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
-            let chain = early.route.map(|r| &r.chain);
+            let chain = early.chains;
             let extras = early.cx.as_ref().map(|c| &c.extras);
             encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain, extras);
             let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
@@ -241,6 +244,7 @@ fn prepare<'g>(
         error: None,
         reply: None,
         route: None,
+        chains: None,
         body: BodyKind::None,
         keep_alive: false,
         is_head: false,
@@ -379,7 +383,9 @@ fn prepare<'g>(
         return Err(Box::new(early));
     };
     let route: &Route = route;
+    let chains = snapshot.chains(route);
     early.route = Some(route);
+    early.chains = Some(chains);
     let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
     if let (BodyKind::Length(n), Some(limit)) = (body, max_body) {
         if n > limit {
@@ -391,7 +397,7 @@ fn prepare<'g>(
 
     let request_id = early.request_id;
     // A cacheable request: only keyed headers reach the upstream (see crate::cache).
-    let rule = route.chain.cache().filter(|r| (method == "GET" && r.get) || (method == "HEAD" && r.head));
+    let rule = chains.cache().filter(|r| (method == "GET" && r.get) || (method == "HEAD" && r.head));
     let auth = rule.is_some() && find_header("authorization").is_some();
     let keyed_only = rule.filter(|_| !auth);
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
@@ -423,16 +429,16 @@ fn prepare<'g>(
     list.push("x-request-id", request_id.as_bytes());
     let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
     let mut cx = None;
-    if !route.chain.is_empty() {
+    if !chains.is_empty() {
         let c = cx.insert(Context::new(worker.policy_state.clone()));
-        if let Verdict::Respond(r) = route.chain.on_request(&info, &mut list, c) {
+        if let Verdict::Respond(r) = chains.on_request(&info, &mut list, c) {
             early.reply = Some(r);
             early.cx = cx;
             return Err(Box::new(early));
         }
     }
     let mut cache = None;
-    if let Some(r) = route.chain.cache() {
+    if let Some(r) = chains.cache() {
         let status = match rule {
             None => "BYPASS",
             Some(rule) => {
@@ -523,6 +529,7 @@ fn prepare<'g>(
     out.extend_from_slice(b"\r\n");
     Ok(Plan {
         route,
+        chains,
         upstream,
         lb,
         target,
@@ -788,7 +795,7 @@ async fn relay_response(
 ) -> bool {
     let upstream = plan.upstream;
     let client = ClientSide {
-        chain: &plan.route.chain,
+        chain: plan.chains,
         request_id: plan.request_id.as_bytes(),
         request_was_head: plan.is_head,
         http10: plan.http10,
@@ -975,5 +982,5 @@ async fn serve_stale(worker: &Worker, conn: &mut Conn, out: Vec<u8>, plan: &Plan
     let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
     extras.text = Some(("x-cache-status", "STALE"));
     let info = (plan.request_id.as_bytes(), plan.is_head, false);
-    serve_stored(worker, conn, out, stale, info, &plan.route.chain, Some(&extras)).await
+    serve_stored(worker, conn, out, stale, info, plan.chains, Some(&extras)).await
 }

@@ -1,7 +1,7 @@
 //! The one place where errors become responses: an ordered list of "caused by X -> answer Y",
 //! and the writing of replies the proxy produces itself.
 
-use ringway_policy::{Chain, HeaderList, Reply, ResponseExtras, ResponseInfo};
+use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseInfo};
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
@@ -140,7 +140,7 @@ pub fn encode_cached(
     request_id: &[u8],
     close: bool,
     head_only: bool,
-    chain: &Chain,
+    chain: Layered<'_>,
     extras: Option<&ResponseExtras>,
 ) {
     let mut headers = HeaderList::with_capacity(stored.headers.len() + 1);
@@ -179,7 +179,7 @@ pub fn encode_reply(
     request_id: &[u8],
     close: bool,
     head_only: bool,
-    chain: Option<&Chain>,
+    chain: Option<Layered<'_>>,
     extras: Option<&ResponseExtras>,
 ) {
     let mut headers = HeaderList::with_capacity(reply.headers.len() + 2);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use imbl::{OrdMap, OrdSet, Vector};
 
-use ringway_policy::{is_valid_header_name, is_valid_header_value, Chain, ConfigErrors};
+use ringway_policy::{is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PoliciesSpec};
 
 use crate::config::{parse_duration, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
@@ -86,6 +86,8 @@ pub struct Upstream {
 pub enum Edit<'a> {
     Upstream(&'a str, Option<&'a UpstreamSpec>),
     Route(&'a str, Option<&'a RouteSpec>),
+    /// The global policies (`None`: none).
+    Global(Option<&'a PoliciesSpec>),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -98,6 +100,8 @@ pub struct Snapshot {
     pub routes: OrdMap<String, Arc<Route>>,
     pub upstreams: OrdMap<String, Arc<Upstream>>,
     pub router: Router<Arc<Route>>,
+    /// The global policies, run with every route's own (see [`Layered`]).
+    pub global: Chain,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -112,7 +116,8 @@ impl Snapshot {
             .upstreams
             .iter()
             .map(|(id, u)| Edit::Upstream(id, Some(u)))
-            .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))));
+            .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))))
+            .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -124,6 +129,12 @@ impl Snapshot {
             // A compiled route always names a live slot.
             _ => unreachable!("route refers to an empty upstream slot"),
         }
+    }
+
+    /// A route's policies over the global ones.
+    #[inline]
+    pub fn chains<'s>(&'s self, route: &'s Route) -> Layered<'s> {
+        Layered::new(&route.chain, &self.global)
     }
 
     /// Ids of the routes that use upstream `id`.
@@ -138,12 +149,32 @@ impl Snapshot {
         let mut next = self.clone();
         next.revision = revision;
         let mut errors = ConfigErrors::default();
-        let (ups, routes): (Vec<_>, Vec<_>) = edits.into_iter().partition(|e| matches!(e, Edit::Upstream(..)));
+        let mut globals = Vec::new();
+        let (ups, routes): (Vec<_>, Vec<_>) = edits
+            .into_iter()
+            .filter(|e| match e {
+                Edit::Global(g) => {
+                    globals.push(*g);
+                    false
+                }
+                _ => true,
+            })
+            .partition(|e| matches!(e, Edit::Upstream(..)));
+        if globals.len() > 1 {
+            errors.push("global_policies", "changed twice in one change");
+        }
+        if let Some(g) = globals.first() {
+            next.global = match g {
+                Some(spec) => ringway_policy::compile(spec, "global_policies", &mut errors),
+                None => Chain::default(),
+            };
+        }
         let mut seen = std::collections::HashSet::new();
         for e in ups.iter().chain(&routes) {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
+                Edit::Global(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

@@ -6,7 +6,7 @@
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use ringway_policy::{Chain, ResponseExtras, ResponseInfo};
+use ringway_policy::{Layered, ResponseExtras, ResponseInfo};
 
 use crate::forward::MAX_HEADERS;
 use crate::h1::head::{check_raw_head, classify, parse_content_length, BodyKind, ConnectionOptions, Known};
@@ -73,7 +73,7 @@ pub struct ResponsePlan {
 
 /// How the client side is answered.
 pub struct ClientSide<'a> {
-    pub chain: &'a Chain,
+    pub chain: Layered<'a>,
     pub request_id: &'a [u8],
     pub request_was_head: bool,
     pub http10: bool,

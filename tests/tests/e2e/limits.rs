@@ -203,3 +203,33 @@ fn tracked_keys_are_capped_per_worker() {
     let statuses: Vec<u16> = (0..7).map(|_| c.request("GET", "/x", &[("x-key", "steady")], b"").status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
 }
+
+#[test]
+fn global_policies_apply_to_every_route_and_a_route_can_replace_them() {
+    let up = Upstream::echo("a");
+    let cfg = format!(
+        "upstreams:\n  u: {{targets: [{{addr: \"{}\"}}]}}\nroutes:\n  one: {{paths: [\"/one\"], upstream: u}}\n  two: {{paths: [\"/two\"], upstream: u}}\n  own:\n    paths: [\"/own\"]\n    upstream: u\n    policies: {{rate_limit: {{limit: 100, window: 1m, key: ip}}}}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let body = r#"{"rate_limit": {"limit": 3, "window": "1m", "key": "ip"}, "headers": {"response": {"set": {"x-global": "yes"}}}}"#;
+    let r = gw.admin("PUT", "/admin/v1/global_policies", Some(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut c = Client::connect(gw.addr);
+    // One limit for the whole gateway, shared by the routes that do not set their own.
+    let statuses: Vec<u16> = ["/one", "/two", "/one", "/two"].iter().map(|p| c.get(p).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let own = c.get("/own");
+    assert_eq!(own.status, 200, "the route's own limit replaces the global one");
+    assert_eq!(own.header("ratelimit-limit"), Some("100"));
+    assert_eq!(own.header("x-global"), Some("yes"), "other global policies still apply");
+    let exported = gw.admin("GET", "/admin/v1/config", None).json();
+    assert_eq!(exported["global_policies"]["rate_limit"]["limit"], 3);
+    let bad = gw.admin("PATCH", "/admin/v1/global_policies", Some(r#"{"rate_limit": {"window": "never"}}"#));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("global_policies.rate_limit.window"), "{}", bad.text());
+    assert_eq!(gw.admin("DELETE", "/admin/v1/global_policies", None).status, 200);
+    let after = c.get("/two");
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("x-global"), None);
+}
