@@ -292,3 +292,32 @@ mod tests {
         assert!(!f(200, &[("cache-control", "max-age=5")]).unwrap().auth_ok);
     }
 }
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn partition_stays_within_its_bytes() {
+        let mut c = WorkerCache::new(100_000);
+        for i in 0..300u64 {
+            c.insert(
+                i,
+                Stored {
+                    status: 200,
+                    headers: vec![],
+                    body: vec![b'x'; 900],
+                    stored_ms: 0,
+                    age_s: 0,
+                    fresh_ms: 60_000,
+                    stale_if_error_ms: 0,
+                    auth_ok: false,
+                    route: "r".into(),
+                    path: "/p".into(),
+                },
+            );
+        }
+        assert!(c.len() <= 100, "{} entries", c.len());
+        assert!(c.entries.weight() <= 100_000, "{} bytes", c.entries.weight());
+    }
+}

@@ -95,6 +95,8 @@ struct CachePlan {
     store: bool,
     /// A stored response past its freshness, kept for `stale-if-error`.
     stale: Option<Rc<Stored>>,
+    /// The request carries `Authorization`: store only what the response marks as shared.
+    auth: bool,
     ttl_ms: u64,
     max_body: u64,
     /// The request path, kept with the stored response for purges.
@@ -172,7 +174,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
         Ok(mut plan) => {
             conn.consume(head_len);
             let mut _leader = None;
-            if let Some(key) = plan.cache.as_ref().filter(|c| c.store).map(|c| c.key) {
+            if let Some((key, auth)) = plan.cache.as_ref().filter(|c| c.store).map(|c| (c.key, c.auth)) {
                 let waiting = worker.cache.borrow().inflight.get(&key).cloned();
                 match waiting {
                     Some(done) => {
@@ -180,7 +182,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
                         // from what it stored (or go upstream if it stored nothing).
                         let _ = monoio::time::timeout(Duration::from_secs(30), done.wait()).await;
                         let now = unix_ms();
-                        let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now));
+                        let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now) && (!auth || s.auth_ok));
                         if let Some(stored) = hit {
                             if let Some(cx) = plan.cx.as_mut() {
                                 cx.extras.text = Some(("x-cache-status", "HIT"));
@@ -399,14 +401,17 @@ fn prepare<'g>(
     // A cacheable request: only keyed headers reach the upstream (see crate::cache).
     let rule = chains.cache().filter(|r| (method == "GET" && r.get) || (method == "HEAD" && r.head));
     let auth = rule.is_some() && find_header("authorization").is_some();
-    let keyed_only = rule.filter(|_| !auth);
+    // With Authorization too (it may be stored when the response says it is shared).
+    let keyed_only = rule;
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
             Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
             Known::Other if !opts.lists(h.name) => match keyed_only {
-                Some(r) if !r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)) => {}
+                Some(r)
+                    if !r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name))
+                        && !h.name.eq_ignore_ascii_case("authorization") => {}
                 _ => list.push(h.name, h.value),
             },
             _ => {}
@@ -460,7 +465,7 @@ fn prepare<'g>(
                         return Err(Box::new(early));
                     }
                     stale => {
-                        let status = if auth || no_store || no_cache {
+                        let status = if no_store || no_cache {
                             "BYPASS"
                         } else if stale.is_some() {
                             "EXPIRED"
@@ -469,8 +474,9 @@ fn prepare<'g>(
                         };
                         cache = Some(CachePlan {
                             key,
-                            store: method == "GET" && !auth && !no_store,
-                            stale: stale.filter(|_| !auth),
+                            store: method == "GET" && !no_store,
+                            stale,
+                            auth,
                             ttl_ms: r.ttl_ms,
                             max_body: r.max_body,
                             path: path.to_string(),
@@ -816,9 +822,9 @@ async fn relay_response(
     }
     // A response the cache may keep: its body is collected while it streams.
     let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.max_body => {
-            cacheable(&ubuf[..head_len], c.ttl_ms).map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n))
-        }
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.max_body => cacheable(&ubuf[..head_len], c.ttl_ms)
+            .filter(|(f, _)| !c.auth || f.auth_ok)
+            .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n)),
         _ => None,
     };
     let chunked_to_client = resp.chunked_to_client(&client);

@@ -104,7 +104,7 @@ fn rfc9111_rules_decide_what_is_stored() {
 }
 
 #[test]
-fn authorization_is_only_served_what_the_response_allows() {
+fn authorization_is_only_served_and_stored_what_the_response_allows() {
     let up = rules_upstream();
     let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
     let mut c = Client::connect(gw.addr);
@@ -115,11 +115,41 @@ fn authorization_is_only_served_what_the_response_allows() {
     // A plain stored response does not.
     assert_eq!(status_of(&c.get("/plain")), "MISS");
     let before = up.request_count();
-    assert_eq!(status_of(&c.request("GET", "/plain", &auth, b"")), "BYPASS");
+    assert_eq!(status_of(&c.request("GET", "/plain", &auth, b"")), "MISS");
     assert_eq!(up.request_count(), before + 1);
-    // A request with Authorization is not stored.
-    assert_eq!(status_of(&c.request("GET", "/private-data", &auth, b"")), "BYPASS");
-    assert_eq!(status_of(&c.get("/private-data")), "MISS");
+    assert!(up.requests().last().unwrap().header("authorization").is_some(), "the credentials reach the upstream");
+    // A request with Authorization is stored only when the response is marked shared.
+    assert_eq!(status_of(&c.request("GET", "/private-data", &auth, b"")), "MISS");
+    assert_eq!(status_of(&c.get("/private-data")), "MISS", "stored from a request with credentials");
+    assert_eq!(status_of(&c.request("GET", "/cc/s-maxage=60", &auth, b"")), "MISS");
+    assert_eq!(status_of(&c.get("/cc/s-maxage=60")), "HIT", "s-maxage marks it shared");
+}
+
+#[test]
+fn bodies_past_max_body_are_not_stored_and_the_byte_budget_holds() {
+    let big = Upstream::start("big", |r: &SeenRequest| {
+        let path = r.target.split('?').next().unwrap_or("");
+        let n: usize = path.trim_start_matches("/n/").parse().unwrap_or(10);
+        Reply::Full(200, vec![], vec![b'x'; n])
+    });
+    let gw = Gateway::start_with(
+        &cached(&big, "{ttl: 60s, max_body: 1000}"),
+        &crate::default_driver(),
+        &["--workers", "1", "--cache-size", "100000"],
+    );
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(status_of(&c.get("/n/1000")), "MISS");
+    assert_eq!(status_of(&c.get("/n/1000")), "HIT");
+    assert_eq!(status_of(&c.get("/n/1001")), "MISS");
+    let r = c.get("/n/1001");
+    assert_eq!((status_of(&r), r.body.len()), ("MISS", 1001), "larger than max_body: not stored");
+    // 300 responses of about 1 KB into a 100 KB partition.
+    for i in 0..300 {
+        assert_eq!(c.get(&format!("/n/900?i={i}")).status, 200);
+    }
+    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    let entries = status["workers"][0]["cache_entries"].as_u64().unwrap();
+    assert!((20..=100).contains(&entries), "{entries} entries of ~1 KB in 100 KB");
 }
 
 #[test]
