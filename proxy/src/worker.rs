@@ -340,7 +340,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 worker.counters.connections.set(worker.counters.connections.get() + 1);
                 let w = worker.clone();
                 monoio::spawn(async move {
-                    crate::conn::serve(&w, stream, peer).await;
+                    // A bug that panics while serving one connection closes that connection,
+                    // not the worker and every other connection on it.
+                    if CatchPanic(crate::conn::serve(&w, stream, peer)).await.is_err() {
+                        log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
+                    }
                     w.active.set(w.active.get() - 1);
                 });
             }
@@ -357,6 +361,24 @@ async fn sweeper(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(Duration::from_secs(2)).await;
         worker.pool.borrow_mut().sweep(Instant::now());
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err` (the panic message is printed by the
+/// panic hook as usual).
+struct CatchPanic<F>(F);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning; the inner future is never moved out of `self`.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }
 
