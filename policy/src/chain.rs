@@ -24,6 +24,25 @@ pub struct RequestInfo<'r> {
     pub client_ip: IpAddr,
     /// The id of the route that matched.
     pub route_id: &'r str,
+    /// The request's own header fields, as the client sent them (the list a policy edits is
+    /// what goes upstream, which may hold fewer).
+    pub client_headers: ClientHeaders<'r>,
+}
+
+/// Looks up a header field of the client's request by name (case-insensitive), first value.
+#[derive(Clone, Copy)]
+pub struct ClientHeaders<'r>(pub &'r dyn Fn(&str) -> Option<&'r [u8]>);
+
+impl<'r> ClientHeaders<'r> {
+    pub fn get(&self, name: &str) -> Option<&'r [u8]> {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for ClientHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientHeaders")
+    }
 }
 
 /// What a policy sees of a response.
@@ -269,6 +288,7 @@ mod tests {
             query: None,
             client_ip: [127, 0, 0, 1].into(),
             route_id: "r",
+            client_headers: ClientHeaders(&|_| None),
         }
     }
 

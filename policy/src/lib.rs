@@ -24,7 +24,7 @@ pub mod limits;
 mod spec;
 
 pub use cache::{CacheRule, CacheSpec};
-pub use chain::{compile, Chain, Layered, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
+pub use chain::{compile, Chain, ClientHeaders, Layered, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
 pub use context::{Context, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};

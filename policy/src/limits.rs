@@ -80,6 +80,12 @@ fn bank_cap() -> usize {
     BANK_KEYS.load(Ordering::Relaxed)
 }
 
+/// When the bank last swept finished windows and full buckets (ms).
+static LAST_SWEEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The key every new key of a limit shares once the bank is full.
+const OVERFLOW_KEY: u64 = u64::MAX;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyKind {
     Ip,
@@ -180,11 +186,12 @@ impl RateLimit {
         Some(RateLimit { id, limit: spec.limit, window_ms: window.as_millis() as u64, key, algorithm })
     }
 
-    fn key_hash(&self, req: &RequestInfo<'_>, headers: &HeaderList<'_>) -> u64 {
+    fn key_hash(&self, req: &RequestInfo<'_>) -> u64 {
         match &self.key {
             KeyKind::Route => 0,
             KeyKind::Ip => keyed_hash(req.client_ip),
-            KeyKind::Header(name) => match headers.get(name) {
+            // The client's own header: on a cached route the upstream list holds fewer.
+            KeyKind::Header(name) => match req.client_headers.get(name) {
                 Some(v) => keyed_hash(v),
                 None => keyed_hash(req.client_ip),
             },
@@ -201,8 +208,8 @@ impl Policy for RateLimit {
         2000
     }
 
-    fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
-        let key = self.key_hash(req, headers);
+    fn on_request<'a>(&'a self, req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        let key = self.key_hash(req);
         let now = cx.now_ms();
         let state = cx.state().clone();
         let decision = state.borrow_mut().limits.rate(self, key, now);
@@ -331,26 +338,42 @@ impl Bank {
         (left / (4 * workers.max(1))).clamp(1, MAX_BATCH).min(left)
     }
 
-    fn sweep_windows(&self, now_ms: u64) {
-        if self.windows.len() > bank_cap() {
-            // Entries whose previous window no longer matters hold nothing.
-            self.windows.retain(|_, e| (e.window + 2) * e.window_ms > now_ms);
-            if self.windows.len() > bank_cap() {
-                self.windows.clear();
+    /// The key a new entry goes under: its own while the bank has room, else the limit's one
+    /// shared overflow key (so a client spraying keys shares one counter instead of growing
+    /// the bank).
+    fn room_for<V>(&self, map: &DashMap<(u64, u64), V>, id: u64, key: u64, now_ms: u64, sweep: impl FnOnce()) -> u64 {
+        if map.contains_key(&(id, key)) || map.len() < bank_cap() {
+            return key;
+        }
+        // Sweep at most once a second: a sweep reads the whole map.
+        let last = LAST_SWEEP.load(Ordering::Relaxed);
+        if now_ms >= last + 1000
+            && LAST_SWEEP.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            sweep();
+            if map.len() < bank_cap() {
+                return key;
             }
         }
+        OVERFLOW_KEY
     }
 
     fn lease_window(&self, l: &RateLimit, key: u64, now_ms: u64, workers: u64) -> Grant {
-        let w = now_ms / l.window_ms;
-        let start = w * l.window_ms;
-        let end = start + l.window_ms;
+        let key = self.room_for(&self.windows, l.id, key, now_ms, || {
+            self.windows.retain(|_, e| u128::from(e.window + 2) * u128::from(e.window_ms) > u128::from(now_ms))
+        });
         let mut e = self.windows.entry((l.id, key)).or_insert(WindowEntry {
-            window: w,
+            window: now_ms / l.window_ms,
             window_ms: l.window_ms,
             cur: 0,
             prev: 0,
         });
+        // A worker whose clock read is older than the entry's window counts in that window:
+        // a window never goes back, so its count is never reset twice.
+        let now_ms = now_ms.max(e.window * l.window_ms);
+        let w = now_ms / l.window_ms;
+        let start = w * l.window_ms;
+        let end = start + l.window_ms;
         if e.window != w {
             e.prev = if e.window + 1 == w { e.cur } else { 0 };
             e.cur = 0;
@@ -358,14 +381,15 @@ impl Bank {
         }
         // The previous window counts for the part of it still inside the sliding window.
         let elapsed = now_ms - start;
-        let prev_share = (e.prev * (l.window_ms - elapsed)).div_ceil(l.window_ms);
-        let left = l.limit.saturating_sub(prev_share + e.cur);
+        let wide = |x: u64| u128::from(x);
+        let prev_share = (wide(e.prev) * wide(l.window_ms - elapsed)).div_ceil(wide(l.window_ms)) as u64;
+        let left = l.limit.saturating_sub(prev_share.saturating_add(e.cur));
         if left == 0 {
             // Ask again once the previous window's share has shrunk by one, or next window.
             let retry = if e.cur < l.limit && e.prev > 0 {
                 let room = l.limit - e.cur - 1;
-                let keep = (room * l.window_ms) / e.prev;
-                (start + l.window_ms.saturating_sub(keep)).clamp(now_ms + 1, end)
+                let keep = (wide(room) * wide(l.window_ms) / wide(e.prev)).min(wide(l.window_ms)) as u64;
+                (start + l.window_ms - keep).clamp(now_ms + 1, end)
             } else {
                 end
             };
@@ -373,17 +397,20 @@ impl Bank {
         }
         let g = Bank::batch(left, workers);
         e.cur += g;
-        drop(e);
-        if g == left {
-            self.sweep_windows(now_ms);
-        }
         Grant { granted: g, left: left - g, retry_at_ms: 0 }
     }
 
     fn lease_bucket(&self, l: &RateLimit, burst: u64, key: u64, now_ms: u64, workers: u64) -> Grant {
         let rate = l.limit as f64 / l.window_ms as f64; // tokens per millisecond
+        let key = self.room_for(&self.buckets, l.id, key, now_ms, || {
+            // A bucket idle for a whole refill is full again: forgetting it changes nothing.
+            let full_after = (burst as f64 / rate) as u64;
+            self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < full_after)
+        });
         let mut e = self.buckets.entry((l.id, key)).or_insert(BucketEntry { tokens: burst as f64, last_ms: now_ms });
-        let t = (e.tokens + now_ms.saturating_sub(e.last_ms) as f64 * rate).min(burst as f64);
+        // Time only moves forward: an older clock read refills nothing.
+        let now_ms = now_ms.max(e.last_ms);
+        let t = (e.tokens + (now_ms - e.last_ms) as f64 * rate).min(burst as f64);
         e.tokens = t;
         e.last_ms = now_ms;
         let left = t.floor() as u64;
@@ -394,11 +421,6 @@ impl Bank {
         let g = Bank::batch(left, workers);
         e.tokens -= g as f64;
         drop(e);
-        if self.buckets.len() > bank_cap() {
-            // A bucket idle for a whole refill is full again: forgetting it changes nothing.
-            let full_after = (burst as f64 / rate) as u64;
-            self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < full_after);
-        }
         Grant { granted: g, left: left - g, retry_at_ms: 0 }
     }
 }

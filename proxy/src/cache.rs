@@ -74,6 +74,8 @@ pub struct WorkerCache {
     /// Misses being fetched, by key: later misses for the key wait for the first (coalescing).
     pub inflight: FxHashMap<u64, Rc<LocalEvent>>,
     seed: std::hash::RandomState,
+    /// Counts purges: a response fetched across a purge is not stored.
+    generation: u64,
 }
 
 impl WorkerCache {
@@ -84,19 +86,22 @@ impl WorkerCache {
             entries: Cache::with_weighter(items, bytes.max(1), ByBytes),
             inflight: FxHashMap::default(),
             seed: std::hash::RandomState::new(),
+            generation: 0,
         }
     }
 
-    /// The key of a request: host, path, query and the keyed header values, in order.
+    /// The key of a request: route, host as sent, path, query and the keyed header values, in
+    /// order (`None` separates one header's values from the next's).
     pub fn key<'h>(
         &self,
-        host: &str,
+        route: &str,
+        host: &[u8],
         path: &str,
         query: Option<&str>,
         keyed: impl Iterator<Item = Option<&'h [u8]>>,
     ) -> u64 {
         let mut h = self.seed.build_hasher();
-        (host, path, query).hash(&mut h);
+        (route, host, path, query).hash(&mut h);
         for v in keyed {
             v.hash(&mut h);
         }
@@ -112,7 +117,12 @@ impl WorkerCache {
     }
 
     /// Removes the entries of `route` whose path is `path`, or starts with `prefix`.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn purge(&mut self, route: &str, path: Option<&str>, prefix: Option<&str>) -> usize {
+        self.generation += 1;
         let before = self.entries.len();
         self.entries.retain(|_, v| {
             let hit = &*v.route == route
@@ -169,19 +179,18 @@ pub fn freshness(status: u16, headers: &[httparse::Header<'_>], now_ms: u64, def
     let mut max_age = None;
     let mut s_maxage = None;
     let mut sie = 0;
-    let mut auth_ok = false;
+    let mut public = false;
+    let mut revalidate = false;
     for v in get("cache-control") {
         let v = std::str::from_utf8(v).ok()?;
         for d in v.split(',').map(|d| d.trim().to_ascii_lowercase()) {
             let name = d.split('=').next().unwrap_or("").trim();
             match name {
                 "no-store" | "private" | "no-cache" => return None,
-                "public" | "must-revalidate" | "proxy-revalidate" => auth_ok = true,
+                "public" => public = true,
+                "must-revalidate" | "proxy-revalidate" => revalidate = true,
                 "max-age" => max_age = directive_value(&d),
-                "s-maxage" => {
-                    s_maxage = directive_value(&d);
-                    auth_ok = true;
-                }
+                "s-maxage" => s_maxage = directive_value(&d),
                 "stale-if-error" => sie = directive_value(&d).unwrap_or(0),
                 _ => {}
             }
@@ -201,6 +210,11 @@ pub fn freshness(status: u16, headers: &[httparse::Header<'_>], now_ms: u64, def
     if fresh_ms == 0 {
         return None;
     }
+    // Shared with requests that carry credentials only when the response says so: public,
+    // s-maxage, or must-revalidate with an explicit lifetime (never the route's ttl alone).
+    let auth_ok = public || s_maxage.is_some() || (revalidate && max_age.is_some());
+    // A stale copy may not answer for a failed upstream when it must be revalidated.
+    let sie = if revalidate || s_maxage.is_some() { 0 } else { sie };
     Some(Freshness { fresh_ms, stale_if_error_ms: sie.saturating_mul(1000), age_s, auth_ok })
 }
 
@@ -238,7 +252,7 @@ pub fn http_date_ms(v: &[u8]) -> Option<u64> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = it.next()?.parse().ok()?;
+    let year: i64 = it.next()?.parse().ok().filter(|y| (1..=9999).contains(y))?;
     let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
     if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
@@ -290,6 +304,12 @@ mod tests {
         let e = f(200, &[("date", "Thu, 01 Jan 1970 00:00:00 GMT"), ("expires", "Thu, 01 Jan 1970 00:00:30 GMT")]);
         assert_eq!(e.unwrap().fresh_ms, 30_000);
         assert!(!f(200, &[("cache-control", "max-age=5")]).unwrap().auth_ok);
+        assert!(!f(200, &[("cache-control", "must-revalidate")]).unwrap().auth_ok, "ttl alone does not share");
+        assert!(f(200, &[("cache-control", "must-revalidate, max-age=5")]).unwrap().auth_ok);
+        for cc in ["max-age=5, stale-if-error=60, must-revalidate", "s-maxage=5, stale-if-error=60"] {
+            assert_eq!(f(200, &[("cache-control", cc)]).unwrap().stale_if_error_ms, 0, "{cc}");
+        }
+        assert_eq!(http_date_ms(b"Sun, 06 Nov 99999999999 08:49:37 GMT"), None);
     }
 }
 

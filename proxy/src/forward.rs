@@ -86,6 +86,8 @@ struct Plan<'g> {
     cx: Option<Context>,
     /// What the cache does with this request's response, on cached routes.
     cache: Option<CachePlan>,
+    /// The path whose stored responses a successful unsafe request invalidates.
+    invalidate: Option<String>,
 }
 
 /// A cacheable request that goes upstream.
@@ -93,6 +95,11 @@ struct CachePlan {
     key: u64,
     /// Store the response when it allows it.
     store: bool,
+    /// Wait for a fetch of the same key already under way (not when the client asked for a
+    /// fresh answer).
+    coalesce: bool,
+    /// The partition's purge generation at lookup: a purge meanwhile means do not store.
+    generation: u64,
     /// A stored response past its freshness, kept for `stale-if-error`.
     stale: Option<Rc<Stored>>,
     /// The request carries `Authorization`: store only what the response marks as shared.
@@ -174,7 +181,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
         Ok(mut plan) => {
             conn.consume(head_len);
             let mut _leader = None;
-            if let Some((key, auth)) = plan.cache.as_ref().filter(|c| c.store).map(|c| (c.key, c.auth)) {
+            if let Some((key, auth)) = plan.cache.as_ref().filter(|c| c.store && c.coalesce).map(|c| (c.key, c.auth)) {
                 let waiting = worker.cache.borrow().inflight.get(&key).cloned();
                 match waiting {
                     Some(done) => {
@@ -397,12 +404,22 @@ fn prepare<'g>(
         }
     }
 
-    let request_id = early.request_id;
+    let mut request_id = early.request_id;
     // A cacheable request: only keyed headers reach the upstream (see crate::cache).
-    let rule = chains.cache().filter(|r| (method == "GET" && r.get) || (method == "HEAD" && r.head));
+    // A request with a body is never cacheable: the body is not part of the key.
+    let no_body = matches!(body, BodyKind::None | BodyKind::Length(0));
+    let rule = chains.cache().filter(|r| no_body && ((method == "GET" && r.get) || (method == "HEAD" && r.head)));
     let auth = rule.is_some() && find_header("authorization").is_some();
     // With Authorization too (it may be stored when the response says it is shared).
     let keyed_only = rule;
+    if rule.is_some() {
+        // Nothing the client chose reaches the upstream of a cacheable request, its id included.
+        request_id = RequestId::generated(worker.next_request_id());
+        early.request_id = request_id;
+    }
+    // An unsafe method on a cached route invalidates what this worker stored for the path.
+    let invalidate =
+        (chains.cache().is_some() && !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")).then(|| path.to_string());
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
@@ -432,7 +449,15 @@ fn prepare<'g>(
         list.push("x-forwarded-host", h);
     }
     list.push("x-request-id", request_id.as_bytes());
-    let info = RequestInfo { method, host: host_lc, path, query, client_ip: conn.peer.ip(), route_id: &route.id };
+    let info = RequestInfo {
+        method,
+        host: host_lc,
+        path,
+        query,
+        client_ip: conn.peer.ip(),
+        route_id: &route.id,
+        client_headers: ringway_policy::ClientHeaders(&find_header),
+    };
     let mut cx = None;
     if !chains.is_empty() {
         let c = cx.insert(Context::new(worker.policy_state.clone()));
@@ -447,11 +472,17 @@ fn prepare<'g>(
         let status = match rule {
             None => "BYPASS",
             Some(rule) => {
-                let cc = find_header("cache-control").unwrap_or(b"");
-                let no_store = has_token(cc, "no-store");
-                let no_cache =
-                    has_token(cc, "no-cache") || find_header("pragma").is_some_and(|p| has_token(p, "no-cache"));
-                let key = worker.cache.borrow().key(host_lc, path, query, rule.keyed.iter().map(|n| find_header(n)));
+                let all = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+                let no_store = all("cache-control").any(|h| has_token(h.value, "no-store"));
+                let no_cache = all("cache-control").any(|h| has_token(h.value, "no-cache"))
+                    || all("pragma").any(|h| has_token(h.value, "no-cache"));
+                // Every value of every keyed header, in order, as they go upstream; the Host as
+                // sent (port included); the route, so routes told apart by method or header
+                // constraints never share an entry.
+                let keyed = rule.keyed.iter().flat_map(|n| {
+                    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(h.value)).chain([None])
+                });
+                let key = worker.cache.borrow().key(&route.id, host.unwrap_or(b""), path, query, keyed);
                 let now = unix_ms();
                 let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
                 let usable = found.filter(|s| !auth || s.auth_ok);
@@ -465,6 +496,7 @@ fn prepare<'g>(
                         return Err(Box::new(early));
                     }
                     stale => {
+                        let generation = worker.cache.borrow().generation();
                         let status = if no_store || no_cache {
                             "BYPASS"
                         } else if stale.is_some() {
@@ -475,6 +507,8 @@ fn prepare<'g>(
                         cache = Some(CachePlan {
                             key,
                             store: method == "GET" && !no_store,
+                            coalesce: !no_cache,
+                            generation,
                             stale,
                             auth,
                             ttl_ms: r.ttl_ms,
@@ -536,6 +570,7 @@ fn prepare<'g>(
     Ok(Plan {
         route,
         chains,
+        invalidate,
         upstream,
         lb,
         target,
@@ -814,6 +849,9 @@ async fn relay_response(
         Ok(r) => r,
         Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
     };
+    if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
+        worker.cache.borrow_mut().purge(&plan.route.id, Some(p), None);
+    }
     if resp.status >= 500 {
         if let Some(stale) = usable_stale(plan) {
             // stale-if-error: the stored copy answers instead of the failed upstream.
@@ -961,7 +999,10 @@ async fn relay_response(
                 route: Box::from(plan.route.id.as_str()),
                 path: Box::from(c.path.as_str()),
             };
-            worker.cache.borrow_mut().insert(c.key, stored);
+            let mut partition = worker.cache.borrow_mut();
+            if partition.generation() == c.generation {
+                partition.insert(c.key, stored);
+            }
         }
     }
     conn.out = out;

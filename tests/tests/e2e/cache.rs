@@ -270,3 +270,50 @@ fn cache_settings_are_validated_with_their_paths() {
         assert!(paths.contains(&format!("routes.bad.policies.cache.{want}").as_str()), "{want}: {paths:?}");
     }
 }
+
+#[test]
+fn the_key_covers_everything_the_upstream_sees() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    // Every value of a keyed header counts, not just the first.
+    let both = [("accept-encoding", "identity"), ("accept-encoding", "gzip")];
+    assert_eq!(status_of(&c.request("GET", "/dup", &both, b"")), "MISS");
+    assert_eq!(status_of(&c.request("GET", "/dup", &[("accept-encoding", "identity")], b"")), "MISS");
+    assert_eq!(status_of(&c.request("GET", "/dup", &both, b"")), "HIT");
+    // The Host as sent, port included.
+    c.send(b"GET /host HTTP/1.1\r\nHost: site\r\n\r\n");
+    assert_eq!(status_of(&c.read_response(false)), "MISS");
+    c.send(b"GET /host HTTP/1.1\r\nHost: site:81\r\n\r\n");
+    assert_eq!(status_of(&c.read_response(false)), "MISS");
+    // A GET with a body is never cached: the body is not in the key.
+    let r = c.request("GET", "/body", &[], b"abc");
+    assert_eq!(status_of(&r), "BYPASS");
+    assert_eq!(status_of(&c.get("/body")), "MISS");
+    // The client's request id does not reach the upstream of a cacheable request.
+    let before = up.request_count();
+    let r = c.request("GET", "/id", &[("x-request-id", "client-chosen")], b"");
+    assert_eq!(up.request_count(), before + 1);
+    assert_ne!(up.requests().last().unwrap().header("x-request-id"), Some("client-chosen"));
+    assert_ne!(r.header("x-request-id"), Some("client-chosen"));
+}
+
+#[test]
+fn an_unsafe_request_invalidates_and_limits_key_on_the_clients_headers() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(
+        &cached(&up, "{ttl: 60s}\n      rate_limit: {limit: 2, window: 1m, key: \"header:X-Api-Key\"}"),
+        &crate::default_driver(),
+        &["--workers", "1"],
+    );
+    let mut c = Client::connect(gw.addr);
+    let k1 = [("x-api-key", "one")];
+    assert_eq!(status_of(&c.request("GET", "/inv", &k1, b"")), "MISS");
+    assert_eq!(status_of(&c.request("GET", "/inv", &k1, b"")), "HIT");
+    // The limit counts per client header even though that header is not part of the cache key.
+    assert_eq!(c.request("GET", "/inv", &k1, b"").status, 429);
+    let k2 = [("x-api-key", "two")];
+    let post = c.request("POST", "/inv", &k2, b"x");
+    assert_eq!((post.status, status_of(&post)), (200, "BYPASS"));
+    assert_eq!(status_of(&c.request("GET", "/inv", &k2, b"")), "MISS", "a POST invalidates the stored GET");
+}
