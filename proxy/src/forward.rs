@@ -19,12 +19,15 @@ use crate::h1::head::{
     check_raw_head, classify, host_without_port, parse_content_length, split_target, BodyKind, ConnectionOptions,
     HeadError, Known,
 };
-use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_range};
+use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::respond::{encode_cached, encode_reply, push_header, ProxyError};
 use crate::snapshot::{Route, Upstream};
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::{Generation, LocalEvent, SharedLb, Worker};
+
+/// Largest upstream request head written without a timer (well under any socket send buffer).
+const UNTIMED_WRITE: usize = 8 * 1024;
 
 /// Receive buffer for an upstream response: the head and a small body in one read.
 const RESPONSE_BUF: usize = 16 * 1024;
@@ -684,7 +687,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
     let mut ubuf = worker.spares.buf(RESPONSE_BUF);
     let (up, head_len) = loop {
         attempt += 1;
-        let pooled = worker.pool.borrow_mut().take(addr, Instant::now());
+        let pooled = worker.pool.borrow_mut().take(addr, started);
         let (mut up, reused) = match pooled {
             Some(s) => (s, true),
             None => match connect(addr, upstream.connect_timeout).await {
@@ -699,7 +702,13 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             },
         };
         let retry_ok = reused && attempt == 1 && replayable;
-        let (r, o) = write_all(&mut up, out, upstream.idle_timeout).await;
+        // A small request fits the empty send buffer of a connection between exchanges, so its
+        // write cannot wait on the upstream: no timer for it.
+        let (r, o) = if out.len() <= UNTIMED_WRITE {
+            write_all_untimed(&mut up, out).await
+        } else {
+            write_all(&mut up, out, upstream.idle_timeout).await
+        };
         out = o;
         if let Err(e) = r {
             if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
@@ -735,7 +744,9 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             }
         }
     };
-    plan.lb.borrow_mut().finish(plan.target, Some(started.elapsed()));
+    // Only the latency-aware balancer needs the time to the head (a clock read).
+    let latency = if matches!(upstream.lb, LbKind::P2cEwma) { started.elapsed() } else { Duration::ZERO };
+    plan.lb.borrow_mut().finish(plan.target, Some(latency));
     relay_response(worker, conn, plan, up, head_len, ubuf, out).await
 }
 
@@ -941,7 +952,7 @@ async fn relay_response(
             out.extend_from_slice(b"0\r\n\r\n");
         }
         if !out.is_empty() {
-            let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+            let (r, o) = worker.write_client(&mut conn.stream, out).await;
             out = o;
             if r.is_err() {
                 return false;

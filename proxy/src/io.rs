@@ -49,6 +49,15 @@ pub async fn write_range(
     }
 }
 
+/// Writes all of `buf` with no deadline: only for writes that cannot wait on the peer.
+pub async fn write_all_untimed(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    if buf.is_empty() {
+        return (Ok(()), buf);
+    }
+    let (r, buf) = s.write_all(buf).await;
+    (r.map(|_| ()), buf)
+}
+
 /// Writes all of `buf`.
 pub async fn write_all(s: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
     let len = buf.len();

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use ringway_runtime::{Mailbox, WorkerContext};
+use std::os::fd::AsRawFd;
 
 use ringway_policy::{HeaderList, WorkerPolicyState};
 
@@ -179,6 +180,12 @@ pub struct Worker {
     /// This worker's partition of the response cache.
     pub cache: RefCell<WorkerCache>,
     idle: RefCell<IdleSlots>,
+    /// Client writes in progress without a timer of their own, with their deadlines; the
+    /// sweeper ends those past it.
+    watched: RefCell<Vec<(RawFd, Instant)>>,
+    watched_free: RefCell<Vec<usize>>,
+    /// A clock read once a second by the sweeper: deadlines a second coarse cost no clock read.
+    coarse_now: Cell<Instant>,
     request_seq: Cell<u64>,
     id_prefix: u64,
 }
@@ -214,6 +221,9 @@ impl Worker {
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
             cache: RefCell::new(WorkerCache::new(cache_bytes)),
             idle: RefCell::new(IdleSlots::default()),
+            watched: RefCell::new(Vec::new()),
+            watched_free: RefCell::new(Vec::new()),
+            coarse_now: Cell::new(Instant::now()),
             request_seq: Cell::new(0),
             id_prefix,
         }
@@ -260,6 +270,43 @@ impl Worker {
             }
         }
         out
+    }
+
+    /// Writes all of `buf` to a client under `limits.write_timeout`, kept by the sweeper
+    /// rather than a timer of its own (a second coarse, and no clock read or timer per write).
+    pub async fn write_client(&self, stream: &mut TcpStream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        let deadline = self.coarse_now.get() + self.limits.write_timeout;
+        let fd = stream.as_raw_fd();
+        let slot = match self.watched_free.borrow_mut().pop() {
+            Some(i) => {
+                self.watched.borrow_mut()[i] = (fd, deadline);
+                i
+            }
+            None => {
+                let mut w = self.watched.borrow_mut();
+                w.push((fd, deadline));
+                w.len() - 1
+            }
+        };
+        let r = crate::io::write_all_untimed(stream, buf).await;
+        self.watched.borrow_mut()[slot].0 = -1;
+        self.watched_free.borrow_mut().push(slot);
+        r
+    }
+
+    /// Ends the watched writes past their deadline: their sockets are shut down, so the write
+    /// fails and the connection closes.
+    fn expire_writes(&self, now: Instant) {
+        for (fd, deadline) in self.watched.borrow_mut().iter_mut() {
+            if *fd >= 0 && *deadline <= now {
+                // SAFETY: the fd belongs to a connection task of this worker that is inside
+                // `write_client` (slots are cleared before it returns, so before any close).
+                unsafe {
+                    libc::shutdown(*fd, libc::SHUT_RDWR);
+                }
+                *fd = -1;
+            }
+        }
     }
 
     /// Registers an idle connection's socket; returns its slot.
@@ -358,9 +405,16 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
 }
 
 async fn sweeper(worker: Rc<Worker>) {
+    let mut tick = 0u64;
     loop {
-        monoio::time::sleep(Duration::from_secs(2)).await;
-        worker.pool.borrow_mut().sweep(Instant::now());
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        worker.coarse_now.set(now);
+        worker.expire_writes(now);
+        tick += 1;
+        if tick.is_multiple_of(2) {
+            worker.pool.borrow_mut().sweep(now);
+        }
     }
 }
 

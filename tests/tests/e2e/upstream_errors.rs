@@ -60,3 +60,29 @@ routes:
     }
     assert_eq!(waiting.join().unwrap(), 504);
 }
+
+/// A client that pipelines requests and never reads the answers: once the gateway's write to it
+/// stalls for `--write-timeout`, the connection is closed, and everyone else is still served.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    use std::io::Write;
+    let up = Upstream::echo("a");
+    let gw =
+        Gateway::start_with(&crate::single(&[up.addr], "", ""), &crate::default_driver(), &["--write-timeout", "1s"]);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n".repeat(256);
+    let t = Instant::now();
+    let err = loop {
+        if let Err(e) = s.write_all(&req) {
+            break e;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the gateway never closed the connection");
+    };
+    assert!(
+        !matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "the client's writes stalled instead of the gateway closing: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "closed only after {:?}", t.elapsed());
+    assert_eq!(Client::connect(gw.addr).get("/still").status, 200);
+}
