@@ -147,19 +147,46 @@ pub fn encode_cached(
     for (n, v) in &stored.headers {
         headers.push(&**n, &**v);
     }
+    let whole = Whole { status: stored.status, body: &stored.body, age: Some(stored.age(now_ms)) };
+    encode_whole(out, headers, whole, request_id, (close, head_only), Some(chain), extras);
+}
+
+/// A response whose body is in memory.
+struct Whole<'b> {
+    status: u16,
+    body: &'b [u8],
+    /// `Age`, for stored responses.
+    age: Option<u64>,
+}
+
+/// The part of every in-memory answer: request id, response policies, status line and
+/// headers, the policies' headers, framing, and the body unless `head_only`.
+fn encode_whole<'h>(
+    out: &mut Vec<u8>,
+    mut headers: HeaderList<'h>,
+    w: Whole<'_>,
+    request_id: &'h [u8],
+    (close, head_only): (bool, bool),
+    chain: Option<Layered<'h>>,
+    extras: Option<&ResponseExtras>,
+) {
     headers.set("x-request-id", request_id);
-    chain.on_response(&ResponseInfo { status: stored.status }, &mut headers);
-    push_status_line(out, stored.status, reason(stored.status));
+    if let Some(c) = chain {
+        c.on_response(&ResponseInfo { status: w.status }, &mut headers);
+    }
+    push_status_line(out, w.status, reason(w.status));
     for h in headers.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
-    out.extend_from_slice(b"age: ");
-    push_dec(out, stored.age(now_ms));
-    out.extend_from_slice(b"\r\n");
+    if let Some(age) = w.age {
+        out.extend_from_slice(b"age: ");
+        push_dec(out, age);
+        out.extend_from_slice(b"\r\n");
+    }
     push_extras(out, extras);
-    if stored.status != 204 {
+    if w.status != 204 {
         out.extend_from_slice(b"content-length: ");
-        push_dec(out, stored.body.len() as u64);
+        push_dec(out, w.body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     if close {
@@ -167,7 +194,7 @@ pub fn encode_cached(
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {
-        out.extend_from_slice(&stored.body);
+        out.extend_from_slice(w.body);
     }
 }
 
@@ -186,23 +213,6 @@ pub fn encode_reply(
     for (n, v) in &reply.headers {
         headers.push(n.as_str(), v.as_bytes());
     }
-    headers.set("x-request-id", request_id);
-    if let Some(c) = chain {
-        c.on_response(&ResponseInfo { status: reply.status }, &mut headers);
-    }
-    push_status_line(out, reply.status, reason(reply.status));
-    for h in headers.iter() {
-        push_header(out, h.name.as_bytes(), &h.value);
-    }
-    push_extras(out, extras);
-    out.extend_from_slice(b"content-length: ");
-    push_dec(out, reply.body.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(&reply.body);
-    }
+    let whole = Whole { status: reply.status, body: &reply.body, age: None };
+    encode_whole(out, headers, whole, request_id, (close, head_only), chain, extras);
 }
