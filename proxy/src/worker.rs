@@ -477,16 +477,18 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     };
     let _ = acks.send(ack(revision, 0, 0));
     let mut purged = 0;
-    let drain = 'control: loop {
+    let drain = loop {
         let Some(first) = mailbox.recv().await else { break Duration::ZERO };
         // Take everything queued: of the snapshots only the newest is applied (latest wins);
         // every purge is done.
         let mut newest = None;
+        let mut drain_to = None;
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
                 Control::Apply(s) => newest = Some(s),
-                Control::Drain(t) => break 'control t,
+                // Orders queued behind a drain are still answered.
+                Control::Drain(t) => drain_to = Some(t),
                 Control::Purge(p) => {
                     let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
                     purged = p.id;
@@ -503,6 +505,9 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
             let rev = s.revision;
             worker.apply(s);
             let _ = acks.send(ack(rev, purged, 0));
+        }
+        if let Some(t) = drain_to {
+            break t;
         }
     };
     worker.draining.set(true);
