@@ -288,10 +288,17 @@ impl Worker {
                 w.len() - 1
             }
         };
-        let r = crate::io::write_all_untimed(stream, buf).await;
-        self.watched.borrow_mut()[slot].0 = -1;
-        self.watched_free.borrow_mut().push(slot);
-        r
+        // Cleared however the write ends, even if its task is dropped mid-write: a stale slot
+        // could later shut down another socket that got the same descriptor number.
+        struct Leave<'w>(&'w Worker, usize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.watched.borrow_mut()[self.1].0 = -1;
+                self.0.watched_free.borrow_mut().push(self.1);
+            }
+        }
+        let _leave = Leave(self, slot);
+        crate::io::write_all_untimed(stream, buf).await
     }
 
     /// Ends the watched writes past their deadline: their sockets are shut down, so the write
