@@ -100,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
+    let (inv_tx, inv_rx) = unbounded::<ringway_proxy::Invalidate>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
@@ -117,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             workers: count,
             cache_bytes: args.cache_size / count as u64,
             limit_keys: args.rate_limit_keys,
+            invalidations: inv_tx.clone(),
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
@@ -189,6 +191,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let Ok((req, reply)) = job else { continue };
                 let resp = api::handle(&mut state, &ctx, &req);
                 let _ = reply.send(resp);
+            }
+            recv(inv_rx) -> inv => {
+                if let Ok(i) = inv {
+                    state.relay_invalidation(&i.route, &i.path);
+                }
             }
             recv(sig_rx) -> sig => break sig.unwrap_or(SIGTERM),
         }

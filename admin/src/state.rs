@@ -358,6 +358,21 @@ impl AdminState {
         self.wait_orders(id)
     }
 
+    /// Purges `route` at `path` on every worker without waiting (a worker's invalidation after
+    /// an unsafe request; the worker that served it has already dropped its own copy).
+    pub fn relay_invalidation(&mut self, route: &str, path: &str) {
+        self.next_purge += 1;
+        let order = ringway_proxy::Purge {
+            id: self.next_purge,
+            route: route.to_string(),
+            path: Some(path.to_string()),
+            prefix: None,
+        };
+        for w in &self.workers {
+            let _ = w.send(Control::Purge(order.clone()));
+        }
+    }
+
     /// Asks every worker for its current figures (for the status API).
     pub fn report(&mut self) -> Result<usize, ApiError> {
         self.next_purge += 1;

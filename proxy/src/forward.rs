@@ -861,7 +861,11 @@ async fn relay_response(
         Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
     };
     if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
+        // Here at once; on the other workers through the control thread.
         worker.cache.borrow_mut().purge(&plan.route.id, Some(p), None);
+        if let Some(tx) = &worker.invalidations {
+            let _ = tx.send(crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string() });
+        }
     }
     if resp.status >= 500 {
         if let Some(stale) = usable_stale(plan) {

@@ -24,4 +24,4 @@ pub mod worker;
 
 pub use config::ConfigSpec;
 pub use snapshot::Snapshot;
-pub use worker::{run_worker, Ack, Control, Purge, ServerLimits, WorkerSetup};
+pub use worker::{run_worker, Ack, Control, Invalidate, Purge, ServerLimits, WorkerSetup};

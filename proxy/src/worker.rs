@@ -70,6 +70,14 @@ pub enum Control {
     Report(u64),
 }
 
+/// A worker's request to drop what every worker stored for `route` at `path` (after a
+/// successful unsafe request there).
+#[derive(Debug, Clone)]
+pub struct Invalidate {
+    pub route: String,
+    pub path: String,
+}
+
 /// Which cached responses to remove: those of `route` at `path`, or under `prefix`.
 #[derive(Debug, Clone)]
 pub struct Purge {
@@ -179,6 +187,8 @@ pub struct Worker {
     pub policy_state: Rc<RefCell<WorkerPolicyState>>,
     /// This worker's partition of the response cache.
     pub cache: RefCell<WorkerCache>,
+    /// Invalidations for the other workers' partitions.
+    pub invalidations: Option<crossbeam_channel::Sender<Invalidate>>,
     idle: RefCell<IdleSlots>,
     /// Client writes in progress without a timer of their own, with their deadlines; the
     /// sweeper ends those past it.
@@ -220,6 +230,7 @@ impl Worker {
             spares: Spares::default(),
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
             cache: RefCell::new(WorkerCache::new(cache_bytes)),
+            invalidations: None,
             idle: RefCell::new(IdleSlots::default()),
             watched: RefCell::new(Vec::new()),
             watched_free: RefCell::new(Vec::new()),
@@ -457,13 +468,28 @@ pub struct WorkerSetup {
     pub cache_bytes: u64,
     /// Rate-limit keys this worker tracks at most.
     pub limit_keys: usize,
+    /// Where invalidations for the other workers go (the control thread relays them).
+    pub invalidations: crossbeam_channel::Sender<Invalidate>,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
-    let WorkerSetup { listener, mailbox, snapshot, limits, acks, seed, workers, cache_bytes, limit_keys } = setup;
+    let WorkerSetup {
+        listener,
+        mailbox,
+        snapshot,
+        limits,
+        acks,
+        seed,
+        workers,
+        cache_bytes,
+        limit_keys,
+        invalidations,
+    } = setup;
     let revision = snapshot.revision;
-    let worker = Rc::new(Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys));
+    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys);
+    worker.invalidations = Some(invalidations);
+    let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

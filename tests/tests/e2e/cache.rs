@@ -317,3 +317,25 @@ fn an_unsafe_request_invalidates_and_limits_key_on_the_clients_headers() {
     assert_eq!((post.status, status_of(&post)), (200, "BYPASS"));
     assert_eq!(status_of(&c.request("GET", "/inv", &k2, b"")), "MISS", "a POST invalidates the stored GET");
 }
+
+#[test]
+fn a_successful_unsafe_request_invalidates_on_every_worker() {
+    let up = rules_upstream();
+    let gw = Gateway::start(&cached(&up, "{ttl: 60s}"));
+    // Many connections, so both workers store the page.
+    for _ in 0..24 {
+        assert_eq!(Client::connect(gw.addr).get("/page").status, 200);
+    }
+    let all_hits = (0..12).all(|_| status_of(&Client::connect(gw.addr).get("/page")) == "HIT");
+    assert!(all_hits, "both workers should hold the page");
+    assert_eq!(Client::connect(gw.addr).request("PUT", "/page", &[], b"new").status, 200);
+    // The other worker drops its copy through the control thread: give it a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let after: Vec<String> = (0..24).map(|_| status_of(&Client::connect(gw.addr).get("/page")).to_string()).collect();
+    let misses = after.iter().filter(|s| *s == "MISS").count();
+    assert!(after.iter().all(|s| s == "MISS" || s == "HIT"), "{after:?}");
+    // Exactly one MISS per worker (two workers): each dropped its copy, then stored it again.
+    assert_eq!(misses, 2, "{after:?}");
+    let stale = up.requests().iter().filter(|r| r.method == "GET").count();
+    assert_eq!(stale, 2 + misses, "each worker fetched once before and once after");
+}
