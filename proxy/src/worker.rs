@@ -189,22 +189,53 @@ pub struct Worker {
     pub cache: RefCell<WorkerCache>,
     /// Invalidations for the other workers' partitions.
     pub invalidations: Option<crossbeam_channel::Sender<Invalidate>>,
-    idle: RefCell<IdleSlots>,
+    /// Connections idle between requests, so a drain can wake them.
+    idle: RefCell<FdSlots<()>>,
     /// Client writes in progress without a timer of their own, with their deadlines; the
     /// sweeper ends those past it.
-    watched: RefCell<Vec<(RawFd, Instant)>>,
-    watched_free: RefCell<Vec<usize>>,
+    watched: RefCell<FdSlots<Instant>>,
     /// A clock read once a second by the sweeper: deadlines a second coarse cost no clock read.
     coarse_now: Cell<Instant>,
     request_seq: Cell<u64>,
     id_prefix: u64,
 }
 
-/// Sockets of connections idle between requests, so a drain can wake them.
-#[derive(Default)]
-struct IdleSlots {
-    fds: Vec<RawFd>,
+/// Sockets of connection tasks in some state, each with a value, in reusable slots; a slot is
+/// cleared before its task can close the socket, so a listed descriptor is always live.
+struct FdSlots<T> {
+    items: Vec<(RawFd, T)>,
     free: Vec<usize>,
+}
+
+impl<T> Default for FdSlots<T> {
+    fn default() -> Self {
+        FdSlots { items: Vec::new(), free: Vec::new() }
+    }
+}
+
+impl<T> FdSlots<T> {
+    fn enter(&mut self, fd: RawFd, value: T) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i] = (fd, value);
+                i
+            }
+            None => {
+                self.items.push((fd, value));
+                self.items.len() - 1
+            }
+        }
+    }
+
+    fn leave(&mut self, slot: usize) {
+        self.items[slot].0 = -1;
+        self.free.push(slot);
+    }
+
+    /// The live slots.
+    fn live(&mut self) -> impl Iterator<Item = &mut (RawFd, T)> {
+        self.items.iter_mut().filter(|(fd, _)| *fd >= 0)
+    }
 }
 
 impl Worker {
@@ -231,9 +262,8 @@ impl Worker {
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
             cache: RefCell::new(WorkerCache::new(cache_bytes)),
             invalidations: None,
-            idle: RefCell::new(IdleSlots::default()),
-            watched: RefCell::new(Vec::new()),
-            watched_free: RefCell::new(Vec::new()),
+            idle: RefCell::new(FdSlots::default()),
+            watched: RefCell::new(FdSlots::default()),
             coarse_now: Cell::new(Instant::now()),
             request_seq: Cell::new(0),
             id_prefix,
@@ -287,25 +317,13 @@ impl Worker {
     /// rather than a timer of its own (a second coarse, and no clock read or timer per write).
     pub async fn write_client(&self, stream: &mut TcpStream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
         let deadline = self.coarse_now.get() + self.limits.write_timeout;
-        let fd = stream.as_raw_fd();
-        let slot = match self.watched_free.borrow_mut().pop() {
-            Some(i) => {
-                self.watched.borrow_mut()[i] = (fd, deadline);
-                i
-            }
-            None => {
-                let mut w = self.watched.borrow_mut();
-                w.push((fd, deadline));
-                w.len() - 1
-            }
-        };
+        let slot = self.watched.borrow_mut().enter(stream.as_raw_fd(), deadline);
         // Cleared however the write ends, even if its task is dropped mid-write: a stale slot
         // could later shut down another socket that got the same descriptor number.
         struct Leave<'w>(&'w Worker, usize);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                self.0.watched.borrow_mut()[self.1].0 = -1;
-                self.0.watched_free.borrow_mut().push(self.1);
+                self.0.watched.borrow_mut().leave(self.1);
             }
         }
         let _leave = Leave(self, slot);
@@ -315,42 +333,31 @@ impl Worker {
     /// Ends the watched writes past their deadline: their sockets are shut down, so the write
     /// fails and the connection closes.
     fn expire_writes(&self, now: Instant) {
-        for (fd, deadline) in self.watched.borrow_mut().iter_mut() {
-            if *fd >= 0 && *deadline <= now {
+        for (fd, deadline) in self.watched.borrow_mut().live() {
+            if *deadline <= now {
                 // SAFETY: the fd belongs to a connection task of this worker that is inside
                 // `write_client` (slots are cleared before it returns, so before any close).
                 unsafe {
                     libc::shutdown(*fd, libc::SHUT_RDWR);
                 }
-                *fd = -1;
+                // Once is enough; the slot itself is freed when the write returns.
+                *deadline = now + Duration::from_secs(3600);
             }
         }
     }
 
     /// Registers an idle connection's socket; returns its slot.
     pub fn idle_enter(&self, fd: RawFd) -> usize {
-        let mut s = self.idle.borrow_mut();
-        match s.free.pop() {
-            Some(i) => {
-                s.fds[i] = fd;
-                i
-            }
-            None => {
-                s.fds.push(fd);
-                s.fds.len() - 1
-            }
-        }
+        self.idle.borrow_mut().enter(fd, ())
     }
 
     pub fn idle_leave(&self, slot: usize) {
-        let mut s = self.idle.borrow_mut();
-        s.fds[slot] = -1;
-        s.free.push(slot);
+        self.idle.borrow_mut().leave(slot);
     }
 
     /// Ends every idle connection's wait: their pending reads see end-of-stream.
     fn wake_idle(&self) {
-        for &fd in self.idle.borrow().fds.iter().filter(|fd| **fd >= 0) {
+        for &mut (fd, ()) in self.idle.borrow_mut().live() {
             // SAFETY: the fd belongs to a live connection task of this worker (slots are
             // cleared before a connection closes); shutting down its read side is harmless.
             unsafe {
