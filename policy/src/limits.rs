@@ -211,8 +211,7 @@ impl Policy for RateLimit {
     fn on_request<'a>(&'a self, req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
         let key = self.key_hash(req);
         let now = cx.now_ms();
-        let state = cx.state().clone();
-        let decision = state.borrow_mut().limits.rate(self, key, now);
+        let decision = cx.state().borrow_mut().limits.rate(self, key, now);
         cx.extras.push("ratelimit-limit", self.limit);
         cx.extras.push("x-ratelimit-limit", self.limit);
         cx.extras.push("ratelimit-remaining", decision.remaining);

@@ -88,13 +88,13 @@ struct Plan<'g> {
     /// routes with policies.
     cx: Option<Context>,
     /// What the cache does with this request's response, on cached routes.
-    cache: Option<CachePlan>,
+    cache: Option<CachePlan<'g>>,
     /// The path whose stored responses a successful unsafe request invalidates.
     invalidate: Option<String>,
 }
 
 /// A cacheable request that goes upstream.
-struct CachePlan {
+struct CachePlan<'g> {
     key: u64,
     /// Store the response when it allows it.
     store: bool,
@@ -107,8 +107,7 @@ struct CachePlan {
     stale: Option<Rc<Stored>>,
     /// The request carries `Authorization`: store only what the response marks as shared.
     auth: bool,
-    ttl_ms: u64,
-    max_body: u64,
+    rule: &'g ringway_policy::CacheRule,
     /// The request path, kept with the stored response for purges.
     path: String,
 }
@@ -167,7 +166,7 @@ async fn serve_stored(
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
     out.clear();
-    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras);
+    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
     keep && r.is_ok()
@@ -413,8 +412,6 @@ fn prepare<'g>(
     let no_body = matches!(body, BodyKind::None | BodyKind::Length(0));
     let rule = chains.cache().filter(|r| no_body && ((method == "GET" && r.get) || (method == "HEAD" && r.head)));
     let auth = rule.is_some() && find_header("authorization").is_some();
-    // With Authorization too (it may be stored when the response says it is shared).
-    let keyed_only = rule;
     if rule.is_some() {
         // Nothing the client chose reaches the upstream of a cacheable request, its id included.
         request_id = RequestId::generated(worker.next_request_id());
@@ -428,7 +425,8 @@ fn prepare<'g>(
     for h in headers.iter() {
         match classify(h.name) {
             Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
-            Known::Other if !opts.lists(h.name) => match keyed_only {
+            // With Authorization too (it may be stored when the response says it is shared).
+            Known::Other if !opts.lists(h.name) => match rule {
                 Some(r)
                     if !r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name))
                         && !h.name.eq_ignore_ascii_case("authorization") => {}
@@ -471,7 +469,7 @@ fn prepare<'g>(
         }
     }
     let mut cache = None;
-    if let Some(r) = chains.cache() {
+    if chains.cache().is_some() {
         let status = match rule {
             None => "BYPASS",
             Some(rule) => {
@@ -486,7 +484,8 @@ fn prepare<'g>(
                     headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(h.value)).chain([None])
                 });
                 let key = worker.cache.borrow().key(&route.id, host.unwrap_or(b""), path, query, keyed);
-                let now = unix_ms();
+                // The policies' clock when they read it (a rate limit), else one read here.
+                let now = cx.as_mut().map_or_else(unix_ms, Context::now_ms);
                 let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
                 let usable = found.filter(|s| !auth || s.auth_ok);
                 match usable {
@@ -514,8 +513,7 @@ fn prepare<'g>(
                             generation,
                             stale,
                             auth,
-                            ttl_ms: r.ttl_ms,
-                            max_body: r.max_body,
+                            rule,
                             path: path.to_string(),
                         });
                         status
@@ -875,9 +873,11 @@ async fn relay_response(
     }
     // A response the cache may keep: its body is collected while it streams.
     let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.max_body => cacheable(&ubuf[..head_len], c.ttl_ms)
-            .filter(|(f, _)| !c.auth || f.auth_ok)
-            .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n)),
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
+            cacheable(&ubuf[..head_len], c.rule.ttl_ms)
+                .filter(|(f, _)| !c.auth || f.auth_ok)
+                .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n))
+        }
         _ => None,
     };
     let chunked_to_client = resp.chunked_to_client(&client);

@@ -142,13 +142,15 @@ pub fn encode_cached(
     head_only: bool,
     chain: Layered<'_>,
     extras: Option<&ResponseExtras>,
+    spares: &crate::worker::Spares,
 ) {
-    let mut headers = HeaderList::with_capacity(stored.headers.len() + 1);
+    let mut headers = spares.headers();
     for (n, v) in &stored.headers {
         headers.push(&**n, &**v);
     }
     let whole = Whole { status: stored.status, body: &stored.body, age: Some(stored.age(now_ms)) };
-    encode_whole(out, headers, whole, request_id, (close, head_only), Some(chain), extras);
+    encode_whole(out, &mut headers, whole, request_id, (close, head_only), Some(chain), extras);
+    spares.give_headers(headers);
 }
 
 /// A response whose body is in memory.
@@ -163,7 +165,7 @@ struct Whole<'b> {
 /// headers, the policies' headers, framing, and the body unless `head_only`.
 fn encode_whole<'h>(
     out: &mut Vec<u8>,
-    mut headers: HeaderList<'h>,
+    headers: &mut HeaderList<'h>,
     w: Whole<'_>,
     request_id: &'h [u8],
     (close, head_only): (bool, bool),
@@ -172,7 +174,7 @@ fn encode_whole<'h>(
 ) {
     headers.set("x-request-id", request_id);
     if let Some(c) = chain {
-        c.on_response(&ResponseInfo { status: w.status }, &mut headers);
+        c.on_response(&ResponseInfo { status: w.status }, headers);
     }
     push_status_line(out, w.status, reason(w.status));
     for h in headers.iter() {
@@ -214,5 +216,5 @@ pub fn encode_reply(
         headers.push(n.as_str(), v.as_bytes());
     }
     let whole = Whole { status: reply.status, body: &reply.body, age: None };
-    encode_whole(out, headers, whole, request_id, (close, head_only), chain, extras);
+    encode_whole(out, &mut headers, whole, request_id, (close, head_only), chain, extras);
 }
