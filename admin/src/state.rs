@@ -223,6 +223,7 @@ pub struct AdminState {
     published: std::collections::VecDeque<Arc<Snapshot>>,
     /// The last purge order each worker finished, and what it removed.
     purged: Vec<(u64, usize)>,
+    /// The last order id handed out (purges and reports share the sequence).
     next_purge: u64,
 }
 
@@ -344,43 +345,40 @@ impl AdminState {
     /// Removes cached responses of `route` at `path` or under `prefix` on every worker;
     /// answers once every worker has, with how many entries went.
     pub fn purge(&mut self, route: &str, path: Option<&str>, prefix: Option<&str>) -> Result<usize, ApiError> {
-        self.next_purge += 1;
-        let id = self.next_purge;
-        let order = ringway_proxy::Purge {
-            id,
-            route: route.to_string(),
-            path: path.map(String::from),
-            prefix: prefix.map(String::from),
-        };
-        for w in &self.workers {
-            let _ = w.send(Control::Purge(order.clone()));
-        }
+        let id = self.send_purge(route, path, prefix);
         self.wait_orders(id)
     }
 
     /// Purges `route` at `path` on every worker without waiting (a worker's invalidation after
     /// an unsafe request; the worker that served it has already dropped its own copy).
     pub fn relay_invalidation(&mut self, route: &str, path: &str) {
-        self.next_purge += 1;
-        let order = ringway_proxy::Purge {
-            id: self.next_purge,
-            route: route.to_string(),
-            path: Some(path.to_string()),
-            prefix: None,
-        };
-        for w in &self.workers {
-            let _ = w.send(Control::Purge(order.clone()));
-        }
+        self.send_purge(route, Some(path), None);
     }
 
     /// Asks every worker for its current figures (for the status API).
     pub fn report(&mut self) -> Result<usize, ApiError> {
-        self.next_purge += 1;
-        let id = self.next_purge;
-        for w in &self.workers {
-            let _ = w.send(Control::Report(id));
-        }
+        let id = self.send_order(Control::Report);
         self.wait_orders(id)
+    }
+
+    fn send_purge(&mut self, route: &str, path: Option<&str>, prefix: Option<&str>) -> u64 {
+        self.send_order(|id| {
+            Control::Purge(ringway_proxy::Purge {
+                id,
+                route: route.to_string(),
+                path: path.map(String::from),
+                prefix: prefix.map(String::from),
+            })
+        })
+    }
+
+    /// Sends every worker the order `make(id)` under a new order id; returns the id.
+    fn send_order(&mut self, make: impl Fn(u64) -> Control) -> u64 {
+        self.next_purge += 1;
+        for w in &self.workers {
+            let _ = w.send(make(self.next_purge));
+        }
+        self.next_purge
     }
 
     /// Waits until every worker acknowledged order `id`; answers the entries purges removed.
