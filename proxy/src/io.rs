@@ -144,6 +144,7 @@ pub fn format_dec(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn decimal_formatting() {
@@ -153,8 +154,6 @@ mod tests {
             assert_eq!(out, n.to_string().as_bytes());
         }
     }
-
-    use super::*;
 
     #[test]
     fn numbers() {
