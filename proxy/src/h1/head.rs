@@ -265,6 +265,7 @@ pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn classify_names_in_any_case() {
@@ -290,8 +291,6 @@ mod tests {
             assert_eq!(classify(name), want, "{name}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn content_length_grammar() {
