@@ -72,17 +72,40 @@ pub struct Args {
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub body_timeout: Duration,
 
+    /// Least average rate of a request body, in bytes per second, once `--body-grace` has passed
+    /// since it started (408 below it; 0: no minimum).
+    #[arg(long, default_value_t = 1024)]
+    pub body_min_rate: u64,
+
+    /// How long a request body may take before `--body-min-rate` applies.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub body_grace: Duration,
+
     /// Longest time one write to a client may take.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub write_timeout: Duration,
 
-    /// Largest request body in bytes unless a route sets `max_body_bytes` (default: no limit).
-    #[arg(long)]
-    pub max_body_bytes: Option<u64>,
+    /// Largest request body in bytes unless a route sets `max_body_bytes` (413 past it; 0: no
+    /// limit).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: u64,
 
-    /// Proxies in front of ringway whose X-Forwarded-For is kept and appended to.
+    /// Proxies in front of ringway whose X-Forwarded-For entries are trusted: the inbound lines
+    /// are kept (joined) and appended to, and the client address (for `key: ip` limits and
+    /// hashing) is the Nth entry from the right of that list with the peer appended.
     #[arg(long, default_value_t = 0)]
     pub trusted_hops: u32,
+
+    /// Client connections the node keeps open at most (split evenly across the workers); past
+    /// it new connections are closed at once.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_connections: usize,
+
+    /// Client connections one address (IPv6: one /64) may hold open at most (split evenly
+    /// across the workers; 0: no cap). Not applied with `--trusted-hops`, where the peers
+    /// are the trusted proxies.
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_ip: usize,
 
     /// Address of the admin API (loopback unless a token is set).
     #[arg(long, default_value = "127.0.0.1:9180")]

@@ -94,9 +94,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         head_timeout: args.head_timeout,
         keepalive_timeout: args.keepalive_timeout,
         body_timeout: args.body_timeout,
+        body_min_rate: args.body_min_rate,
+        body_grace: args.body_grace,
         write_timeout: args.write_timeout,
-        max_body_bytes: args.max_body_bytes,
+        max_body_bytes: Some(args.max_body_bytes).filter(|n| *n > 0),
         trusted_hops: args.trusted_hops,
+        max_connections: args.max_connections.div_ceil(count).max(1),
+        max_connections_per_address: args.max_connections_per_ip.div_ceil(count),
     };
     ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
     let (ack_tx, ack_rx) = unbounded::<Ack>();

@@ -173,6 +173,8 @@ pub fn run(args: &ChurnArgs) -> Result<()> {
             "127.0.0.1:0",
             "--workers",
             &args.workers.to_string(),
+            "--max-connections-per-ip",
+            "0",
         ]),
         &["listening on ", "admin listening on "],
     )?;

@@ -147,6 +147,9 @@ impl Contender {
                 // A fresh store per start, so no configuration survives from an earlier run.
                 cmd.arg("--data-dir").arg(dir.join(format!("ringway-data-{port}")));
                 cmd.arg("--admin-listen").arg(format!("127.0.0.1:{}", process::free_port()?));
+                // Every load connection comes from loopback: no per-address cap, as for the
+                // other contenders.
+                cmd.arg("--max-connections-per-ip").arg("0");
             }
             Kind::Nginx => {
                 let file = dir.join("nginx.conf");

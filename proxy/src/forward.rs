@@ -96,6 +96,8 @@ struct Plan<'g> {
 /// A cacheable request that goes upstream.
 struct CachePlan<'g> {
     key: u64,
+    /// Header fields that reached the upstream without being part of the key.
+    sent: SentNames,
     /// Store the response when it allows it.
     store: bool,
     /// Wait for a fetch of the same key already under way (not when the client asked for a
@@ -110,6 +112,67 @@ struct CachePlan<'g> {
     rule: &'g ringway_policy::CacheRule,
     /// The request path, kept with the stored response for purges.
     path: String,
+}
+
+/// The names of the header fields a cacheable request sent upstream that are not part of its
+/// cache key (Authorization, the proxy's own per-request fields, fields the policies added):
+/// a response that varies on one of them must not be stored under the key. Fixed size, no
+/// allocation; past its capacity it answers "sent" for every name.
+struct SentNames {
+    hashes: [u32; 12],
+    len: u8,
+    overflow: bool,
+}
+
+impl SentNames {
+    /// Fields whose value is the same for every request sharing a key (the key has the Host as
+    /// sent; the forwarded host follows it, the scheme is fixed).
+    const SAME_FOR_KEY: [&'static str; 3] = ["host", "x-forwarded-host", "x-forwarded-proto"];
+
+    fn of(list: &HeaderList<'_>, keyed: &[String]) -> SentNames {
+        let mut s = SentNames { hashes: [0; 12], len: 0, overflow: false };
+        for h in list.iter() {
+            let name = h.name.as_bytes();
+            if keyed.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+                || Self::SAME_FOR_KEY.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if usize::from(s.len) == s.hashes.len() {
+                s.overflow = true;
+                break;
+            }
+            s.hashes[usize::from(s.len)] = name_hash(name);
+            s.len += 1;
+        }
+        s
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.overflow || self.hashes[..usize::from(self.len)].contains(&name_hash(name))
+    }
+}
+
+/// FNV-1a over the ASCII-lowercased name (collisions only make the cache more careful).
+fn name_hash(name: &[u8]) -> u32 {
+    name.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
+}
+
+/// The client address behind `trusted` proxies: the `trusted`th entry from the right of the
+/// inbound `X-Forwarded-For` list (the one the farthest trusted proxy appended). A shorter
+/// list, or an entry that is not an address (with or without a port), gives the peer.
+fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net::IpAddr {
+    if trusted == 0 {
+        return peer;
+    }
+    let Ok(list) = std::str::from_utf8(xff) else { return peer };
+    let Some(entry) = list.rsplit(',').nth(trusted as usize - 1) else { return peer };
+    let entry = entry.trim();
+    entry
+        .parse::<std::net::IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
+        .unwrap_or(peer)
 }
 
 /// A request answered without the upstream.
@@ -301,7 +364,10 @@ fn prepare<'g>(
     let mut te_count = 0;
     let mut opts = ConnectionOptions::default();
     let mut expect_continue = false;
-    let mut inbound_xff: Option<&[u8]> = None;
+    // Inbound X-Forwarded-For lines, joined in order; kept only when proxies in front are
+    // trusted (otherwise the client's claim is replaced).
+    let trusted_hops = worker.limits.trusted_hops;
+    let mut inbound_xff: Option<Vec<u8>> = None;
     for h in headers.iter() {
         if h.name.as_bytes().contains(&b'_') {
             return fail(early, HeadError::Bad("'_' in a header name"));
@@ -340,8 +406,12 @@ fn prepare<'g>(
                 }
             }
             Known::Forwarded => {
-                if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-                    inbound_xff = Some(h.value);
+                if trusted_hops > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                    let joined = inbound_xff.get_or_insert_with(Vec::new);
+                    if !joined.is_empty() {
+                        joined.extend_from_slice(b", ");
+                    }
+                    joined.extend_from_slice(h.value.trim_ascii());
                 }
             }
             Known::HopByHop | Known::Other => {}
@@ -379,6 +449,10 @@ fn prepare<'g>(
     };
     let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close };
     early.keep_alive = keep_alive;
+    let client_ip = match &inbound_xff {
+        Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
+        None => conn.peer.ip(),
+    };
 
     // Route.
     let mut lower = [0u8; 256];
@@ -424,25 +498,42 @@ fn prepare<'g>(
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
-            Known::Host if !opts.lists(h.name) => list.push(h.name, h.value),
-            // With Authorization too (it may be stored when the response says it is shared).
-            Known::Other if !opts.lists(h.name) => match rule {
-                Some(r)
-                    if !r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name))
-                        && !h.name.eq_ignore_ascii_case("authorization") => {}
-                _ => list.push(h.name, h.value),
-            },
+            // `Connection` never removes Host.
+            Known::Host => list.push(h.name, h.value),
+            Known::Other => {
+                let keyed = rule.is_some_and(|r| r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)));
+                // A keyed header always goes (whatever `Connection` says), so the key is what
+                // the upstream saw; on a cacheable request nothing else the client sent goes
+                // but Authorization (stored only when the response says it is shared).
+                let send =
+                    keyed || (!opts.lists(h.name) && (rule.is_none() || h.name.eq_ignore_ascii_case("authorization")));
+                if send {
+                    list.push(h.name, h.value);
+                }
+            }
             _ => {}
         }
     }
+    // The client asked to hear from the origin before it sends the body: forward the
+    // expectation when the body is not here yet (the origin's interim or final answer is
+    // relayed); a body already received in full needs no permission.
+    let body_here = (conn.rbuf.len() - head_len) as u64;
+    let expect_continue = expect_continue
+        && match body {
+            BodyKind::Length(n) => body_here < n,
+            BodyKind::Chunked => true,
+            BodyKind::None | BodyKind::UntilClose => false,
+        };
+    if expect_continue {
+        list.push("expect", &b"100-continue"[..]);
+    }
     let xff: std::borrow::Cow<'_, [u8]> = match inbound_xff {
-        Some(prev) if worker.limits.trusted_hops > 0 => {
-            let mut v = prev.to_vec();
+        Some(mut v) => {
             v.extend_from_slice(b", ");
             v.extend_from_slice(conn.peer_ip.as_bytes());
             v.into()
         }
-        _ => conn.peer_ip.as_bytes().into(),
+        None => conn.peer_ip.as_bytes().into(),
     };
     list.push("x-forwarded-for", xff);
     list.push("x-forwarded-proto", &b"http"[..]);
@@ -455,7 +546,7 @@ fn prepare<'g>(
         host: host_lc,
         path,
         query,
-        client_ip: conn.peer.ip(),
+        client_ip,
         route_id: &route.id,
         client_headers: ringway_policy::ClientHeaders(&find_header),
     };
@@ -507,6 +598,7 @@ fn prepare<'g>(
                             "MISS"
                         };
                         cache = Some(CachePlan {
+                            sent: SentNames::of(&list, &rule.keyed),
                             key,
                             store: method == "GET" && !no_store,
                             coalesce: !no_cache,
@@ -531,9 +623,9 @@ fn prepare<'g>(
     let key = match &upstream.lb {
         LbKind::ConsistentHash(HashOn::Header(name)) => match find_header(name) {
             Some(v) => hash64(v),
-            None => ip_hash(conn.peer),
+            None => ip_hash(client_ip),
         },
-        LbKind::ConsistentHash(HashOn::Ip) => ip_hash(conn.peer),
+        LbKind::ConsistentHash(HashOn::Ip) => ip_hash(client_ip),
         _ => 0,
     };
     let lb = worker.lb_state(upstream);
@@ -599,8 +691,8 @@ fn describe(e: httparse::Error) -> &'static str {
     }
 }
 
-fn ip_hash(peer: SocketAddr) -> u64 {
-    match peer.ip() {
+fn ip_hash(ip: std::net::IpAddr) -> u64 {
+    match ip {
         std::net::IpAddr::V4(v4) => hash64(&v4.octets()),
         std::net::IpAddr::V6(v6) => hash64(&v6.octets()),
     }
@@ -614,7 +706,30 @@ struct BodyProgress {
     /// Body bytes seen so far (for the size cap).
     seen: u64,
     done: bool,
+    /// When the body started to arrive, and bytes read since (for the minimum rate).
+    started: Instant,
+    received: u64,
 }
+
+impl BodyProgress {
+    /// The deadline of the next read of the body: the idle timeout, or sooner when waiting any
+    /// longer would take the body's average rate, after the grace period, below the minimum.
+    fn deadline(&self, limits: &crate::worker::ServerLimits) -> Instant {
+        let idle = Instant::now() + limits.body_timeout;
+        if limits.body_min_rate == 0 {
+            return idle;
+        }
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / limits.body_min_rate);
+        idle.min(self.started + earned.max(limits.body_grace))
+    }
+}
+
+/// Request bodies up to this size are read in full before the upstream is asked for a
+/// connection, so a slow client holds no upstream connection (and the request can be retried).
+const BUFFERED_BODY: usize = 64 * 1024;
+
+/// How long the origin has to answer `Expect: 100-continue` before the body is sent anyway.
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Moves what `conn.rbuf` holds of the request body into `out` (encoded for the upstream),
 /// consuming it. Fails on malformed framing or a body over its cap.
@@ -673,9 +788,34 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
         },
         seen: 0,
         done: matches!(plan.body, BodyKind::None | BodyKind::Length(0)),
+        // A clock read only for a request with a body to come.
+        started: match plan.body {
+            BodyKind::None | BodyKind::Length(0) => worker.coarse_now(),
+            _ => Instant::now(),
+        },
+        received: 0,
     };
     if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
         return fail_before_response(worker, conn, plan, out, e).await;
+    }
+    // A small body is read before any upstream connection is taken (not when the client waits
+    // for the origin's permission to send it).
+    let head_end = out.len();
+    while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
+        let buf = std::mem::take(&mut conn.rbuf);
+        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, progress.deadline(&worker.limits)).await;
+        conn.rbuf = buf;
+        match r {
+            Ok(0) => return false,
+            Ok(n) => progress.received += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
+            }
+            Err(_) => return false,
+        }
+        if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+            return fail_before_response(worker, conn, plan, out, e).await;
+        }
     }
     // The whole request is in `out`: a failed pooled connection can be retried safely.
     let replayable = progress.done;
@@ -715,6 +855,40 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             plan.lb.borrow_mut().finish(plan.target, None);
             return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
         }
+        ubuf.clear();
+        if !progress.done && plan.expect_continue {
+            // The origin's word on the expectation: a 100 lets the body go, a final answer is
+            // relayed without it, silence lets it go after a short wait.
+            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable(false)).await, Ok(Ok(())));
+            if said {
+                let deadline = Instant::now() + upstream.response_head_timeout;
+                match read_response(&mut up, ubuf, deadline, true).await {
+                    Ok((0, b)) => ubuf = b,
+                    Ok((head_len, b)) => {
+                        // Answered before the body: the origin's connection still expects it
+                        // and the client may still send it, so neither is reused.
+                        plan.lb.borrow_mut().finish(plan.target, None);
+                        relay_response(worker, conn, plan, up, head_len, b, out, false).await;
+                        linger(&mut conn.stream).await;
+                        return false;
+                    }
+                    Err((e, b, _)) => {
+                        worker.spares.give_buf(b);
+                        plan.lb.borrow_mut().finish(plan.target, None);
+                        return fail_before_response(worker, conn, plan, out, e).await;
+                    }
+                }
+            }
+            let mut cont = std::mem::take(&mut conn.out);
+            cont.clear();
+            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
+            conn.out = b;
+            if r.is_err() {
+                plan.lb.borrow_mut().finish(plan.target, None);
+                return false;
+            }
+        }
         if !progress.done {
             if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
             {
@@ -725,9 +899,8 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                 };
             }
         }
-        ubuf.clear();
         let deadline = Instant::now() + upstream.response_head_timeout;
-        match read_response(&mut up, ubuf, deadline).await {
+        match read_response(&mut up, ubuf, deadline, false).await {
             Ok((head_len, b)) => {
                 ubuf = b;
                 break (up, head_len);
@@ -745,7 +918,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
     // Only the latency-aware balancer needs the time to the head (a clock read).
     let latency = if matches!(upstream.lb, LbKind::P2cEwma) { started.elapsed() } else { Duration::ZERO };
     plan.lb.borrow_mut().finish(plan.target, Some(latency));
-    relay_response(worker, conn, plan, up, head_len, ubuf, out).await
+    relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -769,23 +942,15 @@ async fn stream_request_body(
     plan: &Plan<'_>,
     idle: Duration,
 ) -> Result<(), Option<ProxyError>> {
-    if plan.expect_continue {
-        let mut cont = std::mem::take(&mut conn.out);
-        cont.clear();
-        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
-        conn.out = b;
-        r.map_err(|_| None)?;
-    }
     let mut enc = Vec::new();
     while !p.done {
         let buf = std::mem::take(&mut conn.rbuf);
-        let deadline = Instant::now() + worker.limits.body_timeout;
+        let deadline = p.deadline(&worker.limits);
         let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, deadline).await;
         conn.rbuf = buf;
         match r {
             Ok(0) => return Err(None),
-            Ok(_) => {}
+            Ok(n) => p.received += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Some(ProxyError::RequestTimeout)),
             Err(_) => return Err(None),
         }
@@ -842,6 +1007,7 @@ async fn relay_response(
     head_len: usize,
     mut ubuf: Vec<u8>,
     mut out: Vec<u8>,
+    body_sent: bool,
 ) -> bool {
     let upstream = plan.upstream;
     let client = ClientSide {
@@ -849,7 +1015,7 @@ async fn relay_response(
         request_id: plan.request_id.as_bytes(),
         request_was_head: plan.is_head,
         http10: plan.http10,
-        close: !plan.keep_alive || worker.draining.get(),
+        close: !plan.keep_alive || worker.draining.get() || !body_sent,
         spares: &worker.spares,
         extras: plan.cx.as_ref().map(|c| &c.extras),
     };
@@ -873,11 +1039,9 @@ async fn relay_response(
     }
     // A response the cache may keep: its body is collected while it streams.
     let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
-            cacheable(&ubuf[..head_len], c.rule.ttl_ms)
-                .filter(|(f, _)| !c.auth || f.auth_ok)
-                .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n))
-        }
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => cacheable(&ubuf[..head_len], c)
+            .filter(|(f, _)| !c.auth || f.auth_ok)
+            .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n)),
         _ => None,
     };
     let chunked_to_client = resp.chunked_to_client(&client);
@@ -890,6 +1054,8 @@ async fn relay_response(
     };
     let mut done = matches!(resp.body, BodyKind::None | BodyKind::Length(0));
     let mut clean = true; // the upstream connection holds no stray bytes
+                          // Until the first write, a malformed body can still be answered with a 502.
+    let mut head_sent = false;
     let mut start = resp.head_len;
     loop {
         if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && out.is_empty() {
@@ -903,6 +1069,7 @@ async fn relay_response(
             if r.is_err() {
                 return false;
             }
+            head_sent = true;
             start += take;
             remaining -= take as u64;
             done = remaining == 0;
@@ -926,6 +1093,10 @@ async fn relay_response(
                                 done = true;
                                 clean = pos == data.len();
                                 break;
+                            }
+                            Err(_) if !head_sent => {
+                                let e = ProxyError::UpstreamProtocol("malformed chunked response body");
+                                return fail_before_response(worker, conn, plan, out, e).await;
                             }
                             Err(_) => return false,
                         }
@@ -961,6 +1132,7 @@ async fn relay_response(
             if r.is_err() {
                 return false;
             }
+            head_sent = true;
             out.clear();
         }
         if done {
@@ -990,7 +1162,11 @@ async fn relay_response(
             Ok(_) => {}
         }
     }
-    if clean && resp.keep_alive && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked) {
+    if clean
+        && body_sent
+        && resp.keep_alive
+        && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked)
+    {
         worker.pool.borrow_mut().put(
             upstream.targets[plan.target],
             up,
@@ -1025,11 +1201,23 @@ async fn relay_response(
 }
 
 /// Whether a response head allows storing, and for how long; with the header fields to keep.
-fn cacheable(head: &[u8], ttl_ms: u64) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
+/// A response that varies on a header field that reached the upstream but is not in the key
+/// is not stored: the key could not tell its variants apart.
+fn cacheable(head: &[u8], plan: &CachePlan<'_>) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     resp.parse(head).ok()?;
-    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), ttl_ms)?;
+    for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")) {
+        for name in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
+            let keyed = plan.rule.keyed.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name));
+            // Authorization reaches the upstream whenever a client sends it: a response made
+            // without it must not answer requests with it either.
+            if !keyed && (plan.sent.contains(name) || name.eq_ignore_ascii_case(b"authorization")) {
+                return None;
+            }
+        }
+    }
+    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), plan.rule.ttl_ms)?;
     Some((f, crate::cache::stored_headers(resp.headers)))
 }
 

@@ -1,8 +1,17 @@
 //! Per-worker keep-alive pools of upstream connections, keyed by target address so that they
 //! survive configuration changes that keep the target.
+//!
+//! An idle connection is only worth reusing while the origin has said nothing on it: bytes it
+//! sent after the response ended (a body after a HEAD answer or a 204, more than its
+//! Content-Length) would be read as the next request's response, and an end-of-stream means
+//! the origin closed it (its own keep-alive timeout) and the next request would fail. So a
+//! connection is checked when it is taken (one non-blocking peek), and the worker's sweeper
+//! checks every idle connection once a second and closes those the origin spoke on or closed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -21,16 +30,31 @@ pub struct Pool {
     pub opened: u64,
     /// Connections taken from the pool.
     pub reused: u64,
+    /// Idle connections closed because the origin sent bytes or closed them.
+    pub discarded: u64,
+}
+
+/// Whether an idle connection is quiet: no byte and no end-of-stream pending. One
+/// non-blocking peek; anything but "would block" means the connection must not be reused.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a valid socket descriptor owned by `stream`, and a one-byte buffer on the stack.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN))
 }
 
 impl Pool {
-    /// The most recently returned unexpired connection to `addr`, dropping expired ones.
+    /// The most recently returned unexpired quiet connection to `addr`, dropping expired ones
+    /// and those the origin sent bytes on or closed.
     pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
         let list = self.idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
             if c.expires > now {
-                self.reused += 1;
-                return Some(c.stream);
+                if quiet(&c.stream) {
+                    self.reused += 1;
+                    return Some(c.stream);
+                }
+                self.discarded += 1;
             }
         }
         None
@@ -50,12 +74,18 @@ impl Pool {
         list.push(Idle { stream, expires: now + ttl });
     }
 
-    /// Closes expired connections.
+    /// Closes expired connections and those the origin sent bytes on or closed.
     pub fn sweep(&mut self, now: Instant) {
+        let mut discarded = 0;
         self.idle.retain(|_, list| {
-            list.retain(|c| c.expires > now);
+            list.retain(|c| {
+                let keep = c.expires > now && quiet(&c.stream);
+                discarded += u64::from(c.expires > now && !keep);
+                keep
+            });
             !list.is_empty()
         });
+        self.discarded += discarded;
     }
 
     pub fn idle_count(&self) -> usize {

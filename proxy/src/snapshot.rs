@@ -13,6 +13,11 @@ use crate::config::{parse_duration, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
 use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 
+/// How long an idle upstream connection is kept by default: below the keep-alive timeouts of
+/// common origin servers (Node.js and Apache httpd 5 s), so the gateway drops a connection
+/// before the origin does rather than racing its close.
+pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -432,7 +437,7 @@ fn compile_upstream(id: &str, u: &UpstreamSpec, slot: u32, errors: &mut ConfigEr
         errors.push(format!("{path}.pool.max_idle"), "must be at most 100000");
     }
     let pool_idle_timeout =
-        duration_or(p.idle_timeout.as_ref(), Duration::from_secs(30), format!("{path}.pool.idle_timeout"), errors);
+        duration_or(p.idle_timeout.as_ref(), DEFAULT_POOL_IDLE, format!("{path}.pool.idle_timeout"), errors);
     if errors.0.len() != before {
         return None;
     }

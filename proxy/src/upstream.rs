@@ -17,12 +17,15 @@ use crate::worker::Spares;
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Reads a final (non-1xx) response head into `buf`; returns its length. On failure also says
+/// Reads a final (non-1xx) response head into `buf` (after what `buf` already holds); returns
+/// its length. With `stop_at_continue`, a `100 Continue` ends the read instead: it is removed
+/// from `buf` (what followed it stays) and the length returned is 0. On failure also says
 /// whether nothing at all was received (so a stale pooled connection may be retried).
 pub async fn read_response(
     up: &mut TcpStream,
     mut buf: Vec<u8>,
     deadline: Instant,
+    stop_at_continue: bool,
 ) -> Result<(usize, Vec<u8>), (ProxyError, Vec<u8>, bool)> {
     let mut received = false;
     let mut scanned: usize = 0;
@@ -35,8 +38,12 @@ pub async fn read_response(
                 if &buf[9..12] == b"101" {
                     return Err((ProxyError::UpstreamProtocol("unexpected 101 Switching Protocols"), buf, false));
                 }
+                let is_continue = &buf[9..12] == b"100";
                 buf.drain(..head_len);
                 scanned = 0;
+                if is_continue && stop_at_continue {
+                    return Ok((0, buf));
+                }
                 continue;
             }
             return Ok((head_len, buf));
@@ -138,17 +145,29 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
         }
     }
     let no_body = c.request_was_head || status == 204 || status == 304;
+    // Transfer codings other than the chunked framing (`gzip, chunked`) go on to the client.
+    let mut codings: &[u8] = b"";
     let body = if no_body {
         BodyKind::None
     } else {
         match (te, cl) {
             (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
-            (Some(v), None) if v.eq_ignore_ascii_case(b"chunked") => BodyKind::Chunked,
-            (Some(_), None) => BodyKind::UntilClose,
+            (Some(v), None) => {
+                let (others, chunked) = split_codings(v)?;
+                codings = others;
+                if chunked {
+                    BodyKind::Chunked
+                } else {
+                    BodyKind::UntilClose
+                }
+            }
             (None, Some(n)) => BodyKind::Length(n),
             (None, None) => BodyKind::UntilClose,
         }
     };
+    if !codings.is_empty() && c.http10 {
+        return Err(bad("a transfer coding an HTTP/1.0 client cannot receive"));
+    }
     let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close }
         && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
     let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive };
@@ -181,7 +200,12 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
             out.extend_from_slice(b"\r\n");
         }
         BodyKind::Chunked | BodyKind::UntilClose if !c.http10 => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+            out.extend_from_slice(b"transfer-encoding: ");
+            if !codings.is_empty() {
+                out.extend_from_slice(codings);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n")
         }
         _ => {}
     }
@@ -192,4 +216,42 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
     }
     out.extend_from_slice(b"\r\n");
     Ok(plan)
+}
+
+/// Splits a response's Transfer-Encoding into the codings before the chunked framing and
+/// whether it ends with `chunked` (the framing the proxy decodes and makes again). `chunked`
+/// anywhere but last is malformed.
+fn split_codings(v: &[u8]) -> Result<(&[u8], bool), ProxyError> {
+    let v = v.trim_ascii();
+    let (init, last) = match v.iter().rposition(|b| *b == b',') {
+        Some(i) => (v[..i].trim_ascii(), v[i + 1..].trim_ascii()),
+        None => (&b""[..], v),
+    };
+    if init.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")) {
+        return Err(ProxyError::UpstreamProtocol("chunked transfer coding not applied last"));
+    }
+    if init.split(|b| *b == b',').any(|t| t.trim_ascii().is_empty()) && !init.is_empty() || last.is_empty() {
+        return Err(ProxyError::UpstreamProtocol("malformed Transfer-Encoding"));
+    }
+    if last.eq_ignore_ascii_case(b"chunked") {
+        Ok((init, true))
+    } else {
+        Ok((v, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_codings;
+
+    #[test]
+    fn transfer_codings() {
+        assert_eq!(split_codings(b"chunked").unwrap(), (&b""[..], true));
+        assert_eq!(split_codings(b"gzip, chunked").unwrap(), (&b"gzip"[..], true));
+        assert_eq!(split_codings(b"gzip ,  deflate ,Chunked").unwrap(), (&b"gzip ,  deflate"[..], true));
+        assert_eq!(split_codings(b"gzip").unwrap(), (&b"gzip"[..], false));
+        assert!(split_codings(b"chunked, gzip").is_err());
+        assert!(split_codings(b"gzip,,chunked").is_err());
+        assert!(split_codings(b"gzip, ").is_err());
+    }
 }

@@ -34,13 +34,24 @@ pub struct ServerLimits {
     pub keepalive_timeout: Duration,
     /// Longest silence while a client sends a request body.
     pub body_timeout: Duration,
+    /// Least average rate of a request body in bytes per second, enforced once `body_grace`
+    /// has passed since the body started (0: no minimum).
+    pub body_min_rate: u64,
+    pub body_grace: Duration,
     /// Longest time one write to a client may take.
     pub write_timeout: Duration,
     /// Largest request body unless a route sets its own (`None`: no limit).
     pub max_body_bytes: Option<u64>,
-    /// Proxies in front of ringway whose `X-Forwarded-*` are trusted. 0: inbound ones are
-    /// replaced; more: the client address is appended to the inbound `X-Forwarded-For`.
+    /// Proxies in front of ringway whose `X-Forwarded-For` entries are trusted. 0: inbound
+    /// ones are replaced by the peer's address; N: the inbound lines are joined and the peer
+    /// appended, and the client address (for limits and hashing) is the Nth from the right of
+    /// that list.
     pub trusted_hops: u32,
+    /// Client connections this worker keeps open at most; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Client connections from one address (IPv6: one /64) this worker keeps open at most
+    /// (0: no cap). Not applied behind trusted proxies, whose addresses are the peers.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerLimits {
@@ -51,9 +62,13 @@ impl Default for ServerLimits {
             head_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            body_min_rate: 1024,
+            body_grace: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
-            max_body_bytes: None,
+            max_body_bytes: Some(1 << 20),
             trusted_hops: 0,
+            max_connections: 65_536,
+            max_connections_per_address: 128,
         }
     }
 }
@@ -168,6 +183,8 @@ impl Spares {
 pub struct Counters {
     pub requests: Cell<u64>,
     pub connections: Cell<u64>,
+    /// Connections closed at accept by a connection cap.
+    pub refused: Cell<u64>,
 }
 
 /// Everything one worker owns. Shared by its tasks through `Rc`; never crosses threads.
@@ -181,6 +198,8 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
+    /// Open client connections by address (IPv6 by /64); entries go when their count does.
+    per_address: RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
     pub counters: Counters,
     pub spares: Spares,
     /// Policy state of this worker (limit shards); shared by its requests.
@@ -257,6 +276,7 @@ impl Worker {
             pool: RefCell::new(Pool::default()),
             draining: Cell::new(false),
             active: Cell::new(0),
+            per_address: RefCell::new(std::collections::HashMap::new()),
             counters: Counters::default(),
             spares: Spares::default(),
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
@@ -346,6 +366,43 @@ impl Worker {
         }
     }
 
+    /// Counts a new connection from `peer` against the caps; `None` when it must be refused,
+    /// else the address it was counted under (to give back with [`Worker::release_address`]).
+    fn admit(&self, peer: std::net::IpAddr) -> Option<Option<std::net::IpAddr>> {
+        if self.active.get() >= self.limits.max_connections {
+            return None;
+        }
+        let cap = self.limits.max_connections_per_address;
+        if cap == 0 || self.limits.trusted_hops > 0 {
+            return Some(None);
+        }
+        let key = address_key(peer);
+        let mut all = self.per_address.borrow_mut();
+        let n = all.entry(key).or_insert(0);
+        if *n as usize >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Some(key))
+    }
+
+    fn release_address(&self, key: Option<std::net::IpAddr>) {
+        let Some(key) = key else { return };
+        let mut all = self.per_address.borrow_mut();
+        if let Some(n) = all.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&key);
+            }
+        }
+    }
+
+    /// The worker's clock as of its last once-a-second tick (no clock read).
+    #[inline]
+    pub fn coarse_now(&self) -> Instant {
+        self.coarse_now.get()
+    }
+
     /// Registers an idle connection's socket; returns its slot.
     pub fn idle_enter(&self, fd: RawFd) -> usize {
         self.idle.borrow_mut().enter(fd, ())
@@ -364,6 +421,21 @@ impl Worker {
                 libc::shutdown(fd, libc::SHUT_RD);
             }
         }
+    }
+}
+
+/// The address a connection counts under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
+/// /64 (one host usually holds a whole /64).
+pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => {
+                let s = v6.segments();
+                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+            }
+        },
     }
 }
 
@@ -407,6 +479,12 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(counted) = worker.admit(peer.ip()) else {
+                    // Over a connection cap: closed at once, before any byte is read.
+                    worker.counters.refused.set(worker.counters.refused.get() + 1);
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 worker.active.set(worker.active.get() + 1);
                 worker.counters.connections.set(worker.counters.connections.get() + 1);
@@ -417,6 +495,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                     if CatchPanic(crate::conn::serve(&w, stream, peer)).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
+                    w.release_address(counted);
                     w.active.set(w.active.get() - 1);
                 });
             }
@@ -430,16 +509,13 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
 }
 
 async fn sweeper(worker: Rc<Worker>) {
-    let mut tick = 0u64;
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = Instant::now();
         worker.coarse_now.set(now);
         worker.expire_writes(now);
-        tick += 1;
-        if tick.is_multiple_of(2) {
-            worker.pool.borrow_mut().sweep(now);
-        }
+        // Every second: idle upstream connections the origin closed or spoke on go at once.
+        worker.pool.borrow_mut().sweep(now);
     }
 }
 

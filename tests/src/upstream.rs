@@ -48,6 +48,9 @@ pub enum Reply {
     RawThenClose(Vec<u8>),
     /// Wait, then answer.
     Delay(Duration, Box<Reply>),
+    /// Answer, then after a pause write these bytes too (an origin that sends more than the
+    /// response it framed), and keep the connection.
+    ThenRaw(Box<Reply>, Duration, Vec<u8>),
     /// Never answer (until the connection closes).
     Hang,
     /// Close without answering.
@@ -96,6 +99,16 @@ impl Upstream {
     }
 
     pub fn start(name: &str, handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static) -> Upstream {
+        Self::start_with_keepalive(name, Duration::from_secs(30), handler)
+    }
+
+    /// Like [`Upstream::start`], closing a connection that stays idle for `keepalive` between
+    /// requests (as origin servers do with their own keep-alive timeouts).
+    pub fn start_with_keepalive(
+        name: &str,
+        keepalive: Duration,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -112,7 +125,7 @@ impl Upstream {
                     let Ok(stream) = stream else { continue };
                     let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
                     let (seen, handler, stop) = (seen.clone(), handler.clone(), stop.clone());
-                    std::thread::spawn(move || serve_conn(stream, conn, &seen, &*handler, &stop));
+                    std::thread::spawn(move || serve_conn(stream, conn, &seen, &*handler, &stop, keepalive));
                 }
             });
         }
@@ -141,9 +154,16 @@ impl Drop for Upstream {
     }
 }
 
-fn serve_conn(mut s: TcpStream, conn: usize, seen: &Mutex<Vec<SeenRequest>>, handler: &Handler, stop: &AtomicBool) {
+fn serve_conn(
+    mut s: TcpStream,
+    conn: usize,
+    seen: &Mutex<Vec<SeenRequest>>,
+    handler: &Handler,
+    stop: &AtomicBool,
+    keepalive: Duration,
+) {
     let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_read_timeout(Some(keepalive));
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         let Some(req) = read_request(&mut s, &mut buf, conn) else { return };
@@ -205,6 +225,13 @@ fn answer(s: &mut TcpStream, reply: Reply, stop: &AtomicBool) -> bool {
             std::thread::sleep(d);
             answer(s, *r, stop)
         }
+        Reply::ThenRaw(r, d, extra) => {
+            if !answer(s, *r, stop) {
+                return false;
+            }
+            std::thread::sleep(d);
+            s.write_all(&extra).is_ok()
+        }
         Reply::Hang => {
             let mut b = [0u8; 1024];
             let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
@@ -262,6 +289,10 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<See
         }
     };
     buf.drain(..head_len);
+    // As servers do: a client that waits for permission to send its body gets it.
+    if req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) && buf.is_empty() {
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok()?;
+    }
     let take = |req: &mut SeenRequest, data: &[u8]| {
         req.body_sum = checksum(req.body_sum, req.body_len, data);
         req.body_len += data.len() as u64;

@@ -65,7 +65,8 @@ pub enum Known {
     HopByHop,
     Expect,
     RequestId,
-    /// `X-Forwarded-*`: replaced by the proxy's own.
+    /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `X-Client-IP`: client-supplied claims about
+    /// the client; never passed upstream as sent (the proxy sets its own `X-Forwarded-*`).
     Forwarded,
 }
 
@@ -79,8 +80,11 @@ pub fn classify(name: &str) -> Known {
         (4, b'h') if eq("host") => Known::Host,
         (6, b'e') if eq("expect") => Known::Expect,
         (7, b'u') if eq("upgrade") => Known::HopByHop,
+        (9, b'f') if eq("forwarded") => Known::Forwarded,
+        (9, b'x') if eq("x-real-ip") => Known::Forwarded,
         (10, b'c') if eq("connection") => Known::Connection,
         (10, b'k') if eq("keep-alive") => Known::HopByHop,
+        (11, b'x') if eq("x-client-ip") => Known::Forwarded,
         (12, b'x') if eq("x-request-id") => Known::RequestId,
         (14, b'c') if eq("content-length") => Known::ContentLength,
         (15, b'x') if eq("x-forwarded-for") => Known::Forwarded,
@@ -283,6 +287,9 @@ mod tests {
             ("X-Forwarded-Host", Known::Forwarded),
             ("Transfer-Encoding", Known::TransferEncoding),
             ("X-Forwarded-Proto", Known::Forwarded),
+            ("Forwarded", Known::Forwarded),
+            ("x-real-ip", Known::Forwarded),
+            ("X-Client-IP", Known::Forwarded),
             ("Date", Known::Other),
             ("Content-Type", Known::Other),
             ("", Known::Other),

@@ -5,6 +5,7 @@ mod admin;
 mod bodies;
 mod cache;
 mod framing;
+mod hardening;
 mod headers;
 mod lb;
 mod lifecycle;
