@@ -11,6 +11,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     ringway_proxy::config::parse_duration(s)
 }
 
+fn network(s: &str) -> Result<ringway_proxy::Network, String> {
+    ringway_proxy::Network::parse(s)
+}
+
 /// ringway: a thread-per-core API gateway.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringway", version, about)]
@@ -92,20 +96,25 @@ pub struct Args {
 
     /// Proxies in front of ringway whose X-Forwarded-For entries are trusted: the inbound lines
     /// are kept (joined) and appended to, and the client address (for `key: ip` limits and
-    /// hashing) is the Nth entry from the right of that list with the peer appended.
+    /// hashing) is the Nth entry from the right of the inbound list.
     #[arg(long, default_value_t = 0)]
     pub trusted_hops: u32,
 
-    /// Client connections the node keeps open at most (split evenly across the workers); past
-    /// it new connections are closed at once.
+    /// With `--trusted-hops`: the proxies' networks (CIDR, comma-separated or repeated); only
+    /// their X-Forwarded-For counts and only they are exempt from the per-address connection
+    /// cap (default: every peer is a trusted proxy).
+    #[arg(long, value_delimiter = ',', value_parser = network)]
+    pub trusted_proxies: Vec<ringway_proxy::Network>,
+
+    /// Client connections the node keeps open at most; past it new connections are closed as
+    /// soon as they are accepted.
     #[arg(long, default_value_t = 65_536)]
     pub max_connections: usize,
 
-    /// Client connections one address (IPv6: one /64) may hold open at most (split evenly
-    /// across the workers; 0: no cap). Not applied with `--trusted-hops`, where the peers
-    /// are the trusted proxies.
+    /// Client connections one address (IPv6: one /64) may hold open at most across the node
+    /// (0: no cap). Trusted proxies (`--trusted-hops`, `--trusted-proxies`) are exempt.
     #[arg(long, default_value_t = 128)]
-    pub max_connections_per_ip: usize,
+    pub max_connections_per_ip: u32,
 
     /// Address of the admin API (loopback unless a token is set).
     #[arg(long, default_value = "127.0.0.1:9180")]

@@ -99,9 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write_timeout: args.write_timeout,
         max_body_bytes: Some(args.max_body_bytes).filter(|n| *n > 0),
         trusted_hops: args.trusted_hops,
-        max_connections: args.max_connections.div_ceil(count).max(1),
-        max_connections_per_address: args.max_connections_per_ip.div_ceil(count),
+        trusted_proxies: args.trusted_proxies.clone(),
     };
+    if args.body_min_rate > 0 && args.body_grace < Duration::from_secs(1) {
+        bail!("--body-grace must be at least 1s while --body-min-rate is set (0 turns the minimum off)");
+    }
+    let caps = Arc::new(ringway_proxy::ConnectionCaps::new(args.max_connections, args.max_connections_per_ip));
     ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let (inv_tx, inv_rx) = unbounded::<ringway_proxy::Invalidate>();
@@ -123,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cache_bytes: args.cache_size / count as u64,
             limit_keys: args.rate_limit_keys,
             invalidations: inv_tx.clone(),
+            caps: caps.clone(),
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };

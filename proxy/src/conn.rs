@@ -25,6 +25,8 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// The client address as text, made once per connection.
     pub peer_ip: String,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` names the client.
+    pub trusted: bool,
 }
 
 impl Conn {
@@ -52,8 +54,14 @@ enum HeadRead {
 
 /// Serves one client connection to its end.
 pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let mut conn =
-        Conn { stream, peer, rbuf: Vec::with_capacity(INITIAL_BUF), out: Vec::new(), peer_ip: peer.ip().to_string() };
+    let mut conn = Conn {
+        stream,
+        peer,
+        rbuf: Vec::with_capacity(INITIAL_BUF),
+        out: Vec::new(),
+        peer_ip: peer.ip().to_string(),
+        trusted: worker.limits.trusts(peer.ip()),
+    };
     let mut first = true;
     loop {
         let head_len = match read_head(worker, &mut conn, first).await {

@@ -82,6 +82,8 @@ struct Plan<'g> {
     is_head: bool,
     idempotent: bool,
     http10: bool,
+    /// Transfer codings the client accepts besides chunked (`TE`), as bits.
+    te_accepts: u8,
     max_body: Option<u64>,
     request_id: RequestId,
     /// The policies' context (response headers to add, permits held until the end); only for
@@ -364,9 +366,10 @@ fn prepare<'g>(
     let mut te_count = 0;
     let mut opts = ConnectionOptions::default();
     let mut expect_continue = false;
+    let mut te_accepts = 0u8;
     // Inbound X-Forwarded-For lines, joined in order; kept only when proxies in front are
     // trusted (otherwise the client's claim is replaced).
-    let trusted_hops = worker.limits.trusted_hops;
+    let trusted_hops = if conn.trusted { worker.limits.trusted_hops } else { 0 };
     let mut inbound_xff: Option<Vec<u8>> = None;
     for h in headers.iter() {
         if h.name.as_bytes().contains(&b'_') {
@@ -406,7 +409,10 @@ fn prepare<'g>(
                 }
             }
             Known::Forwarded => {
-                if trusted_hops > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                if trusted_hops > 0
+                    && h.name.eq_ignore_ascii_case("x-forwarded-for")
+                    && !h.value.trim_ascii().is_empty()
+                {
                     let joined = inbound_xff.get_or_insert_with(Vec::new);
                     if !joined.is_empty() {
                         joined.extend_from_slice(b", ");
@@ -414,6 +420,8 @@ fn prepare<'g>(
                     joined.extend_from_slice(h.value.trim_ascii());
                 }
             }
+            // `TE`: the transfer codings the client accepts besides chunked.
+            Known::HopByHop if h.name.len() == 2 => te_accepts |= crate::upstream::accepted_codings(h.value),
             Known::HopByHop | Known::Other => {}
         }
     }
@@ -515,10 +523,12 @@ fn prepare<'g>(
         }
     }
     // The client asked to hear from the origin before it sends the body: forward the
-    // expectation when the body is not here yet (the origin's interim or final answer is
-    // relayed); a body already received in full needs no permission.
+    // expectation when the body may not be here yet (the origin's interim or final answer is
+    // relayed); a sized body already received in full needs no permission. HTTP/1.0 clients'
+    // expectations are ignored (they cannot receive an interim answer).
     let body_here = (conn.rbuf.len() - head_len) as u64;
     let expect_continue = expect_continue
+        && !http10
         && match body {
             BodyKind::Length(n) => body_here < n,
             BodyKind::Chunked => true,
@@ -568,11 +578,12 @@ fn prepare<'g>(
                 let no_store = all("cache-control").any(|h| has_token(h.value, "no-store"));
                 let no_cache = all("cache-control").any(|h| has_token(h.value, "no-cache"))
                     || all("pragma").any(|h| has_token(h.value, "no-cache"));
-                // Every value of every keyed header, in order, as they go upstream; the Host as
-                // sent (port included); the route, so routes told apart by method or header
-                // constraints never share an entry.
+                // Every value of every keyed header, in order, as they go upstream (after the
+                // policies); the Host as sent (port included); the route, so routes told apart
+                // by method or header constraints never share an entry.
+                let sent = &list;
                 let keyed = rule.keyed.iter().flat_map(|n| {
-                    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(h.value)).chain([None])
+                    sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
                 });
                 let key = worker.cache.borrow().key(&route.id, host.unwrap_or(b""), path, query, keyed);
                 // The policies' clock when they read it (a rate limit), else one read here.
@@ -673,6 +684,7 @@ fn prepare<'g>(
         is_head: early.is_head,
         idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
         http10,
+        te_accepts,
         max_body,
         request_id,
         cx,
@@ -706,21 +718,39 @@ struct BodyProgress {
     /// Body bytes seen so far (for the size cap).
     seen: u64,
     done: bool,
-    /// When the body started to arrive, and bytes read since (for the minimum rate).
-    started: Instant,
+    /// Body bytes received, and time spent waiting for them (for the minimum rate: only the
+    /// client's own time counts, not the upstream's).
     received: u64,
+    waited: Duration,
 }
 
 impl BodyProgress {
-    /// The deadline of the next read of the body: the idle timeout, or sooner when waiting any
-    /// longer would take the body's average rate, after the grace period, below the minimum.
-    fn deadline(&self, limits: &crate::worker::ServerLimits) -> Instant {
-        let idle = Instant::now() + limits.body_timeout;
+    /// The deadline of the next read of the body, starting `now`: the idle timeout, or sooner
+    /// when waiting any longer would take the body's average rate, once the grace period is
+    /// spent, below the minimum.
+    fn deadline(&self, limits: &crate::worker::ServerLimits, now: Instant) -> Instant {
         if limits.body_min_rate == 0 {
-            return idle;
+            return now + limits.body_timeout;
         }
         let earned = Duration::from_millis(self.received.saturating_mul(1000) / limits.body_min_rate);
-        idle.min(self.started + earned.max(limits.body_grace))
+        let left = earned.max(limits.body_grace).saturating_sub(self.waited);
+        // A few milliseconds at least, so bytes already waiting in the socket are still read.
+        now + left.clamp(Duration::from_millis(10), limits.body_timeout)
+    }
+
+    /// Reads more of the body from the client into `conn.rbuf` under [`Self::deadline`].
+    async fn read(&mut self, conn: &mut Conn, limits: &crate::worker::ServerLimits) -> std::io::Result<usize> {
+        let now = Instant::now();
+        let buf = std::mem::take(&mut conn.rbuf);
+        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, self.deadline(limits, now)).await;
+        conn.rbuf = buf;
+        if limits.body_min_rate > 0 {
+            self.waited += now.elapsed();
+        }
+        if let Ok(n) = r {
+            self.received += n as u64;
+        }
+        r
     }
 }
 
@@ -788,12 +818,9 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
         },
         seen: 0,
         done: matches!(plan.body, BodyKind::None | BodyKind::Length(0)),
-        // A clock read only for a request with a body to come.
-        started: match plan.body {
-            BodyKind::None | BodyKind::Length(0) => worker.coarse_now(),
-            _ => Instant::now(),
-        },
-        received: 0,
+        // What came with the head counts.
+        received: conn.rbuf.len() as u64,
+        waited: Duration::ZERO,
     };
     if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
         return fail_before_response(worker, conn, plan, out, e).await;
@@ -801,13 +828,15 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
     // A small body is read before any upstream connection is taken (not when the client waits
     // for the origin's permission to send it).
     let head_end = out.len();
+    if !progress.done && !plan.expect_continue {
+        if let BodyKind::Length(n) = plan.body {
+            out.reserve_exact((n as usize).min(BUFFERED_BODY));
+        }
+    }
     while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
-        let buf = std::mem::take(&mut conn.rbuf);
-        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, progress.deadline(&worker.limits)).await;
-        conn.rbuf = buf;
-        match r {
+        match progress.read(conn, &worker.limits).await {
             Ok(0) => return false,
-            Ok(n) => progress.received += n as u64,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
             }
@@ -862,7 +891,13 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable(false)).await, Ok(Ok(())));
             if said {
                 let deadline = Instant::now() + upstream.response_head_timeout;
-                match read_response(&mut up, ubuf, deadline, true).await {
+                let mut said = read_response(&mut up, ubuf, deadline, true).await;
+                if let Ok((0, b)) = said {
+                    // More right behind the interim answer: a final answer made before the
+                    // body was sent.
+                    said = if b.is_empty() { Ok((0, b)) } else { read_response(&mut up, b, deadline, false).await };
+                }
+                match said {
                     Ok((0, b)) => ubuf = b,
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
@@ -872,8 +907,14 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                         linger(&mut conn.stream).await;
                         return false;
                     }
-                    Err((e, b, _)) => {
-                        worker.spares.give_buf(b);
+                    Err((e, b, nothing_received)) => {
+                        ubuf = b;
+                        // A pooled connection the origin had closed: nothing of the body was
+                        // taken from the client yet, so a fresh connection may try again.
+                        if reused && attempt == 1 && nothing_received && e != ProxyError::UpstreamTimeout {
+                            continue;
+                        }
+                        worker.spares.give_buf(ubuf);
                         plan.lb.borrow_mut().finish(plan.target, None);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
@@ -944,13 +985,9 @@ async fn stream_request_body(
 ) -> Result<(), Option<ProxyError>> {
     let mut enc = Vec::new();
     while !p.done {
-        let buf = std::mem::take(&mut conn.rbuf);
-        let deadline = p.deadline(&worker.limits);
-        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, deadline).await;
-        conn.rbuf = buf;
-        match r {
+        match p.read(conn, &worker.limits).await {
             Ok(0) => return Err(None),
-            Ok(n) => p.received += n as u64,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Some(ProxyError::RequestTimeout)),
             Err(_) => return Err(None),
         }
@@ -1015,6 +1052,7 @@ async fn relay_response(
         request_id: plan.request_id.as_bytes(),
         request_was_head: plan.is_head,
         http10: plan.http10,
+        te_accepts: plan.te_accepts,
         close: !plan.keep_alive || worker.draining.get() || !body_sent,
         spares: &worker.spares,
         extras: plan.cx.as_ref().map(|c| &c.extras),

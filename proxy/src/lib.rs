@@ -8,6 +8,7 @@
 //! Invariants: nothing here touches the store or blocks a worker; errors become HTTP responses
 //! only in [`respond`]. Hot-path files say so at the top.
 
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod conn;
@@ -22,6 +23,7 @@ pub mod snapshot;
 pub mod upstream;
 pub mod worker;
 
+pub use admission::{ConnectionCaps, Network};
 pub use config::ConfigSpec;
 pub use snapshot::Snapshot;
 pub use worker::{run_worker, Ack, Control, Invalidate, Purge, ServerLimits, WorkerSetup};

@@ -326,7 +326,10 @@ fn compile_route(
         }
     }
     if r.max_body_bytes == Some(0) {
-        errors.push(format!("{path}.max_body_bytes"), "must be at least 1 (omit it for no limit)");
+        errors.push(
+            format!("{path}.max_body_bytes"),
+            "must be at least 1 (omit it for the gateway's --max-body-bytes, 1 MiB by default)",
+        );
     }
     let chain = ringway_policy::compile(&r.policies, &format!("{path}.policies"), errors);
     let upstream = upstream?;

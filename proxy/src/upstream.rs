@@ -18,8 +18,8 @@ use crate::worker::Spares;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Reads a final (non-1xx) response head into `buf` (after what `buf` already holds); returns
-/// its length. With `stop_at_continue`, a `100 Continue` ends the read instead: it is removed
-/// from `buf` (what followed it stays) and the length returned is 0. On failure also says
+/// its length. With `stop_at_continue`, an interim answer (`100 Continue`) ends the read
+/// instead: it is removed from `buf` (what followed it stays) and the length returned is 0. On failure also says
 /// whether nothing at all was received (so a stale pooled connection may be retried).
 pub async fn read_response(
     up: &mut TcpStream,
@@ -38,10 +38,10 @@ pub async fn read_response(
                 if &buf[9..12] == b"101" {
                     return Err((ProxyError::UpstreamProtocol("unexpected 101 Switching Protocols"), buf, false));
                 }
-                let is_continue = &buf[9..12] == b"100";
                 buf.drain(..head_len);
                 scanned = 0;
-                if is_continue && stop_at_continue {
+                if stop_at_continue {
+                    // The origin spoke before the body: a 100 or another interim answer.
                     return Ok((0, buf));
                 }
                 continue;
@@ -84,6 +84,8 @@ pub struct ClientSide<'a> {
     pub request_id: &'a [u8],
     pub request_was_head: bool,
     pub http10: bool,
+    /// Transfer codings the client accepts besides chunked (see [`accepted_codings`]).
+    pub te_accepts: u8,
     /// Close after this response whatever its framing.
     pub close: bool,
     /// Where the header list comes from and goes back to.
@@ -165,8 +167,12 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
             (None, None) => BodyKind::UntilClose,
         }
     };
-    if !codings.is_empty() && c.http10 {
-        return Err(bad("a transfer coding an HTTP/1.0 client cannot receive"));
+    if !codings.is_empty() {
+        // Only to an HTTP/1.1 client that said (in `TE`) it accepts every one of them.
+        let accepted = |t: &[u8]| coding_bit(t.trim_ascii()) & c.te_accepts != 0;
+        if c.http10 || !codings.split(|b| *b == b',').all(accepted) {
+            return Err(bad("a transfer coding the client did not accept"));
+        }
     }
     let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close }
         && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
@@ -218,6 +224,37 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
     Ok(plan)
 }
 
+/// The transfer codings (besides chunked) a client's `TE` value accepts, as bits; a coding
+/// with `q=0` is refused.
+pub fn accepted_codings(v: &[u8]) -> u8 {
+    v.split(|b| *b == b',').fold(0, |acc, item| {
+        let mut parts = item.split(|b| *b == b';');
+        let bit = coding_bit(parts.next().unwrap_or(b"").trim_ascii());
+        let refused = parts.any(|p| {
+            let p = p.trim_ascii();
+            p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") && p[2..].iter().all(|b| matches!(b, b'0' | b'.'))
+        });
+        if refused {
+            acc
+        } else {
+            acc | bit
+        }
+    })
+}
+
+/// The bit of a transfer coding name (0: one the proxy does not know).
+fn coding_bit(name: &[u8]) -> u8 {
+    if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip") {
+        1
+    } else if name.eq_ignore_ascii_case(b"deflate") {
+        2
+    } else if name.eq_ignore_ascii_case(b"compress") || name.eq_ignore_ascii_case(b"x-compress") {
+        4
+    } else {
+        0
+    }
+}
+
 /// Splits a response's Transfer-Encoding into the codings before the chunked framing and
 /// whether it ends with `chunked` (the framing the proxy decodes and makes again). `chunked`
 /// anywhere but last is malformed.
@@ -242,7 +279,15 @@ fn split_codings(v: &[u8]) -> Result<(&[u8], bool), ProxyError> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_codings;
+    use super::{accepted_codings, split_codings};
+
+    #[test]
+    fn te_values() {
+        assert_eq!(accepted_codings(b"gzip"), 1);
+        assert_eq!(accepted_codings(b"trailers, deflate;q=0.5, GZIP"), 3);
+        assert_eq!(accepted_codings(b"gzip;q=0, compress"), 4);
+        assert_eq!(accepted_codings(b"trailers"), 0);
+    }
 
     #[test]
     fn transfer_codings() {

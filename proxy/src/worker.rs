@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 
 use ringway_policy::{HeaderList, WorkerPolicyState};
 
+use crate::admission::ConnectionCaps;
 use crate::cache::WorkerCache;
 use crate::lb::LbState;
 use crate::pool::Pool;
@@ -47,11 +48,18 @@ pub struct ServerLimits {
     /// appended, and the client address (for limits and hashing) is the Nth from the right of
     /// that list.
     pub trusted_hops: u32,
-    /// Client connections this worker keeps open at most; past it new ones are closed at once.
-    pub max_connections: usize,
-    /// Client connections from one address (IPv6: one /64) this worker keeps open at most
-    /// (0: no cap). Not applied behind trusted proxies, whose addresses are the peers.
-    pub max_connections_per_address: usize,
+    /// The peers whose `X-Forwarded-For` counts when `trusted_hops` is set (empty: every
+    /// peer). Other peers are clients: their claims are replaced and the per-address
+    /// connection cap applies to them.
+    pub trusted_proxies: Vec<crate::admission::Network>,
+}
+
+impl ServerLimits {
+    /// Whether `peer` is a proxy whose `X-Forwarded-For` entries are trusted.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_hops > 0
+            && (self.trusted_proxies.is_empty() || self.trusted_proxies.iter().any(|n| n.contains(peer)))
+    }
 }
 
 impl Default for ServerLimits {
@@ -67,8 +75,7 @@ impl Default for ServerLimits {
             write_timeout: Duration::from_secs(60),
             max_body_bytes: Some(1 << 20),
             trusted_hops: 0,
-            max_connections: 65_536,
-            max_connections_per_address: 128,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -183,8 +190,6 @@ impl Spares {
 pub struct Counters {
     pub requests: Cell<u64>,
     pub connections: Cell<u64>,
-    /// Connections closed at accept by a connection cap.
-    pub refused: Cell<u64>,
 }
 
 /// Everything one worker owns. Shared by its tasks through `Rc`; never crosses threads.
@@ -198,8 +203,8 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
-    /// Open client connections by address (IPv6 by /64); entries go when their count does.
-    per_address: RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// The node's connection caps, shared by every worker (touched at accept and close).
+    pub caps: Arc<ConnectionCaps>,
     pub counters: Counters,
     pub spares: Spares,
     /// Policy state of this worker (limit shards); shared by its requests.
@@ -258,6 +263,7 @@ impl<T> FdSlots<T> {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: WorkerContext,
         limits: ServerLimits,
@@ -266,6 +272,7 @@ impl Worker {
         workers: usize,
         cache_bytes: u64,
         limit_keys: usize,
+        caps: Arc<ConnectionCaps>,
     ) -> Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
         Worker {
@@ -276,7 +283,7 @@ impl Worker {
             pool: RefCell::new(Pool::default()),
             draining: Cell::new(false),
             active: Cell::new(0),
-            per_address: RefCell::new(std::collections::HashMap::new()),
+            caps,
             counters: Counters::default(),
             spares: Spares::default(),
             policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
@@ -366,37 +373,6 @@ impl Worker {
         }
     }
 
-    /// Counts a new connection from `peer` against the caps; `None` when it must be refused,
-    /// else the address it was counted under (to give back with [`Worker::release_address`]).
-    fn admit(&self, peer: std::net::IpAddr) -> Option<Option<std::net::IpAddr>> {
-        if self.active.get() >= self.limits.max_connections {
-            return None;
-        }
-        let cap = self.limits.max_connections_per_address;
-        if cap == 0 || self.limits.trusted_hops > 0 {
-            return Some(None);
-        }
-        let key = address_key(peer);
-        let mut all = self.per_address.borrow_mut();
-        let n = all.entry(key).or_insert(0);
-        if *n as usize >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(Some(key))
-    }
-
-    fn release_address(&self, key: Option<std::net::IpAddr>) {
-        let Some(key) = key else { return };
-        let mut all = self.per_address.borrow_mut();
-        if let Some(n) = all.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                all.remove(&key);
-            }
-        }
-    }
-
     /// The worker's clock as of its last once-a-second tick (no clock read).
     #[inline]
     pub fn coarse_now(&self) -> Instant {
@@ -421,21 +397,6 @@ impl Worker {
                 libc::shutdown(fd, libc::SHUT_RD);
             }
         }
-    }
-}
-
-/// The address a connection counts under: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 by its
-/// /64 (one host usually holds a whole /64).
-pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V4(_) => ip,
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.into(),
-            None => {
-                let s = v6.segments();
-                std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
-            }
-        },
     }
 }
 
@@ -479,9 +440,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(counted) = worker.admit(peer.ip()) else {
+                let per_address = !worker.limits.trusts(peer.ip());
+                let Some(admitted) = worker.caps.admit(peer.ip(), per_address) else {
                     // Over a connection cap: closed at once, before any byte is read.
-                    worker.counters.refused.set(worker.counters.refused.get() + 1);
                     drop(stream);
                     continue;
                 };
@@ -495,7 +456,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                     if CatchPanic(crate::conn::serve(&w, stream, peer)).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
-                    w.release_address(counted);
+                    w.caps.release(admitted);
                     w.active.set(w.active.get() - 1);
                 });
             }
@@ -553,6 +514,8 @@ pub struct WorkerSetup {
     pub limit_keys: usize,
     /// Where invalidations for the other workers go (the control thread relays them).
     pub invalidations: crossbeam_channel::Sender<Invalidate>,
+    /// The node's connection caps.
+    pub caps: Arc<ConnectionCaps>,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
@@ -568,9 +531,10 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         cache_bytes,
         limit_keys,
         invalidations,
+        caps,
     } = setup;
     let revision = snapshot.revision;
-    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys);
+    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
     worker.invalidations = Some(invalidations);
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {

@@ -65,8 +65,9 @@ pub enum Known {
     HopByHop,
     Expect,
     RequestId,
-    /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `X-Client-IP`: client-supplied claims about
-    /// the client; never passed upstream as sent (the proxy sets its own `X-Forwarded-*`).
+    /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `X-Client-IP` and the client-address
+    /// headers of CDNs and balancers: claims about the client; never passed upstream as sent
+    /// (the proxy sets its own `X-Forwarded-For`, `-Proto` and `-Host`).
     Forwarded,
 }
 
@@ -87,11 +88,17 @@ pub fn classify(name: &str) -> Known {
         (11, b'x') if eq("x-client-ip") => Known::Forwarded,
         (12, b'x') if eq("x-request-id") => Known::RequestId,
         (14, b'c') if eq("content-length") => Known::ContentLength,
+        (14, b't') if eq("true-client-ip") => Known::Forwarded,
         (15, b'x') if eq("x-forwarded-for") => Known::Forwarded,
         (16, b'p') if eq("proxy-connection") => Known::HopByHop,
+        (16, b'c') if eq("cf-connecting-ip") => Known::Forwarded,
+        (16, b'f') if eq("fastly-client-ip") => Known::Forwarded,
         (16, b'x') if eq("x-forwarded-host") => Known::Forwarded,
         (17, b't') if eq("transfer-encoding") => Known::TransferEncoding,
         (17, b'x') if eq("x-forwarded-proto") => Known::Forwarded,
+        (19, b'x') if eq("x-cluster-client-ip") => Known::Forwarded,
+        // Every other `X-Forwarded-*` (port, prefix, server...).
+        (13.., b'x') if name.as_bytes()[..12].eq_ignore_ascii_case(b"x-forwarded-") => Known::Forwarded,
         _ => Known::Other,
     }
 }
@@ -290,6 +297,13 @@ mod tests {
             ("Forwarded", Known::Forwarded),
             ("x-real-ip", Known::Forwarded),
             ("X-Client-IP", Known::Forwarded),
+            ("X-Forwarded-Port", Known::Forwarded),
+            ("x-forwarded-prefix", Known::Forwarded),
+            ("True-Client-IP", Known::Forwarded),
+            ("CF-Connecting-IP", Known::Forwarded),
+            ("Fastly-Client-IP", Known::Forwarded),
+            ("X-Cluster-Client-IP", Known::Forwarded),
+            ("X-Forwarded", Known::Other),
             ("Date", Known::Other),
             ("Content-Type", Known::Other),
             ("", Known::Other),
