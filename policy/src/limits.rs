@@ -14,6 +14,15 @@
 //! batch per worker, and batches are small when little is left, so under load every window
 //! admits all but a handful of its `limit`.
 //!
+//! Keys: both the bank and every worker's shard track a bounded number of keys. Past the cap,
+//! the least recently used go first (a key refused until later counts as used until then; a
+//! bucket counts as used until it is full again, since forgetting it is treating it as full;
+//! entries of finished windows and full buckets go before anything else), so a client spraying
+//! keys displaces only keys idle longer than its own, and every new key still gets its own
+//! counter (a local limit for keys past the cap would instead multiply their limit by the
+//! number of workers, and still need a bounded table). `key: ip` counts an IPv6 client by its /64 (one host's usual allocation); IPv4
+//! addresses count on their own.
+//!
 //! Concurrency: the bank holds the free slots; a worker takes a few, keeps up to one batch of
 //! unused ones and gives the rest back when requests end. In flight node-wide never exceeds
 //! `max_in_flight`; slots parked on idle workers (one batch each) may turn a request away
@@ -21,7 +30,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -65,26 +75,46 @@ pub struct ConcurrencyLimitSpec {
 
 /// Largest lease a worker takes at once.
 const MAX_BATCH: u64 = 64;
-/// Keys tracked per worker unless configured otherwise; past the cap the stalest half goes.
+/// Keys tracked per worker unless configured otherwise; past the cap the least recently used
+/// half goes.
 pub const DEFAULT_KEYS_PER_WORKER: usize = 65_536;
 
-/// Keys tracked in the shared bank; past it, entries of finished windows are swept first.
-static BANK_KEYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 20);
-
-/// Sets the bank's key cap (at start, from the per-worker cap and the worker count).
+/// Sets the bank's key cap (at start, from the per-worker cap and the worker count); past it
+/// the least recently used quarter goes.
 pub fn set_bank_key_cap(keys: usize) {
-    BANK_KEYS.store(keys.max(1024), Ordering::Relaxed);
+    bank().cap.store(keys.max(1024), Ordering::Relaxed);
 }
 
-fn bank_cap() -> usize {
-    BANK_KEYS.load(Ordering::Relaxed)
+/// The address a `key: ip` limit counts a client under: an IPv4 address (also written as
+/// IPv4-mapped IPv6) on its own, an IPv6 address by its /64 prefix, since one host or customer
+/// is usually handed a whole /64 and could otherwise count as 2^64 clients.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        v4 => v4,
+    }
 }
 
-/// When the bank last swept finished windows and full buckets (ms).
-static LAST_SWEEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Sampled ages to pick an eviction cut from: enough for a cut within a few percent of the
+/// wanted share, small enough for the stack.
+const AGE_SAMPLES: usize = 256;
 
-/// The key every new key of a limit shares once the bank is full.
-const OVERFLOW_KEY: u64 = u64::MAX;
+/// The age below which about `num/den` of `ages` fall (rounded down), from a sample of at most
+/// `AGE_SAMPLES` of them. `None` when there is nothing to sample.
+fn eviction_cut(ages: impl Iterator<Item = u64>, num: usize, den: usize) -> Option<u64> {
+    let mut sample = [0u64; AGE_SAMPLES];
+    let mut n = 0;
+    for a in ages.take(AGE_SAMPLES) {
+        sample[n] = a;
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    let sample = &mut sample[..n];
+    let (_, cut, _) = sample.select_nth_unstable(n * num / den);
+    Some(*cut)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum KeyKind {
@@ -189,11 +219,11 @@ impl RateLimit {
     fn key_hash(&self, req: &RequestInfo<'_>) -> u64 {
         match &self.key {
             KeyKind::Route => 0,
-            KeyKind::Ip => keyed_hash(req.client_ip),
+            KeyKind::Ip => keyed_hash(ip_key(req.client_ip)),
             // The client's own header: on a cached route the upstream list holds fewer.
             KeyKind::Header(name) => match req.client_headers.get(name) {
                 Some(v) => keyed_hash(v),
-                None => keyed_hash(req.client_ip),
+                None => keyed_hash(ip_key(req.client_ip)),
             },
         }
     }
@@ -302,11 +332,27 @@ struct Bank {
     buckets: DashMap<(u64, u64), BucketEntry>,
     /// Free concurrency slots by limit.
     slots: DashMap<u64, Arc<AtomicI64>>,
+    /// Keys tracked in `windows` and in `buckets`, each.
+    cap: AtomicUsize,
+    /// Set while a worker evicts: the others go on (the cap is soft by what they add meanwhile).
+    evicting: AtomicBool,
+}
+
+impl Bank {
+    fn new(cap: usize) -> Bank {
+        Bank {
+            windows: DashMap::new(),
+            buckets: DashMap::new(),
+            slots: DashMap::new(),
+            cap: AtomicUsize::new(cap),
+            evicting: AtomicBool::new(false),
+        }
+    }
 }
 
 fn bank() -> &'static Bank {
     static B: OnceLock<Bank> = OnceLock::new();
-    B.get_or_init(|| Bank { windows: DashMap::new(), buckets: DashMap::new(), slots: DashMap::new() })
+    B.get_or_init(|| Bank::new(1 << 20))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -315,12 +361,16 @@ struct WindowEntry {
     window_ms: u64,
     cur: u64,
     prev: u64,
+    /// Last lease, or until when the key is refused if later: what eviction goes by.
+    seen_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct BucketEntry {
     tokens: f64,
     last_ms: u64,
+    /// When the bucket is full again if left alone: past it, forgetting it changes nothing.
+    full_at_ms: u64,
 }
 
 /// What the bank answered a worker.
@@ -337,39 +387,47 @@ impl Bank {
         (left / (4 * workers.max(1))).clamp(1, MAX_BATCH).min(left)
     }
 
-    /// The key a new entry goes under: its own while the bank has room, else the limit's one
-    /// shared overflow key (so a client spraying keys shares one counter instead of growing
-    /// the bank).
-    fn room_for<V>(&self, map: &DashMap<(u64, u64), V>, id: u64, key: u64, now_ms: u64, sweep: impl FnOnce()) -> u64 {
-        if map.contains_key(&(id, key)) || map.len() < bank_cap() {
-            return key;
+    /// Makes room in `map` before key `k` goes in: past the cap, drops the entries `done` says
+    /// hold nothing any more and the least recently used quarter by `seen`. One worker evicts
+    /// at a time; each eviction reads the map once and frees about a quarter of it, so its cost
+    /// spread over the new keys it makes room for stays constant.
+    fn make_room<V>(
+        &self,
+        map: &DashMap<(u64, u64), V>,
+        k: (u64, u64),
+        seen: impl Fn(&V) -> u64,
+        done: impl Fn(&V) -> bool,
+    ) {
+        if map.len() < self.cap.load(Ordering::Relaxed) || map.contains_key(&k) {
+            return;
         }
-        // Sweep at most once a second: a sweep reads the whole map.
-        let last = LAST_SWEEP.load(Ordering::Relaxed);
-        if now_ms >= last + 1000
-            && LAST_SWEEP.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            sweep();
-            if map.len() < bank_cap() {
-                return key;
-            }
+        if self.evicting.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
         }
-        OVERFLOW_KEY
+        if let Some(cut) = eviction_cut(map.iter().map(|e| seen(e.value())), 1, 4) {
+            map.retain(|_, v| seen(&*v) > cut && !done(&*v));
+        }
+        self.evicting.store(false, Ordering::Release);
     }
 
     fn lease_window(&self, l: &RateLimit, key: u64, now_ms: u64, workers: u64) -> Grant {
-        let key = self.room_for(&self.windows, l.id, key, now_ms, || {
-            self.windows.retain(|_, e| u128::from(e.window + 2) * u128::from(e.window_ms) > u128::from(now_ms))
-        });
+        self.make_room(
+            &self.windows,
+            (l.id, key),
+            |e| e.seen_ms,
+            |e| u128::from(e.window + 2) * u128::from(e.window_ms) <= u128::from(now_ms),
+        );
         let mut e = self.windows.entry((l.id, key)).or_insert(WindowEntry {
             window: now_ms / l.window_ms,
             window_ms: l.window_ms,
             cur: 0,
             prev: 0,
+            seen_ms: now_ms,
         });
         // A worker whose clock read is older than the entry's window counts in that window:
         // a window never goes back, so its count is never reset twice.
         let now_ms = now_ms.max(e.window * l.window_ms);
+        e.seen_ms = e.seen_ms.max(now_ms);
         let w = now_ms / l.window_ms;
         let start = w * l.window_ms;
         let end = start + l.window_ms;
@@ -392,6 +450,8 @@ impl Bank {
             } else {
                 end
             };
+            // A refused key matters until then: eviction keeps it over keys idle since before.
+            e.seen_ms = e.seen_ms.max(retry);
             return Grant { granted: 0, left: 0, retry_at_ms: retry };
         }
         let g = Bank::batch(left, workers);
@@ -401,12 +461,13 @@ impl Bank {
 
     fn lease_bucket(&self, l: &RateLimit, burst: u64, key: u64, now_ms: u64, workers: u64) -> Grant {
         let rate = l.limit as f64 / l.window_ms as f64; // tokens per millisecond
-        let key = self.room_for(&self.buckets, l.id, key, now_ms, || {
-            // A bucket idle for a whole refill is full again: forgetting it changes nothing.
-            let full_after = (burst as f64 / rate) as u64;
-            self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < full_after)
+                                                        // Forgetting a bucket is treating it as full: those nearest to full go first.
+        self.make_room(&self.buckets, (l.id, key), |b| b.full_at_ms, |b| b.full_at_ms <= now_ms);
+        let mut e = self.buckets.entry((l.id, key)).or_insert(BucketEntry {
+            tokens: burst as f64,
+            last_ms: now_ms,
+            full_at_ms: now_ms,
         });
-        let mut e = self.buckets.entry((l.id, key)).or_insert(BucketEntry { tokens: burst as f64, last_ms: now_ms });
         // Time only moves forward: an older clock read refills nothing.
         let now_ms = now_ms.max(e.last_ms);
         let t = (e.tokens + (now_ms - e.last_ms) as f64 * rate).min(burst as f64);
@@ -419,6 +480,7 @@ impl Bank {
         }
         let g = Bank::batch(left, workers);
         e.tokens -= g as f64;
+        e.full_at_ms = now_ms.saturating_add(((burst as f64 - e.tokens) / rate).ceil() as u64);
         drop(e);
         Grant { granted: g, left: left - g, retry_at_ms: 0 }
     }
@@ -444,6 +506,13 @@ struct Lease {
     denied_until: u64,
     /// Last use, for eviction.
     used_ms: u64,
+}
+
+impl Lease {
+    /// What eviction goes by: the last use, or the end of a refusal if later.
+    fn seen_ms(&self) -> u64 {
+        self.used_ms.max(self.denied_until)
+    }
 }
 
 #[derive(Debug)]
@@ -483,22 +552,18 @@ impl WorkerLimits {
         self.leases.len()
     }
 
-    fn evict(&mut self, now_ms: u64) {
-        // Drop the stalest half: leases not used for the longest.
-        let mut ages: Vec<u64> = self.leases.values().map(|l| l.used_ms).collect();
-        let mid = ages.len() / 2;
-        let (_, cut, _) = ages.select_nth_unstable(mid);
-        let cut = *cut;
-        self.leases.retain(|_, l| l.used_ms > cut || l.denied_until > now_ms);
-        if self.leases.len() >= self.max_keys {
-            self.leases.clear();
+    /// Drops the least recently used half of the leases (a refused key counts as used until
+    /// its refusal ends). Reads the map once per `max_keys / 2` new keys and allocates nothing.
+    fn evict(&mut self) {
+        if let Some(cut) = eviction_cut(self.leases.values().map(Lease::seen_ms), 1, 2) {
+            self.leases.retain(|_, l| l.seen_ms() > cut);
         }
     }
 
     /// Decides one request under `l` for key `key` at `now_ms`.
     pub fn rate(&mut self, l: &RateLimit, key: u64, now_ms: u64) -> RateDecision {
         if self.leases.len() >= self.max_keys && !self.leases.contains_key(&(l.id, key)) {
-            self.evict(now_ms);
+            self.evict();
         }
         let workers = self.workers;
         let lease = self.leases.entry((l.id, key)).or_default();
@@ -673,6 +738,85 @@ mod tests {
         }
         assert!(w.tracked_keys() <= DEFAULT_KEYS_PER_WORKER, "{}", w.tracked_keys());
         assert!(w.tracked_keys() > DEFAULT_KEYS_PER_WORKER / 4);
+    }
+
+    #[test]
+    fn spraying_keys_past_the_bank_cap_leaves_new_keys_their_own_counter() {
+        let bank = Bank::new(1024);
+        let l = limit(3, "1m", None, None, "t.spray");
+        let t0 = 50_000_000u64;
+        let steady = u64::MAX - 1;
+        let granted = |k: u64, now: u64| bank.lease_window(&l, k, now, 1).granted;
+        assert_eq!((0..4).map(|i| granted(steady, t0 + i)).collect::<Vec<_>>(), [1, 1, 1, 0]);
+        for k in 0..10_000u64 {
+            assert_eq!(granted(k, t0 + 10 + k / 8), 1, "key {k} refused on its first request");
+            // A key refused until the window ends stays refused meanwhile.
+            if k % 1000 == 0 {
+                assert_eq!(granted(steady, t0 + 10 + k / 8), 0, "after {k} keys");
+            }
+        }
+        assert!(bank.windows.len() <= 1024, "{} windows tracked", bank.windows.len());
+        let later = t0 + 10 + 10_000 / 8;
+        assert_eq!((0..4).map(|_| granted(u64::MAX - 2, later)).collect::<Vec<_>>(), [1, 1, 1, 0]);
+        assert_eq!(granted(steady, later), 0);
+        // A bucket: same.
+        let b = limit(2, "1m", Some("token_bucket"), Some(2), "t.spray_bucket");
+        let take = |k: u64, now: u64| bank.lease_bucket(&b, 2, k, now, 1).granted;
+        assert_eq!((0..3).map(|_| take(steady, t0)).collect::<Vec<_>>(), [1, 1, 0]);
+        for k in 0..5000u64 {
+            assert_eq!(take(k, t0 + 1 + k / 8), 1, "bucket key {k} refused on its first request");
+        }
+        assert!(bank.buckets.len() <= 1024, "{} buckets tracked", bank.buckets.len());
+        assert_eq!(take(steady, t0 + 1 + 5000 / 8), 0, "an empty bucket outlives the spray");
+    }
+
+    #[test]
+    fn a_refused_key_outlives_a_spray_through_the_worker_cap() {
+        let l = limit(2, "1m", None, None, "t.worker_spray");
+        let mut w = WorkerLimits::new(1, 64);
+        let t0 = 60_000_000u64;
+        let steady = u64::MAX - 3;
+        let admitted = |w: &mut WorkerLimits, k: u64, now: u64| w.rate(&l, k, now).retry_after_s.is_none();
+        assert!(admitted(&mut w, steady, t0) && admitted(&mut w, steady, t0));
+        assert!(!admitted(&mut w, steady, t0));
+        for k in 0..1000u64 {
+            assert!(admitted(&mut w, k, t0 + 1 + k), "key {k}");
+            assert!(w.tracked_keys() <= 64);
+        }
+        let d = w.rate(&l, steady, t0 + 1001);
+        assert!(d.retry_after_s.is_some(), "{d:?}");
+    }
+
+    fn ip_hash(l: &RateLimit, ip: &str) -> u64 {
+        let req = RequestInfo {
+            method: "GET",
+            host: "h",
+            path: "/",
+            query: None,
+            client_ip: ip.parse().unwrap(),
+            route_id: "r",
+            client_headers: crate::chain::ClientHeaders(&|_| None),
+        };
+        l.key_hash(&req)
+    }
+
+    #[test]
+    fn ip_keys_group_ipv6_by_64_and_keep_ipv4_addresses_apart() {
+        let spec =
+            RateLimitSpec { limit: 5, window: "1m".into(), key: Some("ip".into()), algorithm: None, burst: None };
+        let l = RateLimit::compile(&spec, "t.ip", &mut ConfigErrors::default()).unwrap();
+        let h = |ip: &str| ip_hash(&l, ip);
+        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:abcd::7"));
+        assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
+        assert_ne!(h("192.0.2.1"), h("192.0.2.2"));
+        assert_eq!(h("::ffff:192.0.2.1"), h("192.0.2.1"), "IPv4-mapped addresses count as IPv4");
+        assert_ne!(h("::ffff:192.0.2.1"), h("::ffff:192.0.2.2"));
+        assert_eq!(ip_key("2001:db8::5".parse().unwrap()), "2001:db8::".parse::<IpAddr>().unwrap());
+        // Requests without the header of a header key count by address, grouped the same way.
+        let spec = RateLimitSpec { key: Some("header:x-key".into()), ..spec };
+        let l = RateLimit::compile(&spec, "t.ip_header", &mut ConfigErrors::default()).unwrap();
+        assert_eq!(ip_hash(&l, "2001:db8:9::1"), ip_hash(&l, "2001:db8:9::2"));
     }
 
     #[test]

@@ -36,10 +36,17 @@ pub fn hash64(data: &[u8]) -> u64 {
 }
 
 /// Virtual nodes per unit of weight on the ring.
-const POINTS_PER_WEIGHT: u32 = 160;
+const POINTS_PER_WEIGHT: u64 = 160;
+
+/// Most points on a ring (plus at most one per target of tiny weight): past it, every target's
+/// share of points is scaled down in proportion to its weight, so large weights cost no more
+/// memory or build time than small ones.
+pub const MAX_RING_POINTS: u64 = 40_960;
 
 /// A consistent-hash ring (ketama style): each target owns `160 * weight` points placed by
-/// hashing its address, so adding or removing a target moves about 1/N of the keys.
+/// hashing its address, so adding or removing a target moves about 1/N of the keys. When that
+/// comes to more than `MAX_RING_POINTS`, each target gets its weight's share of them instead
+/// (at least one point per target with weight).
 #[derive(Debug, Clone, Default)]
 pub struct HashRing {
     points: Vec<(u64, u32)>,
@@ -47,11 +54,27 @@ pub struct HashRing {
 
 impl HashRing {
     pub fn new(targets: &[(SocketAddr, u32)]) -> Self {
-        let mut points = Vec::new();
+        let total: u64 = targets.iter().map(|t| u64::from(t.1)).sum();
+        let points_for = |weight: u32| -> u64 {
+            let w = u64::from(weight);
+            if total.saturating_mul(POINTS_PER_WEIGHT) <= MAX_RING_POINTS {
+                w * POINTS_PER_WEIGHT
+            } else if w == 0 {
+                0
+            } else {
+                // Rounded to nearest; u128 keeps `w * MAX_RING_POINTS` exact for any weights.
+                let scaled =
+                    (u128::from(w) * u128::from(MAX_RING_POINTS) * 2 + u128::from(total)) / (2 * u128::from(total));
+                (scaled as u64).max(1)
+            }
+        };
+        let mut points = Vec::with_capacity(targets.iter().map(|t| points_for(t.1)).sum::<u64>() as usize);
+        let mut key = Vec::new();
         for (i, (addr, weight)) in targets.iter().enumerate() {
             let name = addr.to_string();
-            for v in 0..weight.saturating_mul(POINTS_PER_WEIGHT) {
-                let mut key = name.clone().into_bytes();
+            for v in 0..points_for(*weight) {
+                key.clear();
+                key.extend_from_slice(name.as_bytes());
                 key.push(b'#');
                 key.extend_from_slice(v.to_string().as_bytes());
                 points.push((hash64(&key), i as u32));
@@ -59,6 +82,15 @@ impl HashRing {
         }
         points.sort_unstable();
         HashRing { points }
+    }
+
+    /// Points on the ring.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
     }
 
     /// The target index owning `key_hash`, if any target has weight.
@@ -71,6 +103,11 @@ impl HashRing {
         Some(self.points[i].1 as usize)
     }
 }
+
+/// Ceiling of a target's latency average (ns), an hour: far above any answer time, so a target
+/// at the ceiling loses every comparison with a working one, and far below where repeated
+/// failure penalties would overflow to infinity (and a later sample would turn it into NaN).
+const MAX_EWMA_NS: f64 = 3.6e12;
 
 /// One worker's balancing state for one upstream.
 #[derive(Debug, Clone)]
@@ -169,8 +206,11 @@ impl LbState {
                     bk += 1;
                 }
                 let b = nth_live(bk)?;
-                let cost = |i: usize| (self.ewma_ns[i] + 1.0) * f64::from(self.active[i] + 1) / f64::from(weights[i]);
-                Some(if cost(a) <= cost(b) { a } else { b })
+                let cost =
+                    |i: usize| (self.ewma_ns[i] + 1.0) * (f64::from(self.active[i]) + 1.0) / f64::from(weights[i]);
+                // Averages are finite and clamped, so costs are too; `total_cmp` would still
+                // rank a NaN above everything, never below.
+                Some(if cost(a).total_cmp(&cost(b)).is_le() { a } else { b })
             }
             LbKind::ConsistentHash(_) => ring.pick(key_hash),
         }
@@ -185,15 +225,25 @@ impl LbState {
     /// was read.
     pub fn finish(&mut self, i: usize, head_latency: Option<Duration>) {
         self.active[i] = self.active[i].saturating_sub(1);
-        if let Some(l) = head_latency {
+        // A failure makes the target look four times slower than the slowest average here
+        // (itself included), so it loses to targets that answer unless they are four times
+        // busier, and repeated failures push it further, up to the ceiling.
+        let slowest = if head_latency.is_none() { self.ewma_ns.iter().fold(1.0_f64, |a, b| a.max(*b)) } else { 0.0 };
+        let e = &mut self.ewma_ns[i];
+        let next = if let Some(l) = head_latency {
             const ALPHA: f64 = 0.3;
-            let sample = l.as_nanos() as f64;
-            let e = &mut self.ewma_ns[i];
-            *e = if *e == 0.0 { sample } else { *e + ALPHA * (sample - *e) };
+            let sample = (l.as_nanos() as f64).min(MAX_EWMA_NS);
+            if *e == 0.0 {
+                sample
+            } else {
+                *e + ALPHA * (sample - *e)
+            }
         } else {
-            // A failure: make the target look slow for a while.
-            self.ewma_ns[i] = self.ewma_ns[i].max(1.0) * 4.0;
-        }
+            slowest * 4.0
+        };
+        // Both operands stay within [0, MAX_EWMA_NS], so `next` is finite; the check keeps a
+        // NaN from ever being stored.
+        *e = if next.is_nan() { MAX_EWMA_NS } else { next.clamp(0.0, MAX_EWMA_NS) };
     }
 
     pub fn active(&self, i: usize) -> u32 {
@@ -244,6 +294,80 @@ mod tests {
         s.finish(1, Some(Duration::from_micros(100)));
         let picks = (0..100).filter(|_| s.pick(&LbKind::P2cEwma, &[1, 1], &HashRing::default(), 0) == Some(1)).count();
         assert_eq!(picks, 100);
+    }
+
+    #[test]
+    fn p2c_never_prefers_a_target_that_keeps_failing() {
+        let mut s = LbState::new(2, 11);
+        s.finish(1, Some(Duration::from_millis(1)));
+        for _ in 0..600 {
+            s.finish(0, None);
+            assert!(s.ewma_ns[0].is_finite() && s.ewma_ns[0] <= MAX_EWMA_NS, "{}", s.ewma_ns[0]);
+        }
+        // A slow answer after the failures, then failures again: still finite, still losing.
+        s.finish(0, Some(Duration::from_secs(5)));
+        assert!(s.ewma_ns[0].is_finite(), "{}", s.ewma_ns[0]);
+        let healthy = |s: &mut LbState| {
+            (0..200).filter(|_| s.pick(&LbKind::P2cEwma, &[1, 1], &HashRing::default(), 0) == Some(1)).count()
+        };
+        assert_eq!(healthy(&mut s), 200);
+        for _ in 0..3 {
+            s.finish(0, None);
+        }
+        assert!(s.ewma_ns[0].is_finite(), "{}", s.ewma_ns[0]);
+        assert_eq!(healthy(&mut s), 200);
+        // Huge samples are clamped too.
+        s.finish(0, Some(Duration::MAX));
+        assert!(s.ewma_ns[0].is_finite() && s.ewma_ns[0] <= MAX_EWMA_NS);
+        assert_eq!(healthy(&mut s), 200);
+    }
+
+    #[test]
+    fn p2c_a_first_failure_loses_to_a_target_that_answers() {
+        let mut s = LbState::new(3, 5);
+        s.finish(1, Some(Duration::from_millis(20)));
+        s.finish(2, Some(Duration::from_millis(1)));
+        s.finish(0, None);
+        let picks: Vec<_> =
+            (0..300).filter_map(|_| s.pick(&LbKind::P2cEwma, &[1, 1, 1], &HashRing::default(), 0)).collect();
+        assert!(!picks.contains(&0), "the failed target was chosen");
+    }
+
+    /// Each target's share of the hash space.
+    fn shares(ring: &HashRing, targets: usize) -> Vec<f64> {
+        let mut owned = vec![0u128; targets];
+        let mut prev = ring.points.last().map_or(0, |p| p.0);
+        for (i, &(h, t)) in ring.points.iter().enumerate() {
+            // The arc ending at this point (the first one wraps around from the last).
+            let arc = if i == 0 { u128::from(h) + (1u128 << 64) - u128::from(prev) } else { u128::from(h - prev) };
+            owned[t as usize] += arc;
+            prev = h;
+        }
+        owned.iter().map(|o| *o as f64 / 2f64.powi(64)).collect()
+    }
+
+    #[test]
+    fn ring_size_is_bounded_and_shares_stay_proportional() {
+        let targets: Vec<(SocketAddr, u32)> = [10_000, 30_000, 0, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (SocketAddr::from(([10, 0, 0, 2], 9000 + i as u16)), *w))
+            .collect();
+        let ring = HashRing::new(&targets);
+        assert!(ring.len() as u64 <= MAX_RING_POINTS + 4, "{} points", ring.len());
+        let s = shares(&ring, 4);
+        assert!((s[0] - 0.25).abs() < 0.02, "{s:?}");
+        assert!((s[1] - 0.75).abs() < 0.02, "{s:?}");
+        assert_eq!(s[2], 0.0, "{s:?}");
+        assert!(s[3] > 0.0 && s[3] < 0.001, "weight 1 of 40001 still owns a little: {s:?}");
+        // Weights as large as a u32 holds: still bounded.
+        let huge = [(targets[0].0, u32::MAX), (targets[1].0, u32::MAX / 2)];
+        let ring = HashRing::new(&huge);
+        assert!(ring.len() as u64 <= MAX_RING_POINTS + 2, "{} points", ring.len());
+        let s = shares(&ring, 2);
+        assert!((s[0] - 2.0 / 3.0).abs() < 0.02, "{s:?}");
+        // Under the cap, rings are as before: 160 points per unit of weight.
+        assert_eq!(HashRing::new(&addrs(4)).len(), 640);
     }
 
     #[test]

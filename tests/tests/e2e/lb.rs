@@ -173,3 +173,30 @@ fn p2c_ewma_avoids_the_slow_target() {
     let fast_n = counts.get("fast").copied().unwrap_or(0);
     assert!(fast_n >= 170, "fast target served {fast_n} of 200 ({counts:?})");
 }
+
+#[test]
+fn consistent_hash_with_large_weights_stays_small_and_proportional() {
+    let ups: Vec<Upstream> = ["a", "b"].iter().map(|n| Upstream::echo(n)).collect();
+    let lb = "    lb: consistent_hash\n    hash_on: \"header:X-User\"";
+    let gw = Gateway::start(&weighted(&[(ups[0].addr, 1), (ups[1].addr, 1)], lb));
+    assert_eq!(Client::connect(gw.addr).get("/").status, 200);
+    let before = gw.rss_kib();
+    let put = |weights: [u32; 2]| {
+        let body = format!(
+            r#"{{"targets": [{{"addr": "{}", "weight": {}}}, {{"addr": "{}", "weight": {}}}], "lb": "consistent_hash", "hash_on": "header:X-User"}}"#,
+            ups[0].addr, weights[0], ups[1].addr, weights[1]
+        );
+        gw.admin("PUT", "/admin/v1/upstreams/u", Some(&body))
+    };
+    let bad = put([5_000, 20_000]);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("upstreams.u.targets[1].weight"), "{}", bad.text());
+    let r = put([5_000, 10_000]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let grown = gw.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "the ring grew the gateway by {grown} KiB");
+    let n = 3000;
+    let counts = tally(&gw, n, 4, |i| vec![("X-User".into(), format!("user-{i}"))]);
+    let share = counts.get("b").copied().unwrap_or(0) as f64 / n as f64;
+    assert!((share - 2.0 / 3.0).abs() < 0.05, "share of the target with twice the weight: {share:.3} ({counts:?})");
+}

@@ -233,3 +233,42 @@ fn global_policies_apply_to_every_route_and_a_route_can_replace_them() {
     assert_eq!(after.status, 200);
     assert_eq!(after.header("x-global"), None);
 }
+
+#[test]
+fn spraying_keys_past_the_cap_leaves_new_clients_their_own_counter() {
+    let up = Upstream::echo("a");
+    let cfg = limited(&up, "rate_limit: {limit: 5, window: 1m, key: \"header:X-Key\"}");
+    // 100 keys per worker; the shared bank keeps at least 1,024.
+    let gw = Gateway::start_with(&cfg, &crate::default_driver(), &["--rate-limit-keys", "100"]);
+    let mut steady = Client::connect(gw.addr);
+    let mut steady_get = || steady.request("GET", "/x", &[("x-key", "steady")], b"").status;
+    let mut steady_statuses: Vec<u16> = (0..3).map(|_| steady_get()).collect();
+    // One client sprays 4,000 keys, far past both caps; a key in use stays limited meanwhile.
+    let mut refused = Vec::new();
+    for conn in 0..4 {
+        let mut c = Client::connect(gw.addr);
+        for i in 0..1000 {
+            let key = format!("spray{conn}-{i}");
+            let status = c.request("GET", "/x", &[("x-key", &key)], b"").status;
+            if status != 200 {
+                refused.push((key, status));
+            }
+            if i % 250 == 0 {
+                steady_statuses.push(steady_get());
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} sprayed keys refused on their first request: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    let mut fresh = Client::connect(gw.addr);
+    let first: Vec<u16> = (0..6).map(|_| fresh.request("GET", "/x", &[("x-key", "newcomer")], b"").status).collect();
+    assert_eq!(first, [200, 200, 200, 200, 200, 429], "a new key has its own counter");
+    steady_statuses.push(steady_get());
+    assert_eq!(steady_statuses.iter().filter(|s| **s == 200).count(), 5, "{steady_statuses:?}");
+    assert_eq!(&steady_statuses[..5], [200; 5], "{steady_statuses:?}");
+    assert!(steady_statuses[5..].iter().all(|s| *s == 429), "{steady_statuses:?}");
+}
