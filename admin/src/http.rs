@@ -602,3 +602,44 @@ fn write_response(s: &mut &TcpStream, r: &Response, close: bool) -> std::io::Res
     out.extend_from_slice(&r.body);
     s.write_all(&out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts() {
+        let listen: SocketAddr = "10.1.2.3:9180".parse().unwrap();
+        let h = AllowedHosts::new(listen, &["Admin.Example:8443".to_string(), "[fd00::1]".to_string()]).unwrap();
+        for ok in ["localhost", "LocalHost:1", "127.0.0.1", "127.9.9.9:80", "[::1]", "[::1]:9180", "10.1.2.3:1"] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for ok in ["admin.example", "ADMIN.example:1", "[fd00::1]:5"] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for bad in ["", "evil.example", "localhost.evil.example", "10.1.2.4", "[::2]", "admin.example.", "a b", "x:y"] {
+            assert!(!h.allows(bad), "{bad}");
+        }
+        assert!(h.allows_origin("http://localhost:3000"));
+        assert!(h.allows_origin("HTTPS://admin.example"));
+        for bad in ["null", "http://evil.example", "localhost", "ftp://localhost", "http://localhost/x", "http://"] {
+            assert!(!h.allows_origin(bad), "{bad}");
+        }
+        let any: SocketAddr = "0.0.0.0:9180".parse().unwrap();
+        assert!(!AllowedHosts::new(any, &[]).unwrap().allows("0.0.0.0"), "an unspecified address names nothing");
+        assert!(AllowedHosts::new(listen, &["bad name".to_string()]).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(syntax_of("application/json"), Some(Syntax::Json));
+        assert_eq!(syntax_of("Application/JSON; charset=utf-8"), Some(Syntax::Json));
+        assert_eq!(syntax_of("application/merge-patch+json"), Some(Syntax::Json));
+        assert_eq!(syntax_of("application/yaml"), Some(Syntax::Yaml));
+        assert_eq!(syntax_of("text/x-yaml"), Some(Syntax::Yaml));
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "json", "text/json+x"]
+        {
+            assert_eq!(syntax_of(bad), None, "{bad}");
+        }
+    }
+}
