@@ -1,30 +1,61 @@
 //! The admin API under `/admin/v1`: resources (`upstreams`, `routes`), the whole document,
 //! revisions and rollback, status. Runs on the admin thread only.
 
+use std::hash::{BuildHasher, Hasher, RandomState};
+
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::ConfigSpec;
 
-use crate::http::{Request, Response};
+use crate::http::{syntax_of, Request, Response};
+use crate::parse::{self, DocError, Syntax};
 use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, GLOBAL, ROUTES, UPSTREAMS};
 
 /// What the API needs besides the state.
 pub struct ApiContext {
-    pub token: Option<String>,
+    pub token: Option<AdminToken>,
     pub version: &'static str,
 }
 
-/// Compares in time independent of where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= x ^ y;
+/// The admin token, kept only as a keyed digest. A presented token is digested with the same
+/// key, random per process, and the two fixed-length digests are compared without an early
+/// exit, so the time a check takes tells nothing about the token, its length included.
+pub struct AdminToken {
+    key: RandomState,
+    digest: [u64; 2],
+}
+
+impl AdminToken {
+    pub fn new(token: &[u8]) -> AdminToken {
+        let key = RandomState::new();
+        let digest = Self::digest_with(&key, token);
+        AdminToken { key, digest }
     }
-    diff == 0
+
+    /// 128 bits: two outputs of the keyed hash (SipHash, keyed from the OS's random source).
+    fn digest_with(key: &RandomState, v: &[u8]) -> [u64; 2] {
+        [0u8, 1].map(|i| {
+            let mut h = key.build_hasher();
+            h.write_u8(i);
+            h.write(v);
+            h.finish()
+        })
+    }
+
+    /// Whether `given` is the token.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let d = Self::digest_with(&self.key, given);
+        let diff = (d[0] ^ self.digest[0]) | (d[1] ^ self.digest[1]);
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 fn authorized(ctx: &ApiContext, req: &Request) -> bool {
@@ -34,7 +65,7 @@ fn authorized(ctx: &ApiContext, req: &Request) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| req.header("x-admin-token"))
         .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
+    token.matches(given.as_bytes())
 }
 
 fn err(e: ApiError) -> Response {
@@ -193,22 +224,26 @@ fn get_config(state: &AdminState, req: &Request) -> Response {
     Response::json(200, &v)
 }
 
-/// Parses a body (JSON or YAML) into `T`, with problems named by their path under `prefix`.
+/// Parses a body into `T` as its content type says (JSON or YAML, both guarded against deep
+/// nesting, YAML also against anchors and aliases), with problems named by their path under
+/// `prefix`.
 fn parse_body<T: DeserializeOwned>(req: &Request, prefix: &str) -> Result<T, ApiError> {
     let text = std::str::from_utf8(&req.body).map_err(|_| ApiError::new(400, "bad_body", "the body is not UTF-8"))?;
     if text.trim().is_empty() {
         return Err(ApiError::new(400, "bad_body", "the body is empty"));
     }
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = match (prefix.is_empty(), inner == ".") {
-            (true, true) => "$".to_string(),
-            (true, false) => inner,
-            (false, true) => prefix.to_string(),
-            (false, false) => format!("{prefix}.{inner}"),
-        };
-        ApiError::invalid(ConfigErrors(vec![ConfigError::new(path, e.into_inner().to_string())]))
+    let syntax = req.header("content-type").and_then(syntax_of).unwrap_or(Syntax::Json);
+    parse::parse(text, syntax).map_err(|e| match e {
+        DocError::Refused(message) => ApiError::new(400, "bad_body", message),
+        DocError::Invalid { path: inner, message } => {
+            let path = match (prefix.is_empty(), inner == ".") {
+                (true, true) => "$".to_string(),
+                (true, false) => inner,
+                (false, true) => prefix.to_string(),
+                (false, false) => format!("{prefix}.{inner}"),
+            };
+            ApiError::invalid(ConfigErrors(vec![ConfigError::new(path, message)]))
+        }
     })
 }
 
@@ -362,12 +397,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
+    fn token_digests_compare() {
+        let t = AdminToken::new(b"secret");
+        assert!(t.matches(b"secret"));
+        assert!(!t.matches(b"secreT"));
+        assert!(!t.matches(b"secret2"));
+        assert!(!t.matches(b"secre"));
+        assert!(!t.matches(b""));
+        assert!(AdminToken::new(b"").matches(b""));
+        assert_eq!(format!("{t:?}"), "AdminToken(..)", "the token never shows in logs");
     }
 
     #[test]

@@ -5,22 +5,32 @@ use std::path::Path;
 use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::{ConfigSpec, Snapshot};
 
-/// Parses a YAML or JSON document. Serde problems (unknown fields, wrong types) come back with
-/// their path.
-pub fn parse_document(text: &str) -> Result<ConfigSpec, ConfigErrors> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { "$".to_string() } else { path };
-        ConfigErrors(vec![ConfigError::new(path, e.into_inner().to_string())])
+use crate::parse::{parse, DocError, Syntax};
+
+/// Parses a YAML or JSON document (YAML, of which JSON is a subset, unless `syntax` says JSON),
+/// with the admin API's guards: nesting depth bounded, YAML anchors and aliases refused. Serde
+/// problems (unknown fields, wrong types) come back with their path.
+pub fn parse_document_as(text: &str, syntax: Syntax) -> Result<ConfigSpec, ConfigErrors> {
+    parse(text, syntax).map_err(|e| {
+        let (path, message) = match e {
+            DocError::Refused(m) => ("$".to_string(), m),
+            DocError::Invalid { path, message } => (if path == "." { "$".to_string() } else { path }, message),
+        };
+        ConfigErrors(vec![ConfigError::new(path, message)])
     })
 }
 
-/// Reads, parses and compiles a configuration file.
+/// [`parse_document_as`] for YAML (or JSON written as YAML).
+pub fn parse_document(text: &str) -> Result<ConfigSpec, ConfigErrors> {
+    parse_document_as(text, Syntax::Yaml)
+}
+
+/// Reads, parses and compiles a configuration file (JSON when its name ends in `.json`).
 pub fn load_file(path: &Path, revision: u64) -> Result<(ConfigSpec, Snapshot), ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![ConfigError::new("$", format!("cannot read {}: {e}", path.display()))]))?;
-    let spec = parse_document(&text)?;
+    let json = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("json"));
+    let spec = parse_document_as(&text, if json { Syntax::Json } else { Syntax::Yaml })?;
     let snapshot = Snapshot::compile(&spec, revision)?;
     Ok((spec, snapshot))
 }
@@ -36,6 +46,15 @@ mod tests {
         assert!(e.0[0].message.contains("colour"), "{}", e.0[0].message);
         let e = parse_document("routes:\n  r:\n    paths: 5\n    upstream: u\n").unwrap_err();
         assert_eq!(e.0[0].path, "routes.r.paths");
+    }
+
+    #[test]
+    fn anchors_and_deep_nesting_are_refused() {
+        let e = parse_document("upstreams:\n  u: &x\n    targets: []\n  v: *x\n").unwrap_err();
+        assert!(e.0[0].message.contains("anchors"), "{}", e.0[0].message);
+        let deep = format!("upstreams: {}{}", "[".repeat(100), "]".repeat(100));
+        let e = parse_document(&deep).unwrap_err();
+        assert!(e.0[0].message.contains("deeper than"), "{}", e.0[0].message);
     }
 
     #[test]

@@ -121,17 +121,43 @@ pub struct Args {
     pub admin_listen: SocketAddr,
 
     /// Token the admin API requires (`Authorization: Bearer TOKEN`); required for a
-    /// non-loopback admin address.
-    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    /// non-loopback admin address. Visible in the process list: prefer `--admin-token-file`.
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
     pub admin_token: Option<String>,
 
+    /// File holding the admin token (its content, surrounding white space removed).
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// A further name (or address) by which clients reach the admin API, accepted in `Host`
+    /// and `Origin` besides localhost, loopback addresses and the listen address; repeatable.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    pub admin_hosts: Vec<String>,
+
     /// Largest admin request body in bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = 1 << 20)]
     pub admin_max_body: usize,
+
+    /// Time an admin request's head and body may take to arrive, from its first byte (408).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub admin_request_timeout: Duration,
+
+    /// Admin connections busy with a request at once (idle keep-alive connections do not count).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub admin_max_conns: u16,
+
+    /// Admin connections busy with a request at once from one client address.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub admin_max_conns_per_addr: u16,
 
     /// Where the configuration store (RocksDB) lives.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Start with a new, empty configuration store when `--data-dir` holds none (without it,
+    /// and without `--config`, an empty or missing store is refused).
+    #[arg(long)]
+    pub init: bool,
 
     /// Replace the stored configuration with `--config`'s (by default a file only seeds an
     /// empty store).

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod http;
 pub mod listen;
+pub mod parse;
 pub mod serve;
 pub mod state;
 

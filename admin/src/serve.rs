@@ -13,10 +13,10 @@ use ringway_store::{Change, ConfigStore, RocksStore};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::api::{self, ApiContext};
+use crate::api::{self, AdminToken, ApiContext};
 use crate::bootstrap::load_file;
 use crate::cli::Args;
-use crate::http::{self, AdminLimits, Job};
+use crate::http::{self, AdminLimits, AllowedHosts, Job};
 use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
 
 fn seed() -> u64 {
@@ -33,11 +33,27 @@ fn report(path: &std::path::Path, errors: ringway_policy::ConfigErrors) -> anyho
     anyhow::anyhow!("{} refused: {} problem(s)", path.display(), errors.0.len())
 }
 
-/// Opens the store and applies `--config` to it as the flags say.
+/// Opens the store and applies `--config` to it as the flags say. A missing or empty store is
+/// refused unless `--config` seeds it or `--init` asks for an empty one, so that a mistyped
+/// `--data-dir` does not start a gateway with no routes.
 fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
+    let seeded = args.config.is_some() || args.init;
+    // RocksDB keeps a CURRENT file in every database directory.
+    if !seeded && !args.data_dir.join("CURRENT").exists() {
+        bail!(
+            "no configuration store in {}: check --data-dir, or pass --config FILE to seed a new store, or --init to start with an empty one",
+            args.data_dir.display()
+        );
+    }
     let mut store = RocksStore::open(&args.data_dir)
         .with_context(|| format!("cannot open the configuration store in {}", args.data_dir.display()))?;
     let stored = store.revision().context("cannot read the store's revision")?;
+    if stored == 0 && !seeded {
+        bail!(
+            "the configuration store in {} is empty: pass --config FILE to seed it, or --init to start with no routes",
+            args.data_dir.display()
+        );
+    }
     if let Some(path) = &args.config {
         let (spec, _) = load_file(path, stored + 1).map_err(|e| report(path, e))?;
         if stored == 0 || args.replace_config {
@@ -58,6 +74,20 @@ fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
     Ok(Box::new(store))
 }
 
+/// The admin token from `--admin-token-file` (trimmed) or `--admin-token`; none when empty.
+fn admin_token(args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.admin_token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the admin token file {} is empty", path.display());
+        }
+        return Ok(Some(token.to_string()));
+    }
+    Ok(args.admin_token.clone().filter(|t| !t.is_empty()))
+}
+
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.check {
@@ -66,8 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("configuration OK: {} upstream(s), {} route(s)", snapshot.upstreams.len(), snapshot.routes.len());
         return Ok(());
     }
-    if !args.admin_listen.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
-        bail!("the admin API on {} is not loopback: set --admin-token or RINGWAY_ADMIN_TOKEN", args.admin_listen);
+    let token = admin_token(&args)?;
+    if !args.admin_listen.ip().is_loopback() && token.is_none() {
+        bail!(
+            "the admin API on {} is not loopback: set --admin-token-file, --admin-token or RINGWAY_ADMIN_TOKEN",
+            args.admin_listen
+        );
     }
     let nofile = ringway_runtime::raise_nofile_limit();
     log::debug!("open-file limit {nofile}");
@@ -169,15 +203,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let (job_tx, job_rx) = unbounded::<Job>();
-    let admin_limits = AdminLimits { max_body: args.admin_max_body, max_connections: 64 };
+    let max_busy = usize::from(args.admin_max_conns);
+    let admin_limits = AdminLimits {
+        max_body: args.admin_max_body,
+        max_busy,
+        max_busy_per_addr: usize::from(args.admin_max_conns_per_addr),
+        max_open: max_busy * 4,
+        request_timeout: args.admin_request_timeout,
+        idle_timeout: Duration::from_secs(30),
+        hosts: AllowedHosts::new(admin_addr, &args.admin_hosts).map_err(anyhow::Error::msg)?,
+    };
     std::thread::Builder::new()
         .name("ringway-admin-accept".into())
         .spawn(move || http::serve(admin_listener, job_tx, admin_limits))
         .context("cannot start the admin API")?;
-    log::info!(
-        "admin listening on {admin_addr} (token {})",
-        if args.admin_token.is_some() { "required" } else { "not set" }
-    );
+    log::info!("admin listening on {admin_addr} (token {})", if token.is_some() { "required" } else { "not set" });
 
     let (sig_tx, sig_rx) = unbounded::<i32>();
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
@@ -191,8 +231,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
-    let ctx =
-        ApiContext { token: args.admin_token.clone().filter(|t| !t.is_empty()), version: env!("CARGO_PKG_VERSION") };
+    let ctx = ApiContext { token: token.map(|t| AdminToken::new(t.as_bytes())), version: env!("CARGO_PKG_VERSION") };
     let sig = loop {
         select! {
             recv(job_rx) -> job => {

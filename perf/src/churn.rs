@@ -81,7 +81,7 @@ fn spawn_until(cmd: &mut Command, markers: &[&str]) -> Result<(Proc, Vec<String>
 fn admin_put(admin: SocketAddr, path: &str, body: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(admin)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "PUT {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(s, "PUT {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -66,7 +66,8 @@ impl Gateway {
         Self::start_in(scratch_dir(), Some(config), driver, extra)
     }
 
-    /// Starts with its data in `dir` (`dir/data`), seeding from `config` when given.
+    /// Starts with its data in `dir` (`dir/data`), seeding from `config` when given; without
+    /// one, a new store is asked for with `--init` (an existing one is reopened).
     pub fn start_in(
         dir: PathBuf,
         config: Option<&str>,
@@ -78,6 +79,9 @@ impl Gateway {
             let cfg = dir.join("ringway.yaml");
             std::fs::write(&cfg, config).expect("write config");
             args.extend(["--config".into(), cfg.display().to_string()]);
+        }
+        if config.is_none() && !dir.join("data").join("CURRENT").exists() && !extra.contains(&"--init") {
+            args.push("--init".into());
         }
         if !extra.contains(&"--admin-listen") {
             args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
@@ -154,10 +158,11 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
-    /// A request to the admin API; `body` is sent as JSON.
+    /// A request to the admin API (`Host` is its address); `body` is sent as JSON.
     pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> crate::Response {
         let mut c = crate::Client::connect(self.admin);
-        let mut headers = vec![("Host", "admin")];
+        let host = self.admin.to_string();
+        let mut headers = vec![("Host", host.as_str())];
         if body.is_some() {
             headers.push(("Content-Type", "application/json"));
         }

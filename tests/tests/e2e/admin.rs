@@ -139,10 +139,11 @@ fn whole_config_dry_run_revisions_and_rollback() {
         b.addr
     );
     let mut c = Client::connect(gw.admin);
+    let host = gw.admin.to_string();
     let r = c.request(
         "PUT",
         "/admin/v1/config",
-        &[("Host", "admin"), ("Content-Type", "application/yaml")],
+        &[("Host", host.as_str()), ("Content-Type", "application/yaml")],
         yaml.as_bytes(),
     );
     assert_eq!(ok(&r, 200)["revision"], 2);
@@ -166,10 +167,12 @@ fn whole_config_dry_run_revisions_and_rollback() {
 fn admin_token_is_required_when_set() {
     let gw = empty(&["--admin-token", "s3cret"]);
     let mut c = Client::connect(gw.admin);
-    assert_eq!(c.request("GET", "/admin/v1/status", &[], b"").status, 401);
-    assert_eq!(c.request("GET", "/admin/v1/status", &[("Authorization", "Bearer wrong")], b"").status, 401);
-    assert_eq!(c.request("GET", "/admin/v1/status", &[("Authorization", "Bearer s3cret")], b"").status, 200);
-    assert_eq!(c.request("GET", "/admin/v1/status", &[("X-Admin-Token", "s3cret")], b"").status, 200);
+    let host = gw.admin.to_string();
+    let h = ("Host", host.as_str());
+    assert_eq!(c.request("GET", "/admin/v1/status", &[h], b"").status, 401);
+    assert_eq!(c.request("GET", "/admin/v1/status", &[h, ("Authorization", "Bearer wrong")], b"").status, 401);
+    assert_eq!(c.request("GET", "/admin/v1/status", &[h, ("Authorization", "Bearer s3cret")], b"").status, 200);
+    assert_eq!(c.request("GET", "/admin/v1/status", &[h, ("X-Admin-Token", "s3cret")], b"").status, 200);
     // A non-loopback admin address without a token refuses to start.
     let (status, log) = Gateway::start_in(scratch_dir(), None, &default_driver(), &["--admin-listen", "0.0.0.0:0"])
         .err()
@@ -236,7 +239,7 @@ fn kill_9_during_writes_loses_no_acknowledged_revision() {
                 let body = json!({"paths": [format!("/v{i}")], "upstream": "u"}).to_string();
                 c.send(
                     format!(
-                        "PUT /admin/v1/routes/r HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n{body}",
+                        "PUT /admin/v1/routes/r HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     )
                     .as_bytes(),

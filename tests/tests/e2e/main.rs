@@ -2,6 +2,7 @@
 //! sockets. Socket-level tests run under both drivers (`io_uring` and `epoll`).
 
 mod admin;
+mod admin_edge;
 mod bodies;
 mod cache;
 mod framing;
