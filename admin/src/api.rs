@@ -17,6 +17,8 @@ use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, GLOBAL
 pub struct ApiContext {
     pub token: Option<AdminToken>,
     pub version: &'static str,
+    /// The node's client connection caps (open and refused connections for the status).
+    pub caps: Option<std::sync::Arc<ringway_proxy::ConnectionCaps>>,
 }
 
 /// The admin token, kept only as a keyed digest. A presented token is digested with the same
@@ -205,6 +207,10 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
             "revision": state.revision(),
             "workers": state.worker_status,
             "last_rollout_ms": state.last_rollout.map(|d| d.as_secs_f64() * 1e3),
+            "connections": ctx.caps.as_ref().map(|c| json!({
+                "open": c.open(),
+                "refused": c.refused.load(std::sync::atomic::Ordering::Relaxed),
+            })),
         }),
     )
 }

@@ -231,7 +231,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
-    let ctx = ApiContext { token: token.map(|t| AdminToken::new(t.as_bytes())), version: env!("CARGO_PKG_VERSION") };
+    let ctx = ApiContext {
+        token: token.map(|t| AdminToken::new(t.as_bytes())),
+        version: env!("CARGO_PKG_VERSION"),
+        caps: Some(caps),
+    };
     let sig = loop {
         select! {
             recv(job_rx) -> job => {

@@ -326,6 +326,8 @@ fn connection_caps_per_address_and_per_node(driver: &str) {
     };
     let states: Vec<bool> = held.iter_mut().map(open).collect();
     assert_eq!(states.iter().filter(|o| **o).count(), 4, "{states:?}");
+    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    assert_eq!(status["connections"]["refused"], 2, "{status}");
     // A slot given back is usable again.
     held.retain_mut(|s| open(s));
     held.pop();
