@@ -355,7 +355,7 @@ fn an_unsafe_request_discards_only_fills_of_its_own_path() {
         let body = format!("{} {}", r.method, r.target).into_bytes();
         let reply = Reply::Full(200, vec![("cache-control".into(), "max-age=60".into())], body);
         if r.method == "GET" && r.target.ends_with("/slow") {
-            Reply::Delay(Duration::from_millis(700), Box::new(reply))
+            Reply::Delay(Duration::from_millis(1200), Box::new(reply))
         } else {
             reply
         }
@@ -366,7 +366,7 @@ fn an_unsafe_request_discards_only_fills_of_its_own_path() {
     for other in ["/a/other", "/b/other"] {
         let addr = gw.addr;
         let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(400));
         let post = Client::connect(gw.addr).request("POST", other, &[], b"x");
         assert_eq!(post.status, 200);
         assert_eq!(fill.join().unwrap(), "MISS");
@@ -378,7 +378,7 @@ fn an_unsafe_request_discards_only_fills_of_its_own_path() {
     assert_eq!(status_of(&Client::connect(gw.addr).get("/a/kept")), "MISS");
     let addr = gw.addr;
     let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(400));
     assert_eq!(Client::connect(gw.addr).request("POST", "/a/slow", &[], b"x").status, 200);
     assert_eq!(fill.join().unwrap(), "MISS");
     assert_eq!(status_of(&Client::connect(gw.addr).get("/a/slow")), "MISS", "a fill across a POST to its path");
@@ -463,7 +463,7 @@ fn slow_body_upstream(len: usize, pause: Duration) -> std::net::SocketAddr {
 
 #[test]
 fn concurrent_captures_stay_within_the_workers_capture_budget() {
-    let addr = slow_body_upstream(40_000, Duration::from_millis(900));
+    let addr = slow_body_upstream(40_000, Duration::from_millis(1200));
     let config = single(&[addr], "", "    policies:\n      cache: {ttl: 60s, max_body: 100000}\n");
     // One 400 KB partition: captures may hold a quarter of it, 100 KB, so two of these at once.
     let gw = Gateway::start_with(&config, &crate::default_driver(), &["--workers", "1", "--cache-size", "400000"]);
