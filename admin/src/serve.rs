@@ -244,8 +244,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let _ = reply.send(resp);
             }
             recv(inv_rx) -> inv => {
-                if let Ok(i) = inv {
-                    state.relay_invalidation(&i.route, &i.path);
+                // What is queued goes out together: one batch per worker, each path once.
+                if let Ok(first) = inv {
+                    state.relay_invalidations(crate::state::coalesce(first, &inv_rx));
                 }
             }
             recv(sig_rx) -> sig => break sig.unwrap_or(SIGTERM),

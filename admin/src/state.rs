@@ -13,7 +13,7 @@ use ringway_policy::PoliciesSpec;
 use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::config::{RouteSpec, UpstreamSpec};
 use ringway_proxy::snapshot::Edit;
-use ringway_proxy::{Ack, ConfigSpec, Control, Snapshot};
+use ringway_proxy::{Ack, ConfigSpec, Control, Invalidate, Snapshot};
 use ringway_runtime::MailboxSender;
 use ringway_store::{Change, ConfigStore, Op, StoredState};
 use serde::Serialize;
@@ -192,6 +192,30 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
     Ok(spec)
 }
 
+/// The most invalidations relayed in one batch.
+pub const MAX_RELAY_BATCH: usize = 4096;
+
+/// `first` and what else is queued in `rx` (up to [`MAX_RELAY_BATCH`]), each (route, path)
+/// once: what one relay sends. A pair sent by several workers is marked as from none of them.
+pub fn coalesce(first: Invalidate, rx: &Receiver<Invalidate>) -> Vec<Invalidate> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_RELAY_BATCH {
+        match rx.try_recv() {
+            Ok(i) => batch.push(i),
+            Err(_) => break,
+        }
+    }
+    batch.sort_unstable_by(|a, b| (&a.route, &a.path).cmp(&(&b.route, &b.path)));
+    batch.dedup_by(|later, kept| {
+        let same = later.route == kept.route && later.path == kept.path;
+        if same && later.from != kept.from {
+            kept.from = usize::MAX;
+        }
+        same
+    });
+    batch
+}
+
 /// Per-worker facts for the status API.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {
@@ -349,10 +373,17 @@ impl AdminState {
         self.wait_orders(id)
     }
 
-    /// Purges `route` at `path` on every worker without waiting (a worker's invalidation after
-    /// an unsafe request; the worker that served it has already dropped its own copy).
-    pub fn relay_invalidation(&mut self, route: &str, path: &str) {
-        self.send_purge(route, Some(path), None);
+    /// Sends every worker one batch of invalidations (workers' own, after successful unsafe
+    /// requests), without waiting: no worker acknowledges them, so nothing piles up unread
+    /// when no admin call comes.
+    pub fn relay_invalidations(&mut self, batch: Vec<Invalidate>) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch: Arc<[Invalidate]> = batch.into();
+        for w in &self.workers {
+            let _ = w.send(Control::Invalidate(batch.clone()));
+        }
     }
 
     /// Asks every worker for its current figures (for the status API).
@@ -447,5 +478,95 @@ impl AdminState {
         for w in &self.workers {
             let _ = w.send(Control::Drain(timeout));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringway_proxy::{run_worker, WorkerSetup};
+    use ringway_runtime::{mailbox, spawn_workers, DriverChoice, WorkerOptions};
+
+    #[test]
+    fn relayed_invalidations_leave_no_acknowledgements_behind() {
+        let count = 2;
+        let spec = ConfigSpec::default();
+        let snapshot = Arc::new(Snapshot::compile(&spec, 0).expect("empty configuration"));
+        let (_, listeners) = crate::listen::bind_listeners("127.0.0.1:0".parse().unwrap(), count).unwrap();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<Ack>();
+        let (inv_tx, _inv_rx) = crossbeam_channel::unbounded();
+        let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
+        let mut senders = Vec::new();
+        for listener in listeners {
+            let (tx, rx) = mailbox();
+            senders.push(tx);
+            let _ = setup_tx.send(WorkerSetup {
+                listener,
+                mailbox: rx,
+                snapshot: snapshot.clone(),
+                limits: Default::default(),
+                acks: ack_tx.clone(),
+                seed: 1,
+                workers: count,
+                cache_bytes: 1 << 20,
+                limit_keys: 1000,
+                invalidations: inv_tx.clone(),
+                caps: std::sync::Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
+            });
+        }
+        let opts = WorkerOptions { count, driver: DriverChoice::Auto, pin: false, defer_taskrun: false };
+        let workers = spawn_workers(opts, move |ctx| {
+            let setup = setup_rx.try_recv().ok();
+            async move {
+                if let Some(setup) = setup {
+                    run_worker(ctx, setup).await;
+                }
+            }
+        })
+        .unwrap();
+        let status = workers
+            .contexts()
+            .iter()
+            .map(|c| WorkerStatus {
+                id: c.id,
+                cpu: None,
+                driver: c.driver.as_str(),
+                revision: 0,
+                rate_limit_keys: 0,
+                cache_entries: 0,
+            })
+            .collect();
+        for _ in 0..count {
+            ack_rx.recv_timeout(Duration::from_secs(10)).expect("a worker started");
+        }
+        let store = Box::new(ringway_store::MemoryStore::new());
+        let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx.clone(), status);
+        // A stream of invalidations and no admin call: nothing may pile up unread.
+        for i in 0..5000 {
+            state.relay_invalidations(vec![Invalidate { route: "r".into(), path: format!("/p/{i}"), from: 0 }]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let pending = ack_rx.len();
+        state.drain(Duration::ZERO);
+        workers.join();
+        assert!(pending <= count, "{pending} acknowledgements waiting to be read");
+    }
+
+    #[test]
+    fn queued_invalidations_go_out_as_one_batch_each_pair_once() {
+        let inv = |route: &str, path: &str, from| Invalidate { route: route.into(), path: path.into(), from };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in [inv("r", "/b", 1), inv("r", "/a", 0), inv("s", "/a", 0), inv("r", "/b", 1), inv("r", "/a", 1)] {
+            tx.send(i).unwrap();
+        }
+        let batch = coalesce(inv("r", "/a", 0), &rx);
+        assert_eq!(batch, vec![inv("r", "/a", usize::MAX), inv("r", "/b", 1), inv("s", "/a", 0)]);
+        assert!(rx.is_empty());
+        for i in 0..MAX_RELAY_BATCH + 10 {
+            tx.send(inv("r", &format!("/{i}"), 0)).unwrap();
+        }
+        let first = rx.recv().unwrap();
+        assert_eq!(coalesce(first, &rx).len(), MAX_RELAY_BATCH);
+        assert_eq!(rx.len(), 10, "the rest waits for the next relay");
     }
 }

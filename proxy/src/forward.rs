@@ -105,7 +105,8 @@ struct CachePlan<'g> {
     /// Wait for a fetch of the same key already under way (not when the client asked for a
     /// fresh answer).
     coalesce: bool,
-    /// The partition's purge generation at lookup: a purge meanwhile means do not store.
+    /// The generation of this path's fills at lookup: an invalidation of the path (or a purge
+    /// by prefix) meanwhile means do not store.
     generation: u64,
     /// A stored response past its freshness, kept for `stale-if-error`.
     stale: Option<Rc<Stored>>,
@@ -600,7 +601,7 @@ fn prepare<'g>(
                         return Err(Box::new(early));
                     }
                     stale => {
-                        let generation = worker.cache.borrow().generation();
+                        let generation = worker.cache.borrow().generation(&route.id, path);
                         let status = if no_store || no_cache {
                             "BYPASS"
                         } else if stale.is_some() {
@@ -1064,9 +1065,11 @@ async fn relay_response(
     };
     if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
         // Here at once; on the other workers through the control thread.
-        worker.cache.borrow_mut().purge(&plan.route.id, Some(p), None);
+        worker.cache.borrow_mut().invalidate(&plan.route.id, p);
         if let Some(tx) = &worker.invalidations {
-            let _ = tx.send(crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string() });
+            let inv =
+                crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
+            let _ = tx.send(inv);
         }
     }
     if resp.status >= 500 {
@@ -1075,11 +1078,15 @@ async fn relay_response(
             return serve_stale(worker, conn, out, plan, &stale).await;
         }
     }
-    // A response the cache may keep: its body is collected while it streams.
+    // A response the cache may keep: its body is collected while it streams, within the
+    // worker's budget for captures (held until the capture ends, however it ends).
     let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => cacheable(&ubuf[..head_len], c)
-            .filter(|(f, _)| !c.auth || f.auth_ok)
-            .map(|(f, h)| (Vec::with_capacity(n as usize), f, h, n)),
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
+            cacheable(&ubuf[..head_len], c).filter(|(f, _)| !c.auth || f.auth_ok).and_then(|(f, h)| {
+                let held = worker.cache.borrow().reserve_capture(n)?;
+                Some((Vec::with_capacity(n as usize), f, h, n, held))
+            })
+        }
         _ => None,
     };
     let chunked_to_client = resp.chunked_to_client(&client);
@@ -1214,7 +1221,7 @@ async fn relay_response(
         );
     }
     worker.spares.give_buf(ubuf);
-    if let (Some((body, f, headers, n)), Some(c)) = (capture, &plan.cache) {
+    if let (Some((body, f, headers, n, _held)), Some(c)) = (capture, &plan.cache) {
         if done && body.len() as u64 == n {
             let stored = Stored {
                 status: resp.status,
@@ -1228,10 +1235,7 @@ async fn relay_response(
                 route: Box::from(plan.route.id.as_str()),
                 path: Box::from(c.path.as_str()),
             };
-            let mut partition = worker.cache.borrow_mut();
-            if partition.generation() == c.generation {
-                partition.insert(c.key, stored);
-            }
+            worker.cache.borrow_mut().insert(c.key, stored, c.generation);
         }
     }
     conn.out = out;

@@ -88,16 +88,21 @@ pub enum Control {
     Drain(Duration),
     /// Remove cached responses; acknowledge with the order's id.
     Purge(Purge),
+    /// Invalidations relayed from other workers, one batch shared by every worker; not
+    /// acknowledged (nothing waits for them).
+    Invalidate(Arc<[Invalidate]>),
     /// Acknowledge with this order id (and, as every acknowledgement, current figures).
     Report(u64),
 }
 
 /// A worker's request to drop what every worker stored for `route` at `path` (after a
 /// successful unsafe request there).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidate {
     pub route: String,
     pub path: String,
+    /// The worker that sent it (it has already invalidated its own partition).
+    pub from: usize,
 }
 
 /// Which cached responses to remove: those of `route` at `path`, or under `prefix`.
@@ -573,6 +578,12 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
                     let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
                     purged = p.id;
                     let _ = acks.send(ack(worker.generation().snapshot.revision, purged, removed));
+                }
+                Control::Invalidate(batch) => {
+                    let mut cache = worker.cache.borrow_mut();
+                    for inv in batch.iter().filter(|i| i.from != ctx.id) {
+                        cache.invalidate(&inv.route, &inv.path);
+                    }
                 }
                 Control::Report(id) => {
                     purged = id;

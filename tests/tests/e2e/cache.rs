@@ -339,3 +339,151 @@ fn a_successful_unsafe_request_invalidates_on_every_worker() {
     let stale = up.requests().iter().filter(|r| r.method == "GET").count();
     assert_eq!(stale, 2 + misses, "each worker fetched once before and once after");
 }
+
+/// A route `a` on `/a/*` and a route `b` on `/b/*`, both cached, to one upstream.
+fn two_cached_routes(up: &Upstream) -> String {
+    format!(
+        "upstreams:\n  u:\n    targets:\n      - addr: \"{}\"\nroutes:\n  a:\n    paths: [\"/a/*\"]\n    upstream: u\n    policies:\n      cache: {{ttl: 60s}}\n  b:\n    paths: [\"/b/*\"]\n    upstream: u\n    policies:\n      cache: {{ttl: 60s}}\n",
+        up.addr
+    )
+}
+
+#[test]
+fn an_unsafe_request_discards_only_fills_of_its_own_path() {
+    // GETs of `/…/slow` take a while; everything else answers at once.
+    let up = Upstream::start("paths", |r: &SeenRequest| {
+        let body = format!("{} {}", r.method, r.target).into_bytes();
+        let reply = Reply::Full(200, vec![("cache-control".into(), "max-age=60".into())], body);
+        if r.method == "GET" && r.target.ends_with("/slow") {
+            Reply::Delay(Duration::from_millis(1200), Box::new(reply))
+        } else {
+            reply
+        }
+    });
+    let gw = Gateway::start_with(&two_cached_routes(&up), &crate::default_driver(), &["--workers", "1"]);
+    // A POST to another path of the same route, then to a path of another route, while a fill
+    // is in flight: the fill is still stored.
+    for other in ["/a/other", "/b/other"] {
+        let addr = gw.addr;
+        let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
+        std::thread::sleep(Duration::from_millis(400));
+        let post = Client::connect(gw.addr).request("POST", other, &[], b"x");
+        assert_eq!(post.status, 200);
+        assert_eq!(fill.join().unwrap(), "MISS");
+        assert_eq!(status_of(&Client::connect(gw.addr).get("/a/slow")), "HIT", "a POST to {other} discarded the fill");
+        let r = gw.admin("DELETE", "/admin/v1/cache?route=a&path=/a/slow", None);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A POST to the path itself does discard its fill in flight, and what was stored.
+    assert_eq!(status_of(&Client::connect(gw.addr).get("/a/kept")), "MISS");
+    let addr = gw.addr;
+    let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(Client::connect(gw.addr).request("POST", "/a/slow", &[], b"x").status, 200);
+    assert_eq!(fill.join().unwrap(), "MISS");
+    assert_eq!(status_of(&Client::connect(gw.addr).get("/a/slow")), "MISS", "a fill across a POST to its path");
+    assert_eq!(status_of(&Client::connect(gw.addr).get("/a/kept")), "HIT", "other paths keep their entries");
+}
+
+#[test]
+fn headers_the_origin_marks_hop_by_hop_are_not_stored() {
+    let up = Upstream::start("hop", |_: &SeenRequest| {
+        let headers = vec![
+            ("connection".into(), "keep-alive, X-Secret".into()),
+            ("x-secret".into(), "s".into()),
+            ("x-kept".into(), "k".into()),
+        ];
+        Reply::Full(200, headers, b"body".to_vec())
+    });
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    let miss = c.get("/h");
+    assert_eq!((status_of(&miss), miss.header("x-secret")), ("MISS", None));
+    let hit = c.get("/h");
+    assert_eq!(status_of(&hit), "HIT");
+    assert_eq!(hit.header("x-secret"), None, "a field the origin's Connection names was stored");
+    assert_eq!(hit.header("x-kept"), Some("k"));
+}
+
+#[test]
+fn an_invalid_max_age_counts_as_stale_not_as_the_route_ttl() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    for path in ["/cc/max-age=abc", "/cc/max-age=-1", "/cc/max-age=", "/cc/s-maxage=1x", "/cc/s-maxage=x_,_max-age=60"]
+    {
+        let a = status_of(&c.get(path)).to_string();
+        let b = status_of(&c.get(path)).to_string();
+        assert_eq!((a.as_str(), b.as_str()), ("MISS", "MISS"), "{path} must not be stored");
+    }
+    // A valid value, however large, is still honoured.
+    for path in ["/cc/max-age=60", "/cc/max-age=99999999999999999999999"] {
+        assert_eq!(status_of(&c.get(path)), "MISS");
+        assert_eq!(status_of(&c.get(path)), "HIT", "{path} must be stored");
+    }
+}
+
+/// An upstream that sends the head and the first KiB of a `len`-byte cacheable body, pauses,
+/// then sends the rest (so captures of concurrent fills overlap).
+fn slow_body_upstream(len: usize, pause: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\ncache-control: max-age=60\r\n\r\n");
+                    let body = vec![b'b'; len];
+                    let first = len.min(1024);
+                    if s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body[..first])).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                    if s.write_all(&body[first..]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn concurrent_captures_stay_within_the_workers_capture_budget() {
+    let addr = slow_body_upstream(40_000, Duration::from_millis(1200));
+    let config = single(&[addr], "", "    policies:\n      cache: {ttl: 60s, max_body: 100000}\n");
+    // One 400 KB partition: captures may hold a quarter of it, 100 KB, so two of these at once.
+    let gw = Gateway::start_with(&config, &crate::default_driver(), &["--workers", "1", "--cache-size", "400000"]);
+    let fills: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = gw.addr;
+            std::thread::spawn(move || {
+                let r = Client::connect(addr).get(&format!("/big/{i}"));
+                (r.status, r.body.len(), status_of(&r).to_string())
+            })
+        })
+        .collect();
+    for f in fills {
+        assert_eq!(f.join().unwrap(), (200, 40_000, "MISS".to_string()), "every client gets its answer");
+    }
+    let mut c = Client::connect(gw.addr);
+    let stored: Vec<String> = (0..4).map(|i| status_of(&c.get(&format!("/big/{i}"))).to_string()).collect();
+    assert_eq!(stored.iter().filter(|s| *s == "HIT").count(), 2, "{stored:?}");
+    // The budget is given back: the ones not stored are stored now, one at a time.
+    for i in 0..4 {
+        assert_eq!(status_of(&c.get(&format!("/big/{i}"))), "HIT", "/big/{i}");
+    }
+}
