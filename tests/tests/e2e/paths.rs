@@ -39,7 +39,8 @@ routes:
     );
     let gw = Gateway::start_with(&cfg, driver, &[]);
     assert_eq!(ask(&gw, "/login"), (200, "login GET /login".to_string()));
-    for spelling in ["/l%6fgin", "/%6C%6F%67%69%6E", "/login/", "/login;x", "/login;jsessionid=1/", "//login", "/x/../login"]
+    for spelling in
+        ["/l%6fgin", "/%6C%6F%67%69%6E", "/login/", "/login;x", "/login;jsessionid=1/", "//login", "/x/../login"]
     {
         let (status, body) = ask(&gw, spelling);
         assert_eq!(status, 429, "{spelling} skipped the /login route: {body}");
