@@ -523,6 +523,34 @@ mod tests {
     }
 
     #[test]
+    fn path_normalization_from_global_policies_and_routes() {
+        use ringway_policy::{EscapedSlashes, PathNormalization};
+        let spec = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
+                "routes": {"own": {"paths": ["/a/*"], "upstream": "u",
+                                   "policies": {"path_normalization": {"escaped_slashes": "decode"}}},
+                           "plain": {"paths": ["/b"], "upstream": "u"}},
+                "global_policies": {"path_normalization": {"merge_slashes": false}}}"#);
+        let s = Snapshot::compile(&spec, 1).unwrap();
+        assert!(!s.path_normalization.merge_slashes);
+        let own = s.path_normalization(&s.routes["own"]);
+        // A route's own replaces the global one whole, like any policy.
+        assert_eq!(*own, PathNormalization { escaped_slashes: EscapedSlashes::Decode, ..Default::default() });
+        assert_eq!(s.path_normalization(&s.routes["plain"]), &s.path_normalization);
+        let s2 = s.edit([Edit::Global(None)], 2).unwrap();
+        assert_eq!(s2.path_normalization, PathNormalization::default());
+
+        let bad = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
+                "routes": {"r": {"paths": ["/ok", "/l%6fgin", "/a%2fb", "/a%5Cb"], "upstream": "u"}}}"#);
+        let errs = Snapshot::compile(&bad, 1).unwrap_err();
+        let got: Vec<_> = errs.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "routes.r.paths[1]");
+        assert!(got[0].1.contains("\"/login\""), "{}", got[0].1);
+        assert!(got[1].1.contains("\"/a%2Fb\""), "{}", got[1].1);
+        assert!(got[2].1.contains("backslash"), "{}", got[2].1);
+    }
+
+    #[test]
     fn strip_prefix_at_segment_boundary() {
         let spec = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
                 "routes": {"r": {"paths": ["/api/*"], "upstream": "u", "strip_prefix": "/api"}}}"#);
