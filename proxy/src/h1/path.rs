@@ -82,11 +82,11 @@ pub fn routing_key<'p>(path: &'p str, o: &PathNormalization) -> Cow<'p, str> {
     let mut key = Cow::Borrowed(path);
     if o.semicolons == Semicolons::Ignore && path.as_bytes().contains(&b';') {
         let mut k = String::with_capacity(path.len());
-        let segs: Vec<&str> = path[1..].split('/').collect();
-        for (i, seg) in segs.iter().enumerate() {
+        let mut segs = path[1..].split('/').peekable();
+        while let Some(seg) = segs.next() {
             let name = seg.split(';').next().unwrap_or("");
             // A segment of parameters only, as in `/;x/a`, would leave `//`.
-            if name.is_empty() && !seg.is_empty() && i + 1 < segs.len() && o.merge_slashes {
+            if name.is_empty() && !seg.is_empty() && segs.peek().is_some() && o.merge_slashes {
                 continue;
             }
             k.push('/');
@@ -229,10 +229,9 @@ fn rewrite(b: &[u8], o: &PathNormalization) -> Result<String, HeadError> {
     }
     // Then segments: merge empty ones, resolve dot segments (RFC 3986 5.2.4).
     let mut out: Vec<u8> = Vec::with_capacity(d.len());
-    let segs: Vec<&[u8]> = d[1..].split(|c| *c == b'/').collect();
-    let n = segs.len();
-    for (k, seg) in segs.into_iter().enumerate() {
-        let last = k + 1 == n;
+    let mut segs = d[1..].split(|c| *c == b'/').peekable();
+    while let Some(seg) = segs.next() {
+        let last = segs.peek().is_none();
         if seg.is_empty() && !last && o.merge_slashes {
             continue;
         }
