@@ -31,4 +31,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
-pub use spec::{HeaderOpsSpec, HeadersPolicySpec, PoliciesSpec};
+pub use spec::{
+    DotSegments, EscapedSlashes, HeaderOpsSpec, HeadersPolicySpec, PathNormalization, PoliciesSpec, Semicolons,
+    TrailingSlash,
+};

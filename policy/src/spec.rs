@@ -23,6 +23,91 @@ pub struct PoliciesSpec {
     /// Response caching in per-worker partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// How the request path is put in canonical form before routing, policies and forwarding.
+    /// Not a step of the chain: the proxy reads it when it routes (see `ringway-proxy`'s
+    /// `h1::path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// `path_normalization: {...}`: each field has a default, so `{}` means the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalization {
+    /// `//` counts as `/` (default true).
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// `.` and `..` segments (also written `%2E`): `resolve` (default) or `reject`.
+    #[serde(default)]
+    pub dot_segments: DotSegments,
+    /// `%2F` inside a segment: `keep` (default), `reject` or `decode`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// A trailing `/`: `ignore` (default; `/a/` routes as `/a`) or `strict`.
+    #[serde(default)]
+    pub trailing_slash: TrailingSlash,
+    /// `;` parameters of a segment: `ignore` (default; `/a;x` routes as `/a`), `reject` or
+    /// `literal` (an ordinary character of the segment).
+    #[serde(default)]
+    pub semicolons: Semicolons,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            merge_slashes: true,
+            dot_segments: DotSegments::default(),
+            escaped_slashes: EscapedSlashes::default(),
+            trailing_slash: TrailingSlash::default(),
+            semicolons: Semicolons::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DotSegments {
+    /// Removed as RFC 3986 5.2.4 says; a `..` above the root is refused.
+    #[default]
+    Resolve,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Part of its segment for matching, and forwarded as sent.
+    #[default]
+    Keep,
+    Reject,
+    /// Turned into `/` before anything else.
+    Decode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrailingSlash {
+    /// `/a/` selects the route `/a` would; it is forwarded as sent.
+    #[default]
+    Ignore,
+    /// `/a/` is matched as written: an exact `/a` route does not match it.
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Semicolons {
+    /// `;params` play no part in routing (`/a;x/b` routes as `/a/b`) and are forwarded as
+    /// sent; `..;x` counts as a dot segment.
+    #[default]
+    Ignore,
+    Reject,
+    /// `;` is an ordinary character of its segment.
+    Literal,
 }
 
 /// `headers: {request: {...}, response: {...}}`.

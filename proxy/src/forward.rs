@@ -16,9 +16,9 @@ use crate::cache::Stored;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::{
-    check_raw_head, classify, host_without_port, parse_content_length, split_target, BodyKind, ConnectionOptions,
-    HeadError, Known,
+    check_raw_head, classify, host_without_port, parse_content_length, BodyKind, ConnectionOptions, HeadError, Known,
 };
+use crate::h1::path::{canonical, parse_target, routing_key, Target};
 use crate::io::{encode_chunk, linger, push_dec, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::respond::{encode_cached, encode_reply, push_header, ProxyError};
@@ -447,14 +447,26 @@ fn prepare<'g>(
     if hosts > 1 || (hosts == 0 && !http10) {
         return fail(early, HeadError::Bad("a request needs exactly one Host header"));
     }
-    let host_name = match host.map(host_without_port) {
+    let Target { authority, path: raw_path, query } = match parse_target(target) {
+        Ok(t) => t,
+        Err(e) => return fail(early, e),
+    };
+    // RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, for routing and
+    // for the upstream.
+    let routed_host = match authority {
+        Some(a) => {
+            if let Some(h) = headers.iter_mut().find(|h| classify(h.name) == Known::Host) {
+                h.value = a.as_bytes();
+                host = Some(h.value);
+            }
+            Some(a.as_bytes())
+        }
+        None => host,
+    };
+    let host_name = match routed_host.map(host_without_port) {
         Some(Ok(h)) => h,
         Some(Err(e)) => return fail(early, e),
         None => "",
-    };
-    let (path, query) = match split_target(target) {
-        Ok(pq) => pq,
-        Err(e) => return fail(early, e),
     };
     let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close };
     early.keep_alive = keep_alive;
@@ -472,11 +484,34 @@ fn prepare<'g>(
     let host_lc = std::str::from_utf8(host_lc).unwrap_or("");
     let snapshot = &generation.snapshot;
     let find_header = |name: &str| headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let Some(route) = snapshot.router.find(host_lc, path, |r| r.admits(method, find_header)) else {
+    // One canonical path for routing, policies, cache keys and forwarding (see crate::h1::path).
+    let global = &snapshot.path_normalization;
+    let path = match canonical(raw_path, global) {
+        Ok(p) => p,
+        Err(e) => return fail(early, e),
+    };
+    let Some(route) = snapshot.router.find(host_lc, &routing_key(&path, global), |r| r.admits(method, find_header))
+    else {
         early.error = Some(ProxyError::NoRoute);
         return Err(Box::new(early));
     };
     let route: &Route = route;
+    let own = snapshot.path_normalization(route);
+    let path = if own == global {
+        path
+    } else {
+        // The route reads paths its own way: that reading must select the same route.
+        let mine = match canonical(raw_path, own) {
+            Ok(p) => p,
+            Err(e) => return fail(early, e),
+        };
+        let again = snapshot.router.find(host_lc, &routing_key(&mine, own), |r| r.admits(method, find_header));
+        if !again.is_some_and(|r| std::ptr::eq(&**r, route)) {
+            return fail(early, HeadError::Bad("the route's path_normalization reads this path as another route's"));
+        }
+        mine
+    };
+    let path: &str = &path;
     let chains = snapshot.chains(route);
     early.route = Some(route);
     early.chains = Some(chains);

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use imbl::{OrdMap, OrdSet, Vector};
 
-use ringway_policy::{is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PoliciesSpec};
+use ringway_policy::{
+    is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PathNormalization, PoliciesSpec,
+};
 
 use crate::config::{parse_duration, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
@@ -32,6 +34,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub chain: Chain,
+    /// The route's own `policies.path_normalization`, replacing the global one.
+    pub path_normalization: Option<PathNormalization>,
     /// Where the route sits in the routing index.
     pub key: RouteKey,
 }
@@ -107,6 +111,8 @@ pub struct Snapshot {
     pub router: Router<Arc<Route>>,
     /// The global policies, run with every route's own (see [`Layered`]).
     pub global: Chain,
+    /// `global_policies.path_normalization`: how paths are made canonical before routing.
+    pub path_normalization: PathNormalization,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -142,6 +148,12 @@ impl Snapshot {
         Layered::new(&route.chain, &self.global)
     }
 
+    /// The path normalisation that applies to `route`: its own, else the global one.
+    #[inline]
+    pub fn path_normalization<'s>(&'s self, route: &'s Route) -> &'s PathNormalization {
+        route.path_normalization.as_ref().unwrap_or(&self.path_normalization)
+    }
+
     /// Ids of the routes that use upstream `id`.
     pub fn routes_using(&self, id: &str) -> impl Iterator<Item = &String> {
         self.users.get(id).into_iter().flat_map(|s| s.iter())
@@ -173,6 +185,7 @@ impl Snapshot {
                 Some(spec) => ringway_policy::compile(spec, "global_policies", &mut errors),
                 None => Chain::default(),
             };
+            next.path_normalization = g.and_then(|spec| spec.path_normalization).unwrap_or_default();
         }
         let mut seen = std::collections::HashSet::new();
         for e in ups.iter().chain(&routes) {
@@ -291,7 +304,17 @@ fn compile_route(
     }
     for (i, p) in r.paths.iter().enumerate() {
         match PathPattern::parse(p) {
-            Ok(p) => paths.push(p),
+            Ok(parsed) => {
+                // Requests are matched in canonical form: a pattern in any other would never match.
+                match crate::h1::path::canonical(p, &PathNormalization::default()) {
+                    Ok(c) if c == p.as_str() => paths.push(parsed),
+                    Ok(c) => errors.push(
+                        format!("{path}.paths[{i}]"),
+                        format!("path {p:?} is not in canonical form: write it as {c:?}"),
+                    ),
+                    Err(e) => errors.push(format!("{path}.paths[{i}]"), format!("path {p:?}: {e}")),
+                }
+            }
             Err(e) => errors.push(format!("{path}.paths[{i}]"), e),
         }
     }
@@ -346,6 +369,7 @@ fn compile_route(
         strip_prefix: r.strip_prefix.clone(),
         max_body_bytes: r.max_body_bytes,
         chain,
+        path_normalization: r.policies.path_normalization,
         key: RouteKey { hosts, paths, priority: r.priority, constraints },
     })
 }
@@ -504,6 +528,34 @@ mod tests {
                 "routes.r.strip_prefix",
             ]
         );
+    }
+
+    #[test]
+    fn path_normalization_from_global_policies_and_routes() {
+        use ringway_policy::{EscapedSlashes, PathNormalization};
+        let spec = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
+                "routes": {"own": {"paths": ["/a/*"], "upstream": "u",
+                                   "policies": {"path_normalization": {"escaped_slashes": "decode"}}},
+                           "plain": {"paths": ["/b"], "upstream": "u"}},
+                "global_policies": {"path_normalization": {"merge_slashes": false}}}"#);
+        let s = Snapshot::compile(&spec, 1).unwrap();
+        assert!(!s.path_normalization.merge_slashes);
+        let own = s.path_normalization(&s.routes["own"]);
+        // A route's own replaces the global one whole, like any policy.
+        assert_eq!(*own, PathNormalization { escaped_slashes: EscapedSlashes::Decode, ..Default::default() });
+        assert_eq!(s.path_normalization(&s.routes["plain"]), &s.path_normalization);
+        let s2 = s.edit([Edit::Global(None)], 2).unwrap();
+        assert_eq!(s2.path_normalization, PathNormalization::default());
+
+        let bad = doc(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}},
+                "routes": {"r": {"paths": ["/ok", "/l%6fgin", "/a%2fb", "/a%5Cb"], "upstream": "u"}}}"#);
+        let errs = Snapshot::compile(&bad, 1).unwrap_err();
+        let got: Vec<_> = errs.0.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "routes.r.paths[1]");
+        assert!(got[0].1.contains("\"/login\""), "{}", got[0].1);
+        assert!(got[1].1.contains("\"/a%2Fb\""), "{}", got[1].1);
+        assert!(got[2].1.contains("backslash"), "{}", got[2].1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Strict parsing of HTTP/1.1 message heads on top of `httparse`, with the checks an edge
 //! proxy needs that `httparse` leaves to its caller (RFC 9112 framing, bare LF, NUL, `_` in
-//! names, duplicated framing headers, ambiguous paths).
+//! names, duplicated framing headers). The request target is read by [`super::path`].
 //!
 //! Hot path: runs once per request and once per upstream response; allocation-free.
 
@@ -187,54 +187,6 @@ pub fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Checks an origin-form path and splits off the query. Refuses what could be read two ways
-/// by different servers: dot segments (raw or %-encoded), encoded slashes and backslashes,
-/// backslashes, `//` and fragments.
-pub fn split_target(target: &str) -> Result<(&str, Option<&str>), HeadError> {
-    if !target.starts_with('/') {
-        return Err(HeadError::Bad("request target must be a path starting with '/'"));
-    }
-    let (path, query) = match target.find('?') {
-        Some(i) => (&target[..i], Some(&target[i + 1..])),
-        None => (target, None),
-    };
-    if target.contains('#') {
-        return Err(HeadError::Bad("fragment in request target"));
-    }
-    let b = path.as_bytes();
-    for i in 0..b.len() {
-        match b[i] {
-            b'\\' => return Err(HeadError::Bad("backslash in path")),
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or(HeadError::Bad("truncated percent-encoding in path"))?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return Err(HeadError::Bad("malformed percent-encoding in path"));
-                }
-                let v = (hex_val(hex[0]) << 4) | hex_val(hex[1]);
-                if matches!(v, b'/' | b'\\' | b'.' | 0) {
-                    return Err(HeadError::Bad("encoded '/', '\\', '.' or NUL in path"));
-                }
-            }
-            b'/' => {
-                let seg_end = b[i + 1..].iter().position(|c| *c == b'/').map_or(b.len(), |p| i + 1 + p);
-                let seg = &b[i + 1..seg_end];
-                if seg == b"." || seg == b".." {
-                    return Err(HeadError::Bad("dot segment in path"));
-                }
-                if seg.is_empty() && seg_end < b.len() {
-                    return Err(HeadError::Bad("empty segment ('//') in path"));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((path, query))
-}
-
-fn hex_val(b: u8) -> u8 {
-    (b as char).to_digit(16).unwrap_or(0) as u8
-}
-
 /// Checks a Host value and returns it without its port: reg-name, IPv4 or `[IPv6]`.
 pub fn host_without_port(v: &[u8]) -> Result<&str, HeadError> {
     let bad = HeadError::Bad("invalid Host header");
@@ -335,31 +287,6 @@ mod tests {
         assert!(check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r\n").is_ok());
         assert!(check_partial_head(b"GET / HTTP/1.1\rHost: a\r").is_err());
         assert!(check_partial_head(b"GET / HTTP/1.1\nHost: a").is_err());
-    }
-
-    #[test]
-    fn targets() {
-        assert_eq!(split_target("/a/b?x=1"), Ok(("/a/b", Some("x=1"))));
-        assert_eq!(split_target("/"), Ok(("/", None)));
-        assert_eq!(split_target("/a/"), Ok(("/a/", None)));
-        assert_eq!(split_target("/a%20b"), Ok(("/a%20b", None)));
-        for bad in [
-            "a",
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2e/b",
-            "/a%2Fb",
-            "/a%5cb",
-            "/a\\b",
-            "//a",
-            "/a//b",
-            "/a#f",
-            "/%zz",
-            "/%2",
-        ] {
-            assert!(split_target(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod headers;
 mod lb;
 mod lifecycle;
 mod limits;
+mod paths;
 mod routing;
 mod upstream_errors;
 
