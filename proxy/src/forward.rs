@@ -463,6 +463,9 @@ fn prepare<'g>(
         }
         None => host,
     };
+    // An HTTP/1.0 request may come without Host: its absolute-form authority stands in.
+    let host_header_sent = hosts > 0;
+    host = routed_host;
     let host_name = match routed_host.map(host_without_port) {
         Some(Ok(h)) => h,
         Some(Err(e)) => return fail(early, e),
@@ -694,8 +697,11 @@ fn prepare<'g>(
         push_header(out, h.name.as_bytes(), &h.value);
     }
     worker.spares.give_headers(list);
-    if host.is_none() {
-        push_header(out, b"host", upstream.targets[target].to_string().as_bytes());
+    if !host_header_sent {
+        match host {
+            Some(h) => push_header(out, b"host", h),
+            None => push_header(out, b"host", upstream.targets[target].to_string().as_bytes()),
+        }
     }
     match body {
         BodyKind::Length(n) => {

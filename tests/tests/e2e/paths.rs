@@ -198,10 +198,15 @@ routes:
     assert_eq!(seen[0].header("x-forwarded-host"), Some("api.example.com:8080"));
     assert_eq!(seen[1].header("host"), Some("API.example.com"));
     assert_eq!(ask(&gw, "/x"), (200, "rest GET /x".to_string()));
+    // HTTP/1.0 without Host: the authority stands in, upstream too.
+    let mut c = Client::connect(gw.addr);
+    c.send(b"GET http://api.example.com/old HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response(false).text(), "api GET /old");
+    assert_eq!(api.requests()[2].header("host"), Some("api.example.com"));
     for refused in ["ftp://api.example.com/x", "http:///x", "http://user@api.example.com/x", "*"] {
         let mut c = Client::connect(gw.addr);
         let r = c.request("GET", refused, &[("Host", "api.example.com")], b"");
         assert_eq!(r.status, 400, "{refused}: {}", r.text());
     }
-    assert_eq!(api.request_count(), 2);
+    assert_eq!(api.request_count(), 3);
 }
