@@ -457,7 +457,6 @@ fn prepare<'g>(
         Some(a) => {
             if let Some(h) = headers.iter_mut().find(|h| classify(h.name) == Known::Host) {
                 h.value = a.as_bytes();
-                host = Some(h.value);
             }
             Some(a.as_bytes())
         }
