@@ -186,6 +186,21 @@ fn purge(state: &mut AdminState, req: &Request) -> Result<Response, ApiError> {
     if !state.spec().routes.contains_key(&route) {
         return Err(ApiError::new(404, "not_found", format!("no route with id {route:?}")));
     }
+    // Stored responses are filed under the path as routing reads it (canonical, without a
+    // trailing slash or `;` parameters where those are ignored): purge by the same reading.
+    let (path, prefix) = {
+        let snapshot = state.snapshot().clone();
+        let opts = match snapshot.routes.get(&route) {
+            Some(r) => *snapshot.path_normalization(r),
+            None => snapshot.path_normalization,
+        };
+        let read = |p: &str, key: bool| -> Result<String, ApiError> {
+            let c = ringway_proxy::h1::path::canonical(p, &opts)
+                .map_err(|e| ApiError::new(400, "bad_query", format!("path {p:?}: {e}")))?;
+            Ok(if key { ringway_proxy::h1::path::routing_key(&c, &opts).into_owned() } else { c.into_owned() })
+        };
+        (path.as_deref().map(|p| read(p, true)).transpose()?, prefix.as_deref().map(|p| read(p, false)).transpose()?)
+    };
     let removed = state.purge(&route, path.as_deref(), prefix.as_deref())?;
     Ok(Response::json(200, &json!({"route": route, "path": path, "prefix": prefix, "removed": removed})))
 }

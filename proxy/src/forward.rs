@@ -492,12 +492,23 @@ fn prepare<'g>(
         Ok(p) => p,
         Err(e) => return fail(early, e),
     };
-    let Some(route) = snapshot.router.find(host_lc, &routing_key(&path, global), |r| r.admits(method, find_header))
+    let Some((route, rank)) =
+        snapshot.router.find_ranked(host_lc, &routing_key(&path, global), |r| r.admits(method, find_header))
     else {
         early.error = Some(ProxyError::NoRoute);
         return Err(Box::new(early));
     };
     let route: &Route = route;
+    // A kept `%2F` stays inside its segment here, but an origin may decode it before routing:
+    // the path read with it decoded must not belong to a route that outranks this one.
+    if global.escaped_slashes == ringway_policy::EscapedSlashes::Keep && path.contains("%2F") {
+        let decoded = path.replace("%2F", "/");
+        let other =
+            snapshot.router.find_ranked(host_lc, &routing_key(&decoded, global), |r| r.admits(method, find_header));
+        if other.is_some_and(|(r, other_rank)| !std::ptr::eq(&**r, route) && other_rank > rank) {
+            return fail(early, HeadError::Bad("an encoded '/' in the path would select another route once decoded"));
+        }
+    }
     let own = snapshot.path_normalization(route);
     let path = if own == global {
         path
@@ -514,6 +525,9 @@ fn prepare<'g>(
         mine
     };
     let path: &str = &path;
+    // Stored responses are filed, and invalidated, under the path as routing reads it, so a
+    // POST to `/a` also drops what `/a/` and `/a;x` stored.
+    let filed = routing_key(path, snapshot.path_normalization(route));
     let chains = snapshot.chains(route);
     early.route = Some(route);
     early.chains = Some(chains);
@@ -538,8 +552,8 @@ fn prepare<'g>(
         early.request_id = request_id;
     }
     // An unsafe method on a cached route invalidates what this worker stored for the path.
-    let invalidate =
-        (chains.cache().is_some() && !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")).then(|| path.to_string());
+    let invalidate = (chains.cache().is_some() && !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"))
+        .then(|| filed.to_string());
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
@@ -638,7 +652,7 @@ fn prepare<'g>(
                         return Err(Box::new(early));
                     }
                     stale => {
-                        let generation = worker.cache.borrow().generation(&route.id, path);
+                        let generation = worker.cache.borrow().generation(&route.id, &filed);
                         let status = if no_store || no_cache {
                             "BYPASS"
                         } else if stale.is_some() {
@@ -655,7 +669,7 @@ fn prepare<'g>(
                             stale,
                             auth,
                             rule,
-                            path: path.to_string(),
+                            path: filed.to_string(),
                         });
                         status
                     }

@@ -37,6 +37,12 @@ impl PathPattern {
         if p.contains(['?', '#', '\\', ' ']) || p.bytes().any(|b| b.is_ascii_control()) {
             return Err(format!("path {p:?} has a character not allowed in a path pattern"));
         }
+        // Requests are routed without their trailing slash (unless `trailing_slash: strict`):
+        // `/a/` as a pattern means `/a`, so a route written either way is reached.
+        let p = match p.strip_suffix('/') {
+            Some(t) if !t.is_empty() && !t.ends_with('/') => t,
+            _ => p,
+        };
         let body = &p[1..];
         let (body, prefix) = if body == "*" {
             ("", true)
@@ -394,7 +400,17 @@ impl<T: Indexed> Router<T> {
 
     /// The best route for `host` (lower-case, no port) and `path` among those `accept`
     /// admits (method and header constraints).
-    pub fn find<'s>(&'s self, host: &str, path: &str, mut accept: impl FnMut(&T) -> bool) -> Option<&'s T> {
+    pub fn find<'s>(&'s self, host: &str, path: &str, accept: impl FnMut(&T) -> bool) -> Option<&'s T> {
+        self.find_ranked(host, path, accept).map(|(item, _)| item)
+    }
+
+    /// [`Router::find`], with the rank the route matched by.
+    pub fn find_ranked<'s>(
+        &'s self,
+        host: &str,
+        path: &str,
+        mut accept: impl FnMut(&T) -> bool,
+    ) -> Option<(&'s T, Rank)> {
         let mut best: Option<&'s Entry<T>> = None;
         let mut consider = |list: &'s [Entry<T>]| {
             for e in list {
@@ -428,7 +444,7 @@ impl<T: Indexed> Router<T> {
             }
         }
         self.any_host.candidates(path, &mut consider);
-        best.map(|e| &e.item)
+        best.map(|e| (&e.item, e.rank))
     }
 }
 

@@ -53,10 +53,15 @@ impl Route {
             && self.headers.iter().all(|(n, v)| header(n) == Some(v.as_slice()))
     }
 
-    /// The path to forward: `strip_prefix` removed at a segment boundary.
+    /// The path to forward: `strip_prefix` removed at a segment boundary. The prefix's last
+    /// segment may carry `;` parameters (`/api;v=1/x`, routed as `/api/x`): they go with it.
     pub fn forward_path<'p>(&self, path: &'p str) -> &'p str {
         if let Some(prefix) = &self.strip_prefix {
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                let rest = match rest.strip_prefix(';') {
+                    Some(params) => params.find('/').map_or("", |i| &params[i..]),
+                    None => rest,
+                };
                 if rest.is_empty() {
                     return "/";
                 }

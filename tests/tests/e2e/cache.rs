@@ -361,12 +361,20 @@ fn an_unsafe_request_discards_only_fills_of_its_own_path() {
         }
     });
     let gw = Gateway::start_with(&two_cached_routes(&up), &crate::default_driver(), &["--workers", "1"]);
+    // Waits until the upstream has received the `n`th GET of `/a/slow` (its fill is in flight).
+    let fill_started = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while up.requests().iter().filter(|r| r.method == "GET" && r.target == "/a/slow").count() < n {
+            assert!(std::time::Instant::now() < deadline, "the fill never reached the upstream");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     // A POST to another path of the same route, then to a path of another route, while a fill
     // is in flight: the fill is still stored.
-    for other in ["/a/other", "/b/other"] {
+    for (i, other) in ["/a/other", "/b/other"].into_iter().enumerate() {
         let addr = gw.addr;
         let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
-        std::thread::sleep(Duration::from_millis(400));
+        fill_started(i + 1);
         let post = Client::connect(gw.addr).request("POST", other, &[], b"x");
         assert_eq!(post.status, 200);
         assert_eq!(fill.join().unwrap(), "MISS");
@@ -378,7 +386,7 @@ fn an_unsafe_request_discards_only_fills_of_its_own_path() {
     assert_eq!(status_of(&Client::connect(gw.addr).get("/a/kept")), "MISS");
     let addr = gw.addr;
     let fill = std::thread::spawn(move || status_of(&Client::connect(addr).get("/a/slow")).to_string());
-    std::thread::sleep(Duration::from_millis(400));
+    fill_started(3);
     assert_eq!(Client::connect(gw.addr).request("POST", "/a/slow", &[], b"x").status, 200);
     assert_eq!(fill.join().unwrap(), "MISS");
     assert_eq!(status_of(&Client::connect(gw.addr).get("/a/slow")), "MISS", "a fill across a POST to its path");

@@ -68,7 +68,11 @@ fn connections_the_origin_closed_are_not_used(driver: &str) {
 
 fn a_response_varying_on_an_unkeyed_header_is_not_shared(driver: &str) {
     let up = Upstream::start("u", |r| {
-        let vary = if r.target.starts_with("/lang") { "Accept-Language" } else { "Authorization" };
+        let vary = match r.target.as_str() {
+            "/lang" => "Accept-Language",
+            "/xff" => "X-Forwarded-For",
+            _ => "Authorization",
+        };
         let who = r.header("authorization").unwrap_or("nobody");
         Reply::Full(
             200,
@@ -98,6 +102,10 @@ fn a_response_varying_on_an_unkeyed_header_is_not_shared(driver: &str) {
     assert_eq!(get("/lang", None).header("x-cache-status"), Some("MISS"));
     let r = Client::connect(gw.addr).request("GET", "/lang", &[("Accept-Language", "fr")], b"");
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
+    // The proxy's own per-client field reaches the upstream unkeyed: not stored.
+    for _ in 0..2 {
+        assert_eq!(get("/xff", None).header("x-cache-status"), Some("MISS"));
+    }
 }
 
 fn connection_cannot_remove_host_or_keyed_headers(driver: &str) {

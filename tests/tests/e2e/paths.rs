@@ -12,6 +12,7 @@ both_drivers!(
     encoded_slash_stays_inside_its_segment,
     route_options_reject_decode_and_keep_slashes,
     absolute_form_is_routed_by_its_authority,
+    every_reading_of_a_path_agrees,
 );
 
 /// One request on a fresh connection (refusals close theirs): status and body.
@@ -32,7 +33,7 @@ routes:
   login:
     paths: ["/login"]
     upstream: login
-    policies: {{rate_limit: {{limit: 1, window: 1m, key: route}}}}
+    policies: {{rate_limit: {{limit: 1, window: 1h, key: route}}}}
   all: {{paths: ["/*"], upstream: rest}}
 "#,
         login.addr, rest.addr
@@ -209,4 +210,61 @@ routes:
         assert_eq!(r.status, 400, "{refused}: {}", r.text());
     }
     assert_eq!(api.request_count(), 3);
+}
+
+fn every_reading_of_a_path_agrees(driver: &str) {
+    let admin = Upstream::echo("admin");
+    let api = Upstream::echo("api");
+    let projects = Upstream::echo("projects");
+    let rest = Upstream::start("rest", |r| {
+        ringway_tests::Reply::Full(
+            200,
+            vec![("cache-control".into(), "max-age=60".into())],
+            format!("rest {} {}", r.method, r.target).into_bytes(),
+        )
+    });
+    let cfg = format!(
+        r#"upstreams:
+  admin: {{targets: [{{addr: "{}"}}]}}
+  api: {{targets: [{{addr: "{}"}}]}}
+  projects: {{targets: [{{addr: "{}"}}]}}
+  rest: {{targets: [{{addr: "{}"}}]}}
+routes:
+  admin:
+    paths: ["/admin/"]
+    upstream: admin
+    policies: {{rate_limit: {{limit: 1, window: 1h, key: route}}}}
+  secret: {{paths: ["/vault/*"], upstream: admin}}
+  api: {{paths: ["/api/*"], strip_prefix: "/api", upstream: api}}
+  projects: {{paths: ["/projects/{{id}}"], upstream: projects}}
+  all:
+    paths: ["/*"]
+    upstream: rest
+    policies: {{cache: {{ttl: 60s}}}}
+"#,
+        admin.addr, api.addr, projects.addr, rest.addr
+    );
+    let gw = Gateway::start_with(&cfg, driver, &[]);
+    // A route written with a trailing slash is reached with or without one, and keeps its limit.
+    assert_eq!(ask(&gw, "/admin").0, 200);
+    assert_eq!(ask(&gw, "/admin/").0, 429);
+    assert_eq!(rest.request_count(), 0);
+    // A kept %2F that an origin would decode into another, stronger route's path is refused;
+    // one that only a weaker route would take stays served.
+    let (status, body) = ask(&gw, "/vault%2Fkeys");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(ask(&gw, "/projects/group%2Fproject").1, "projects GET /projects/group%2Fproject");
+    // strip_prefix takes the prefix's parameters with it.
+    assert_eq!(ask(&gw, "/api;v=1/x").1, "api GET /x");
+    // A POST to a path drops what its other spellings stored.
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(c.get("/doc/").header("x-cache-status"), Some("MISS"));
+    assert_eq!(c.get("/doc/").header("x-cache-status"), Some("HIT"));
+    assert_eq!(c.request("POST", "/doc", &[], b"x").status, 200);
+    assert_eq!(c.get("/doc/").header("x-cache-status"), Some("MISS"));
+    // An admin purge is read the same way.
+    assert_eq!(c.get("/doc/").header("x-cache-status"), Some("HIT"));
+    let r = gw.admin("DELETE", "/admin/v1/cache?route=all&path=/d%256Fc", None);
+    assert_eq!(r.json()["removed"], 1, "{}", r.text());
+    assert_eq!(c.get("/doc/").header("x-cache-status"), Some("MISS"));
 }
