@@ -113,6 +113,39 @@ fn admin_bodies_refuse_yaml_aliases_and_deep_nesting_fast() {
 }
 
 #[test]
+fn admin_yaml_bodies_with_line_breaks_the_guard_cannot_see_are_refused_fast() {
+    let gw = empty(&[]);
+    let yaml = [("Content-Type", "application/yaml")];
+    // Lines the YAML parser breaks where a scan for anchors splitting on \n would not.
+    let laughs = |br: &str| {
+        let mut doc =
+            format!("a:{br}  &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]{br}");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"].iter().zip(["b", "c", "d", "e", "f", "g", "h"]) {
+            doc.push_str(&format!("{name}:{br}  &{name} [{}]{br}", vec![format!("*{prev}"); 8].join(",")));
+        }
+        doc
+    };
+    let t = Instant::now();
+    for (br, named) in [("\r", "carriage return"), ("\u{85}", "U+0085"), ("\u{2028}", "U+2028"), ("\u{2029}", "U+2029")]
+    {
+        let v = refused(&call(&gw, "PUT", "/admin/v1/config", &yaml, laughs(br).as_bytes()), 400, "bad_body");
+        assert!(v["message"].as_str().unwrap().contains(named), "{v}");
+    }
+    // A byte order mark hides a line's first token from such a scan: anchors, and nesting.
+    let flow_laughs = "\u{FEFF}[&a [x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b]]\n";
+    let deep = format!("\u{FEFF}{}", "[".repeat(1_000_000));
+    for doc in [flow_laughs, deep.as_str()] {
+        let v = refused(&call(&gw, "PUT", "/admin/v1/config", &yaml, doc.as_bytes()), 400, "bad_body");
+        assert!(v["message"].as_str().unwrap().contains("U+FEFF"), "{v}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "refusals took {:?}", t.elapsed());
+    assert_eq!(revision(&gw), 0, "a refused body changed the configuration");
+    // CRLF line breaks are fine.
+    let r = call(&gw, "PUT", "/admin/v1/global_policies", &yaml, b"{}\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn config_file_with_anchors_or_deep_nesting_is_refused() {
     let up = Upstream::echo("a");
     let file = format!(
