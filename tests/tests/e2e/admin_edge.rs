@@ -177,10 +177,31 @@ fn admin_refuses_foreign_host_origin_and_content_types() {
         403,
         "forbidden_host",
     );
-    // The right Host, but sent by a page elsewhere.
-    let page = [("Origin", "http://evil.example")];
-    refused(&call(&gw, "POST", "/admin/v1/revisions/0/rollback", &page, b""), 403, "forbidden_origin");
-    refused(&call(&gw, "POST", "/admin/v1/revisions/0/rollback", &[("Origin", "null")], b""), 403, "forbidden_origin");
+    // The right Host, but sent by a page elsewhere: another site, or another port of this host
+    // (the data plane's, serving whatever its upstreams send).
+    let data_plane = format!("http://127.0.0.1:{}", gw.addr.port());
+    for origin in ["http://evil.example", "null", "http://localhost:3000", data_plane.as_str()] {
+        let page = [("Origin", origin), ("Content-Type", "application/json")];
+        refused(&call(&gw, "POST", "/admin/v1/revisions/0/rollback", &page, b""), 403, "forbidden_origin");
+    }
+    let https_self = format!("https://localhost:{port}");
+    for origin in ["https://127.0.0.1", https_self.as_str(), "https://gw-admin.internal"] {
+        let r = call(&gw, "GET", "/admin/v1/status", &[("Origin", origin)], b"");
+        refused(&r, 403, "forbidden_origin");
+    }
+    for site in ["cross-site", "same-site"] {
+        let r = call(&gw, "GET", "/admin/v1/status", &[("Sec-Fetch-Site", site)], b"");
+        refused(&r, 403, "forbidden_origin");
+    }
+    // What a page may send without asking first (fetch with mode "no-cors"): a POST with no
+    // body and no Content-Type, or a text/plain one, with no Origin checked here.
+    let none: &[(&str, &str)] = &[];
+    for headers in [none, &[("Content-Type", "text/plain")]] {
+        let r = call(&gw, "POST", "/admin/v1/revisions/0/rollback", headers, b"");
+        let v = refused(&r, 415, "unsupported_media_type");
+        assert!(v["message"].as_str().unwrap().contains("Content-Type: application/json"), "{v}");
+    }
+    refused(&call(&gw, "DELETE", "/admin/v1/routes/r", &[], b""), 415, "unsupported_media_type");
     // Bodies must say JSON or YAML.
     for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
         let r = call(&gw, "POST", "/admin/v1/revisions/0/rollback", &[("Content-Type", ct)], b"{}");
@@ -200,10 +221,14 @@ fn admin_refuses_foreign_host_origin_and_content_types() {
         let r = call(&gw, "GET", "/admin/v1/status", &[("Host", host)], b"");
         assert_eq!(r.status, 200, "{host}: {}", r.text());
     }
-    for origin in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:9180", "https://gw-admin.internal"] {
-        let r = call(&gw, "GET", "/admin/v1/status", &[("Origin", origin)], b"");
+    // Its own origin: http, an allowed host, the admin port.
+    for host in ["localhost", "127.0.0.1", "[::1]", "gw-admin.internal"] {
+        let origin = format!("http://{host}:{port}");
+        let r = call(&gw, "GET", "/admin/v1/status", &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")], b"");
         assert_eq!(r.status, 200, "{origin}: {}", r.text());
     }
+    let r = call(&gw, "GET", "/admin/v1/status", &[("Sec-Fetch-Site", "none")], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = call(&gw, "PATCH", "/admin/v1/routes/r", &[("Content-Type", "application/merge-patch+json")], b"{}");
     assert_eq!(r.status, 200, "{}", r.text());
     let r = call(&gw, "POST", "/admin/v1/revisions/0/rollback", &[("Content-Type", "application/json")], b"");
