@@ -58,6 +58,15 @@ mod tests {
     }
 
     #[test]
+    fn line_breaks_the_guard_cannot_follow_are_refused_in_files_too() {
+        let e = parse_document("\u{FEFF}[&a [x], *a]\n").unwrap_err();
+        assert!(e.0[0].message.contains("U+FEFF"), "{}", e.0[0].message);
+        let e = parse_document("upstreams:\r  &u {}\r").unwrap_err();
+        assert!(e.0[0].message.contains("carriage return"), "{}", e.0[0].message);
+        assert!(parse_document("upstreams: {}\r\nroutes: {}\r\n").is_ok());
+    }
+
+    #[test]
     fn json_is_accepted() {
         let spec = parse_document(r#"{"upstreams": {"u": {"targets": [{"addr": "127.0.0.1:1"}]}}}"#).unwrap();
         assert_eq!(spec.upstreams["u"].targets[0].weight, 1);

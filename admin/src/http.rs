@@ -1,7 +1,13 @@
 //! A small blocking HTTP/1.1 server for the admin API: one thread per connection parses
 //! requests with the data plane's strict head checks (Content-Length bodies only, heads and
-//! bodies capped), refuses foreign `Host` and `Origin` values and bodies that are neither JSON
-//! nor YAML, and hands each request to the admin thread, which owns all state, over a channel.
+//! bodies capped), refuses foreign `Host` values, requests from web pages other than its own
+//! origin, and any request but GET and HEAD that does not declare JSON or YAML, and hands each
+//! request to the admin thread, which owns all state, over a channel.
+//!
+//! Browsers. A page elsewhere can make a browser send a request here without asking first
+//! (without a CORS preflight) only with no `Content-Type` or with `text/plain`, form or
+//! multipart types; requiring a JSON or YAML type on every write, body or not, forces the
+//! preflight, which this server never grants. `Origin` and `Sec-Fetch-Site` refuse the rest.
 //!
 //! Slots. A connection holds a slot only while it is busy with a request: from the request's
 //! first byte until its answer is written. Idle connections (before a first request or
@@ -100,13 +106,14 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `Host` (and `Origin`) values the admin API answers: loopback names and addresses, the
-/// address it listens on, and the names the operator adds; any port. Everything else is
-/// refused, so that neither a web page on another site nor DNS rebinding can drive the API
-/// through a browser.
+/// The `Host` values the admin API answers: loopback names and addresses, the address it
+/// listens on, and the names the operator adds; any port. Everything else is refused, so that
+/// DNS rebinding cannot drive the API through a browser. An `Origin` must be the API's own:
+/// `http`, one of those hosts and the port it listens on.
 #[derive(Debug, Clone, Default)]
 pub struct AllowedHosts {
     listen: Option<IpAddr>,
+    port: u16,
     names: Vec<String>,
 }
 
@@ -128,7 +135,7 @@ impl AllowedHosts {
             out.push(host.to_ascii_lowercase());
         }
         let ip = listen.ip();
-        Ok(AllowedHosts { listen: (!ip.is_unspecified()).then_some(ip), names: out })
+        Ok(AllowedHosts { listen: (!ip.is_unspecified()).then_some(ip), port: listen.port(), names: out })
     }
 
     /// Whether a `Host` value (`host[:port]`) names this server.
@@ -145,14 +152,21 @@ impl AllowedHosts {
         self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
     }
 
-    /// Whether an `Origin` value (`scheme://host[:port]`) is this server.
+    /// Whether an `Origin` value (`scheme://host[:port]`) is this server's own origin: `http`,
+    /// an allowed host and the listen port (80 when the value gives none). Pages on any other
+    /// port of the same host, the data plane's included, are other origins.
     pub fn allows_origin(&self, value: &str) -> bool {
+        const HTTP: &str = "http://";
         let v = value.trim();
-        let rest = ["http://", "https://"]
-            .iter()
-            .find(|p| v.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p)))
-            .map(|p| &v[p.len()..]);
-        rest.is_some_and(|r| !r.contains('/') && self.allows(r))
+        let Some(rest) = v.get(..HTTP.len()).filter(|s| s.eq_ignore_ascii_case(HTTP)).map(|_| &v[HTTP.len()..]) else {
+            return false;
+        };
+        let Ok(host) = host_without_port(rest.as_bytes()) else { return false };
+        let port = match &rest[host.len()..] {
+            "" => Some(80),
+            p => p.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()),
+        };
+        port == Some(self.port) && self.allows(host)
     }
 }
 
@@ -279,16 +293,37 @@ pub fn serve(listener: TcpListener, jobs: Sender<Job>, limits: AdminLimits) {
             );
             continue;
         };
-        let (jobs, slots2) = (jobs.clone(), slots.clone());
-        let spawned =
-            std::thread::Builder::new().name("ringway-admin-conn".into()).stack_size(256 * 1024).spawn(move || {
-                connection(stream, id, &jobs, &slots2);
-                slots2.close(id);
-            });
-        if spawned.is_err() {
-            slots.close(id);
-        }
+        let jobs = jobs.clone();
+        // Should the thread not start, the slot goes back as the closure is dropped.
+        let _ = spawn_connection(&slots, id, move |slots| connection(stream, id, &jobs, slots));
     }
+}
+
+/// Gives connection `id`'s place up when dropped: when its thread ends, panicking or not, or
+/// when the thread never starts.
+struct SlotGuard {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots.close(self.id);
+    }
+}
+
+/// Runs `work` for connection `id` on a thread of its own, then gives the connection's place up.
+fn spawn_connection(
+    slots: &Arc<Slots>,
+    id: u64,
+    work: impl FnOnce(&Slots) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let guard = SlotGuard { slots: slots.clone(), id };
+    std::thread::Builder::new().name("ringway-admin-conn".into()).stack_size(256 * 1024).spawn(move || {
+        work(&guard.slots);
+        // Also dropped (and the place given up) when `work` panics.
+        drop(guard);
+    })
 }
 
 fn connection(stream: TcpStream, id: u64, jobs: &Sender<Job>, slots: &Slots) {
@@ -337,14 +372,23 @@ fn connection(stream: TcpStream, id: u64, jobs: &Sender<Job>, slots: &Slots) {
     }
 }
 
+/// How long [`close_gently`] reads what a refused client still sends, at most.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// Closes after a refusal without resetting the connection: unread request bytes at close would
 /// make the kernel send a reset, which can destroy the answer before the client reads it.
+/// Reads and discards up to 256 KiB, for at most [`DRAIN_LIMIT`] in all (200 ms without a byte
+/// ends it sooner), so a client that trickles cannot hold the thread.
 fn close_gently(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + DRAIN_LIMIT;
     let mut tmp = [0u8; 16 * 1024];
     let mut left: usize = 256 * 1024;
     while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
         match (&*stream).read(&mut tmp) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
@@ -478,8 +522,9 @@ fn head_error(e: HeadError) -> Response {
 }
 
 /// The checks on a complete head besides the raw bytes: framing (as strict as the data
-/// plane's), `Host`, `Origin`, the body's content type and size. Answers whether the
-/// connection closes after this request and whether the client waits for `100 Continue`.
+/// plane's), `Host`, `Origin`, `Sec-Fetch-Site`, the content type (of every request but GET
+/// and HEAD, and of any body) and the body's size. Answers whether the connection closes after
+/// this request and whether the client waits for `100 Continue`.
 fn check_head(req: &Request, http10: bool, limits: &AdminLimits) -> Result<(bool, bool), Response> {
     let bad = |m: &str| Response::error(400, "bad_request", m);
     let (mut hosts, mut lengths, mut te, mut origins) = (0, 0, false, 0);
@@ -535,22 +580,36 @@ fn check_head(req: &Request, http10: bool, limits: &AdminLimits) -> Result<(bool
             return Err(Response::error(
                 403,
                 "forbidden_origin",
-                format!("requests from web pages at {origin:?} are not accepted"),
+                format!(
+                    "requests from web pages at {origin:?} are not accepted: only the admin API's own origin is (http://HOST:{})",
+                    limits.hosts.port
+                ),
             ));
         }
     }
-    if req.header("sec-fetch-site").is_some_and(|v| v.trim().eq_ignore_ascii_case("cross-site")) {
-        return Err(Response::error(403, "forbidden_origin", "cross-site requests are not accepted"));
+    if let Some(site) = req.header("sec-fetch-site") {
+        let site = site.trim();
+        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+            return Err(Response::error(
+                403,
+                "forbidden_origin",
+                format!("requests with Sec-Fetch-Site: {site:?} are not accepted: only same-origin ones and those a user makes directly (none)"),
+            ));
+        }
     }
     let content_type = req.header("content-type");
-    if (length > 0 || content_type.is_some()) && content_type.and_then(syntax_of).is_none() {
+    let write = !matches!(req.method.as_str(), "GET" | "HEAD");
+    if (write || length > 0 || content_type.is_some()) && content_type.and_then(syntax_of).is_none() {
+        let got = content_type.map_or_else(|| "no Content-Type".to_string(), |c| format!("Content-Type {c:?}"));
+        let what = if write {
+            format!("every {} request, with a body or without", req.method)
+        } else {
+            "a request body".into()
+        };
         return Err(Response::error(
             415,
             "unsupported_media_type",
-            format!(
-                "a request body must be sent as application/json or application/yaml, not {:?}",
-                content_type.unwrap_or("(no Content-Type)")
-            ),
+            format!("send Content-Type: application/json (or application/yaml for a YAML body) with {what}, not {got}"),
         ));
     }
     if length > limits.max_body as u64 {
@@ -620,11 +679,36 @@ mod tests {
         for bad in ["", "evil.example", "localhost.evil.example", "10.1.2.4", "[::2]", "admin.example.", "a b", "x:y"] {
             assert!(!h.allows(bad), "{bad}");
         }
-        assert!(h.allows_origin("http://localhost:3000"));
-        assert!(h.allows_origin("HTTPS://admin.example"));
-        for bad in ["null", "http://evil.example", "localhost", "ftp://localhost", "http://localhost/x", "http://"] {
+        // Origins: this server only, scheme, host and port.
+        for ok in ["http://localhost:9180", "HTTP://LocalHost:9180", "http://127.0.0.1:9180", "http://[::1]:9180"] {
+            assert!(h.allows_origin(ok), "{ok}");
+        }
+        for ok in ["http://10.1.2.3:9180", "http://admin.example:9180", "http://[fd00::1]:9180"] {
+            assert!(h.allows_origin(ok), "{ok}");
+        }
+        for bad in [
+            "null",
+            "http://evil.example",
+            "localhost",
+            "ftp://localhost",
+            "http://localhost/x",
+            "http://",
+            "http://localhost:9180/",
+            "http://localhost:3000",
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "https://localhost:9180",
+            "https://admin.example",
+            "http://admin.example:8443",
+            "http://evil.example:9180",
+            "http://localhost:9180:9180",
+        ] {
             assert!(!h.allows_origin(bad), "{bad}");
         }
+        // On port 80 an origin may leave the port out.
+        let on_80 = AllowedHosts::new("127.0.0.1:80".parse().unwrap(), &[]).unwrap();
+        assert!(on_80.allows_origin("http://localhost") && on_80.allows_origin("http://127.0.0.1:80"));
+        assert!(!on_80.allows_origin("http://localhost:8080"));
         let any: SocketAddr = "0.0.0.0:9180".parse().unwrap();
         assert!(!AllowedHosts::new(any, &[]).unwrap().allows("0.0.0.0"), "an unspecified address names nothing");
         assert!(AllowedHosts::new(listen, &["bad name".to_string()]).is_err());
@@ -641,5 +725,107 @@ mod tests {
         {
             assert_eq!(syntax_of(bad), None, "{bad}");
         }
+    }
+
+    fn limits() -> AdminLimits {
+        AdminLimits {
+            max_body: 1 << 20,
+            max_busy: 4,
+            max_busy_per_addr: 2,
+            max_open: 16,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            hosts: AllowedHosts::new("127.0.0.1:9180".parse().unwrap(), &[]).unwrap(),
+        }
+    }
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> Request {
+        let mut all = vec![("Host".to_string(), "127.0.0.1:9180".to_string())];
+        all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        Request {
+            method: method.into(),
+            path: "/admin/v1/revisions/1/rollback".into(),
+            headers: all,
+            ..Default::default()
+        }
+    }
+
+    fn refusal(method: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+        check_head(&request(method, headers), false, &limits()).err().map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (r.status, v["message"].as_str().unwrap_or("").to_string())
+        })
+    }
+
+    #[test]
+    fn writes_need_a_json_or_yaml_content_type_even_without_a_body() {
+        let json = ("Content-Type", "application/json");
+        for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            let (status, message) = refusal(method, &[]).expect(method);
+            assert_eq!(status, 415, "{method}");
+            assert!(message.contains("Content-Type: application/json"), "{message}");
+            assert_eq!(refusal(method, &[("Content-Type", "text/plain")]).map(|r| r.0), Some(415), "{method}");
+            assert_eq!(refusal(method, &[json]), None, "{method}");
+            assert_eq!(refusal(method, &[("Content-Type", "application/yaml")]), None, "{method}");
+        }
+        for method in ["GET", "HEAD"] {
+            assert_eq!(refusal(method, &[]), None, "{method}");
+        }
+    }
+
+    #[test]
+    fn only_same_origin_or_direct_fetches_are_accepted() {
+        let json = ("Content-Type", "application/json");
+        for site in ["same-origin", "none", "Same-Origin"] {
+            assert_eq!(refusal("POST", &[json, ("Sec-Fetch-Site", site)]), None, "{site}");
+        }
+        for site in ["same-site", "cross-site", "", "other"] {
+            assert_eq!(refusal("POST", &[json, ("Sec-Fetch-Site", site)]).map(|r| r.0), Some(403), "{site:?}");
+            assert_eq!(refusal("GET", &[("Sec-Fetch-Site", site)]).map(|r| r.0), Some(403), "{site:?}");
+        }
+        // A page on another port of the same host (the data plane, say) is another origin.
+        let (status, _) = refusal("POST", &[json, ("Origin", "http://127.0.0.1:8080")]).unwrap();
+        assert_eq!(status, 403);
+        assert_eq!(refusal("POST", &[json, ("Origin", "http://127.0.0.1:9180")]), None);
+    }
+
+    /// A connected pair of sockets: (client, server).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (c, l.accept().unwrap().0)
+    }
+
+    #[test]
+    fn close_gently_gives_a_trickling_client_about_a_second() {
+        let (mut client, server) = pair();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let trickle = std::thread::spawn(move || {
+            let t = Instant::now();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && t.elapsed() < Duration::from_secs(8) {
+                if client.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let t = Instant::now();
+        close_gently(&server);
+        let took = t.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        trickle.join().unwrap();
+        assert!(took < Duration::from_millis(2500), "close_gently took {took:?}");
+        assert!(took >= Duration::from_millis(500), "close_gently gave up after {took:?}");
+    }
+
+    #[test]
+    fn a_connection_thread_that_panics_gives_its_slot_back() {
+        let (_client, server) = pair();
+        let slots = Arc::new(Slots { limits: Arc::new(limits()), conns: Mutex::new((0, HashMap::new())) });
+        let id = slots.open(&server, server.peer_addr().unwrap().ip()).unwrap();
+        let handle = spawn_connection(&slots, id, move |_| panic!("connection thread failure")).unwrap();
+        assert!(handle.join().is_err());
+        assert!(slots.lock().1.is_empty(), "the slot of a panicked connection is still taken");
     }
 }

@@ -4,6 +4,10 @@
 //! anchors and aliases are refused: alias expansion lets a small document stand for a huge
 //! one, and deep nesting costs the YAML parser time quadratic in the depth. JSON goes to a JSON
 //! parser, which is linear.
+//!
+//! The YAML scan splits lines where the YAML parser does only if lines end in `\n` (or
+//! `\r\n`): the parser also breaks lines at a lone `\r`, U+0085, U+2028 and U+2029, and skips
+//! U+FEFF where a line starts, so a document holding any of these is refused outright.
 
 use serde::de::DeserializeOwned;
 
@@ -83,14 +87,45 @@ pub fn check_json(b: &[u8], max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a YAML document for anchors (`&a`), aliases (`*a`) and nesting deeper than `max`.
+/// Refuses the characters the YAML parser takes as a line break besides `\n` and `\r\n` (a
+/// lone `\r`, U+0085, U+2028, U+2029), and U+FEFF, which it skips at a line's start: the scan in
+/// [`check_yaml`] would read such a document differently from the parser.
+fn check_yaml_chars(text: &str) -> Result<(), String> {
+    let b = text.as_bytes();
+    let mut line = 1usize;
+    for (i, c) in text.char_indices() {
+        let name = match c {
+            '\n' => {
+                line += 1;
+                continue;
+            }
+            '\r' if b.get(i + 1) == Some(&b'\n') => continue,
+            '\r' => "a carriage return (U+000D) not followed by a line feed",
+            '\u{85}' => "U+0085 (next line)",
+            '\u{2028}' => "U+2028 (line separator)",
+            '\u{2029}' => "U+2029 (paragraph separator)",
+            '\u{FEFF}' => "U+FEFF (byte order mark)",
+            _ => continue,
+        };
+        return Err(format!(
+            "{name} at line {line} is not accepted in YAML: break lines with \\n or \\r\\n only (in a double-quoted string, write the character as an escape such as \\u{:04X})",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a YAML document for anchors (`&a`), aliases (`*a`) and nesting deeper than `max`,
+/// and for line breaks other than `\n` and `\r\n` (see [`check_yaml_chars`]).
 ///
 /// A conservative lexical scan, linear in the input: it follows quotes, comments, block
 /// scalars, flow collections and block indentation closely enough to find every place a node
 /// may start (where `&` and `*` can only be an anchor or an alias) and to estimate depth from
 /// above. A `&` or `*` opening a continuation line of a multi-line plain scalar is refused
-/// too; quoting the scalar avoids that.
+/// too; quoting the scalar avoids that. Every `[` and `{` outside quotes counts towards the
+/// depth, wherever it stands (inside a plain scalar too), until a `]` or `}` closes it.
 pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
+    check_yaml_chars(text)?;
     #[derive(Clone, Copy, PartialEq)]
     enum Quote {
         None,
@@ -100,6 +135,9 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
     // Columns of the open block collections, strictly increasing.
     let mut stack: Vec<usize> = Vec::new();
     let mut flow = 0usize;
+    // `[` and `{` outside quotes, less the `]` and `}` since (never below zero): at least the
+    // depth of flow collections the parser is in, whatever this scan took them for.
+    let mut brackets = 0usize;
     let mut quote = Quote::None;
     // While inside a block scalar: lines indented deeper than this column (or blank) are text.
     let mut block_scalar: Option<Option<usize>> = None;
@@ -151,13 +189,30 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
             if c == b'#' && prev_blank {
                 break;
             }
+            match c {
+                b'[' | b'{' => {
+                    brackets += 1;
+                    if stack.len() + brackets > max {
+                        return Err(too_deep(max, line_no));
+                    }
+                }
+                b']' | b'}' => brackets = brackets.saturating_sub(1),
+                _ => {}
+            }
             if start {
                 match c {
                     b'&' => return Err(format!("YAML anchors (&name) are not accepted (line {line_no})")),
                     b'*' => return Err(format!("YAML aliases (*name) are not accepted (line {line_no})")),
                     b'!' => {
-                        // A tag: the node follows it.
+                        // A tag: the node follows it. Brackets in it count, in case the parser
+                        // ends the tag before them.
                         while i < line.len() && line[i] != b' ' && line[i] != b'\t' {
+                            if matches!(line[i], b'[' | b'{') {
+                                brackets += 1;
+                                if stack.len() + brackets > max {
+                                    return Err(too_deep(max, line_no));
+                                }
+                            }
                             i += 1;
                         }
                         continue;
@@ -170,7 +225,7 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
                     b'-' | b'?' | b':' if next_blank => {
                         if flow == 0 {
                             stack.push(i);
-                            if stack.len() + flow > max {
+                            if stack.len() + brackets > max {
                                 return Err(too_deep(max, line_no));
                             }
                         }
@@ -185,9 +240,6 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
                     b'\'' => quote = Quote::Single,
                     b'[' | b'{' => {
                         flow += 1;
-                        if stack.len() + flow > max {
-                            return Err(too_deep(max, line_no));
-                        }
                         i += 1;
                         continue;
                     }
@@ -201,7 +253,7 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
                 b':' if next_blank || flow > 0 => {
                     if flow == 0 {
                         stack.push(node_col);
-                        if stack.len() + flow > max {
+                        if stack.len() + brackets > max {
                             return Err(too_deep(max, line_no));
                         }
                     }
@@ -210,9 +262,6 @@ pub fn check_yaml(text: &str, max: usize) -> Result<(), String> {
                 b',' if flow > 0 => start = true,
                 b'[' | b'{' if flow > 0 => {
                     flow += 1;
-                    if stack.len() + flow > max {
-                        return Err(too_deep(max, line_no));
-                    }
                     start = true;
                 }
                 b']' | b'}' if flow > 0 => flow -= 1,
@@ -300,6 +349,56 @@ mod tests {
         ] {
             assert_eq!(check_yaml(doc, 64), Ok(()), "{doc:?}");
         }
+    }
+
+    /// Bodies that break lines (or hide a node's start) in ways only the YAML parser sees.
+    fn line_break_tricks() -> Vec<String> {
+        let laughs = |br: &str| {
+            let mut doc = format!("a:{br}  &a [x,x,x,x,x,x,x,x]{br}");
+            for (prev, name) in ["a", "b", "c", "d"].iter().zip(["b", "c", "d", "e"]) {
+                doc.push_str(&format!("{name}:{br}  &{name} [{}]{br}", vec![format!("*{prev}"); 8].join(",")));
+            }
+            doc
+        };
+        vec![
+            laughs("\r"),
+            laughs("\u{85}"),
+            laughs("\u{2028}"),
+            laughs("\u{2029}"),
+            "\u{FEFF}[&a [x,x], &b [*a,*a], &c [*b,*b]]\n".to_string(),
+            "k: v\n\u{FEFF}&a [x]\n".to_string(),
+        ]
+    }
+
+    #[test]
+    fn yaml_line_breaks_the_scan_does_not_follow_are_refused() {
+        for (doc, named) in
+            line_break_tricks().iter().zip(["carriage return", "U+0085", "U+2028", "U+2029", "U+FEFF", "U+FEFF"])
+        {
+            let e = check_yaml(doc, 64).expect_err(doc);
+            assert!(e.contains(named), "{doc:?}: {e}");
+        }
+        let e = check_yaml("a: 1\nb: 2\rc: 3\n", 64).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        // CRLF line breaks stay accepted, as do the characters written as escapes.
+        assert_eq!(check_yaml("a: 1\r\nb: [x, y]\r\n", 64), Ok(()));
+        assert_eq!(check_yaml("a: \"\\u2028 \\L \\N \\uFEFF\"\n", 64), Ok(()));
+        // The parser itself never sees them.
+        for doc in line_break_tricks() {
+            assert!(matches!(parse::<serde_json::Value>(&doc, Syntax::Yaml), Err(DocError::Refused(_))), "{doc:?}");
+        }
+    }
+
+    #[test]
+    fn yaml_depth_counts_brackets_wherever_they_are() {
+        let bom_deep = format!("\u{FEFF}{}", "[".repeat(1_000_000));
+        assert!(check_yaml(&bom_deep, 64).is_err());
+        // Past a plain scalar, where a block context would take them as text.
+        assert!(check_yaml(&format!("a: x{}\n", "[".repeat(65)), 64).unwrap_err().contains("deeper than"));
+        assert!(check_yaml(&format!("a: x{}\n", "{".repeat(65)), 64).unwrap_err().contains("deeper than"));
+        // Balanced brackets in plain scalars do not add up across lines.
+        let regexes: String = (0..200).map(|i| format!("m{i}: ^a[0-9]{{2}}$\n")).collect();
+        assert_eq!(check_yaml(&regexes, 64), Ok(()));
     }
 
     #[test]

@@ -158,12 +158,14 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
-    /// A request to the admin API (`Host` is its address); `body` is sent as JSON.
+    /// A request to the admin API (`Host` is its address); `body` is sent as JSON. Every
+    /// method but GET and HEAD says `Content-Type: application/json`, body or not, as the API
+    /// requires.
     pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> crate::Response {
         let mut c = crate::Client::connect(self.admin);
         let host = self.admin.to_string();
         let mut headers = vec![("Host", host.as_str())];
-        if body.is_some() {
+        if body.is_some() || !matches!(method, "GET" | "HEAD") {
             headers.push(("Content-Type", "application/json"));
         }
         c.request(method, path, &headers, body.unwrap_or("").as_bytes())
