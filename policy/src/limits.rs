@@ -15,12 +15,15 @@
 //! admits all but a handful of its `limit`.
 //!
 //! Keys: both the bank and every worker's shard track a bounded number of keys. Past the cap,
-//! the least recently used go first (a key refused until later counts as used until then; a
-//! bucket counts as used until it is full again, since forgetting it is treating it as full;
-//! entries of finished windows and full buckets go before anything else), so a client spraying
-//! keys displaces only keys idle longer than its own, and every new key still gets its own
-//! counter (a local limit for keys past the cap would instead multiply their limit by the
-//! number of workers, and still need a bounded table). `key: ip` counts an IPv6 client by its /64 (one host's usual allocation); IPv4
+//! the least recently used go first (a key refused until later counts as used until then, and
+//! goes only when the idle keys are too few; a bucket counts as used until it is full again,
+//! since forgetting it is treating it as full; entries of finished windows and full buckets go
+//! before anything else), so a client spraying keys displaces only keys idle longer than its
+//! own, and every new key still gets its own counter (a local limit for keys past the cap would
+//! instead multiply their limit by the number of workers, and still need a bounded table). The
+//! bank is striped by key hash and evicts one stripe at a time, so no eviction reads more than
+//! a stripe, whatever the number of cores.
+//! `key: ip` counts an IPv6 client by its /64 (one host's usual allocation); IPv4
 //! addresses count on their own.
 //!
 //! Concurrency: the bank holds the free slots; a worker takes a few, keeps up to one batch of
@@ -35,6 +38,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -114,6 +119,158 @@ fn eviction_cut(ages: impl Iterator<Item = u64>, num: usize, den: usize) -> Opti
     let sample = &mut sample[..n];
     let (_, cut, _) = sample.select_nth_unstable(n * num / den);
     Some(*cut)
+}
+
+/// One eviction, freeing about `1/den` of a table, least recently seen first. The first pass
+/// drops entries that hold nothing any more and entries last seen strictly before the cut,
+/// with entries exactly at the cut only up to the quota, and never an entry seen "in the
+/// future" (a key refused until later): refused keys often share one time (the end of their
+/// window), and dropping them all would give every one of them a fresh counter. Only when that
+/// frees less than half the quota (most of the table is refused keys) does a second pass drop
+/// those too, the same way, so the table stays bounded and no more than the quota of them go.
+struct Eviction {
+    cut: u64,
+    now_ms: u64,
+    quota: usize,
+    freed: usize,
+}
+
+impl Eviction {
+    /// `ages`: what eviction goes by, for the entries of a table of `len` of them.
+    fn new(ages: impl Iterator<Item = u64>, len: usize, den: usize, now_ms: u64) -> Option<Eviction> {
+        let cut = eviction_cut(ages, 1, den)?;
+        Some(Eviction { cut, now_ms, quota: (len / den).max(1), freed: 0 })
+    }
+
+    fn drops(&mut self, seen: u64, first: bool) -> bool {
+        let drop =
+            (seen < self.cut || (seen == self.cut && self.freed < self.quota)) && (!first || seen <= self.now_ms);
+        self.freed += usize::from(drop);
+        drop
+    }
+
+    /// First pass: whether to keep an entry seen at `seen`; `done`: it holds nothing any more.
+    fn keep_first(&mut self, seen: u64, done: bool) -> bool {
+        if done {
+            self.freed += 1;
+            return false;
+        }
+        !self.drops(seen, true)
+    }
+
+    /// Whether the first pass fell well short of the quota.
+    fn wants_second(&self) -> bool {
+        self.freed < self.quota / 2
+    }
+
+    /// Second pass: as the first, entries seen in the future included.
+    fn keep_second(&mut self, seen: u64) -> bool {
+        !self.drops(seen, false)
+    }
+}
+
+/// Bank entries tracked per stripe at least, whatever the cap: enough for a meaningful sample.
+const MIN_STRIPE_KEYS: usize = 64;
+
+/// One part of a bank table. Keys are spread over the stripes by hash, and each stripe counts
+/// its entries and evicts on its own, so an eviction reads and locks one stripe (a share of the
+/// table that does not grow with the number of cores) instead of the whole table.
+#[repr(align(128))]
+struct Stripe<V> {
+    map: DashMap<(u64, u64), V>,
+    /// Entries in `map`, kept on insert and eviction (never below the true count): reading
+    /// `DashMap::len` would lock every shard.
+    len: AtomicUsize,
+    /// Set while a worker evicts: the others go on (the cap is soft by what they add meanwhile).
+    evicting: AtomicBool,
+}
+
+/// A bank table: the entries of every limit and key, striped.
+struct Table<V> {
+    stripes: Box<[Stripe<V>]>,
+    mask: usize,
+}
+
+impl<V> Table<V> {
+    /// `stripes`: a power of two.
+    fn new(stripes: usize) -> Table<V> {
+        let stripes = stripes.max(1).next_power_of_two();
+        Table {
+            stripes: (0..stripes)
+                .map(|_| Stripe {
+                    map: DashMap::with_shard_amount(2),
+                    len: AtomicUsize::new(0),
+                    evicting: AtomicBool::new(false),
+                })
+                .collect(),
+            mask: stripes - 1,
+        }
+    }
+
+    fn stripe(&self, k: (u64, u64)) -> &Stripe<V> {
+        // Both halves are keyed hashes (or 0): mix them and take high bits.
+        let h = (k.0 ^ k.1.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.stripes[(h >> 40) as usize & self.mask]
+    }
+
+    /// The entry of `k`, made with `new` if missing. A new key past its stripe's share of `cap`
+    /// first makes room in that stripe: entries `done` says hold nothing any more and the least
+    /// recently used quarter by `seen` go. A key already tracked costs one map access, as
+    /// without a cap.
+    fn entry(
+        &self,
+        k: (u64, u64),
+        cap: usize,
+        now_ms: u64,
+        new: impl FnOnce() -> V,
+        seen: impl Fn(&V) -> u64,
+        done: impl Fn(&V) -> bool,
+    ) -> RefMut<'_, (u64, u64), V> {
+        let s = self.stripe(k);
+        match s.map.entry(k) {
+            Entry::Occupied(o) => return o.into_ref(),
+            Entry::Vacant(v) => {
+                if s.len.load(Ordering::Relaxed) < (cap / self.stripes.len()).max(MIN_STRIPE_KEYS) {
+                    s.len.fetch_add(1, Ordering::Relaxed);
+                    return v.insert(new());
+                }
+            }
+        }
+        // The shard is unlocked again: evicting takes it.
+        s.evict(now_ms, seen, done);
+        match s.map.entry(k) {
+            Entry::Occupied(o) => o.into_ref(),
+            Entry::Vacant(v) => {
+                s.len.fetch_add(1, Ordering::Relaxed);
+                v.insert(new())
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.stripes.iter().map(|s| s.map.len()).sum()
+    }
+}
+
+impl<V> Stripe<V> {
+    /// One worker evicts a stripe at a time; each eviction reads the stripe once (twice when
+    /// most of it is refused keys) and frees about a quarter of it, so its cost spread over the
+    /// new keys it makes room for stays constant, and no eviction reads more than a stripe.
+    fn evict(&self, now_ms: u64, seen: impl Fn(&V) -> u64, done: impl Fn(&V) -> bool) {
+        if self.evicting.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let len = self.len.load(Ordering::Relaxed);
+        if let Some(mut ev) = Eviction::new(self.map.iter().map(|e| seen(e.value())), len, 4, now_ms) {
+            self.map.retain(|_, v| ev.keep_first(seen(&*v), done(&*v)));
+            if ev.wants_second() {
+                self.map.retain(|_, v| ev.keep_second(seen(&*v)));
+            }
+            self.len.fetch_sub(ev.freed.min(len), Ordering::Relaxed);
+        }
+        self.evicting.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,31 +485,29 @@ impl Drop for Permit {
 
 /// The node-wide side: what every worker leases from.
 struct Bank {
-    windows: DashMap<(u64, u64), WindowEntry>,
-    buckets: DashMap<(u64, u64), BucketEntry>,
+    windows: Table<WindowEntry>,
+    buckets: Table<BucketEntry>,
     /// Free concurrency slots by limit.
     slots: DashMap<u64, Arc<AtomicI64>>,
     /// Keys tracked in `windows` and in `buckets`, each.
     cap: AtomicUsize,
-    /// Set while a worker evicts: the others go on (the cap is soft by what they add meanwhile).
-    evicting: AtomicBool,
 }
 
 impl Bank {
-    fn new(cap: usize) -> Bank {
+    fn new(cap: usize, stripes: usize) -> Bank {
         Bank {
-            windows: DashMap::new(),
-            buckets: DashMap::new(),
+            windows: Table::new(stripes),
+            buckets: Table::new(stripes),
             slots: DashMap::new(),
             cap: AtomicUsize::new(cap),
-            evicting: AtomicBool::new(false),
         }
     }
 }
 
 fn bank() -> &'static Bank {
     static B: OnceLock<Bank> = OnceLock::new();
-    B.get_or_init(|| Bank::new(1 << 20))
+    // Four stripes per core: the cap grows with the workers, a stripe's share of it does not.
+    B.get_or_init(|| Bank::new(1 << 20, std::thread::available_parallelism().map_or(1, usize::from) * 4))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -387,43 +542,15 @@ impl Bank {
         (left / (4 * workers.max(1))).clamp(1, MAX_BATCH).min(left)
     }
 
-    /// Makes room in `map` before key `k` goes in: past the cap, drops the entries `done` says
-    /// hold nothing any more and the least recently used quarter by `seen`. One worker evicts
-    /// at a time; each eviction reads the map once and frees about a quarter of it, so its cost
-    /// spread over the new keys it makes room for stays constant.
-    fn make_room<V>(
-        &self,
-        map: &DashMap<(u64, u64), V>,
-        k: (u64, u64),
-        seen: impl Fn(&V) -> u64,
-        done: impl Fn(&V) -> bool,
-    ) {
-        if map.len() < self.cap.load(Ordering::Relaxed) || map.contains_key(&k) {
-            return;
-        }
-        if self.evicting.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return;
-        }
-        if let Some(cut) = eviction_cut(map.iter().map(|e| seen(e.value())), 1, 4) {
-            map.retain(|_, v| seen(&*v) > cut && !done(&*v));
-        }
-        self.evicting.store(false, Ordering::Release);
-    }
-
     fn lease_window(&self, l: &RateLimit, key: u64, now_ms: u64, workers: u64) -> Grant {
-        self.make_room(
-            &self.windows,
+        let mut e = self.windows.entry(
             (l.id, key),
+            self.cap.load(Ordering::Relaxed),
+            now_ms,
+            || WindowEntry { window: now_ms / l.window_ms, window_ms: l.window_ms, cur: 0, prev: 0, seen_ms: now_ms },
             |e| e.seen_ms,
             |e| u128::from(e.window + 2) * u128::from(e.window_ms) <= u128::from(now_ms),
         );
-        let mut e = self.windows.entry((l.id, key)).or_insert(WindowEntry {
-            window: now_ms / l.window_ms,
-            window_ms: l.window_ms,
-            cur: 0,
-            prev: 0,
-            seen_ms: now_ms,
-        });
         // A worker whose clock read is older than the entry's window counts in that window:
         // a window never goes back, so its count is never reset twice.
         let now_ms = now_ms.max(e.window * l.window_ms);
@@ -462,12 +589,14 @@ impl Bank {
     fn lease_bucket(&self, l: &RateLimit, burst: u64, key: u64, now_ms: u64, workers: u64) -> Grant {
         let rate = l.limit as f64 / l.window_ms as f64; // tokens per millisecond
                                                         // Forgetting a bucket is treating it as full: those nearest to full go first.
-        self.make_room(&self.buckets, (l.id, key), |b| b.full_at_ms, |b| b.full_at_ms <= now_ms);
-        let mut e = self.buckets.entry((l.id, key)).or_insert(BucketEntry {
-            tokens: burst as f64,
-            last_ms: now_ms,
-            full_at_ms: now_ms,
-        });
+        let mut e = self.buckets.entry(
+            (l.id, key),
+            self.cap.load(Ordering::Relaxed),
+            now_ms,
+            || BucketEntry { tokens: burst as f64, last_ms: now_ms, full_at_ms: now_ms },
+            |b| b.full_at_ms,
+            |b| b.full_at_ms <= now_ms,
+        );
         // Time only moves forward: an older clock read refills nothing.
         let now_ms = now_ms.max(e.last_ms);
         let t = (e.tokens + (now_ms - e.last_ms) as f64 * rate).min(burst as f64);
@@ -553,17 +682,22 @@ impl WorkerLimits {
     }
 
     /// Drops the least recently used half of the leases (a refused key counts as used until
-    /// its refusal ends). Reads the map once per `max_keys / 2` new keys and allocates nothing.
-    fn evict(&mut self) {
-        if let Some(cut) = eviction_cut(self.leases.values().map(Lease::seen_ms), 1, 2) {
-            self.leases.retain(|_, l| l.seen_ms() > cut);
+    /// its refusal ends, and goes after the others). Reads the map once per `max_keys / 2` new
+    /// keys (twice when most of it is refused keys) and allocates nothing.
+    fn evict(&mut self, now_ms: u64) {
+        let len = self.leases.len();
+        if let Some(mut ev) = Eviction::new(self.leases.values().map(Lease::seen_ms), len, 2, now_ms) {
+            self.leases.retain(|_, l| ev.keep_first(l.seen_ms(), false));
+            if ev.wants_second() {
+                self.leases.retain(|_, l| ev.keep_second(l.seen_ms()));
+            }
         }
     }
 
     /// Decides one request under `l` for key `key` at `now_ms`.
     pub fn rate(&mut self, l: &RateLimit, key: u64, now_ms: u64) -> RateDecision {
         if self.leases.len() >= self.max_keys && !self.leases.contains_key(&(l.id, key)) {
-            self.evict();
+            self.evict(now_ms);
         }
         let workers = self.workers;
         let lease = self.leases.entry((l.id, key)).or_default();
@@ -742,7 +876,7 @@ mod tests {
 
     #[test]
     fn spraying_keys_past_the_bank_cap_leaves_new_keys_their_own_counter() {
-        let bank = Bank::new(1024);
+        let bank = Bank::new(1024, 8);
         let l = limit(3, "1m", None, None, "t.spray");
         let t0 = 50_000_000u64;
         let steady = u64::MAX - 1;
@@ -785,6 +919,73 @@ mod tests {
         }
         let d = w.rate(&l, steady, t0 + 1001);
         assert!(d.retry_after_s.is_some(), "{d:?}");
+    }
+
+    #[test]
+    fn keys_refused_until_one_time_outlive_evictions() {
+        let bank = Bank::new(1024, 1);
+        let l = limit(1, "1m", None, None, "t.ties");
+        let t0 = 70_020_000u64; // the start of a window
+        let granted = |k: u64, now: u64| bank.lease_window(&l, k, now, 1).granted;
+        // 224 keys used once, then 800 keys refused until the end of the window: three
+        // quarters of the bank share one time, the end of the window.
+        for k in 0..224u64 {
+            assert_eq!(granted(k, t0 + k), 1);
+        }
+        for k in 1000..1800u64 {
+            assert_eq!((granted(k, t0 + 300), granted(k, t0 + 300)), (1, 0));
+        }
+        assert_eq!(bank.windows.len(), 1024);
+        // New keys past the cap take the place of idle keys, never of refused ones.
+        for k in 10_000..11_000u64 {
+            assert_eq!(granted(k, t0 + 400 + (k - 10_000) / 4), 1, "key {k}");
+        }
+        let later = t0 + 1000;
+        let reopened: Vec<u64> = (1000..1800u64).filter(|k| granted(*k, later) > 0).collect();
+        assert!(
+            reopened.is_empty(),
+            "{} refused keys got a fresh counter: {:?}",
+            reopened.len(),
+            &reopened[..5.min(reopened.len())]
+        );
+        assert!(bank.windows.len() <= 1024, "{}", bank.windows.len());
+        let s = &bank.windows.stripes[0];
+        assert_eq!(s.len.load(Ordering::Relaxed), s.map.len());
+    }
+
+    #[test]
+    fn a_bank_full_of_refused_keys_drops_no_more_than_a_quarter() {
+        let bank = Bank::new(1024, 1);
+        let l = limit(1, "1m", None, None, "t.all_refused");
+        let t0 = 70_020_000u64;
+        let granted = |k: u64, now: u64| bank.lease_window(&l, k, now, 1).granted;
+        for k in 0..1024u64 {
+            assert_eq!((granted(k, t0 + 100), granted(k, t0 + 100)), (1, 0));
+        }
+        // One new key: the bank stays bounded, and only ties up to the quota go.
+        assert_eq!(granted(5000, t0 + 200), 1);
+        assert!(bank.windows.len() <= 1024, "{}", bank.windows.len());
+        let reopened = (0..1024u64).filter(|k| granted(*k, t0 + 300) > 0).count();
+        assert!((1..=256).contains(&reopened), "{reopened} refused keys got a fresh counter");
+        let s = &bank.windows.stripes[0];
+        assert_eq!(s.len.load(Ordering::Relaxed), s.map.len());
+    }
+
+    #[test]
+    fn worker_eviction_keeps_refused_leases_over_idle_ones() {
+        // Half the shard refused until one time, half idle: the idle half goes.
+        let mut leases: FxHashMap<(u64, u64), Lease> = FxHashMap::default();
+        for k in 0..40u64 {
+            leases.insert((0, k), Lease { denied_until: 90_000, used_ms: 1_000, ..Lease::default() });
+        }
+        for k in 40..64u64 {
+            leases.insert((0, k), Lease { used_ms: 1_000 + k, ..Lease::default() });
+        }
+        let mut w = WorkerLimits::new(1, 64);
+        w.leases = leases;
+        w.evict(2_000);
+        assert!((0..40u64).all(|k| w.leases.contains_key(&(0, k))), "a refused lease was dropped");
+        assert!(w.leases.len() < 64);
     }
 
     fn ip_hash(l: &RateLimit, ip: &str) -> u64 {

@@ -918,7 +918,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                     (s, false)
                 }
                 Err(e) => {
-                    plan.lb.borrow_mut().finish(plan.target, None);
+                    plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                     return fail_before_response(worker, conn, plan, out, e).await;
                 }
             },
@@ -936,7 +936,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
                 continue;
             }
-            plan.lb.borrow_mut().finish(plan.target, None);
+            plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
             return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
         }
         ubuf.clear();
@@ -957,7 +957,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
-                        plan.lb.borrow_mut().finish(plan.target, None);
+                        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                         relay_response(worker, conn, plan, up, head_len, b, out, false).await;
                         linger(&mut conn.stream).await;
                         return false;
@@ -970,7 +970,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                             continue;
                         }
                         worker.spares.give_buf(ubuf);
-                        plan.lb.borrow_mut().finish(plan.target, None);
+                        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
                 }
@@ -981,14 +981,14 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
             conn.out = b;
             if r.is_err() {
-                plan.lb.borrow_mut().finish(plan.target, None);
+                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                 return false;
             }
         }
         if !progress.done {
             if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
             {
-                plan.lb.borrow_mut().finish(plan.target, None);
+                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                 return match e {
                     Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
                     None => false,
@@ -1006,14 +1006,19 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                 if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
-                plan.lb.borrow_mut().finish(plan.target, None);
+                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
     };
     // Only the latency-aware balancer needs the time to the head (a clock read).
-    let latency = if matches!(upstream.lb, LbKind::P2cEwma) { started.elapsed() } else { Duration::ZERO };
-    plan.lb.borrow_mut().finish(plan.target, Some(latency));
+    let (latency, now) = if matches!(upstream.lb, LbKind::P2cEwma) {
+        let now = Instant::now();
+        (now.duration_since(started), now)
+    } else {
+        (Duration::ZERO, started)
+    };
+    plan.lb.borrow_mut().finish(plan.target, Some(latency), now.into_std());
     relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
 }
 

@@ -2,7 +2,7 @@
 //! (smooth weighted round-robin counters, active requests, latency averages).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which balancer an upstream uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,25 +109,50 @@ impl HashRing {
 /// failure penalties would overflow to infinity (and a later sample would turn it into NaN).
 const MAX_EWMA_NS: f64 = 3.6e12;
 
+/// A target's latency average halves for every this long without a new sample of it, so a
+/// target that lost every comparison (after failures, or slow answers) looks fast enough to be
+/// tried again after a while: 20 s after a failure it competes with the targets that answer,
+/// and even from the ceiling it takes about two minutes.
+const EWMA_HALF_LIFE_S: f64 = 5.0;
+
 /// One worker's balancing state for one upstream.
 #[derive(Debug, Clone)]
 pub struct LbState {
     current: Vec<i64>,
     active: Vec<u32>,
-    /// Smoothed response-head latency in nanoseconds.
+    /// Smoothed response-head latency in nanoseconds, as of `sampled`.
     ewma_ns: Vec<f64>,
+    /// When each average last took a sample (or a failure).
+    sampled: Vec<Instant>,
+    /// The latest time a request finished: what `p2c_ewma` decays averages to when it picks,
+    /// so picking reads no clock.
+    clock: Instant,
     rng: u64,
     cursor: usize,
 }
 
 impl LbState {
     pub fn new(targets: usize, seed: u64) -> Self {
+        let now = Instant::now();
         LbState {
             current: vec![0; targets],
             active: vec![0; targets],
             ewma_ns: vec![0.0; targets],
+            sampled: vec![now; targets],
+            clock: now,
             rng: seed | 1,
             cursor: 0,
+        }
+    }
+
+    /// Target `i`'s latency average at `now`: halved for every `EWMA_HALF_LIFE_S` since its
+    /// last sample.
+    fn ewma_at(&self, i: usize, now: Instant) -> f64 {
+        let idle = now.saturating_duration_since(self.sampled[i]).as_secs_f64();
+        if idle <= 0.0 {
+            self.ewma_ns[i]
+        } else {
+            self.ewma_ns[i] * (-idle / EWMA_HALF_LIFE_S).exp2()
         }
     }
 
@@ -206,8 +231,9 @@ impl LbState {
                     bk += 1;
                 }
                 let b = nth_live(bk)?;
+                let now = self.clock;
                 let cost =
-                    |i: usize| (self.ewma_ns[i] + 1.0) * (f64::from(self.active[i]) + 1.0) / f64::from(weights[i]);
+                    |i: usize| (self.ewma_at(i, now) + 1.0) * (f64::from(self.active[i]) + 1.0) / f64::from(weights[i]);
                 // Averages are finite and clamped, so costs are too; `total_cmp` would still
                 // rank a NaN above everything, never below.
                 Some(if cost(a).total_cmp(&cost(b)).is_le() { a } else { b })
@@ -221,29 +247,34 @@ impl LbState {
         self.active[i] += 1;
     }
 
-    /// A request to target `i` ended; `head_latency` is the time to the response head when one
-    /// was read.
-    pub fn finish(&mut self, i: usize, head_latency: Option<Duration>) {
+    /// A request to target `i` ended at `now`; `head_latency` is the time to the response head
+    /// when one was read. Only `p2c_ewma` uses the time: other balancers may pass any.
+    pub fn finish(&mut self, i: usize, head_latency: Option<Duration>, now: Instant) {
         self.active[i] = self.active[i].saturating_sub(1);
-        // A failure makes the target look four times slower than the slowest average here
-        // (itself included), so it loses to targets that answer unless they are four times
-        // busier, and repeated failures push it further, up to the ceiling.
-        let slowest = if head_latency.is_none() { self.ewma_ns.iter().fold(1.0_f64, |a, b| a.max(*b)) } else { 0.0 };
-        let e = &mut self.ewma_ns[i];
+        self.clock = self.clock.max(now);
+        let e = self.ewma_at(i, now);
         let next = if let Some(l) = head_latency {
             const ALPHA: f64 = 0.3;
             let sample = (l.as_nanos() as f64).min(MAX_EWMA_NS);
-            if *e == 0.0 {
+            if e == 0.0 {
                 sample
             } else {
-                *e + ALPHA * (sample - *e)
+                e + ALPHA * (sample - e)
             }
         } else {
-            slowest * 4.0
+            // A failure makes the target look four times slower than the slowest of the other
+            // targets (or keeps its own average if higher), so it loses to targets that answer
+            // unless they are four times busier. Further failures set the same penalty rather
+            // than compounding it, and the average decays while the target is not picked, so
+            // it is tried again after a while.
+            let slowest_other =
+                (0..self.ewma_ns.len()).filter(|j| *j != i).fold(1.0_f64, |a, j| a.max(self.ewma_at(j, now)));
+            e.max(slowest_other * 4.0)
         };
-        // Both operands stay within [0, MAX_EWMA_NS], so `next` is finite; the check keeps a
+        // Every operand stays within [0, MAX_EWMA_NS], so `next` is finite; the check keeps a
         // NaN from ever being stored.
-        *e = if next.is_nan() { MAX_EWMA_NS } else { next.clamp(0.0, MAX_EWMA_NS) };
+        self.ewma_ns[i] = if next.is_nan() { MAX_EWMA_NS } else { next.clamp(0.0, MAX_EWMA_NS) };
+        self.sampled[i] = now;
     }
 
     pub fn active(&self, i: usize) -> u32 {
@@ -290,8 +321,9 @@ mod tests {
     #[test]
     fn p2c_avoids_slow_target() {
         let mut s = LbState::new(2, 7);
-        s.finish(0, Some(Duration::from_millis(100)));
-        s.finish(1, Some(Duration::from_micros(100)));
+        let now = Instant::now();
+        s.finish(0, Some(Duration::from_millis(100)), now);
+        s.finish(1, Some(Duration::from_micros(100)), now);
         let picks = (0..100).filter(|_| s.pick(&LbKind::P2cEwma, &[1, 1], &HashRing::default(), 0) == Some(1)).count();
         assert_eq!(picks, 100);
     }
@@ -299,25 +331,26 @@ mod tests {
     #[test]
     fn p2c_never_prefers_a_target_that_keeps_failing() {
         let mut s = LbState::new(2, 11);
-        s.finish(1, Some(Duration::from_millis(1)));
+        let now = Instant::now();
+        s.finish(1, Some(Duration::from_millis(1)), now);
         for _ in 0..600 {
-            s.finish(0, None);
+            s.finish(0, None, now);
             assert!(s.ewma_ns[0].is_finite() && s.ewma_ns[0] <= MAX_EWMA_NS, "{}", s.ewma_ns[0]);
         }
         // A slow answer after the failures, then failures again: still finite, still losing.
-        s.finish(0, Some(Duration::from_secs(5)));
+        s.finish(0, Some(Duration::from_secs(5)), now);
         assert!(s.ewma_ns[0].is_finite(), "{}", s.ewma_ns[0]);
         let healthy = |s: &mut LbState| {
             (0..200).filter(|_| s.pick(&LbKind::P2cEwma, &[1, 1], &HashRing::default(), 0) == Some(1)).count()
         };
         assert_eq!(healthy(&mut s), 200);
         for _ in 0..3 {
-            s.finish(0, None);
+            s.finish(0, None, now);
         }
         assert!(s.ewma_ns[0].is_finite(), "{}", s.ewma_ns[0]);
         assert_eq!(healthy(&mut s), 200);
         // Huge samples are clamped too.
-        s.finish(0, Some(Duration::MAX));
+        s.finish(0, Some(Duration::MAX), now);
         assert!(s.ewma_ns[0].is_finite() && s.ewma_ns[0] <= MAX_EWMA_NS);
         assert_eq!(healthy(&mut s), 200);
     }
@@ -325,12 +358,53 @@ mod tests {
     #[test]
     fn p2c_a_first_failure_loses_to_a_target_that_answers() {
         let mut s = LbState::new(3, 5);
-        s.finish(1, Some(Duration::from_millis(20)));
-        s.finish(2, Some(Duration::from_millis(1)));
-        s.finish(0, None);
+        let now = Instant::now();
+        s.finish(1, Some(Duration::from_millis(20)), now);
+        s.finish(2, Some(Duration::from_millis(1)), now);
+        s.finish(0, None, now);
         let picks: Vec<_> =
             (0..300).filter_map(|_| s.pick(&LbKind::P2cEwma, &[1, 1, 1], &HashRing::default(), 0)).collect();
         assert!(!picks.contains(&0), "the failed target was chosen");
+    }
+
+    #[test]
+    fn p2c_failure_penalties_do_not_compound() {
+        let mut s = LbState::new(2, 13);
+        let now = Instant::now();
+        s.finish(1, Some(Duration::from_millis(1)), now);
+        for _ in 0..30 {
+            s.finish(0, None, now);
+        }
+        // Four times the other target's average, however many failures.
+        assert!((s.ewma_ns[0] - 4e6).abs() < 1.0, "{}", s.ewma_ns[0]);
+    }
+
+    #[test]
+    fn p2c_a_failed_target_is_avoided_at_once_and_tried_again_later() {
+        let mut s = LbState::new(2, 17);
+        let t0 = Instant::now();
+        let pick = |s: &mut LbState| s.pick(&LbKind::P2cEwma, &[1, 1], &HashRing::default(), 0).unwrap();
+        s.finish(1, Some(Duration::from_millis(1)), t0);
+        for _ in 0..30 {
+            s.finish(0, None, t0);
+        }
+        // For the next seconds, while the healthy target keeps answering, it gets every request.
+        for step in 0..100u64 {
+            assert_eq!(pick(&mut s), 1, "the failed target was chosen {step} ms later", step = step * 50);
+            s.start(1);
+            s.finish(1, Some(Duration::from_millis(1)), t0 + Duration::from_millis(step * 50));
+        }
+        // A minute on, its penalty has decayed: it gets a request again.
+        s.finish(1, Some(Duration::from_millis(1)), t0 + Duration::from_secs(60));
+        assert!((0..20).any(|_| pick(&mut s) == 0), "the failed target is never tried again");
+        // It fails again: avoided at once again, not held to the earlier penalty's decayed value.
+        s.finish(0, None, t0 + Duration::from_secs(60));
+        assert!((0..200).all(|_| pick(&mut s) == 1));
+        // A target kept out by a slow answer at the ceiling is tried again too.
+        s.finish(0, Some(Duration::MAX), t0 + Duration::from_secs(61));
+        assert!((0..200).all(|_| pick(&mut s) == 1));
+        s.finish(1, Some(Duration::from_millis(1)), t0 + Duration::from_secs(300));
+        assert!((0..20).any(|_| pick(&mut s) == 0), "a target at the ceiling is never tried again");
     }
 
     /// Each target's share of the hash space.

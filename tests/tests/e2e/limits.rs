@@ -237,7 +237,9 @@ fn global_policies_apply_to_every_route_and_a_route_can_replace_them() {
 #[test]
 fn spraying_keys_past_the_cap_leaves_new_clients_their_own_counter() {
     let up = Upstream::echo("a");
-    let cfg = limited(&up, "rate_limit: {limit: 5, window: 1m, key: \"header:X-Key\"}");
+    // An hour: the counts below hold however the run falls across window boundaries (the
+    // previous window's share only drops once 12 minutes into the next one).
+    let cfg = limited(&up, "rate_limit: {limit: 5, window: 1h, key: \"header:X-Key\"}");
     // 100 keys per worker; the shared bank keeps at least 1,024.
     let gw = Gateway::start_with(&cfg, &crate::default_driver(), &["--rate-limit-keys", "100"]);
     let mut steady = Client::connect(gw.addr);
