@@ -501,7 +501,9 @@ fn prepare<'g>(
     let route: &Route = route;
     // A kept `%2F` stays inside its segment here, but an origin may decode it before routing:
     // the path read with it decoded must not belong to a route that outranks this one.
-    if global.escaped_slashes == ringway_policy::EscapedSlashes::Keep && path.contains("%2F") {
+    if global.escaped_slashes == ringway_policy::EscapedSlashes::Keep
+        && memchr::memmem::find(path.as_bytes(), b"%2F").is_some()
+    {
         let decoded = path.replace("%2F", "/");
         let other =
             snapshot.router.find_ranked(host_lc, &routing_key(&decoded, global), |r| r.admits(method, find_header));
@@ -525,10 +527,13 @@ fn prepare<'g>(
         mine
     };
     let path: &str = &path;
-    // Stored responses are filed, and invalidated, under the path as routing reads it, so a
-    // POST to `/a` also drops what `/a/` and `/a;x` stored.
-    let filed = routing_key(path, snapshot.path_normalization(route));
     let chains = snapshot.chains(route);
+    // Stored responses are filed, and invalidated, under the path as routing reads it, so a
+    // POST to `/a` also drops what `/a/` and `/a;x` stored (cached routes only).
+    let filed = match chains.cache() {
+        Some(_) => routing_key(path, snapshot.path_normalization(route)),
+        None => std::borrow::Cow::Borrowed(path),
+    };
     early.route = Some(route);
     early.chains = Some(chains);
     let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
@@ -918,7 +923,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                     (s, false)
                 }
                 Err(e) => {
-                    plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                    attempt_failed(plan);
                     return fail_before_response(worker, conn, plan, out, e).await;
                 }
             },
@@ -936,7 +941,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
                 continue;
             }
-            plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+            attempt_failed(plan);
             return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
         }
         ubuf.clear();
@@ -957,7 +962,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
-                        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                        attempt_failed(plan);
                         relay_response(worker, conn, plan, up, head_len, b, out, false).await;
                         linger(&mut conn.stream).await;
                         return false;
@@ -970,7 +975,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                             continue;
                         }
                         worker.spares.give_buf(ubuf);
-                        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                        attempt_failed(plan);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
                 }
@@ -981,14 +986,14 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
             conn.out = b;
             if r.is_err() {
-                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                attempt_failed(plan);
                 return false;
             }
         }
         if !progress.done {
             if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
             {
-                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                attempt_failed(plan);
                 return match e {
                     Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
                     None => false,
@@ -1006,20 +1011,29 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                 if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
-                plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+                attempt_failed(plan);
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
     };
     // Only the latency-aware balancer needs the time to the head (a clock read).
-    let (latency, now) = if matches!(upstream.lb, LbKind::P2cEwma) {
+    if matches!(upstream.lb, LbKind::P2cEwma) {
         let now = Instant::now();
-        (now.duration_since(started), now)
+        plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
     } else {
-        (Duration::ZERO, started)
-    };
-    plan.lb.borrow_mut().finish(plan.target, Some(latency), now.into_std());
+        plan.lb.borrow_mut().release(plan.target);
+    }
     relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
+}
+
+/// Tells the balancer an attempt on the plan's target failed (a clock read only for the
+/// latency-aware balancer).
+fn attempt_failed(plan: &Plan<'_>) {
+    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
+        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+    } else {
+        plan.lb.borrow_mut().release(plan.target);
+    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {

@@ -249,6 +249,12 @@ impl LbState {
 
     /// A request to target `i` ended at `now`; `head_latency` is the time to the response head
     /// when one was read. Only `p2c_ewma` uses the time: other balancers may pass any.
+    /// Ends a request on target `i` for the balancers that keep no latency (only the count of
+    /// requests in flight changes).
+    pub fn release(&mut self, i: usize) {
+        self.active[i] = self.active[i].saturating_sub(1);
+    }
+
     pub fn finish(&mut self, i: usize, head_latency: Option<Duration>, now: Instant) {
         self.active[i] = self.active[i].saturating_sub(1);
         self.clock = self.clock.max(now);

@@ -80,7 +80,7 @@ pub fn canonical<'p>(path: &'p str, o: &PathNormalization) -> Result<Cow<'p, str
 /// unless parameters are removed.
 pub fn routing_key<'p>(path: &'p str, o: &PathNormalization) -> Cow<'p, str> {
     let mut key = Cow::Borrowed(path);
-    if o.semicolons == Semicolons::Ignore && path.as_bytes().contains(&b';') {
+    if o.semicolons == Semicolons::Ignore && memchr::memchr(b';', path.as_bytes()).is_some() {
         let mut k = String::with_capacity(path.len());
         let mut segs = path[1..].split('/').peekable();
         while let Some(seg) = segs.next() {
