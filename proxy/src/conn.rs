@@ -53,14 +53,15 @@ enum HeadRead {
 }
 
 /// Serves one client connection to its end.
-pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+/// `trusted`: the peer is a trusted proxy (see [`crate::worker::ServerLimits::trusts`]).
+pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, trusted: bool) {
     let mut conn = Conn {
         stream,
         peer,
         rbuf: Vec::with_capacity(INITIAL_BUF),
         out: Vec::new(),
         peer_ip: peer.ip().to_string(),
-        trusted: worker.limits.trusts(peer.ip()),
+        trusted,
     };
     let mut first = true;
     loop {

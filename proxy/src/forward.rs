@@ -531,7 +531,7 @@ fn prepare<'g>(
     // Stored responses are filed, and invalidated, under the path as routing reads it, so a
     // POST to `/a` also drops what `/a/` and `/a;x` stored (cached routes only).
     let filed = match chains.cache() {
-        Some(_) => routing_key(path, snapshot.path_normalization(route)),
+        Some(_) => routing_key(path, own),
         None => std::borrow::Cow::Borrowed(path),
     };
     early.route = Some(route);
@@ -962,7 +962,7 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
-                        attempt_failed(plan);
+                        attempt_answered(plan, started);
                         relay_response(worker, conn, plan, up, head_len, b, out, false).await;
                         linger(&mut conn.stream).await;
                         return false;
@@ -1016,14 +1016,19 @@ async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out
             }
         }
     };
-    // Only the latency-aware balancer needs the time to the head (a clock read).
-    if matches!(upstream.lb, LbKind::P2cEwma) {
+    attempt_answered(plan, started);
+    relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
+}
+
+/// Tells the balancer the plan's target answered (only the latency-aware balancer needs the time
+/// to the head: a clock read).
+fn attempt_answered(plan: &Plan<'_>, started: Instant) {
+    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
         let now = Instant::now();
         plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
     } else {
         plan.lb.borrow_mut().release(plan.target);
     }
-    relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
 }
 
 /// Tells the balancer an attempt on the plan's target failed (a clock read only for the
@@ -1171,8 +1176,9 @@ async fn relay_response(
         _ => 0,
     };
     let mut done = matches!(resp.body, BodyKind::None | BodyKind::Length(0));
-    let mut clean = true; // the upstream connection holds no stray bytes
-                          // Until the first write, a malformed body can still be answered with a 502.
+    // The upstream connection holds no stray bytes.
+    let mut clean = true;
+    // Until the first write, a malformed body can still be answered with a 502.
     let mut head_sent = false;
     let mut start = resp.head_len;
     loop {

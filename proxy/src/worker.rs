@@ -35,8 +35,8 @@ pub struct ServerLimits {
     pub keepalive_timeout: Duration,
     /// Longest silence while a client sends a request body.
     pub body_timeout: Duration,
-    /// Least average rate of a request body in bytes per second, enforced once `body_grace`
-    /// has passed since the body started (0: no minimum).
+    /// Least average rate of a request body in bytes per second, enforced once the client has
+    /// spent `body_grace` sending it (only time waiting on the client counts; 0: no minimum).
     pub body_min_rate: u64,
     pub body_grace: Duration,
     /// Longest time one write to a client may take.
@@ -45,8 +45,8 @@ pub struct ServerLimits {
     pub max_body_bytes: Option<u64>,
     /// Proxies in front of ringway whose `X-Forwarded-For` entries are trusted. 0: inbound
     /// ones are replaced by the peer's address; N: the inbound lines are joined and the peer
-    /// appended, and the client address (for limits and hashing) is the Nth from the right of
-    /// that list.
+    /// appended, and the client address (for limits and hashing) is the Nth entry from the
+    /// right of the inbound list.
     pub trusted_hops: u32,
     /// The peers whose `X-Forwarded-For` counts when `trusted_hops` is set (empty: every
     /// peer). Other peers are clients: their claims are replaced and the per-address
@@ -378,12 +378,6 @@ impl Worker {
         }
     }
 
-    /// The worker's clock as of its last once-a-second tick (no clock read).
-    #[inline]
-    pub fn coarse_now(&self) -> Instant {
-        self.coarse_now.get()
-    }
-
     /// Registers an idle connection's socket; returns its slot.
     pub fn idle_enter(&self, fd: RawFd) -> usize {
         self.idle.borrow_mut().enter(fd, ())
@@ -445,8 +439,8 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
         };
         match accepted {
             Ok((stream, peer)) => {
-                let per_address = !worker.limits.trusts(peer.ip());
-                let Some(admitted) = worker.caps.admit(peer.ip(), per_address) else {
+                let trusted = worker.limits.trusts(peer.ip());
+                let Some(admitted) = worker.caps.admit(peer.ip(), !trusted) else {
                     // Over a connection cap: closed at once, before any byte is read.
                     drop(stream);
                     continue;
@@ -458,7 +452,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 monoio::spawn(async move {
                     // A bug that panics while serving one connection closes that connection,
                     // not the worker and every other connection on it.
-                    if CatchPanic(crate::conn::serve(&w, stream, peer)).await.is_err() {
+                    if CatchPanic(crate::conn::serve(&w, stream, peer, trusted)).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
                     w.caps.release(admitted);
