@@ -1,0 +1,134 @@
+//! The response cache in a request: what a cacheable request sent upstream, coalesced misses,
+//! answers from stored responses, and whether a response may be stored.
+//!
+//! Hot path.
+
+use std::rc::Rc;
+
+use ringway_policy::{HeaderList, Layered};
+
+use super::{unix_ms, CachePlan, Plan, MAX_HEADERS};
+use crate::cache::Stored;
+use crate::conn::Conn;
+use crate::io::write_all;
+use crate::respond::encode_cached;
+use crate::worker::{LocalEvent, Worker};
+
+/// The names of the header fields a cacheable request sent upstream that are not part of its
+/// cache key (Authorization, the proxy's own per-request fields, fields the policies added):
+/// a response that varies on one of them must not be stored under the key. Fixed size, no
+/// allocation; past its capacity it answers "sent" for every name.
+pub(super) struct SentNames {
+    hashes: [u32; 12],
+    len: u8,
+    overflow: bool,
+}
+
+impl SentNames {
+    /// Fields whose value is the same for every request sharing a key (the key has the Host as
+    /// sent; the forwarded host follows it, the scheme is fixed).
+    const SAME_FOR_KEY: [&'static str; 3] = ["host", "x-forwarded-host", "x-forwarded-proto"];
+
+    pub(super) fn of(list: &HeaderList<'_>, keyed: &[String]) -> SentNames {
+        let mut s = SentNames { hashes: [0; 12], len: 0, overflow: false };
+        for h in list.iter() {
+            let name = h.name.as_bytes();
+            if keyed.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+                || Self::SAME_FOR_KEY.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if usize::from(s.len) == s.hashes.len() {
+                s.overflow = true;
+                break;
+            }
+            s.hashes[usize::from(s.len)] = name_hash(name);
+            s.len += 1;
+        }
+        s
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.overflow || self.hashes[..usize::from(self.len)].contains(&name_hash(name))
+    }
+}
+
+/// FNV-1a over the ASCII-lowercased name (collisions only make the cache more careful).
+fn name_hash(name: &[u8]) -> u32 {
+    name.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
+}
+
+/// Removes this worker's in-flight mark of a cache key and wakes the requests waiting on it.
+pub(super) struct Inflight<'w> {
+    pub(super) worker: &'w Worker,
+    pub(super) key: u64,
+    pub(super) done: Rc<LocalEvent>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.worker.cache.borrow_mut().inflight.remove(&self.key);
+        self.done.fire();
+    }
+}
+
+/// Answers from a stored response. Returns whether the connection may be reused.
+pub(super) async fn serve_stored(
+    worker: &Worker,
+    conn: &mut Conn,
+    mut out: Vec<u8>,
+    stored: &Stored,
+    (request_id, is_head, keep): (&[u8], bool, bool),
+    chain: Layered<'_>,
+    extras: Option<&ringway_policy::ResponseExtras>,
+) -> bool {
+    out.clear();
+    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    conn.out = out;
+    keep && r.is_ok()
+}
+
+/// Whether a response head allows storing, and for how long; with the header fields to keep.
+/// A response that varies on a header field that reached the upstream but is not in the key
+/// is not stored: the key could not tell its variants apart.
+pub(super) fn cacheable(
+    head: &[u8],
+    plan: &CachePlan<'_>,
+) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    resp.parse(head).ok()?;
+    for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")) {
+        for name in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
+            let keyed = plan.rule.keyed.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name));
+            // Authorization reaches the upstream whenever a client sends it: a response made
+            // without it must not answer requests with it either.
+            if !keyed && (plan.sent.contains(name) || name.eq_ignore_ascii_case(b"authorization")) {
+                return None;
+            }
+        }
+    }
+    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), plan.rule.ttl_ms)?;
+    Some((f, crate::cache::stored_headers(resp.headers)))
+}
+
+/// The stored copy `stale-if-error` allows for this request now.
+pub(super) fn usable_stale(plan: &Plan<'_>) -> Option<Rc<Stored>> {
+    let now = unix_ms();
+    plan.cache.as_ref()?.stale.clone().filter(|s| s.usable_on_error(now))
+}
+
+/// Answers with a stale stored copy because the upstream failed; closes the connection.
+pub(super) async fn serve_stale(
+    worker: &Worker,
+    conn: &mut Conn,
+    out: Vec<u8>,
+    plan: &Plan<'_>,
+    stale: &Stored,
+) -> bool {
+    let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
+    extras.text = Some(("x-cache-status", "STALE"));
+    let info = (plan.request_id.as_bytes(), plan.is_head, false);
+    serve_stored(worker, conn, out, stale, info, plan.chains, Some(&extras)).await
+}

@@ -1,0 +1,452 @@
+//! The exchange with the upstream: attempts on pooled or new connections, `Expect:
+//! 100-continue`, and the response streamed back to the client.
+//!
+//! Hot path.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
+use super::cached::{cacheable, serve_stale, usable_stale};
+use super::{unix_ms, Plan};
+use crate::cache::Stored;
+use crate::conn::Conn;
+use crate::h1::chunked::{Chunk, ChunkedDecoder};
+use crate::h1::head::BodyKind;
+use crate::io::{encode_chunk, linger, read_more, write_all, write_all_untimed, write_range};
+use crate::lb::LbKind;
+use crate::respond::{encode_reply, ProxyError};
+use crate::upstream::{encode_response, read_response, ClientSide};
+use crate::worker::Worker;
+
+/// Largest upstream request head written without a timer (well under any socket send buffer).
+const UNTIMED_WRITE: usize = 8 * 1024;
+
+/// Receive buffer for an upstream response: the head and a small body in one read.
+const RESPONSE_BUF: usize = 16 * 1024;
+/// Receive buffer while a large response body streams: fewer, larger reads and writes.
+const LARGE_BODY_BUF: usize = 64 * 1024;
+
+/// How long the origin has to answer `Expect: 100-continue` before the body is sent anyway.
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends the request (head already in `out`) and relays the response. Returns whether the
+/// client connection may be reused.
+pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
+    let upstream = plan.upstream;
+    let addr = upstream.targets[plan.target];
+    let mut progress = BodyProgress {
+        decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
+        remaining: match plan.body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        },
+        seen: 0,
+        done: matches!(plan.body, BodyKind::None | BodyKind::Length(0)),
+        // What came with the head counts.
+        received: conn.rbuf.len() as u64,
+        waited: Duration::ZERO,
+    };
+    if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+        return fail_before_response(worker, conn, plan, out, e).await;
+    }
+    // A small body is read before any upstream connection is taken (not when the client waits
+    // for the origin's permission to send it).
+    let head_end = out.len();
+    if !progress.done && !plan.expect_continue {
+        if let BodyKind::Length(n) = plan.body {
+            out.reserve_exact((n as usize).min(BUFFERED_BODY));
+        }
+    }
+    while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
+        match progress.read(conn, &worker.limits).await {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
+            }
+            Err(_) => return false,
+        }
+        if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+            return fail_before_response(worker, conn, plan, out, e).await;
+        }
+    }
+    // The whole request is in `out`: a failed pooled connection can be retried safely.
+    let replayable = progress.done;
+    plan.lb.borrow_mut().start(plan.target);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut ubuf = worker.spares.buf(RESPONSE_BUF);
+    let (up, head_len) = loop {
+        attempt += 1;
+        let pooled = worker.pool.borrow_mut().take(addr, started);
+        let (mut up, reused) = match pooled {
+            Some(s) => (s, true),
+            None => match connect(addr, upstream.connect_timeout).await {
+                Ok(s) => {
+                    worker.pool.borrow_mut().opened += 1;
+                    (s, false)
+                }
+                Err(e) => {
+                    attempt_failed(plan);
+                    return fail_before_response(worker, conn, plan, out, e).await;
+                }
+            },
+        };
+        let retry_ok = reused && attempt == 1 && replayable;
+        // A small request fits the empty send buffer of a connection between exchanges, so its
+        // write cannot wait on the upstream: no timer for it.
+        let (r, o) = if out.len() <= UNTIMED_WRITE {
+            write_all_untimed(&mut up, out).await
+        } else {
+            write_all(&mut up, out, upstream.idle_timeout).await
+        };
+        out = o;
+        if let Err(e) = r {
+            if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
+                continue;
+            }
+            attempt_failed(plan);
+            return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
+        }
+        ubuf.clear();
+        if !progress.done && plan.expect_continue {
+            // The origin's word on the expectation: a 100 lets the body go, a final answer is
+            // relayed without it, silence lets it go after a short wait.
+            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable(false)).await, Ok(Ok(())));
+            if said {
+                let deadline = Instant::now() + upstream.response_head_timeout;
+                let mut said = read_response(&mut up, ubuf, deadline, true).await;
+                if let Ok((0, b)) = said {
+                    // More right behind the interim answer: a final answer made before the
+                    // body was sent.
+                    said = if b.is_empty() { Ok((0, b)) } else { read_response(&mut up, b, deadline, false).await };
+                }
+                match said {
+                    Ok((0, b)) => ubuf = b,
+                    Ok((head_len, b)) => {
+                        // Answered before the body: the origin's connection still expects it
+                        // and the client may still send it, so neither is reused.
+                        attempt_answered(plan, started);
+                        relay_response(worker, conn, plan, up, head_len, b, out, false).await;
+                        linger(&mut conn.stream).await;
+                        return false;
+                    }
+                    Err((e, b, nothing_received)) => {
+                        ubuf = b;
+                        // A pooled connection the origin had closed: nothing of the body was
+                        // taken from the client yet, so a fresh connection may try again.
+                        if reused && attempt == 1 && nothing_received && e != ProxyError::UpstreamTimeout {
+                            continue;
+                        }
+                        worker.spares.give_buf(ubuf);
+                        attempt_failed(plan);
+                        return fail_before_response(worker, conn, plan, out, e).await;
+                    }
+                }
+            }
+            let mut cont = std::mem::take(&mut conn.out);
+            cont.clear();
+            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
+            conn.out = b;
+            if r.is_err() {
+                attempt_failed(plan);
+                return false;
+            }
+        }
+        if !progress.done {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
+            {
+                attempt_failed(plan);
+                return match e {
+                    Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
+                    None => false,
+                };
+            }
+        }
+        let deadline = Instant::now() + upstream.response_head_timeout;
+        match read_response(&mut up, ubuf, deadline, false).await {
+            Ok((head_len, b)) => {
+                ubuf = b;
+                break (up, head_len);
+            }
+            Err((e, b, nothing_received)) => {
+                ubuf = b;
+                if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
+                    continue;
+                }
+                attempt_failed(plan);
+                return fail_before_response(worker, conn, plan, out, e).await;
+            }
+        }
+    };
+    attempt_answered(plan, started);
+    relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
+}
+
+/// Tells the balancer the plan's target answered (only the latency-aware balancer needs the time
+/// to the head: a clock read).
+fn attempt_answered(plan: &Plan<'_>, started: Instant) {
+    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
+        let now = Instant::now();
+        plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
+    } else {
+        plan.lb.borrow_mut().release(plan.target);
+    }
+}
+
+/// Tells the balancer an attempt on the plan's target failed (a clock read only for the
+/// latency-aware balancer).
+fn attempt_failed(plan: &Plan<'_>) {
+    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
+        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
+    } else {
+        plan.lb.borrow_mut().release(plan.target);
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
+        Err(_) => Err(ProxyError::UpstreamConnectTimeout),
+    }
+}
+
+/// Answers the client with `e` (no response byte has been sent yet) and closes.
+async fn fail_before_response(
+    worker: &Worker,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut out: Vec<u8>,
+    e: ProxyError,
+) -> bool {
+    if let Some(stale) = usable_stale(plan) {
+        return serve_stale(worker, conn, out, plan, &stale).await;
+    }
+    out.clear();
+    let extras = plan.cx.as_ref().map(|c| &c.extras);
+    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None, extras);
+    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    conn.out = out;
+    if r.is_ok() {
+        linger(&mut conn.stream).await;
+    }
+    false
+}
+
+/// Writes the response head and streams the body to the client.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut up: TcpStream,
+    head_len: usize,
+    mut ubuf: Vec<u8>,
+    mut out: Vec<u8>,
+    body_sent: bool,
+) -> bool {
+    let upstream = plan.upstream;
+    let client = ClientSide {
+        chain: plan.chains,
+        request_id: plan.request_id.as_bytes(),
+        request_was_head: plan.is_head,
+        http10: plan.http10,
+        te_accepts: plan.te_accepts,
+        close: !plan.keep_alive || worker.draining.get() || !body_sent,
+        spares: &worker.spares,
+        extras: plan.cx.as_ref().map(|c| &c.extras),
+    };
+    out.clear();
+    let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
+        Ok(r) => r,
+        Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
+    };
+    if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
+        // Here at once; on the other workers through the control thread.
+        worker.cache.borrow_mut().invalidate(&plan.route.id, p);
+        if let Some(tx) = &worker.invalidations {
+            let inv =
+                crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
+            let _ = tx.send(inv);
+        }
+    }
+    if resp.status >= 500 {
+        if let Some(stale) = usable_stale(plan) {
+            // stale-if-error: the stored copy answers instead of the failed upstream.
+            return serve_stale(worker, conn, out, plan, &stale).await;
+        }
+    }
+    // A response the cache may keep: its body is collected while it streams, within the
+    // worker's budget for captures (held until the capture ends, however it ends).
+    let mut capture = match (&plan.cache, resp.body) {
+        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
+            cacheable(&ubuf[..head_len], c).filter(|(f, _)| !c.auth || f.auth_ok).and_then(|(f, h)| {
+                let held = worker.cache.borrow().reserve_capture(n)?;
+                Some((Vec::with_capacity(n as usize), f, h, n, held))
+            })
+        }
+        _ => None,
+    };
+    let chunked_to_client = resp.chunked_to_client(&client);
+    let close_client = resp.close_client(&client);
+    // Body bytes that came with the head.
+    let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::new);
+    let mut remaining = match resp.body {
+        BodyKind::Length(n) => n,
+        _ => 0,
+    };
+    let mut done = matches!(resp.body, BodyKind::None | BodyKind::Length(0));
+    // The upstream connection holds no stray bytes.
+    let mut clean = true;
+    // Until the first write, a malformed body can still be answered with a 502.
+    let mut head_sent = false;
+    let mut start = resp.head_len;
+    loop {
+        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && out.is_empty() {
+            // Past the first piece a sized body goes straight from the receive buffer.
+            let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
+            if let Some(c) = capture.as_mut() {
+                c.0.extend_from_slice(&ubuf[start..start + take]);
+            }
+            let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
+            ubuf = b;
+            if r.is_err() {
+                return false;
+            }
+            head_sent = true;
+            start += take;
+            remaining -= take as u64;
+            done = remaining == 0;
+        }
+        let data = &ubuf[start..];
+        if !done && !data.is_empty() {
+            match (&mut decoder, resp.body) {
+                (Some(d), _) => {
+                    let mut pos = 0;
+                    loop {
+                        match d.decode(data, &mut pos) {
+                            Ok(Chunk::Data(r)) => {
+                                if chunked_to_client {
+                                    encode_chunk(&mut out, &data[r]);
+                                } else {
+                                    out.extend_from_slice(&data[r]);
+                                }
+                            }
+                            Ok(Chunk::NeedMore) => break,
+                            Ok(Chunk::Done) => {
+                                done = true;
+                                clean = pos == data.len();
+                                break;
+                            }
+                            Err(_) if !head_sent => {
+                                let e = ProxyError::UpstreamProtocol("malformed chunked response body");
+                                return fail_before_response(worker, conn, plan, out, e).await;
+                            }
+                            Err(_) => return false,
+                        }
+                    }
+                }
+                (None, BodyKind::Length(_)) => {
+                    let take = (data.len() as u64).min(remaining) as usize;
+                    out.extend_from_slice(&data[..take]);
+                    if let Some(c) = capture.as_mut() {
+                        c.0.extend_from_slice(&data[..take]);
+                    }
+                    remaining -= take as u64;
+                    done = remaining == 0;
+                    clean = take == data.len();
+                }
+                _ => {
+                    if chunked_to_client {
+                        encode_chunk(&mut out, data);
+                    } else {
+                        out.extend_from_slice(data);
+                    }
+                }
+            }
+        } else if done && !data.is_empty() {
+            clean = false;
+        }
+        if done && chunked_to_client {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            let (r, o) = worker.write_client(&mut conn.stream, out).await;
+            out = o;
+            if r.is_err() {
+                return false;
+            }
+            head_sent = true;
+            out.clear();
+        }
+        if done {
+            break;
+        }
+        // Read more of the response body.
+        ubuf.clear();
+        start = 0;
+        let deadline = Instant::now() + upstream.idle_timeout;
+        let want = if remaining > RESPONSE_BUF as u64 { LARGE_BODY_BUF } else { RESPONSE_BUF };
+        let (r, b) = read_more(&mut up, ubuf, want, deadline).await;
+        ubuf = b;
+        match r {
+            Ok(0) if matches!(resp.body, BodyKind::UntilClose) => {
+                clean = false;
+                if chunked_to_client {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+                    out = o;
+                    if r.is_err() {
+                        return false;
+                    }
+                }
+                break;
+            }
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    if clean
+        && body_sent
+        && resp.keep_alive
+        && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked)
+    {
+        worker.pool.borrow_mut().put(
+            upstream.targets[plan.target],
+            up,
+            upstream.pool_max_idle,
+            upstream.pool_idle_timeout,
+            Instant::now(),
+        );
+    }
+    worker.spares.give_buf(ubuf);
+    if let (Some((body, f, headers, n, _held)), Some(c)) = (capture, &plan.cache) {
+        if done && body.len() as u64 == n {
+            let stored = Stored {
+                status: resp.status,
+                headers,
+                body,
+                stored_ms: unix_ms(),
+                age_s: f.age_s,
+                fresh_ms: f.fresh_ms,
+                stale_if_error_ms: f.stale_if_error_ms,
+                auth_ok: f.auth_ok,
+                route: Box::from(plan.route.id.as_str()),
+                path: Box::from(c.path.as_str()),
+            };
+            worker.cache.borrow_mut().insert(c.key, stored, c.generation);
+        }
+    }
+    conn.out = out;
+    !close_client
+}
