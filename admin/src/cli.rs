@@ -150,6 +150,19 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub admin_max_conns_per_addr: u16,
 
+    /// JSON access log, one line per request: a file path, `stdout`, or `off`. Wins over the
+    /// configuration's `access_log` (default: that, else off). SIGHUP reopens the file.
+    #[arg(long, value_name = "PATH|stdout|off")]
+    pub access_log: Option<String>,
+
+    /// Include the query string in the access log's `path`.
+    #[arg(long)]
+    pub access_log_query: bool,
+
+    /// Each worker's access-log queue, in bytes; a line that does not fit is dropped and counted.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub access_log_buffer: usize,
+
     /// Where the configuration store (RocksDB) lives.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,

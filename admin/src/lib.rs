@@ -12,6 +12,7 @@ pub mod listen;
 pub mod parse;
 pub mod serve;
 pub mod state;
+pub mod telemetry;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@ use crossbeam_channel::{select, unbounded};
 use ringway_proxy::{run_worker, Ack, Control, ServerLimits, Snapshot, WorkerSetup};
 use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions};
 use ringway_store::{Change, ConfigStore, RocksStore};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::api::{self, AdminToken, ApiContext};
@@ -18,6 +18,7 @@ use crate::bootstrap::load_file;
 use crate::cli::Args;
 use crate::http::{self, AdminLimits, AllowedHosts, Job};
 use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
+use crate::telemetry::{Telemetry, WorkerTelemetry};
 
 fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -134,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_body_bytes: Some(args.max_body_bytes).filter(|n| *n > 0),
         trusted_hops: args.trusted_hops,
         trusted_proxies: args.trusted_proxies.clone(),
+        log_query: args.access_log_query,
     };
     if args.body_min_rate > 0 && args.body_grace < Duration::from_secs(1) {
         bail!("--body-grace must be at least 1s while --body-min-rate is set (0 turns the minimum off)");
@@ -146,7 +148,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
     let base_seed = seed();
+    let (telemetry, mut each) = Telemetry::start(count, args.access_log_buffer, args.access_log.as_deref())?;
+    telemetry
+        .configure(snapshot.access_log.as_ref())
+        .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;
     for (i, listener) in listeners.into_iter().enumerate() {
+        let WorkerTelemetry { metrics, log } = each.remove(0);
         let (tx, rx) = mailbox();
         senders.push(tx);
         let _ = setup_tx.send(WorkerSetup {
@@ -161,6 +168,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             limit_keys: args.rate_limit_keys,
             invalidations: inv_tx.clone(),
             caps: caps.clone(),
+            metrics,
+            log,
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
@@ -220,9 +229,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     log::info!("admin listening on {admin_addr} (token {})", if token.is_some() { "required" } else { "not set" });
 
     let (sig_tx, sig_rx) = unbounded::<i32>();
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let on_hup = telemetry.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == SIGHUP {
+                // logrotate moved the file away: the next lines go to a new one.
+                on_hup.reopen();
+                continue;
+            }
             if sig_tx.send(sig).is_err() {
                 log::warn!("second signal: exiting without waiting for the drain");
                 std::process::exit(1);
@@ -235,12 +250,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         token: token.map(|t| AdminToken::new(t.as_bytes())),
         version: env!("CARGO_PKG_VERSION"),
         caps: Some(caps),
+        telemetry: Some(telemetry.clone()),
     };
     let sig = loop {
         select! {
             recv(job_rx) -> job => {
                 let Ok((req, reply)) = job else { continue };
                 let resp = api::handle(&mut state, &ctx, &req);
+                if let Err(e) = telemetry.configure(state.snapshot().access_log.as_ref()) {
+                    log::error!("access log: {e}");
+                }
                 let _ = reply.send(resp);
             }
             recv(inv_rx) -> inv => {
@@ -256,6 +275,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     log::info!("signal {sig}: draining (up to {:?})", args.drain_timeout);
     state.drain(args.drain_timeout);
     workers.join();
+    telemetry.stop();
     log::info!("drained; exiting");
     Ok(())
 }

@@ -57,11 +57,13 @@ pub struct Context {
     pub extras: ResponseExtras,
     /// Held until the request ends (concurrency limits).
     pub permits: [Option<Permit>; 2],
+    /// The policy that answered the request, when one did.
+    pub answered_by: Option<&'static str>,
 }
 
 impl Context {
     pub fn new(state: Rc<RefCell<WorkerPolicyState>>) -> Self {
-        Context { state, unix_ms: None, extras: ResponseExtras::default(), permits: [None, None] }
+        Context { state, unix_ms: None, extras: ResponseExtras::default(), permits: [None, None], answered_by: None }
     }
 
     /// A context whose clock reads `unix_ms` (tests).

@@ -16,9 +16,11 @@ use std::os::fd::AsRawFd;
 
 use ringway_policy::{HeaderList, WorkerPolicyState};
 
+use crate::access_log::LogQueue;
 use crate::admission::ConnectionCaps;
 use crate::cache::WorkerCache;
 use crate::lb::LbState;
+use crate::metrics::{LocalSeries, WorkerMetrics};
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
 
@@ -43,6 +45,8 @@ pub struct ServerLimits {
     pub write_timeout: Duration,
     /// Largest request body unless a route sets its own (`None`: no limit).
     pub max_body_bytes: Option<u64>,
+    /// Whether the access log's `path` carries the query string.
+    pub log_query: bool,
     /// Proxies in front of ringway whose `X-Forwarded-For` entries are trusted. 0: inbound
     /// ones are replaced by the peer's address; N: the inbound lines are joined and the peer
     /// appended, and the client address (for limits and hashing) is the Nth entry from the
@@ -76,6 +80,7 @@ impl Default for ServerLimits {
             max_body_bytes: Some(1 << 20),
             trusted_hops: 0,
             trusted_proxies: Vec::new(),
+            log_query: false,
         }
     }
 }
@@ -227,6 +232,14 @@ pub struct Worker {
     coarse_now: Cell<Instant>,
     request_seq: Cell<u64>,
     id_prefix: u64,
+    /// State of the generator of trace and span ids.
+    rng: Cell<u64>,
+    /// This worker's counters (read by the admin thread on a scrape).
+    pub metrics: WorkerMetrics,
+    /// Where each request's counters are, by route and upstream.
+    pub series: RefCell<LocalSeries>,
+    /// The worker's access-log queue.
+    pub log: Option<LogQueue>,
 }
 
 /// Sockets of connection tasks in some state, each with a value, in reusable slots; a slot is
@@ -299,7 +312,19 @@ impl Worker {
             coarse_now: Cell::new(Instant::now()),
             request_seq: Cell::new(0),
             id_prefix,
+            rng: Cell::new(crate::record::mix64(id_prefix)),
+            metrics: WorkerMetrics::detached(ctx.id),
+            series: RefCell::new(LocalSeries::default()),
+            log: None,
         }
+    }
+
+    /// 64 unpredictable bits (for trace and span ids; not for secrets).
+    #[inline]
+    pub fn random(&self) -> u64 {
+        let s = self.rng.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.rng.set(s);
+        crate::record::mix64(s)
     }
 
     /// The generation new requests use (a non-atomic reference count).
@@ -310,6 +335,7 @@ impl Worker {
     /// Swaps in a new snapshot; in-flight requests keep the generation they started with.
     /// O(1): state derived from the snapshot is made again lazily, only where it changed.
     pub fn apply(&self, snapshot: Arc<Snapshot>) {
+        self.metrics.gauges.revision.set(snapshot.revision);
         *self.generation.borrow_mut() = Rc::new(Generation { snapshot });
     }
 
@@ -447,6 +473,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 };
                 let _ = stream.set_nodelay(true);
                 worker.active.set(worker.active.get() + 1);
+                worker.metrics.gauges.open_connections.set(worker.active.get() as u64);
                 worker.counters.connections.set(worker.counters.connections.get() + 1);
                 let w = worker.clone();
                 monoio::spawn(async move {
@@ -457,6 +484,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                     }
                     w.caps.release(admitted);
                     w.active.set(w.active.get() - 1);
+                    w.metrics.gauges.open_connections.set(w.active.get() as u64);
                 });
             }
             Err(e) => {
@@ -515,6 +543,10 @@ pub struct WorkerSetup {
     pub invalidations: crossbeam_channel::Sender<Invalidate>,
     /// The node's connection caps.
     pub caps: Arc<ConnectionCaps>,
+    /// This worker's counters, read by the admin thread.
+    pub metrics: WorkerMetrics,
+    /// This worker's access-log queue.
+    pub log: Option<LogQueue>,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
@@ -531,10 +563,15 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         limit_keys,
         invalidations,
         caps,
+        metrics,
+        log,
     } = setup;
     let revision = snapshot.revision;
     let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
     worker.invalidations = Some(invalidations);
+    worker.metrics = metrics;
+    worker.metrics.gauges.revision.set(revision);
+    worker.log = log;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,

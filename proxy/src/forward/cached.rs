@@ -84,8 +84,13 @@ pub(super) async fn serve_stored(
 ) -> bool {
     out.clear();
     encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    conn.rec.status = stored.status;
+    conn.rec.bytes_out = if is_head { 0 } else { stored.body.len() as u64 };
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
+    if r.is_err() {
+        conn.rec.cut(crate::record::End::ClientAbort, "client_write_failed");
+    }
     keep && r.is_ok()
 }
 
@@ -129,6 +134,7 @@ pub(super) async fn serve_stale(
 ) -> bool {
     let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
     extras.text = Some(("x-cache-status", "STALE"));
+    conn.rec.cache = crate::record::CacheStatus::Stale;
     let info = (plan.request_id.as_bytes(), plan.is_head, false);
     serve_stored(worker, conn, out, stale, info, plan.chains, Some(&extras)).await
 }

@@ -19,6 +19,7 @@ use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::BodyKind;
 use crate::io::{encode_chunk, linger, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::LbKind;
+use crate::record::End;
 use crate::respond::{encode_reply, ProxyError};
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::Worker;
@@ -36,9 +37,7 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
-pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
-    let upstream = plan.upstream;
-    let addr = upstream.targets[plan.target];
+pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>) -> bool {
     let mut progress = BodyProgress {
         decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
         remaining: match plan.body {
@@ -51,7 +50,24 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
         received: conn.rbuf.len() as u64,
         waited: Duration::ZERO,
     };
-    if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+    let keep = send_and_relay(worker, conn, plan, out, &mut progress).await;
+    conn.rec.bytes_in = match plan.body {
+        BodyKind::Length(n) => n - progress.remaining,
+        _ => progress.seen,
+    };
+    keep
+}
+
+async fn send_and_relay(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut out: Vec<u8>,
+    progress: &mut BodyProgress,
+) -> bool {
+    let upstream = plan.upstream;
+    let addr = upstream.targets[plan.target];
+    if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
         return fail_before_response(worker, conn, plan, out, e).await;
     }
     // A small body is read before any upstream connection is taken (not when the client waits
@@ -64,14 +80,20 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
     }
     while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
         match progress.read(conn, &worker.limits).await {
-            Ok(0) => return false,
+            Ok(0) => {
+                conn.rec.cut(End::ClientAbort, "client_closed");
+                return false;
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
             }
-            Err(_) => return false,
+            Err(_) => {
+                conn.rec.cut(End::ClientAbort, "client_closed");
+                return false;
+            }
         }
-        if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
+        if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
             return fail_before_response(worker, conn, plan, out, e).await;
         }
     }
@@ -79,23 +101,38 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
     let replayable = progress.done;
     plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
+    conn.rec.upstream_started = Some(started);
     let mut attempt = 0;
     let mut ubuf = worker.spares.buf(RESPONSE_BUF);
     let (up, head_len) = loop {
         attempt += 1;
+        conn.rec.attempts = attempt;
         let pooled = worker.pool.borrow_mut().take(addr, started);
         let (mut up, reused) = match pooled {
-            Some(s) => (s, true),
-            None => match connect(addr, upstream.connect_timeout).await {
-                Ok(s) => {
-                    worker.pool.borrow_mut().opened += 1;
-                    (s, false)
+            Some(s) => {
+                conn.rec.reuses += 1;
+                (s, true)
+            }
+            None => {
+                let t0 = if attempt == 1 { started } else { Instant::now() };
+                match connect(addr, upstream.connect_timeout).await {
+                    Ok(s) => {
+                        conn.rec.upstream_connect = Some(t0.elapsed());
+                        conn.rec.connects += 1;
+                        worker.pool.borrow_mut().opened += 1;
+                        (s, false)
+                    }
+                    Err(e) => {
+                        if e == ProxyError::UpstreamConnectTimeout {
+                            conn.rec.timeouts += 1;
+                        } else {
+                            conn.rec.connect_errors += 1;
+                        }
+                        attempt_failed(plan);
+                        return fail_before_response(worker, conn, plan, out, e).await;
+                    }
                 }
-                Err(e) => {
-                    attempt_failed(plan);
-                    return fail_before_response(worker, conn, plan, out, e).await;
-                }
-            },
+            }
         };
         let retry_ok = reused && attempt == 1 && replayable;
         // A small request fits the empty send buffer of a connection between exchanges, so its
@@ -131,7 +168,7 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
-                        attempt_answered(plan, started);
+                        attempt_answered(plan, started, &mut conn.rec);
                         relay_response(worker, conn, plan, up, head_len, b, out, false).await;
                         linger(&mut conn.stream).await;
                         return false;
@@ -144,6 +181,9 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                             continue;
                         }
                         worker.spares.give_buf(ubuf);
+                        if e == ProxyError::UpstreamTimeout {
+                            conn.rec.timeouts += 1;
+                        }
                         attempt_failed(plan);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
@@ -155,17 +195,20 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
             let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
             conn.out = b;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 attempt_failed(plan);
                 return false;
             }
         }
         if !progress.done {
-            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
-            {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, progress, plan, upstream.idle_timeout).await {
                 attempt_failed(plan);
                 return match e {
                     Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
-                    None => false,
+                    None => {
+                        conn.rec.cut(End::ClientAbort, "client_closed");
+                        false
+                    }
                 };
             }
         }
@@ -180,20 +223,23 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                 if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
+                if e == ProxyError::UpstreamTimeout {
+                    conn.rec.timeouts += 1;
+                }
                 attempt_failed(plan);
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
     };
-    attempt_answered(plan, started);
+    attempt_answered(plan, started, &mut conn.rec);
     relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
 }
 
-/// Tells the balancer the plan's target answered (only the latency-aware balancer needs the time
-/// to the head: a clock read).
-fn attempt_answered(plan: &Plan<'_>, started: Instant) {
+/// Notes the time to the response head, and tells the balancer the plan's target answered.
+fn attempt_answered(plan: &Plan<'_>, started: Instant, rec: &mut crate::record::Record) {
+    let now = Instant::now();
+    rec.upstream_head = Some(now.duration_since(started));
     if matches!(plan.upstream.lb, LbKind::P2cEwma) {
-        let now = Instant::now();
         plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
     } else {
         plan.lb.borrow_mut().release(plan.target);
@@ -234,11 +280,16 @@ async fn fail_before_response(
     }
     out.clear();
     let extras = plan.cx.as_ref().map(|c| &c.extras);
-    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None, extras);
+    let reply = e.reply();
+    conn.rec.failed(&e);
+    conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
+    encode_reply(&mut out, &reply, plan.request_id.as_bytes(), true, plan.is_head, None, extras);
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
     if r.is_ok() {
         linger(&mut conn.stream).await;
+    } else {
+        conn.rec.cut(End::ClientAbort, "client_write_failed");
     }
     false
 }
@@ -271,6 +322,7 @@ async fn relay_response(
         Ok(r) => r,
         Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
     };
+    conn.rec.status = resp.status;
     if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
         // Here at once; on the other workers through the control thread.
         worker.cache.borrow_mut().invalidate(&plan.route.id, p);
@@ -321,8 +373,10 @@ async fn relay_response(
             let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
             ubuf = b;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 return false;
             }
+            conn.rec.bytes_out += take as u64;
             head_sent = true;
             start += take;
             remaining -= take as u64;
@@ -336,6 +390,7 @@ async fn relay_response(
                     loop {
                         match d.decode(data, &mut pos) {
                             Ok(Chunk::Data(r)) => {
+                                conn.rec.bytes_out += r.len() as u64;
                                 if chunked_to_client {
                                     encode_chunk(&mut out, &data[r]);
                                 } else {
@@ -352,13 +407,17 @@ async fn relay_response(
                                 let e = ProxyError::UpstreamProtocol("malformed chunked response body");
                                 return fail_before_response(worker, conn, plan, out, e).await;
                             }
-                            Err(_) => return false,
+                            Err(_) => {
+                                conn.rec.cut(End::UpstreamReset, "bad_upstream_response");
+                                return false;
+                            }
                         }
                     }
                 }
                 (None, BodyKind::Length(_)) => {
                     let take = (data.len() as u64).min(remaining) as usize;
                     out.extend_from_slice(&data[..take]);
+                    conn.rec.bytes_out += take as u64;
                     if let Some(c) = capture.as_mut() {
                         c.0.extend_from_slice(&data[..take]);
                     }
@@ -367,6 +426,7 @@ async fn relay_response(
                     clean = take == data.len();
                 }
                 _ => {
+                    conn.rec.bytes_out += data.len() as u64;
                     if chunked_to_client {
                         encode_chunk(&mut out, data);
                     } else {
@@ -384,6 +444,7 @@ async fn relay_response(
             let (r, o) = worker.write_client(&mut conn.stream, out).await;
             out = o;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 return false;
             }
             head_sent = true;
@@ -407,12 +468,21 @@ async fn relay_response(
                     let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
                     out = o;
                     if r.is_err() {
+                        conn.rec.cut(End::ClientAbort, "client_write_failed");
                         return false;
                     }
                 }
                 break;
             }
-            Ok(0) | Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                conn.rec.timeouts += 1;
+                conn.rec.cut(End::Timeout, "upstream_timeout");
+                return false;
+            }
+            Ok(0) | Err(_) => {
+                conn.rec.cut(End::UpstreamReset, "upstream_reset");
+                return false;
+            }
             Ok(_) => {}
         }
     }

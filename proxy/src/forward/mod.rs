@@ -17,9 +17,12 @@ use ringway_policy::{Context, HeaderList, Layered, RequestInfo, Verdict};
 mod body;
 mod cached;
 mod exchange;
+mod finish;
 
 use self::cached::{serve_stored, Inflight, SentNames};
 use self::exchange::exchange;
+use self::finish::finish;
+pub use self::finish::finish_unparsed;
 use crate::cache::Stored;
 use crate::conn::Conn;
 use crate::h1::head::{
@@ -28,43 +31,14 @@ use crate::h1::head::{
 use crate::h1::path::{canonical, parse_target, routing_key, Target};
 use crate::io::{linger, push_dec, write_all};
 use crate::lb::{hash64, HashOn, LbKind};
+pub use crate::record::RequestId;
+use crate::record::{method_index, CacheStatus, End, LimitOutcome, Record, RequestText, Trace};
 use crate::respond::{encode_reply, push_header, ProxyError};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{Generation, LocalEvent, SharedLb, Worker};
 
 /// Most header fields parsed; `ServerLimits::max_headers` may set a lower cap.
 pub const MAX_HEADERS: usize = 128;
-
-/// A request id: the client's (when sane) or a generated one.
-#[derive(Clone, Copy)]
-pub struct RequestId {
-    buf: [u8; 64],
-    len: u8,
-}
-
-impl RequestId {
-    fn generated(id: [u8; 32]) -> Self {
-        let mut buf = [0u8; 64];
-        buf[..32].copy_from_slice(&id);
-        RequestId { buf, len: 32 }
-    }
-
-    fn from_client(v: &[u8]) -> Option<Self> {
-        if v.is_empty()
-            || v.len() > 64
-            || !v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        {
-            return None;
-        }
-        let mut buf = [0u8; 64];
-        buf[..v.len()].copy_from_slice(v);
-        Some(RequestId { buf, len: v.len() as u8 })
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
-    }
-}
 
 /// What `prepare` decided for a request that goes upstream.
 struct Plan<'g> {
@@ -162,72 +136,110 @@ fn has_token(v: &[u8], token: &str) -> bool {
 }
 
 /// Handles the request whose head is the first `head_len` bytes of `conn.rbuf`. Returns
-/// whether the connection may carry another request.
+/// whether the connection may carry another request. Every request ends here, in [`finish`].
 pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bool {
     worker.counters.requests.set(worker.counters.requests.get() + 1);
+    let gauges = &worker.metrics.gauges;
+    gauges.inflight.add(1);
     let generation = worker.generation();
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
-    match prepare(worker, &generation, conn, head_len, &mut out) {
+    let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
+    let mut text = std::mem::take(&mut conn.text);
+    text.clear();
+    let prepared = prepare(worker, &generation, conn, head_len, &mut out, &mut rec, &mut text);
+    conn.rec = rec;
+    conn.text = text;
+    let (keep, route, target) = match prepared {
         Ok(mut plan) => {
             conn.consume(head_len);
-            let mut _leader = None;
-            if let Some((key, auth)) = plan.cache.as_ref().filter(|c| c.store && c.coalesce).map(|c| (c.key, c.auth)) {
-                let waiting = worker.cache.borrow().inflight.get(&key).cloned();
-                match waiting {
-                    Some(done) => {
-                        // Another request of this worker is fetching it: wait, then answer
-                        // from what it stored (or go upstream if it stored nothing).
-                        let _ = monoio::time::timeout(Duration::from_secs(30), done.wait()).await;
-                        let now = unix_ms();
-                        let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now) && (!auth || s.auth_ok));
-                        if let Some(stored) = hit {
-                            if let Some(cx) = plan.cx.as_mut() {
-                                cx.extras.text = Some(("x-cache-status", "HIT"));
-                            }
-                            let keep = plan.keep_alive && !worker.draining.get();
-                            let extras = plan.cx.as_ref().map(|c| &c.extras);
-                            let info = (plan.request_id.as_bytes(), plan.is_head, keep);
-                            return serve_stored(worker, conn, out, &stored, info, plan.chains, extras).await;
-                        }
-                    }
-                    None => {
-                        let done = Rc::new(LocalEvent::default());
-                        worker.cache.borrow_mut().inflight.insert(key, done.clone());
-                        _leader = Some(Inflight { worker, key, done });
-                    }
-                }
-            }
-            exchange(worker, conn, &plan, out).await
+            conn.rec.request_id = plan.request_id;
+            let keep = go_upstream(worker, conn, &mut plan, out).await;
+            (keep, Some(plan.route), Some((plan.upstream, plan.target)))
         }
         Err(early) => {
-            // Keep the connection only when the unread body is already here in full.
-            let body_here = match early.body {
-                BodyKind::None => Some(0),
-                BodyKind::Length(n) if (conn.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
-                _ => None,
-            };
-            let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
-            conn.consume(head_len + body_here.unwrap_or(0));
-            if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
-                let extras = early.cx.as_ref().map(|c| &c.extras);
-                let info = (early.request_id.as_bytes(), early.is_head, keep);
-                return serve_stored(worker, conn, out, stored, info, chains, extras).await;
+            conn.rec.request_id = early.request_id;
+            let route = early.route;
+            (answer_early(worker, conn, *early, head_len, out).await, route, None)
+        }
+    };
+    finish(worker, conn, route, target);
+    gauges.inflight.set(gauges.inflight.get().saturating_sub(1));
+    keep
+}
+
+/// A planned request: answered by a fetch of the same key under way, or sent upstream.
+async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
+    let mut _leader = None;
+    if let Some((key, auth)) = plan.cache.as_ref().filter(|c| c.store && c.coalesce).map(|c| (c.key, c.auth)) {
+        let waiting = worker.cache.borrow().inflight.get(&key).cloned();
+        match waiting {
+            Some(done) => {
+                // Another request of this worker is fetching it: wait, then answer from what
+                // it stored (or go upstream if it stored nothing).
+                let _ = monoio::time::timeout(Duration::from_secs(30), done.wait()).await;
+                let now = unix_ms();
+                let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now) && (!auth || s.auth_ok));
+                if let Some(stored) = hit {
+                    if let Some(cx) = plan.cx.as_mut() {
+                        cx.extras.text = Some(("x-cache-status", "HIT"));
+                    }
+                    conn.rec.cache = CacheStatus::Hit;
+                    let keep = plan.keep_alive && !worker.draining.get();
+                    let extras = plan.cx.as_ref().map(|c| &c.extras);
+                    let info = (plan.request_id.as_bytes(), plan.is_head, keep);
+                    return serve_stored(worker, conn, out, &stored, info, plan.chains, extras).await;
+                }
             }
-            let reply = early
-                .reply
-                .unwrap_or_else(|| early.error.map(|e| e.reply()).unwrap_or_else(|| ProxyError::NoRoute.reply()));
-            let chain = early.chains;
-            let extras = early.cx.as_ref().map(|c| &c.extras);
-            encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain, extras);
-            let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
-            conn.out = out;
-            if !keep && r.is_ok() {
-                linger(&mut conn.stream).await;
+            None => {
+                let done = Rc::new(LocalEvent::default());
+                worker.cache.borrow_mut().inflight.insert(key, done.clone());
+                _leader = Some(Inflight { worker, key, done });
             }
-            keep && r.is_ok()
         }
     }
+    exchange(worker, conn, plan, out).await
+}
+
+/// Answers a request without the upstream: from the cache, with a policy's reply or with an
+/// error.
+async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_len: usize, mut out: Vec<u8>) -> bool {
+    // Keep the connection only when the unread body is already here in full.
+    let body_here = match early.body {
+        BodyKind::None => Some(0),
+        BodyKind::Length(n) if (conn.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
+    conn.consume(head_len + body_here.unwrap_or(0));
+    conn.rec.bytes_in = body_here.unwrap_or(0) as u64;
+    if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
+        let extras = early.cx.as_ref().map(|c| &c.extras);
+        let info = (early.request_id.as_bytes(), early.is_head, keep);
+        return serve_stored(worker, conn, out, stored, info, chains, extras).await;
+    }
+    let reply = match early.reply {
+        Some(r) => r,
+        None => {
+            let e = early.error.unwrap_or(ProxyError::NoRoute);
+            conn.rec.failed(&e);
+            e.reply()
+        }
+    };
+    conn.rec.status = reply.status;
+    conn.rec.bytes_out = if early.is_head { 0 } else { reply.body.len() as u64 };
+    let chain = early.chains;
+    let extras = early.cx.as_ref().map(|c| &c.extras);
+    encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain, extras);
+    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
+    conn.out = out;
+    if !keep && r.is_ok() {
+        linger(&mut conn.stream).await;
+    }
+    if r.is_err() {
+        conn.rec.cut(End::ClientAbort, "client_write_failed");
+    }
+    keep && r.is_ok()
 }
 
 /// Parses and checks the head, routes, runs the request policies, picks a target and writes the
@@ -238,6 +250,8 @@ fn prepare<'g>(
     conn: &Conn,
     head_len: usize,
     out: &mut Vec<u8>,
+    rec: &mut Record,
+    text: &mut RequestText,
 ) -> Result<Plan<'g>, Box<Early<'g>>> {
     let head = &conn.rbuf[..head_len];
     let mut early = Early {
@@ -280,6 +294,7 @@ fn prepare<'g>(
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("");
     early.is_head = method == "HEAD";
+    rec.method = method_index(method);
 
     // Pass 1: framing and connection-level fields.
     let mut host: Option<&[u8]> = None;
@@ -374,6 +389,10 @@ fn prepare<'g>(
         Ok(t) => t,
         Err(e) => return fail(early, e),
     };
+    if worker.log.as_ref().is_some_and(|l| l.enabled()) {
+        let host = authority.map(str::as_bytes).or(host).unwrap_or(b"");
+        text.set(method, host, raw_path, query.filter(|_| worker.limits.log_query));
+    }
     // RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, for routing and
     // for the upstream.
     let routed_host = match authority {
@@ -399,6 +418,7 @@ fn prepare<'g>(
         Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
         None => conn.peer.ip(),
     };
+    rec.client_ip = client_ip;
 
     // Route.
     let mut lower = [0u8; 256];
@@ -483,11 +503,20 @@ fn prepare<'g>(
     let invalidate = (chains.cache().is_some() && !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"))
         .then(|| filed.to_string());
     // Headers for the upstream: end-to-end fields, then the proxy's own, then the policies.
+    // Declared before the list, which borrows it.
+    let mut traceparent = [0u8; 55];
     let mut list: HeaderList<'_> = worker.spares.headers();
     for h in headers.iter() {
         match classify(h.name) {
             // `Connection` never removes Host.
             Known::Host => list.push(h.name, h.value),
+            // The trace goes on with the gateway's own span (below).
+            Known::Other if h.name.eq_ignore_ascii_case("traceparent") => {
+                if let Some(t) = Trace::from_traceparent(h.value).filter(|_| !rec.trace_inbound) {
+                    rec.trace = t;
+                    rec.trace_inbound = true;
+                }
+            }
             Known::Other => {
                 let keyed = rule.is_some_and(|r| r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)));
                 // A keyed header always goes (whatever `Connection` says), so the key is what
@@ -531,6 +560,13 @@ fn prepare<'g>(
         list.push("x-forwarded-host", h);
     }
     list.push("x-request-id", request_id.as_bytes());
+    if !rec.trace_inbound {
+        rec.trace.trace_id[..8].copy_from_slice(&worker.random().to_be_bytes());
+        rec.trace.trace_id[8..].copy_from_slice(&worker.random().to_be_bytes());
+    }
+    rec.trace.span_id = worker.random().to_be_bytes();
+    traceparent.copy_from_slice(&rec.trace.traceparent());
+    list.push("traceparent", &traceparent[..]);
     let info = RequestInfo {
         method,
         host: host_lc,
@@ -544,6 +580,12 @@ fn prepare<'g>(
     if !chains.is_empty() {
         let c = cx.insert(Context::new(worker.policy_state.clone()));
         if let Verdict::Respond(r) = chains.on_request(&info, &mut list, c) {
+            rec.end = End::Policy;
+            rec.limit = match c.answered_by {
+                Some("rate_limit") => LimitOutcome::RateLimited,
+                Some("concurrency_limit") => LimitOutcome::ConcurrencyLimited,
+                _ => LimitOutcome::Passed,
+            };
             early.reply = Some(r);
             early.cx = cx;
             return Err(Box::new(early));
@@ -575,6 +617,7 @@ fn prepare<'g>(
                         if let Some(c) = cx.as_mut() {
                             c.extras.text = Some(("x-cache-status", "HIT"));
                         }
+                        rec.cache = CacheStatus::Hit;
                         early.cached = Some(s);
                         early.cx = cx;
                         return Err(Box::new(early));
@@ -607,6 +650,11 @@ fn prepare<'g>(
         if let Some(c) = cx.as_mut() {
             c.extras.text = Some(("x-cache-status", status));
         }
+        rec.cache = match status {
+            "MISS" => CacheStatus::Miss,
+            "EXPIRED" => CacheStatus::Expired,
+            _ => CacheStatus::Bypass,
+        };
     }
 
     // Target.
