@@ -166,7 +166,30 @@ fn log_thread(
         }
     };
     let mut stopping = false;
+    let mut order = None;
     loop {
+        // Orders first: lines queued just after the log was turned on must find it open.
+        while let Some(o) = order.take().or_else(|| orders.try_recv().ok()) {
+            match o {
+                Order::Set(d) => {
+                    if let Some(w) = out.as_mut() {
+                        let _ = w.flush();
+                    }
+                    out = d.as_ref().and_then(open);
+                    destination = d;
+                }
+                Order::Reopen => {
+                    if let Some(w) = out.as_mut() {
+                        let _ = w.flush();
+                    }
+                    out = destination.as_ref().and_then(open);
+                }
+                Order::Stop => {
+                    enabled.store(false, Ordering::Relaxed);
+                    stopping = true;
+                }
+            }
+        }
         let mut moved = 0usize;
         for ring in rings.iter_mut() {
             let n = ring.slots();
@@ -194,23 +217,8 @@ fn log_thread(
             return;
         }
         match orders.recv_timeout(POLL) {
-            Ok(Order::Set(d)) => {
-                if let Some(w) = out.as_mut() {
-                    let _ = w.flush();
-                }
-                out = d.as_ref().and_then(open);
-                destination = d;
-            }
-            Ok(Order::Reopen) => {
-                if let Some(w) = out.as_mut() {
-                    let _ = w.flush();
-                }
-                out = destination.as_ref().and_then(open);
-            }
-            Ok(Order::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                enabled.store(false, Ordering::Relaxed);
-                stopping = true;
-            }
+            Ok(o) => order = Some(o),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => order = Some(Order::Stop),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
     }
