@@ -257,7 +257,7 @@ fn push_str(out: &mut Vec<u8>, v: &[u8]) {
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
-    crate::io::push_dec(out, v);
+    crate::h1::write::push_dec(out, v);
 }
 
 /// Milliseconds with three decimals.

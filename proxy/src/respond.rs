@@ -5,7 +5,7 @@ use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseInfo};
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
-use crate::io::push_dec;
+use crate::h1::write::{push_dec, push_header, push_status_line, reason};
 
 /// Everything that can end a request before an upstream answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -58,54 +58,6 @@ impl ProxyError {
     }
 }
 
-/// The canonical reason phrase of a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
-/// Appends a status line.
-pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason_phrase: &str) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_dec(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends a header line.
-pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Appends the numeric headers policies asked for.
 pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
     let mut buf = [0u8; 20];
@@ -115,7 +67,7 @@ pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
         let start = match last {
             Some((v, start)) if v == value => start,
             _ => {
-                let start = buf.len() - crate::io::format_dec(value, &mut buf).len();
+                let start = buf.len() - crate::h1::write::format_dec(value, &mut buf).len();
                 last = Some((value, start));
                 start
             }

@@ -11,7 +11,8 @@ use monoio::time::Instant;
 use super::Plan;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
-use crate::io::{encode_chunk, read_more, write_all, write_range};
+use crate::h1::write::encode_chunk;
+use crate::io::{read_more, write_all, write_range};
 use crate::respond::ProxyError;
 use crate::worker::Worker;
 

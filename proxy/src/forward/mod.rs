@@ -25,15 +25,15 @@ use self::finish::finish;
 pub use self::finish::finish_unparsed;
 use crate::cache::Stored;
 use crate::conn::Conn;
-use crate::h1::head::{
-    check_raw_head, classify, host_without_port, parse_content_length, BodyKind, ConnectionOptions, HeadError, Known,
-};
+use crate::h1::head::{classify, host_without_port, BodyKind, HeadError, Known};
 use crate::h1::path::{canonical, parse_target, routing_key, Target};
-use crate::io::{linger, push_dec, write_all};
+use crate::h1::request;
+use crate::h1::write::{push_framing, push_header, push_request_line};
+use crate::io::{linger, write_all};
 use crate::lb::{hash64, HashOn, LbKind};
 pub use crate::record::RequestId;
 use crate::record::{method_index, CacheStatus, End, LimitOutcome, Record, RequestText, Trace};
-use crate::respond::{encode_reply, push_header, ProxyError};
+use crate::respond::{encode_reply, ProxyError};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{Generation, LocalEvent, SharedLb, Worker};
 
@@ -272,118 +272,37 @@ fn prepare<'g>(
         Err(Box::new(early))
     };
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return fail(early, HeadError::Bad("incomplete request head")),
-        Err(httparse::Error::TooManyHeaders) => return fail(early, HeadError::TooManyHeaders),
-        Err(e) => return fail(early, HeadError::Bad(describe(e))),
-    }
-    if let Err(e) = check_raw_head(head) {
-        return fail(early, e);
-    }
-    let headers = req.headers;
-    if headers.len() > worker.limits.max_headers {
-        return fail(early, HeadError::TooManyHeaders);
-    }
-    let http10 = match req.version {
-        Some(1) => false,
-        Some(0) => true,
-        _ => return fail(early, HeadError::Version),
+    let req = match request::parse(head, &mut storage, worker.limits.max_headers) {
+        Ok(r) => r,
+        Err(refused) => {
+            early.is_head = refused.is_head;
+            return fail(early, refused.error);
+        }
     };
-    let method = req.method.unwrap_or("");
-    let target = req.path.unwrap_or("");
+    let (method, target, http10, body) = (req.method, req.target, req.http10, req.body);
+    let (opts, expect_continue, te_accepts) = (req.connection, req.expect_continue, req.te_accepts);
+    let headers = req.headers;
     early.is_head = method == "HEAD";
+    early.body = body;
     rec.method = method_index(method);
-
-    // Pass 1: framing and connection-level fields.
-    let mut host: Option<&[u8]> = None;
-    let mut hosts = 0;
-    let mut content_length: Option<u64> = None;
-    let mut cl_count = 0;
-    let mut te: Option<&[u8]> = None;
-    let mut te_count = 0;
-    let mut opts = ConnectionOptions::default();
-    let mut expect_continue = false;
-    let mut te_accepts = 0u8;
+    if let Some(id) = req.request_id.and_then(RequestId::from_client) {
+        early.request_id = id;
+    }
+    let mut host = req.host;
     // Inbound X-Forwarded-For lines, joined in order; kept only when proxies in front are
     // trusted (otherwise the client's claim is replaced).
     let trusted_hops = if conn.trusted { worker.limits.trusted_hops } else { 0 };
     let mut inbound_xff: Option<Vec<u8>> = None;
-    for h in headers.iter() {
-        if h.name.as_bytes().contains(&b'_') {
-            return fail(early, HeadError::Bad("'_' in a header name"));
-        }
-        match classify(h.name) {
-            Known::Host => {
-                hosts += 1;
-                host = Some(h.value);
-            }
-            Known::ContentLength => {
-                cl_count += 1;
-                match parse_content_length(h.value) {
-                    Some(n) => content_length = Some(n),
-                    None => return fail(early, HeadError::Bad("invalid Content-Length")),
+    if trusted_hops > 0 {
+        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+            if !h.value.trim_ascii().is_empty() {
+                let joined = inbound_xff.get_or_insert_with(Vec::new);
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
                 }
-            }
-            Known::TransferEncoding => {
-                te_count += 1;
-                te = Some(h.value);
-            }
-            Known::Connection => {
-                if let Err(e) = opts.add(h.value) {
-                    return fail(early, e);
-                }
-            }
-            Known::Expect => {
-                if h.value.eq_ignore_ascii_case(b"100-continue") {
-                    expect_continue = true;
-                } else {
-                    return fail(early, HeadError::Expectation);
-                }
-            }
-            Known::RequestId => {
-                if let Some(id) = RequestId::from_client(h.value) {
-                    early.request_id = id;
-                }
-            }
-            Known::Forwarded => {
-                if trusted_hops > 0
-                    && h.name.eq_ignore_ascii_case("x-forwarded-for")
-                    && !h.value.trim_ascii().is_empty()
-                {
-                    let joined = inbound_xff.get_or_insert_with(Vec::new);
-                    if !joined.is_empty() {
-                        joined.extend_from_slice(b", ");
-                    }
-                    joined.extend_from_slice(h.value.trim_ascii());
-                }
-            }
-            // `TE`: the transfer codings the client accepts besides chunked.
-            Known::HopByHop if h.name.len() == 2 => te_accepts |= crate::upstream::accepted_codings(h.value),
-            Known::HopByHop | Known::Other => {}
-        }
-    }
-    if cl_count > 1 {
-        return fail(early, HeadError::Bad("more than one Content-Length"));
-    }
-    let body = match (te, content_length) {
-        (Some(_), Some(_)) => return fail(early, HeadError::Bad("both Transfer-Encoding and Content-Length")),
-        (Some(_), None) if te_count > 1 => return fail(early, HeadError::Bad("more than one Transfer-Encoding")),
-        (Some(_), None) if http10 => return fail(early, HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request")),
-        (Some(v), None) => {
-            if v.eq_ignore_ascii_case(b"chunked") {
-                BodyKind::Chunked
-            } else {
-                return fail(early, HeadError::NotImplemented("only Transfer-Encoding: chunked is supported"));
+                joined.extend_from_slice(h.value.trim_ascii());
             }
         }
-        (None, Some(n)) => BodyKind::Length(n),
-        (None, None) => BodyKind::None,
-    };
-    early.body = body;
-    if hosts > 1 || (hosts == 0 && !http10) {
-        return fail(early, HeadError::Bad("a request needs exactly one Host header"));
     }
     let Target { authority, path: raw_path, query } = match parse_target(target) {
         Ok(t) => t,
@@ -405,14 +324,14 @@ fn prepare<'g>(
         None => host,
     };
     // An HTTP/1.0 request may come without Host: its absolute-form authority stands in.
-    let host_header_sent = hosts > 0;
+    let host_header_sent = req.host.is_some();
     host = routed_host;
     let host_name = match routed_host.map(host_without_port) {
         Some(Ok(h)) => h,
         Some(Err(e)) => return fail(early, e),
         None => "",
     };
-    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close };
+    let keep_alive = req.keep_alive;
     early.keep_alive = keep_alive;
     let client_ip = match &inbound_xff {
         Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
@@ -674,14 +593,7 @@ fn prepare<'g>(
     };
 
     // Serialise.
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(route.forward_path(path).as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_request_line(out, method, &route.forward_path(path), query);
     for h in list.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
@@ -692,15 +604,7 @@ fn prepare<'g>(
             None => push_header(out, b"host", upstream.targets[target].to_string().as_bytes()),
         }
     }
-    match body {
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_dec(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyKind::None | BodyKind::UntilClose => {}
-    }
+    push_framing(out, body, b"", false);
     out.extend_from_slice(b"\r\n");
     Ok(Plan {
         route,
@@ -721,17 +625,6 @@ fn prepare<'g>(
         cx,
         cache,
     })
-}
-
-fn describe(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name (or white space before the colon, or obs-fold)",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Status | httparse::Error::Token => "invalid request line",
-        httparse::Error::Version => "invalid HTTP version",
-        httparse::Error::TooManyHeaders => "too many header fields",
-    }
 }
 
 fn ip_hash(ip: std::net::IpAddr) -> u64 {
