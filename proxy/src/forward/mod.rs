@@ -593,7 +593,7 @@ fn prepare<'g>(
     };
 
     // Serialise.
-    push_request_line(out, method, &route.forward_path(path), query);
+    push_request_line(out, method, route.forward_path(path), query);
     for h in list.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }

@@ -160,11 +160,11 @@ mod tests {
     fn heads_and_their_framing() {
         assert_eq!(parsed("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap(), ("GET".into(), BodyKind::None, true));
         assert_eq!(parsed("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n").unwrap().1, BodyKind::Length(3));
-        assert_eq!(parsed("GET / HTTP/1.0\r\n\r\n").unwrap().2, false);
-        assert_eq!(parsed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().2, true);
+        assert!(!parsed("GET / HTTP/1.0\r\n\r\n").unwrap().2);
+        assert!(parsed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().2);
         let refused = |h: &str| parsed(h).unwrap_err();
         assert_eq!(refused("GET / HTTP/1.1\r\n\r\n").error, HeadError::Bad("a request needs exactly one Host header"));
-        assert_eq!(refused("HEAD / HTTP/1.1\r\nHost: a\r\nX_Y: 1\r\n\r\n").is_head, true);
+        assert!(refused("HEAD / HTTP/1.1\r\nHost: a\r\nX_Y: 1\r\n\r\n").is_head);
         assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nExpect: nothing\r\n\r\n").error, HeadError::Expectation);
         assert_eq!(refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n").error.status(), 501);
         assert_eq!(refused("GET / HTTP/2.0\r\nHost: a\r\n\r\n").error.status(), 400);
