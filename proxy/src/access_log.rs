@@ -387,6 +387,10 @@ impl Entry<'_> {
         out.extend_from_slice(r.end.as_str().as_bytes());
         out.extend_from_slice(b"\",\"error\":");
         push_opt_str(out, r.error.map(str::as_bytes));
+        out.extend_from_slice(b",\"error_source\":");
+        push_opt_str(out, r.error_source.map(|s| s.as_str().as_bytes()));
+        out.extend_from_slice(b",\"error_phase\":");
+        push_opt_str(out, r.error_phase.map(|p| p.as_str().as_bytes()));
         out.extend_from_slice(b",\"trace_id\":");
         if r.trace.trace_id == [0; 16] {
             out.extend_from_slice(b"null");

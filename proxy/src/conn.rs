@@ -87,7 +87,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tru
                 if r.is_ok() {
                     linger(&mut conn.stream).await;
                 }
-                crate::forward::finish_unparsed(worker, &mut conn, &e, id, r.is_ok());
+                crate::forward::finish_unparsed(worker, &mut conn, e, id, r.is_ok());
                 return;
             }
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use monoio::time::Instant;
 
-use crate::respond::ProxyError;
+use crate::respond::{Failure, Phase, Source};
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -304,6 +304,9 @@ pub struct Record {
     pub end: End,
     /// The error code of the gateway's own answer, or of what cut the request short.
     pub error: Option<&'static str>,
+    /// Who caused the error, and in which phase.
+    pub error_source: Option<Source>,
+    pub error_phase: Option<Phase>,
 }
 
 impl Record {
@@ -331,20 +334,19 @@ impl Record {
             reuses: 0,
             end: End::Completed,
             error: None,
+            error_source: None,
+            error_phase: None,
         }
     }
 
     /// The gateway answered with `e`: its status, code and the kind of end.
-    pub fn failed(&mut self, e: &ProxyError) {
-        let (status, code) = e.status_and_code();
+    pub fn failed(&mut self, f: &Failure) {
+        let (status, code) = f.error.status_and_code();
         self.status = status;
         self.error = Some(code);
-        self.end = match e {
-            ProxyError::RequestTimeout | ProxyError::UpstreamTimeout | ProxyError::UpstreamConnectTimeout => {
-                End::Timeout
-            }
-            _ => End::Error,
-        };
+        self.error_source = Some(f.source());
+        self.error_phase = Some(f.phase);
+        self.end = if f.error.is_timeout() { End::Timeout } else { End::Error };
     }
 
     /// The request ended early without an answer of the gateway's own (a failed read or write).
@@ -353,6 +355,13 @@ impl Record {
         if matches!(self.end, End::Completed) {
             self.end = end;
             self.error = Some(code);
+            let (source, phase) = match end {
+                End::ClientAbort if code == "client_closed" => (Source::Client, Phase::RequestBody),
+                End::ClientAbort => (Source::Client, Phase::Write),
+                _ => (Source::Upstream, Phase::ResponseBody),
+            };
+            self.error_source = Some(source);
+            self.error_phase = Some(phase);
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::h1::write::encode_chunk;
 use crate::io::{linger, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::LbKind;
 use crate::record::End;
-use crate::respond::{encode_reply, ProxyError};
+use crate::respond::{encode_reply, Failure, Phase, ProxyError, Source};
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::Worker;
 
@@ -69,7 +69,7 @@ async fn send_and_relay(
     let upstream = plan.upstream;
     let addr = upstream.targets[plan.target];
     if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
-        return fail_before_response(worker, conn, plan, out, e).await;
+        return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
     }
     // A small body is read before any upstream connection is taken (not when the client waits
     // for the origin's permission to send it).
@@ -87,7 +87,8 @@ async fn send_and_relay(
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
+                let e = Failure::new(ProxyError::RequestTimeout, Phase::RequestBody);
+                return fail_before_response(worker, conn, plan, out, e).await;
             }
             Err(_) => {
                 conn.rec.cut(End::ClientAbort, "client_closed");
@@ -95,7 +96,7 @@ async fn send_and_relay(
             }
         }
         if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
-            return fail_before_response(worker, conn, plan, out, e).await;
+            return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
         }
     }
     // The whole request is in `out`: a failed pooled connection can be retried safely.
@@ -130,6 +131,8 @@ async fn send_and_relay(
                             conn.rec.connect_errors += 1;
                         }
                         attempt_failed(plan);
+                        // Nothing reached the upstream: another target may be tried.
+                        let e = Failure::at(e, Phase::Connect, addr, true);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
                 }
@@ -149,7 +152,8 @@ async fn send_and_relay(
                 continue;
             }
             attempt_failed(plan);
-            return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
+            let e = Failure::at(ProxyError::UpstreamSend, Phase::Send, addr, replayable && plan.idempotent);
+            return fail_before_response(worker, conn, plan, out, e).await;
         }
         ubuf.clear();
         if !progress.done && plan.expect_continue {
@@ -186,6 +190,8 @@ async fn send_and_relay(
                             conn.rec.timeouts += 1;
                         }
                         attempt_failed(plan);
+                        // The body was not sent: safe to try again if the origin took nothing.
+                        let e = Failure::at(e, Phase::ResponseHead, addr, nothing_received);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
                 }
@@ -205,7 +211,13 @@ async fn send_and_relay(
             if let Err(e) = stream_request_body(worker, conn, &mut up, progress, plan, upstream.idle_timeout).await {
                 attempt_failed(plan);
                 return match e {
-                    Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
+                    Some(e) => {
+                        let e = match e.source() {
+                            Source::Client => Failure::new(e, Phase::RequestBody),
+                            _ => Failure::at(e, Phase::Send, addr, false),
+                        };
+                        fail_before_response(worker, conn, plan, Vec::new(), e).await
+                    }
                     None => {
                         conn.rec.cut(End::ClientAbort, "client_closed");
                         false
@@ -228,6 +240,8 @@ async fn send_and_relay(
                     conn.rec.timeouts += 1;
                 }
                 attempt_failed(plan);
+                let safe = replayable && nothing_received && plan.idempotent;
+                let e = Failure::at(e, Phase::ResponseHead, addr, safe);
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
@@ -269,19 +283,13 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Proxy
 }
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
-async fn fail_before_response(
-    worker: &Worker,
-    conn: &mut Conn,
-    plan: &Plan<'_>,
-    mut out: Vec<u8>,
-    e: ProxyError,
-) -> bool {
+async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>, e: Failure) -> bool {
     if let Some(stale) = usable_stale(plan) {
         return serve_stale(worker, conn, out, plan, &stale).await;
     }
     out.clear();
     let extras = plan.cx.as_ref().map(|c| &c.extras);
-    let reply = e.reply();
+    let reply = e.error.reply();
     conn.rec.failed(&e);
     conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
     encode_reply(&mut out, &reply, plan.request_id.as_bytes(), true, plan.is_head, None, extras);
@@ -321,7 +329,10 @@ async fn relay_response(
     out.clear();
     let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
         Ok(r) => r,
-        Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
+        Err(e) => {
+            let e = Failure::at(e, Phase::ResponseHead, upstream.targets[plan.target], false);
+            return fail_before_response(worker, conn, plan, out, e).await;
+        }
     };
     conn.rec.status = resp.status;
     if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
@@ -406,6 +417,7 @@ async fn relay_response(
                             }
                             Err(_) if !head_sent => {
                                 let e = ProxyError::UpstreamProtocol("malformed chunked response body");
+                                let e = Failure::at(e, Phase::ResponseBody, upstream.targets[plan.target], false);
                                 return fail_before_response(worker, conn, plan, out, e).await;
                             }
                             Err(_) => {

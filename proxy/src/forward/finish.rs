@@ -42,11 +42,11 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
 
 /// Ends a request whose head was refused before it could be read in full (too large, too slow,
 /// malformed): it is answered with `e`, and recorded without route.
-pub fn finish_unparsed(worker: &Worker, conn: &mut Conn, e: &ProxyError, request_id: [u8; 32], sent: bool) {
+pub fn finish_unparsed(worker: &Worker, conn: &mut Conn, e: ProxyError, request_id: [u8; 32], sent: bool) {
     conn.rec = crate::record::Record::new(conn.first_byte.take().unwrap_or_else(Instant::now));
     conn.rec.request_id = crate::record::RequestId::generated(request_id);
     conn.rec.client_ip = conn.peer.ip();
-    conn.rec.failed(e);
+    conn.rec.failed(&crate::respond::Failure::new(e, crate::respond::Phase::Head));
     if sent {
         conn.rec.bytes_out = e.reply().body.len() as u64;
     } else {

@@ -33,7 +33,7 @@ use crate::io::{linger, write_all};
 use crate::lb::{hash64, HashOn, LbKind};
 pub use crate::record::RequestId;
 use crate::record::{method_index, CacheStatus, End, LimitOutcome, Record, RequestText, Trace};
-use crate::respond::{encode_reply, ProxyError};
+use crate::respond::{encode_reply, fate, Failure, Fate, Phase, ProxyError};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{Generation, LocalEvent, SharedLb, Worker};
 
@@ -108,7 +108,7 @@ fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net:
 
 /// A request answered without the upstream.
 struct Early<'g> {
-    error: Option<ProxyError>,
+    error: Option<Failure>,
     reply: Option<ringway_policy::Reply>,
     route: Option<&'g Route>,
     chains: Option<Layered<'g>>,
@@ -210,7 +210,11 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
         BodyKind::Length(n) if (conn.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
         _ => None,
     };
-    let keep = early.keep_alive && body_here.is_some() && !worker.draining.get();
+    // An answer of the gateway's own: neither a policy's nor the cache's.
+    let answered = early.reply.is_some() || early.cached.is_some();
+    let error = (!answered).then(|| early.error.unwrap_or(Failure::new(ProxyError::NoRoute, Phase::Route)));
+    let fate = fate(error.as_ref(), early.keep_alive, body_here.is_some(), worker.draining.get());
+    let keep = fate == Fate::Keep;
     conn.consume(head_len + body_here.unwrap_or(0));
     conn.rec.bytes_in = body_here.unwrap_or(0) as u64;
     if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
@@ -218,12 +222,12 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
         let info = (early.request_id.as_bytes(), early.is_head, keep);
         return serve_stored(worker, conn, out, stored, info, chains, extras).await;
     }
-    let reply = match early.reply {
-        Some(r) => r,
-        None => {
-            let e = early.error.unwrap_or(ProxyError::NoRoute);
+    let reply = match (early.reply, error) {
+        (Some(r), _) => r,
+        (None, e) => {
+            let e = e.unwrap_or(Failure::new(ProxyError::NoRoute, Phase::Route));
             conn.rec.failed(&e);
-            e.reply()
+            e.error.reply()
         }
     };
     conn.rec.status = reply.status;
@@ -267,7 +271,7 @@ fn prepare<'g>(
         cached: None,
     };
     let fail = |mut early: Early<'g>, e: HeadError| -> Result<Plan<'g>, Box<Early<'g>>> {
-        early.error = Some(ProxyError::Head(e));
+        early.error = Some(Failure::new(ProxyError::Head(e), Phase::Head));
         early.keep_alive = false;
         Err(Box::new(early))
     };
@@ -357,7 +361,7 @@ fn prepare<'g>(
     let Some((route, rank)) =
         snapshot.router.find_ranked(host_lc, &routing_key(&path, global), |r| r.admits(method, find_header))
     else {
-        early.error = Some(ProxyError::NoRoute);
+        early.error = Some(Failure::new(ProxyError::NoRoute, Phase::Route));
         return Err(Box::new(early));
     };
     let route: &Route = route;
@@ -401,7 +405,7 @@ fn prepare<'g>(
     let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
     if let (BodyKind::Length(n), Some(limit)) = (body, max_body) {
         if n > limit {
-            early.error = Some(ProxyError::BodyTooLarge { limit });
+            early.error = Some(Failure::new(ProxyError::BodyTooLarge { limit }, Phase::Head));
             early.keep_alive = false;
             return Err(Box::new(early));
         }
@@ -588,7 +592,7 @@ fn prepare<'g>(
     };
     let lb = worker.lb_state(upstream);
     let Some(target) = lb.borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key) else {
-        early.error = Some(ProxyError::NoTarget);
+        early.error = Some(Failure::new(ProxyError::NoTarget, Phase::Pick));
         return Err(Box::new(early));
     };
 

@@ -127,6 +127,7 @@ fn a_line_per_request_with_route_target_sizes_times_and_trace(driver: &str) {
     assert_eq!(n["status"], 404);
     assert_eq!(n["end"], "error");
     assert_eq!(n["error"], "no_route");
+    assert_eq!((n["error_source"].as_str(), n["error_phase"].as_str()), (Some("gateway"), Some("route")));
     assert_eq!(n["attempts"], 0);
     assert_eq!(n["upstream_head_ms"], Value::Null);
     assert_eq!(n["bytes_out"], r2.body.len() as u64);
@@ -188,13 +189,16 @@ fn every_way_a_request_ends_is_told_apart(driver: &str) {
     let down = find("/down", None);
     assert_eq!((down["status"].as_u64(), down["end"].as_str()), (Some(502), Some("error")));
     assert_eq!(down["error"], "upstream_unreachable");
+    assert_eq!((down["error_source"].as_str(), down["error_phase"].as_str()), (Some("upstream"), Some("connect")));
     assert_eq!(down["target"], refused.to_string().as_str());
     assert_eq!(down["attempts"], 1);
     let hang = find("/api/hang", None);
     assert_eq!((hang["status"].as_u64(), hang["end"].as_str()), (Some(504), Some("timeout")));
     assert_eq!(hang["error"], "upstream_timeout");
+    assert_eq!(hang["error_phase"], "response_head");
     let cut = find("/api/cut", None);
     assert_eq!((cut["status"].as_u64(), cut["end"].as_str()), (Some(200), Some("upstream_reset")));
+    assert_eq!((cut["error_source"].as_str(), cut["error_phase"].as_str()), (Some("upstream"), Some("response_body")));
     assert_eq!(cut["bytes_out"], 10);
     let big = find("/api/big", None);
     assert_eq!((big["status"].as_u64(), big["end"].as_str()), (Some(200), Some("client_abort")));
