@@ -216,7 +216,7 @@ pub fn version(contender: &Contender, dir: &Path) -> Option<String> {
     let binary = contender.binary.as_ref()?;
     let flag = match contender.kind {
         Kind::Direct => return None,
-        Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll => "--version",
+        Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll | Kind::RingwayBaseline => "--version",
         Kind::Nginx | Kind::Haproxy => "-v",
     };
     let (ok, text) = bounded_output(contender.kind.name(), binary, &[flag], dir)?;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use crate::h1::head::{check_partial_head, HeadError};
@@ -18,7 +18,7 @@ use crate::worker::Worker;
 
 /// A client connection's state between requests.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
     /// Bytes received and not yet used (the start of the next request, when pipelined).
     pub rbuf: Vec<u8>,
@@ -61,7 +61,7 @@ enum HeadRead {
 
 /// Serves one client connection to its end.
 /// `trusted`: the peer is a trusted proxy (see [`crate::worker::ServerLimits::trusts`]).
-pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, trusted: bool) {
+pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, trusted: bool) {
     let mut conn = Conn {
         stream,
         peer,

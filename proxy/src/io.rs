@@ -7,9 +7,9 @@ use std::io;
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::stream::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 fn timed_out() -> io::Error {
@@ -18,7 +18,7 @@ fn timed_out() -> io::Error {
 
 /// Reads more bytes after `buf`'s content, first making room for at least `want` bytes.
 pub async fn read_more(
-    s: &mut TcpStream,
+    s: &mut Stream,
     mut buf: Vec<u8>,
     want: usize,
     deadline: Instant,
@@ -35,7 +35,7 @@ pub async fn read_more(
 
 /// Writes `buf[range]` fully.
 pub async fn write_range(
-    s: &mut TcpStream,
+    s: &mut Stream,
     buf: Vec<u8>,
     range: Range<usize>,
     timeout: Duration,
@@ -50,7 +50,7 @@ pub async fn write_range(
 }
 
 /// Writes all of `buf` with no deadline: only for writes that cannot wait on the peer.
-pub async fn write_all_untimed(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+pub async fn write_all_untimed(s: &mut Stream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     if buf.is_empty() {
         return (Ok(()), buf);
     }
@@ -59,7 +59,7 @@ pub async fn write_all_untimed(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<(
 }
 
 /// Writes all of `buf`.
-pub async fn write_all(s: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
+pub async fn write_all(s: &mut Stream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
     let len = buf.len();
     write_range(s, buf, 0..len, timeout).await
 }
@@ -67,7 +67,7 @@ pub async fn write_all(s: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (i
 /// Closes a connection after an error answer without destroying that answer: stops sending,
 /// then reads and discards what the client still sends (bounded in bytes and time), so the
 /// kernel does not reset the connection over unread data before the client reads the answer.
-pub async fn linger(s: &mut TcpStream) {
+pub async fn linger(s: &mut Stream) {
     let _ = monoio::io::AsyncWriteRent::shutdown(s).await;
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut buf = Vec::with_capacity(16 * 1024);

@@ -23,6 +23,7 @@ pub mod record;
 pub mod respond;
 pub mod router;
 pub mod snapshot;
+pub mod stream;
 pub mod upstream;
 pub mod worker;
 

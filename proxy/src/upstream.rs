@@ -4,7 +4,7 @@
 //!
 //! Hot path.
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 use ringway_policy::{Layered, ResponseExtras, ResponseInfo};
 
@@ -25,7 +25,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// instead: it is removed from `buf` (what followed it stays) and the length returned is 0. On failure also says
 /// whether nothing at all was received (so a stale pooled connection may be retried).
 pub async fn read_response(
-    up: &mut TcpStream,
+    up: &mut Stream,
     mut buf: Vec<u8>,
     deadline: Instant,
     stop_at_continue: bool,

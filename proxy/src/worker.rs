@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
+
 use monoio::time::Instant;
 use ringway_runtime::{Mailbox, WorkerContext};
 use std::os::fd::AsRawFd;
@@ -23,6 +24,7 @@ use crate::lb::LbState;
 use crate::metrics::{LocalSeries, WorkerMetrics};
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
+use crate::stream::Stream;
 
 /// Server-wide limits; every one has a safe default.
 #[derive(Debug, Clone)]
@@ -373,7 +375,7 @@ impl Worker {
 
     /// Writes all of `buf` to a client under `limits.write_timeout`, kept by the sweeper
     /// rather than a timer of its own (a second coarse, and no clock read or timer per write).
-    pub async fn write_client(&self, stream: &mut TcpStream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+    pub async fn write_client(&self, stream: &mut Stream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
         let deadline = self.coarse_now.get() + self.limits.write_timeout;
         let slot = self.watched.borrow_mut().enter(stream.as_raw_fd(), deadline);
         // Cleared however the write ends, even if its task is dropped mid-write: a stale slot
@@ -479,7 +481,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 monoio::spawn(async move {
                     // A bug that panics while serving one connection closes that connection,
                     // not the worker and every other connection on it.
-                    if CatchPanic(crate::conn::serve(&w, stream, peer, trusted)).await.is_err() {
+                    if CatchPanic(crate::conn::serve(&w, Stream::from(stream), peer, trusted)).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
                     w.caps.release(admitted);

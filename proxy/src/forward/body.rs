@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::Plan;
@@ -117,7 +117,7 @@ pub(super) fn take_buffered_body(
 pub(super) async fn stream_request_body(
     worker: &Worker,
     conn: &mut Conn,
-    up: &mut TcpStream,
+    up: &mut Stream,
     p: &mut BodyProgress,
     plan: &Plan<'_>,
     idle: Duration,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
@@ -159,7 +159,7 @@ async fn send_and_relay(
         if !progress.done && plan.expect_continue {
             // The origin's word on the expectation: a 100 lets the body go, a final answer is
             // relayed without it, silence lets it go after a short wait.
-            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable(false)).await, Ok(Ok(())));
+            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable()).await, Ok(Ok(())));
             if said {
                 let deadline = Instant::now() + upstream.response_head_timeout;
                 let mut said = read_response(&mut up, ubuf, deadline, true).await;
@@ -271,12 +271,9 @@ fn attempt_failed(plan: &Plan<'_>) {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyError> {
+    match monoio::time::timeout(timeout, Stream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
         Err(_) => Err(ProxyError::UpstreamConnectTimeout),
     }
@@ -309,7 +306,7 @@ async fn relay_response(
     worker: &Rc<Worker>,
     conn: &mut Conn,
     plan: &Plan<'_>,
-    mut up: TcpStream,
+    mut up: Stream,
     head_len: usize,
     mut ubuf: Vec<u8>,
     mut out: Vec<u8>,
