@@ -5,9 +5,9 @@
 //! cut for the "still arriving" check, then the bytes read from the client.
 //!
 //! `prepare` itself needs a running worker and connection, so this target calls the same
-//! functions in the same order (httparse, `check_raw_head`, `classify`, `parse_content_length`,
-//! `ConnectionOptions`, `parse_target`, `host_without_port`, `canonical`, `routing_key`,
-//! `Router::find_ranked`, `Route::forward_path`) and checks what the worker relies on:
+//! functions in the same order (`h1::request::parse`, `parse_target`, `host_without_port`,
+//! `canonical`, `routing_key`, `Router::find_ranked`, `Route::forward_path`) and checks what the
+//! worker relies on:
 //!
 //! - a head that passes `check_raw_head` passes `check_partial_head` at every cut;
 //! - a canonical path is its own canonical form (borrowed), under every normalisation;
@@ -23,12 +23,10 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use ringway_fuzz::normalization;
-use ringway_proxy::h1::head::{
-    check_partial_head, check_raw_head, classify, host_without_port, parse_content_length, BodyKind, ConnectionOptions,
-    Known,
-};
+use ringway_proxy::h1::head::{check_partial_head, check_raw_head, classify, host_without_port, BodyKind, Known};
 use ringway_proxy::h1::path::{canonical, parse_target, routing_key, Target};
-use ringway_proxy::respond::push_header;
+use ringway_proxy::h1::request;
+use ringway_proxy::h1::write::push_header;
 use ringway_proxy::{ConfigSpec, Snapshot};
 
 /// `forward::MAX_HEADERS`.
@@ -77,85 +75,28 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = check_partial_head(head);
 
-    // forward::prepare.
+    // forward::prepare: the head through the codec (h1::request).
+    if raw_ok {
+        // httparse takes a bare LF for a line end; with CRLF only, it ends the head where the
+        // worker does.
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        if let Ok(httparse::Status::Complete(n)) = httparse::Request::new(&mut storage).parse(head) {
+            assert_eq!(n, head.len(), "httparse ends the head elsewhere");
+        }
+    }
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage);
-    let n = match req.parse(head) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return,
-    };
-    if !raw_ok {
-        return;
-    }
-    // httparse takes a bare LF for a line end; with CRLF only, it ends the head where the
-    // worker does.
-    assert_eq!(n, head.len(), "httparse ends the head elsewhere");
+    let Ok(req) = request::parse(head, &mut storage, MAX_HEADERS) else { return };
+    assert!(raw_ok, "a head with bare CR, LF or NUL was accepted");
+    let (method, target, http10, body, opts) = (req.method, req.target, req.http10, req.body, req.connection);
+    let host = req.host;
+    let hosts = usize::from(host.is_some());
     let headers = req.headers;
-    let http10 = match req.version {
-        Some(1) => false,
-        Some(0) => true,
-        _ => return,
-    };
-    let method = req.method.unwrap_or("");
-    let target = req.path.unwrap_or("");
-
-    let mut host: Option<&[u8]> = None;
-    let mut hosts = 0;
-    let mut content_length = None;
-    let mut cl_count = 0;
-    let mut te: Option<&[u8]> = None;
-    let mut te_count = 0;
-    let mut opts = ConnectionOptions::default();
-    let mut te_accepts = 0u8;
-    for h in headers.iter() {
-        if h.name.as_bytes().contains(&b'_') {
-            return;
-        }
-        match classify(h.name) {
-            Known::Host => {
-                hosts += 1;
-                host = Some(h.value);
-            }
-            Known::ContentLength => {
-                cl_count += 1;
-                match parse_content_length(h.value) {
-                    Some(n) => {
-                        // 1*DIGIT: what it parsed is what was written, leading zeros aside.
-                        let digits = std::str::from_utf8(h.value).expect("digits are ASCII");
-                        assert_eq!(digits.parse::<u64>().ok(), Some(n));
-                        content_length = Some(n)
-                    }
-                    None => return,
-                }
-            }
-            Known::TransferEncoding => {
-                te_count += 1;
-                te = Some(h.value);
-            }
-            Known::Connection => {
-                if opts.add(h.value).is_err() {
-                    return;
-                }
-            }
-            Known::Expect if !h.value.eq_ignore_ascii_case(b"100-continue") => return,
-            Known::HopByHop if h.name.len() == 2 => te_accepts |= ringway_proxy::upstream::accepted_codings(h.value),
-            _ => {}
-        }
-    }
-    std::hint::black_box(te_accepts);
-    if cl_count > 1 {
-        return;
-    }
-    let body = match (te, content_length) {
-        (Some(_), Some(_)) => return,
-        (Some(_), None) if te_count > 1 || http10 => return,
-        (Some(v), None) if v.eq_ignore_ascii_case(b"chunked") => BodyKind::Chunked,
-        (Some(_), None) => return,
-        (None, Some(n)) => BodyKind::Length(n),
-        (None, None) => BodyKind::None,
-    };
-    if hosts > 1 || (hosts == 0 && !http10) {
-        return;
+    assert!(hosts == 1 || http10, "an HTTP/1.1 request without Host was accepted");
+    if let BodyKind::Length(n) = body {
+        // 1*DIGIT: what it parsed is what was written, leading zeros aside.
+        let cl = headers.iter().find(|h| classify(h.name) == Known::ContentLength).expect("a Content-Length");
+        let digits = std::str::from_utf8(cl.value).expect("digits are ASCII");
+        assert_eq!(digits.parse::<u64>().ok(), Some(n));
     }
     let Ok(Target { authority, path: raw_path, query }) = parse_target(target) else { return };
     assert!(raw_path.starts_with('/'), "{target:?} gave the path {raw_path:?}");

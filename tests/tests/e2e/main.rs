@@ -12,6 +12,7 @@ mod headers;
 mod lb;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod paths;
 mod routing;
 mod upstream_errors;
