@@ -1,4 +1,5 @@
-//! The response cache in a request: what a cacheable request sent upstream, coalesced misses,
+//! The response cache's seam in a request: the lookup phase ([`lookup`]: a stored answer, or
+//! the plan for the upstream's), what a cacheable request sent upstream, coalesced misses,
 //! answers from stored responses, and whether a response may be stored.
 //!
 //! Hot path.
@@ -11,6 +12,7 @@ use super::{unix_ms, CachePlan, Plan, MAX_HEADERS};
 use crate::cache::Stored;
 use crate::conn::Conn;
 use crate::io::write_all;
+use crate::record::{CacheStatus, Record};
 use crate::respond::encode_cached;
 use crate::worker::{LocalEvent, Worker};
 
@@ -56,6 +58,98 @@ impl SentNames {
 /// FNV-1a over the ASCII-lowercased name (collisions only make the cache more careful).
 fn name_hash(name: &[u8]) -> u32 {
     name.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
+}
+
+/// What the lookup needs to know of the request.
+pub(super) struct Ask<'a> {
+    pub(super) route: &'a crate::snapshot::Route,
+    /// The host as sent, port included (part of the key).
+    pub(super) host: Option<&'a [u8]>,
+    pub(super) path: &'a str,
+    pub(super) query: Option<&'a str>,
+    /// The path as routing reads it: stored responses are filed under it.
+    pub(super) filed: &'a str,
+    pub(super) method: &'a str,
+}
+
+/// What the cache says of a cacheable request.
+pub(super) enum Lookup<'g> {
+    /// A fresh stored response answers it.
+    Hit(Rc<Stored>),
+    /// It goes upstream, with what the cache does with the answer.
+    Go(Option<CachePlan<'g>>),
+}
+
+/// Phase `cache`: looks up a cacheable request (`rule` applies) by its key: the route, the
+/// Host as sent, the path and query, and every value of every keyed header as it goes upstream
+/// (after the policies, in `sent`). Sets the status the client sees (`x-cache-status`) and the
+/// record's.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lookup<'g>(
+    worker: &Worker,
+    rule: &'g ringway_policy::CacheRule,
+    ask: &Ask<'_>,
+    headers: &[httparse::Header<'_>],
+    sent: &HeaderList<'_>,
+    cx: Option<&mut ringway_policy::Context>,
+    rec: &mut Record,
+) -> Lookup<'g> {
+    let all = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let no_store = all("cache-control").any(|h| has_token(h.value, "no-store"));
+    let no_cache = all("cache-control").any(|h| has_token(h.value, "no-cache"))
+        || all("pragma").any(|h| has_token(h.value, "no-cache"));
+    let auth = all("authorization").next().is_some();
+    let keyed = rule.keyed.iter().flat_map(|n| {
+        sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
+    });
+    let key = worker.cache.borrow().key(&ask.route.id, ask.host.unwrap_or(b""), ask.path, ask.query, keyed);
+    // The policies' clock when they read it (a rate limit), else one read here.
+    let mut cx = cx;
+    let now = cx.as_deref_mut().map_or_else(unix_ms, ringway_policy::Context::now_ms);
+    let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
+    let usable = found.filter(|s| !auth || s.auth_ok);
+    let (status, shown) = match &usable {
+        Some(s) if s.is_fresh(now) => (CacheStatus::Hit, "HIT"),
+        _ if no_store || no_cache => (CacheStatus::Bypass, "BYPASS"),
+        Some(_) => (CacheStatus::Expired, "EXPIRED"),
+        None => (CacheStatus::Miss, "MISS"),
+    };
+    if let Some(c) = cx {
+        c.extras.text = Some(("x-cache-status", shown));
+    }
+    rec.cache = status;
+    match usable {
+        Some(s) if status == CacheStatus::Hit => Lookup::Hit(s),
+        stale => Lookup::Go(Some(CachePlan {
+            sent: SentNames::of(sent, &rule.keyed),
+            key,
+            store: ask.method == "GET" && !no_store,
+            coalesce: !no_cache,
+            generation: worker.cache.borrow().generation(&ask.route.id, ask.filed),
+            stale,
+            auth,
+            rule,
+            path: ask.filed.to_string(),
+        })),
+    }
+}
+
+/// A request on a cached route that the cache does not take (a method or a body it does not
+/// keep).
+pub(super) fn bypass(cx: Option<&mut ringway_policy::Context>, rec: &mut Record) {
+    if let Some(c) = cx {
+        c.extras.text = Some(("x-cache-status", "BYPASS"));
+    }
+    rec.cache = CacheStatus::Bypass;
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|b| *b == b',').any(|p| {
+        let p = p.trim_ascii();
+        let name = p.split(|b| *b == b'=').next().unwrap_or(p).trim_ascii();
+        name.eq_ignore_ascii_case(token.as_bytes())
+    })
 }
 
 /// Removes this worker's in-flight mark of a cache key and wakes the requests waiting on it.
