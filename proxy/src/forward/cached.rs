@@ -11,6 +11,7 @@ use ringway_policy::{HeaderList, Layered};
 use super::{unix_ms, CachePlan, Plan, MAX_HEADERS};
 use crate::cache::Stored;
 use crate::conn::Conn;
+use crate::h1::head::BodyKind;
 use crate::io::write_all;
 use crate::record::{CacheStatus, Record};
 use crate::respond::encode_cached;
@@ -152,6 +153,68 @@ fn has_token(v: &[u8], token: &str) -> bool {
     })
 }
 
+/// After a successful unsafe request on a cached route: what this worker stored for the path
+/// goes at once, and the other workers are told through the control thread.
+pub(super) fn after_unsafe(worker: &Worker, plan: &Plan<'_>, status: u16) {
+    let Some(p) = plan.invalidate.as_deref().filter(|_| status < 400) else { return };
+    worker.cache.borrow_mut().invalidate(&plan.route.id, p);
+    if let Some(tx) = &worker.invalidations {
+        let inv = crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
+        let _ = tx.send(inv);
+    }
+}
+
+/// A response the cache may keep: its body collected while it streams, within the worker's
+/// budget for captures (held until the capture ends, however it ends).
+pub(super) struct Capture {
+    body: Vec<u8>,
+    freshness: crate::cache::Freshness,
+    headers: crate::cache::StoredHeaders,
+    len: u64,
+    _held: crate::cache::CaptureReservation,
+}
+
+impl Capture {
+    /// Starts collecting when the plan stores, the response head allows it, and the body has a
+    /// known length within the rule's and the worker's budget.
+    pub(super) fn begin(worker: &Worker, plan: &Plan<'_>, head: &[u8], body: BodyKind) -> Option<Capture> {
+        let c = plan.cache.as_ref()?;
+        let BodyKind::Length(n) = body else { return None };
+        if !c.store || n > c.rule.max_body {
+            return None;
+        }
+        let (freshness, headers) = cacheable(head, c).filter(|(f, _)| !c.auth || f.auth_ok)?;
+        let held = worker.cache.borrow().reserve_capture(n)?;
+        Some(Capture { body: Vec::with_capacity(n as usize), freshness, headers, len: n, _held: held })
+    }
+
+    pub(super) fn push(&mut self, data: &[u8]) {
+        self.body.extend_from_slice(data);
+    }
+
+    /// Stores the response whose body was collected whole.
+    pub(super) fn store(self, worker: &Worker, plan: &Plan<'_>, status: u16) {
+        let Some(c) = plan.cache.as_ref() else { return };
+        if self.body.len() as u64 != self.len {
+            return;
+        }
+        let f = self.freshness;
+        let stored = Stored {
+            status,
+            headers: self.headers,
+            body: self.body,
+            stored_ms: unix_ms(),
+            age_s: f.age_s,
+            fresh_ms: f.fresh_ms,
+            stale_if_error_ms: f.stale_if_error_ms,
+            auth_ok: f.auth_ok,
+            route: Box::from(plan.route.id.as_str()),
+            path: Box::from(c.path.as_str()),
+        };
+        worker.cache.borrow_mut().insert(c.key, stored, c.generation);
+    }
+}
+
 /// Removes this worker's in-flight mark of a cache key and wakes the requests waiting on it.
 pub(super) struct Inflight<'w> {
     pub(super) worker: &'w Worker,
@@ -191,10 +254,7 @@ pub(super) async fn serve_stored(
 /// Whether a response head allows storing, and for how long; with the header fields to keep.
 /// A response that varies on a header field that reached the upstream but is not in the key
 /// is not stored: the key could not tell its variants apart.
-pub(super) fn cacheable(
-    head: &[u8],
-    plan: &CachePlan<'_>,
-) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
+fn cacheable(head: &[u8], plan: &CachePlan<'_>) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     resp.parse(head).ok()?;

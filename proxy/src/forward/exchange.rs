@@ -11,9 +11,8 @@ use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
-use super::cached::{cacheable, serve_stale, usable_stale};
-use super::{unix_ms, Plan};
-use crate::cache::Stored;
+use super::cached::{self, serve_stale, usable_stale};
+use super::Plan;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::BodyKind;
@@ -332,15 +331,7 @@ async fn relay_response(
         }
     };
     conn.rec.status = resp.status;
-    if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
-        // Here at once; on the other workers through the control thread.
-        worker.cache.borrow_mut().invalidate(&plan.route.id, p);
-        if let Some(tx) = &worker.invalidations {
-            let inv =
-                crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
-            let _ = tx.send(inv);
-        }
-    }
+    cached::after_unsafe(worker, plan, resp.status);
     if resp.status >= 500 {
         if let Some(stale) = usable_stale(plan) {
             // stale-if-error: the stored copy answers instead of the failed upstream.
@@ -349,15 +340,7 @@ async fn relay_response(
     }
     // A response the cache may keep: its body is collected while it streams, within the
     // worker's budget for captures (held until the capture ends, however it ends).
-    let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
-            cacheable(&ubuf[..head_len], c).filter(|(f, _)| !c.auth || f.auth_ok).and_then(|(f, h)| {
-                let held = worker.cache.borrow().reserve_capture(n)?;
-                Some((Vec::with_capacity(n as usize), f, h, n, held))
-            })
-        }
-        _ => None,
-    };
+    let mut capture = cached::Capture::begin(worker, plan, &ubuf[..head_len], resp.body);
     let chunked_to_client = resp.chunked_to_client(&client);
     let close_client = resp.close_client(&client);
     // Body bytes that came with the head.
@@ -377,7 +360,7 @@ async fn relay_response(
             // Past the first piece a sized body goes straight from the receive buffer.
             let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
             if let Some(c) = capture.as_mut() {
-                c.0.extend_from_slice(&ubuf[start..start + take]);
+                c.push(&ubuf[start..start + take]);
             }
             let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
             ubuf = b;
@@ -429,7 +412,7 @@ async fn relay_response(
                     out.extend_from_slice(&data[..take]);
                     conn.rec.bytes_out += take as u64;
                     if let Some(c) = capture.as_mut() {
-                        c.0.extend_from_slice(&data[..take]);
+                        c.push(&data[..take]);
                     }
                     remaining -= take as u64;
                     done = remaining == 0;
@@ -510,22 +493,8 @@ async fn relay_response(
         );
     }
     worker.spares.give_buf(ubuf);
-    if let (Some((body, f, headers, n, _held)), Some(c)) = (capture, &plan.cache) {
-        if done && body.len() as u64 == n {
-            let stored = Stored {
-                status: resp.status,
-                headers,
-                body,
-                stored_ms: unix_ms(),
-                age_s: f.age_s,
-                fresh_ms: f.fresh_ms,
-                stale_if_error_ms: f.stale_if_error_ms,
-                auth_ok: f.auth_ok,
-                route: Box::from(plan.route.id.as_str()),
-                path: Box::from(c.path.as_str()),
-            };
-            worker.cache.borrow_mut().insert(c.key, stored, c.generation);
-        }
+    if let Some(c) = capture.filter(|_| done) {
+        c.store(worker, plan, resp.status);
     }
     conn.out = out;
     !close_client
