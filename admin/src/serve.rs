@@ -170,6 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             caps: caps.clone(),
             metrics,
             log,
+            clock: ringway_proxy::clock::Clock::real(),
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };

@@ -529,6 +529,7 @@ mod tests {
                 caps: std::sync::Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
                 metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),
                 log: None,
+                clock: ringway_proxy::clock::Clock::real(),
             });
         }
         let opts = WorkerOptions { count, driver: DriverChoice::Auto, pin: false, defer_taskrun: false };

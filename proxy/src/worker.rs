@@ -20,6 +20,7 @@ use ringway_policy::{HeaderList, WorkerPolicyState};
 use crate::access_log::LogQueue;
 use crate::admission::ConnectionCaps;
 use crate::cache::WorkerCache;
+use crate::clock::Clock;
 use crate::lb::LbState;
 use crate::metrics::{LocalSeries, WorkerMetrics};
 use crate::pool::Pool;
@@ -242,6 +243,8 @@ pub struct Worker {
     pub series: RefCell<LocalSeries>,
     /// The worker's access-log queue.
     pub log: Option<LogQueue>,
+    /// Wall time for the cache, the limits and the log.
+    pub clock: Clock,
 }
 
 /// Sockets of connection tasks in some state, each with a value, in reusable slots; a slot is
@@ -318,6 +321,7 @@ impl Worker {
             metrics: WorkerMetrics::detached(ctx.id),
             series: RefCell::new(LocalSeries::default()),
             log: None,
+            clock: Clock::real(),
         }
     }
 
@@ -549,6 +553,8 @@ pub struct WorkerSetup {
     pub metrics: WorkerMetrics,
     /// This worker's access-log queue.
     pub log: Option<LogQueue>,
+    /// The gateway's clock (movable only in a gateway started for tests).
+    pub clock: Clock,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
@@ -567,6 +573,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         caps,
         metrics,
         log,
+        clock,
     } = setup;
     let revision = snapshot.revision;
     let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
@@ -574,6 +581,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     worker.metrics = metrics;
     worker.metrics.gauges.revision.set(revision);
     worker.log = log;
+    worker.clock = clock;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,

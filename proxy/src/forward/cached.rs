@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use ringway_policy::{HeaderList, Layered};
 
-use super::{unix_ms, CachePlan, Plan, MAX_HEADERS};
+use super::{CachePlan, Plan, MAX_HEADERS};
 use crate::cache::Stored;
 use crate::conn::Conn;
 use crate::h1::head::BodyKind;
@@ -106,7 +106,7 @@ pub(super) fn lookup<'g>(
     let key = worker.cache.borrow().key(&ask.route.id, ask.host.unwrap_or(b""), ask.path, ask.query, keyed);
     // The policies' clock when they read it (a rate limit), else one read here.
     let mut cx = cx;
-    let now = cx.as_deref_mut().map_or_else(unix_ms, ringway_policy::Context::now_ms);
+    let now = cx.as_deref_mut().map_or_else(|| worker.clock.unix_ms(), ringway_policy::Context::now_ms);
     let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
     let usable = found.filter(|s| !auth || s.auth_ok);
     let (status, shown) = match &usable {
@@ -183,7 +183,7 @@ impl Capture {
         if !c.store || n > c.rule.max_body {
             return None;
         }
-        let (freshness, headers) = cacheable(head, c).filter(|(f, _)| !c.auth || f.auth_ok)?;
+        let (freshness, headers) = cacheable(head, c, worker.clock.unix_ms()).filter(|(f, _)| !c.auth || f.auth_ok)?;
         let held = worker.cache.borrow().reserve_capture(n)?;
         Some(Capture { body: Vec::with_capacity(n as usize), freshness, headers, len: n, _held: held })
     }
@@ -203,7 +203,7 @@ impl Capture {
             status,
             headers: self.headers,
             body: self.body,
-            stored_ms: unix_ms(),
+            stored_ms: worker.clock.unix_ms(),
             age_s: f.age_s,
             fresh_ms: f.fresh_ms,
             stale_if_error_ms: f.stale_if_error_ms,
@@ -240,7 +240,7 @@ pub(super) async fn serve_stored(
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
     out.clear();
-    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    encode_cached(&mut out, stored, worker.clock.unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
     conn.rec.status = stored.status;
     conn.rec.bytes_out = if is_head { 0 } else { stored.body.len() as u64 };
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
@@ -254,7 +254,11 @@ pub(super) async fn serve_stored(
 /// Whether a response head allows storing, and for how long; with the header fields to keep.
 /// A response that varies on a header field that reached the upstream but is not in the key
 /// is not stored: the key could not tell its variants apart.
-fn cacheable(head: &[u8], plan: &CachePlan<'_>) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
+fn cacheable(
+    head: &[u8],
+    plan: &CachePlan<'_>,
+    now_ms: u64,
+) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     resp.parse(head).ok()?;
@@ -268,13 +272,13 @@ fn cacheable(head: &[u8], plan: &CachePlan<'_>) -> Option<(crate::cache::Freshne
             }
         }
     }
-    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), plan.rule.ttl_ms)?;
+    let f = crate::cache::freshness(resp.code?, resp.headers, now_ms, plan.rule.ttl_ms)?;
     Some((f, crate::cache::stored_headers(resp.headers)))
 }
 
 /// The stored copy `stale-if-error` allows for this request now.
-pub(super) fn usable_stale(plan: &Plan<'_>) -> Option<Rc<Stored>> {
-    let now = unix_ms();
+pub(super) fn usable_stale(worker: &Worker, plan: &Plan<'_>) -> Option<Rc<Stored>> {
+    let now = worker.clock.unix_ms();
     plan.cache.as_ref()?.stale.clone().filter(|s| s.usable_on_error(now))
 }
 

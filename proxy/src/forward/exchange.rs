@@ -280,7 +280,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyErr
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
 async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>, e: Failure) -> bool {
-    if let Some(stale) = usable_stale(plan) {
+    if let Some(stale) = usable_stale(worker, plan) {
         return serve_stale(worker, conn, out, plan, &stale).await;
     }
     out.clear();
@@ -333,7 +333,7 @@ async fn relay_response(
     conn.rec.status = resp.status;
     cached::after_unsafe(worker, plan, resp.status);
     if resp.status >= 500 {
-        if let Some(stale) = usable_stale(plan) {
+        if let Some(stale) = usable_stale(worker, plan) {
             // stale-if-error: the stored copy answers instead of the failed upstream.
             return serve_stale(worker, conn, out, plan, &stale).await;
         }

@@ -6,7 +6,6 @@
 
 use monoio::time::Instant;
 
-use super::unix_ms;
 use crate::access_log::Entry;
 use crate::conn::Conn;
 use crate::respond::ProxyError;
@@ -28,7 +27,7 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
     if let Some(log) = worker.log.as_ref().filter(|l| l.enabled()) {
         let entry = Entry {
             rec,
-            unix_ms: unix_ms().saturating_sub(total.as_millis() as u64),
+            unix_ms: worker.clock.unix_ms().saturating_sub(total.as_millis() as u64),
             total,
             worker: worker.ctx.id,
             route: route_id,

@@ -117,11 +117,6 @@ impl Early<'_> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Handles the request whose head is the first `head_len` bytes of `conn.rbuf`. Returns
 /// whether the connection may carry another request. Every request ends here, in [`finish`].
 pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bool {
@@ -165,7 +160,7 @@ async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, 
                 // Another request of this worker is fetching it: wait, then answer from what
                 // it stored (or go upstream if it stored nothing).
                 let _ = monoio::time::timeout(Duration::from_secs(30), done.wait()).await;
-                let now = unix_ms();
+                let now = worker.clock.unix_ms();
                 let hit = worker.cache.borrow().get(key).filter(|s| s.is_fresh(now) && (!auth || s.auth_ok));
                 if let Some(stored) = hit {
                     if let Some(cx) = plan.cx.as_mut() {

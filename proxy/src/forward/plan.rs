@@ -406,7 +406,7 @@ fn request_policies<'a>(
     if chains.is_empty() {
         return Ok(None);
     }
-    let mut cx = Context::new(worker.policy_state.clone());
+    let mut cx = Context::with_skew(worker.policy_state.clone(), worker.clock.skew_ms());
     if let Verdict::Respond(r) = chains.on_request(info, list, &mut cx) {
         rec.end = End::Policy;
         rec.limit = match cx.answered_by {

@@ -182,7 +182,7 @@ fn scraped_counts_match_the_requests_sent_exactly() {
     let connects = s.get(&format!("ringway_upstream_connects_total{{{target}}}"));
     let reuses = s.get(&format!("ringway_upstream_pool_reuses_total{{{target}}}"));
     assert_eq!(connects + reuses, 29.0, "every attempt on u used a new or a pooled connection");
-    assert!(connects >= 1.0 && connects <= 4.0, "pooled connections were reused: {connects} connects");
+    assert!((1.0..=4.0).contains(&connects), "pooled connections were reused: {connects} connects");
     assert_eq!(connects, up.accepted() as f64, "what the origin accepted");
     let down = format!("upstream=\"d\",target=\"{refused}\"");
     assert_eq!(s.get(&format!("ringway_upstream_connect_errors_total{{{down}}}")), 2.0);
