@@ -34,15 +34,17 @@
 //! The parts: `spec` (what the configuration says and what it compiles to), `bank` (the
 //! node-wide side), `worker` (a worker's shard: leases, sliding-window and token-bucket
 //! decisions, concurrency slots), `evict` (eviction by age, for both) and `policies` (the
-//! `Policy` impls on the request path).
+//! `Policy` impls on the request path). [`Permit`], the slot a request holds, is defined with
+//! the [`Context`](crate::Context) that keeps it and re-exported here.
 
 mod bank;
 mod evict;
 mod policies;
 mod spec;
-mod worker;
+pub(crate) mod worker;
 
+pub use crate::context::Permit;
 pub use bank::set_bank_key_cap;
-pub use policies::{ip_key, Permit};
+pub use policies::ip_key;
 pub use spec::{ConcurrencyLimit, ConcurrencyLimitSpec, RateLimit, RateLimitSpec};
 pub use worker::{RateDecision, WorkerLimits, DEFAULT_KEYS_PER_WORKER};

@@ -1,17 +1,18 @@
 //! The two limits on the request path: the key a request counts under, their `Policy` impls,
-//! the concurrency limit's `compile` (it takes the limit's slots from the bank), and the permit
-//! a request holds until it ends.
+//! and the concurrency limit's `compile` (it takes the limit's slots from the bank). The permit
+//! a request holds until it ends is the context's (`crate::context::Permit`), since the context
+//! keeps it.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
-use crate::chain::{Policy, Reply, RequestInfo, Verdict};
-use crate::context::Context;
+use crate::context::{Context, Permit};
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
 use crate::limits::bank::bank;
 use crate::limits::spec::{keyed_hash, ConcurrencyLimit, ConcurrencyLimitSpec, KeyKind, RateLimit};
+use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 /// The address a `key: ip` limit counts a client under: an IPv4 address (also written as
 /// IPv4-mapped IPv6) on its own, an IPv6 address by its /64 prefix, since one host or customer
@@ -106,26 +107,6 @@ impl Policy for ConcurrencyLimit {
     }
 }
 
-/// A concurrency slot held until the request ends; dropping it frees the slot.
-pub struct Permit {
-    state: std::rc::Rc<std::cell::RefCell<crate::context::WorkerPolicyState>>,
-    id: u64,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Permit({:x})", self.id)
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.state.try_borrow_mut() {
-            s.limits.release(self.id);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +120,7 @@ mod tests {
             query: None,
             client_ip: ip.parse().unwrap(),
             route_id: "r",
-            client_headers: crate::chain::ClientHeaders(&|_| None),
+            client_headers: crate::seam::ClientHeaders(&|_| None),
         };
         l.key_hash(&req)
     }

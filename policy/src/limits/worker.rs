@@ -182,7 +182,7 @@ impl WorkerLimits {
     }
 
     /// Frees a slot of limit `id`, giving spare slots back to the bank.
-    pub(super) fn release(&mut self, id: u64) {
+    pub(crate) fn release(&mut self, id: u64) {
         let workers = self.workers;
         if let Some(local) = self.conc.get_mut(&id) {
             local.in_flight = local.in_flight.saturating_sub(1);
