@@ -1,11 +1,12 @@
 //! What the engine hands a policy besides the request: the time, the worker's own policy
-//! state, and where to put response headers and held permits.
+//! state, and where to put response headers and held permits (a concurrency limit's slot,
+//! freed when the request ends).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::limits::{Permit, WorkerLimits};
+use crate::limits::worker::WorkerLimits;
 
 /// Headers with numeric values that policies add to whatever answer the request gets (the
 /// upstream's response or a reply of the engine's). Fixed capacity: no allocation.
@@ -101,6 +102,26 @@ impl Context {
     pub fn hold(&mut self, p: Permit) {
         if let Some(slot) = self.permits.iter_mut().find(|s| s.is_none()) {
             *slot = Some(p);
+        }
+    }
+}
+
+/// A concurrency slot held until the request ends; dropping it frees the slot.
+pub struct Permit {
+    pub(crate) state: Rc<RefCell<WorkerPolicyState>>,
+    pub(crate) id: u64,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({:x})", self.id)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            s.limits.release(self.id);
         }
     }
 }

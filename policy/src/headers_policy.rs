@@ -1,9 +1,9 @@
 //! `headers`: set, add and remove header fields on the request and the response.
 
-use crate::chain::{Policy, RequestInfo, ResponseInfo, Verdict};
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
+use crate::seam::{Policy, RequestInfo, ResponseInfo, Verdict};
 use crate::spec::{HeaderOpsSpec, HeadersPolicySpec};
 
 /// Fields that carry message framing or connection state: a transform may not touch them.

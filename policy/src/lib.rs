@@ -21,16 +21,18 @@ mod error;
 mod headers;
 mod headers_policy;
 pub mod limits;
+mod seam;
 mod spec;
 
 pub use cache::{CacheRule, CacheSpec};
-pub use chain::{compile, Chain, ClientHeaders, Layered, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
+pub use chain::{compile, Chain, Layered};
 pub use context::{Context, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
+pub use seam::{ClientHeaders, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
 pub use spec::{
     DotSegments, EscapedSlashes, HeaderOpsSpec, HeadersPolicySpec, PathNormalization, PoliciesSpec, Semicolons,
     TrailingSlash,

@@ -1,0 +1,109 @@
+//! The `Policy` seam: what a policy sees of a request and of a response, what it answers, and
+//! the trait every policy implements.
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+
+use crate::context::Context;
+use crate::headers::HeaderList;
+
+/// What a policy sees of a request (after routing, before the upstream is chosen).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'r> {
+    pub method: &'r str,
+    /// Lower-case host without port.
+    pub host: &'r str,
+    /// The canonical path, before `strip_prefix`.
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    pub client_ip: IpAddr,
+    /// The id of the route that matched.
+    pub route_id: &'r str,
+    /// The request's own header fields, as the client sent them (the list a policy edits is
+    /// what goes upstream, which may hold fewer).
+    pub client_headers: ClientHeaders<'r>,
+}
+
+/// Looks up a header field of the client's request by name (case-insensitive), first value.
+#[derive(Clone, Copy)]
+pub struct ClientHeaders<'r>(pub &'r dyn Fn(&str) -> Option<&'r [u8]>);
+
+impl<'r> ClientHeaders<'r> {
+    pub fn get(&self, name: &str) -> Option<&'r [u8]> {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for ClientHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientHeaders")
+    }
+}
+
+/// What a policy sees of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseInfo {
+    pub status: u16,
+}
+
+/// A response produced by a policy (or by the engine for an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A JSON error body `{"error": code, "message": message}`.
+    pub fn json_error(status: u16, code: &str, message: &str) -> Self {
+        let body =
+            format!("{{\"error\":{},\"message\":{},\"status\":{status}}}", json_string(code), json_string(message));
+        Reply { status, headers: vec![("content-type".into(), "application/json".into())], body: body.into_bytes() }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A policy's answer on the request side.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on to the next policy, then the upstream.
+    Continue,
+    /// Answer the client now; later policies and the upstream are skipped.
+    Respond(Reply),
+}
+
+/// One step of the per-request chain. Every hook has a default that does nothing.
+pub trait Policy: Send + Sync + Debug {
+    /// The name used in configuration.
+    fn name(&self) -> &'static str;
+
+    /// Higher runs earlier on the request side and later on the response side. Bands:
+    /// identity 3000, authorization 2500, limits 2000, cache 1500, transforms 1000.
+    fn priority(&self) -> u32;
+
+    /// Runs after routing, before the upstream request is written. `headers` are the
+    /// request headers that will be sent upstream (hop-by-hop fields already removed);
+    /// edits borrow from `self` or from the request. Returns whether to go on.
+    fn on_request<'a>(&'a self, _req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>, _cx: &mut Context) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Runs once the upstream response head is read (or a reply was produced), before it is
+    /// written to the client. `headers` are the response headers that will be sent.
+    fn on_response<'a>(&'a self, _resp: &ResponseInfo, _headers: &mut HeaderList<'a>) {}
+}
