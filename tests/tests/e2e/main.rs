@@ -3,6 +3,8 @@
 
 mod admin;
 mod admin_edge;
+mod admin_lib;
+mod admin_metrics;
 mod bodies;
 mod cache;
 mod framing;
