@@ -352,8 +352,13 @@ fn frame(head: &[u8]) -> Result<u64, Response> {
         Err(e) => return Err(bad(&format!("malformed request: {e}"))),
     }
     let method = r.method.unwrap_or("");
-    if hyper::Method::from_bytes(method.as_bytes()).is_err() {
-        return Err(bad("invalid method"));
+    match hyper::Method::from_bytes(method.as_bytes()) {
+        Err(_) => return Err(bad("invalid method")),
+        // hyper would take a 2xx answer to it as the start of a tunnel.
+        Ok(m) if m == hyper::Method::CONNECT => {
+            return Err(Response::error(405, "method_not_allowed", "CONNECT is not served here"))
+        }
+        Ok(_) => {}
     }
     let target = r.path.unwrap_or("");
     if !target.starts_with('/') || target.contains('#') || hyper::Uri::try_from(target).is_err() {
@@ -419,6 +424,7 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400, "malformed"),
             ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400, "malformed"),
             ("\r\n\r\n", 400, "malformed"),
+            ("CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", 405, "CONNECT"),
         ] {
             let (s, m) = refused(head);
             assert_eq!(s, status, "{head:?}: {m}");

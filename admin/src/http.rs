@@ -7,8 +7,8 @@
 //! multipart types; requiring a JSON or YAML type on every write, body or not, forces the
 //! preflight, which this server never grants. `Origin` and `Sec-Fetch-Site` refuse the rest.
 //!
-//! The HTTP/1.1 server itself is in [`crate::server`]; the checks on raw request heads (framing,
-//! line ends) in [`crate::gate`].
+//! The HTTP/1.1 server itself is in `server.rs`; the checks on raw request heads (framing, line
+//! ends) in `gate.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

@@ -146,11 +146,15 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let gate = Gate::new(stream, conn.clone(), &limits);
     let service = hyper::service::service_fn(move |req| {
+        // Read when hyper has the head, before the gate may move on to a pipelined request.
+        let deadline = conn.deadline();
         let (conn, jobs, limits) = (conn.clone(), jobs.clone(), limits.clone());
-        async move { Ok::<_, Infallible>(answer(req, &conn, endpoint, &jobs, &limits).await) }
+        async move { Ok::<_, Infallible>(answer(req, deadline, &conn, endpoint, &jobs, &limits).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
+        // A client that shuts its side down once its request is sent still gets the answer.
+        .half_close(true)
         .serve_connection(TokioIo::new(gate), service)
         .without_shutdown()
         .await;
@@ -162,12 +166,12 @@ async fn connection(
 /// Handles one request hyper parsed (and the gate framed).
 async fn answer(
     req: hyper::Request<Incoming>,
+    deadline: Instant,
     conn: &ConnInfo,
     endpoint: Endpoint,
     jobs: &Sender<Job>,
     limits: &AdminLimits,
 ) -> hyper::Response<Answer> {
-    let deadline = conn.deadline();
     let (parts, body) = req.into_parts();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| parse_content_length(v.as_bytes())).unwrap_or(0);
     let mut request = Request {

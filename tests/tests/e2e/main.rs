@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_edge;
+mod admin_http;
 mod admin_lib;
 mod admin_metrics;
 mod bodies;
