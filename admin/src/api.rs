@@ -22,6 +22,8 @@ pub struct ApiContext {
     pub caps: Option<std::sync::Arc<ringway_proxy::ConnectionCaps>>,
     /// What `GET /metrics` renders.
     pub metrics: MetricsSource,
+    /// Metrics and the access log.
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
 
 /// The admin token, kept only as a keyed digest. A presented token is digested with the same
@@ -242,6 +244,10 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                 "open": c.open(),
                 "refused": c.refused.load(std::sync::atomic::Ordering::Relaxed),
             })),
+            "access_log": ctx.telemetry.as_ref().map(|t| json!({
+                "destination": t.destination(),
+                "dropped": t.log_dropped(),
+            })),
         }),
     )
 }
@@ -309,6 +315,17 @@ fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiErro
     let spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::invalid(ConfigErrors(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]))
     })?;
+    if let Some(a) = spec.access_log.as_deref() {
+        // A log file that cannot be opened is refused now rather than lost later.
+        if let Ok(Some(d)) = ringway_proxy::access_log::Destination::parse(a) {
+            if let Err(e) = d.open() {
+                return Err(ApiError::invalid(ConfigErrors(vec![ConfigError::new(
+                    "access_log",
+                    format!("cannot open {a:?} for appending: {e}"),
+                )])));
+            }
+        }
+    }
     if req.query_param("dry_run") == Some("true") {
         let d = state.dry_run(spec)?;
         return Ok(Response::json(200, &json!({"dry_run": true, "revision": state.revision(), "diff": d})));

@@ -156,6 +156,19 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// JSON access log, one line per request: a file path, `stdout`, or `off`. Wins over the
+    /// configuration's `access_log` (default: that, else off). SIGHUP reopens the file.
+    #[arg(long, value_name = "PATH|stdout|off")]
+    pub access_log: Option<String>,
+
+    /// Include the query string in the access log's `path`.
+    #[arg(long)]
+    pub access_log_query: bool,
+
+    /// Each worker's access-log queue, in bytes; a line that does not fit is dropped and counted.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub access_log_buffer: usize,
+
     /// Where the configuration store (RocksDB) lives.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,

@@ -13,7 +13,7 @@ use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
 use ringway_proxy::{run_worker, Ack, Control, Invalidate, ServerLimits, Snapshot, WorkerSetup};
 use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions, Workers};
 use ringway_store::{Change, ConfigStore, RocksStore};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::api::{self, AdminToken, ApiContext};
@@ -23,6 +23,7 @@ use crate::http::{AdminLimits, AllowedHosts, Endpoint, Job};
 use crate::metrics::MetricsSource;
 use crate::server::HttpServer;
 use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
+use crate::telemetry::{Telemetry, WorkerTelemetry};
 
 fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -108,6 +109,8 @@ pub struct Handle {
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     drain_timeout: Duration,
+    /// Metrics and the access log (SIGHUP reopens its file).
+    telemetry: Arc<Telemetry>,
     running: Option<Running>,
 }
 
@@ -149,12 +152,24 @@ impl Handle {
     /// [`Handle::wait`], calling `ready` once the signals are caught (so that whoever it tells
     /// the gateway is up may stop it at once), for example to tell a supervisor the addresses.
     pub fn wait_ready(self, ready: impl FnOnce(&Handle) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
         ready(&self)?;
-        let sig = signals.forever().next().unwrap_or(SIGTERM);
+        // SIGHUP: logrotate moved the access log away; the next lines go to a new file.
+        let sig = loop {
+            match signals.forever().next() {
+                Some(SIGHUP) => self.telemetry.reopen(),
+                Some(s) => break s,
+                None => break SIGTERM,
+            }
+        };
         log::info!("signal {sig}");
+        let telemetry = self.telemetry.clone();
         std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    telemetry.reopen();
+                    continue;
+                }
                 log::warn!("second signal: exiting without waiting for the drain");
                 std::process::exit(1);
             }
@@ -249,6 +264,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         max_body_bytes: Some(args.max_body_bytes).filter(|n| *n > 0),
         trusted_hops: args.trusted_hops,
         trusted_proxies: args.trusted_proxies.clone(),
+        log_query: args.access_log_query,
     };
     let caps = Arc::new(ringway_proxy::ConnectionCaps::new(args.max_connections, args.max_connections_per_ip));
     ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
@@ -258,7 +274,12 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
     let base_seed = seed();
+    let (telemetry, mut each) = Telemetry::start(count, args.access_log_buffer, args.access_log.as_deref())?;
+    telemetry
+        .configure(snapshot.access_log.as_ref())
+        .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;
     for (i, listener) in listeners.into_iter().enumerate() {
+        let WorkerTelemetry { metrics, log } = each.remove(0);
         let (tx, rx) = mailbox();
         senders.push(tx);
         let _ = setup_tx.send(WorkerSetup {
@@ -273,6 +294,9 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             limit_keys: args.rate_limit_keys,
             invalidations: inv_tx.clone(),
             caps: caps.clone(),
+            metrics,
+            log,
+            clock: ringway_proxy::clock::Clock::real(),
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
@@ -319,7 +343,8 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         token: token.as_ref().map(|t| AdminToken::new(t.as_bytes())),
         version: env!("CARGO_PKG_VERSION"),
         caps: Some(caps),
-        metrics: MetricsSource::new(),
+        telemetry: Some(telemetry.clone()),
+        metrics: MetricsSource::new(Some(telemetry.clone())),
     };
     let (job_tx, job_rx) = unbounded::<Job>();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
@@ -345,6 +370,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         admin_addr,
         metrics_addr,
         drain_timeout,
+        telemetry,
         running: Some(Running { stop: stop_tx, admin, http }),
     })
 }
@@ -369,6 +395,9 @@ fn admin_thread(
                     Endpoint::Api => api::handle(&mut state, &ctx, &job.request),
                     Endpoint::Metrics => api::metrics_page(&ctx),
                 };
+                if let Some(Err(e)) = ctx.telemetry.as_ref().map(|t| t.configure(state.snapshot().access_log.as_ref())) {
+                    log::error!("access log: {e}");
+                }
                 let _ = job.reply.send(resp);
             }
             recv(invalidations) -> inv => {
@@ -385,4 +414,7 @@ fn admin_thread(
     drop(jobs);
     state.drain(drain_timeout);
     workers.join();
+    if let Some(t) = &ctx.telemetry {
+        t.stop();
+    }
 }

@@ -24,6 +24,9 @@ pub const ROUTES: &str = "routes";
 /// The global policies: one resource of this kind, with the id [`GLOBAL_ID`].
 pub const GLOBAL: &str = "global_policies";
 pub const GLOBAL_ID: &str = "default";
+/// Settings of the document besides resources: one resource each, of this kind.
+pub const SETTINGS: &str = "settings";
+pub const ACCESS_LOG: &str = "access_log";
 
 /// An answer the API turns into an HTTP error.
 #[derive(Debug)]
@@ -62,6 +65,7 @@ pub struct Diff {
     pub upstreams: KindDiff,
     pub routes: KindDiff,
     pub global_policies: KindDiff,
+    pub settings: KindDiff,
 }
 
 impl Diff {
@@ -78,6 +82,8 @@ pub enum ResourceChange {
     Route(String, Option<Box<RouteSpec>>),
     /// The global policies (`None`, or empty: none).
     Global(Option<Box<PoliciesSpec>>),
+    /// The document's `access_log` (`None`: not set).
+    AccessLog(Option<String>),
 }
 
 impl ResourceChange {
@@ -86,6 +92,7 @@ impl ResourceChange {
             ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_ref()),
             ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
             ResourceChange::Global(v) => Edit::Global(v.as_deref()),
+            ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
         }
     }
 }
@@ -114,6 +121,9 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     if old.global_policies != new.global_policies {
         let g = new.global_policies;
         out.push(ResourceChange::Global((g != PoliciesSpec::default()).then(|| Box::new(g))));
+    }
+    if old.access_log != new.access_log {
+        out.push(ResourceChange::AccessLog(new.access_log));
     }
     out
 }
@@ -163,9 +173,12 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
                 let new = v.as_deref().filter(|g| **g != PoliciesSpec::default());
                 one(GLOBAL, GLOBAL_ID, new, old, &mut d.global_policies, &mut ops)
             }
+            ResourceChange::AccessLog(v) => {
+                one(SETTINGS, ACCESS_LOG, v.as_ref(), spec.access_log.as_ref(), &mut d.settings, &mut ops)
+            }
         })
         .collect();
-    for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies] {
+    for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies, &mut d.settings] {
         k.added.sort();
         k.changed.sort();
         k.removed.sort();
@@ -186,6 +199,7 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
                 spec.routes.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
             }
             GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
+            SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
             other => return Err(format!("stored resource of unknown kind {other:?}")),
         }
     }
@@ -326,6 +340,7 @@ impl AdminState {
                     self.spec.routes.remove(&id);
                 }
                 ResourceChange::Global(v) => self.spec.global_policies = v.map(|b| *b).unwrap_or_default(),
+                ResourceChange::AccessLog(v) => self.spec.access_log = v,
             }
         }
         self.revision = rev;
@@ -512,6 +527,9 @@ mod tests {
                 limit_keys: 1000,
                 invalidations: inv_tx.clone(),
                 caps: std::sync::Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
+                metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),
+                log: None,
+                clock: ringway_proxy::clock::Clock::real(),
             });
         }
         let opts = WorkerOptions { count, driver: DriverChoice::Auto, pin: false, defer_taskrun: false };

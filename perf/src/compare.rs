@@ -49,6 +49,13 @@ pub struct CompareArgs {
     /// from each request's intended send time) instead of as many as the connections carry.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Another ringway build to race as `ringway-baseline` (the build before a change).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Every proxy logs every request: ringway its JSON access log to a file, nginx a buffered
+    /// `access_log` (the baseline build is not asked to).
+    #[arg(long)]
+    pub access_log: bool,
     /// Directory for compare.md, compare.json and compare.svg.
     #[arg(long, default_value = "perf/results")]
     pub out: PathBuf,
@@ -143,7 +150,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let ringway = args.ringway.clone().unwrap_or_else(contender::default_ringway);
     // Proxies start in a scratch directory: a relative path would no longer resolve there.
     let ringway = std::fs::canonicalize(&ringway).unwrap_or(ringway);
-    let (mut contenders, mut notes) = contender::discover(&ringway);
+    let (mut contenders, mut notes) = contender::discover(&ringway, args.baseline.as_deref(), args.access_log);
     if let Some(list) = &args.contenders {
         let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
         contenders.retain(|c| wanted.contains(&c.kind.name()));

@@ -10,8 +10,14 @@ pub const UPSTREAM_KEEPALIVE: usize = 64;
 
 /// nginx: one worker, no access log, pooled HTTP/1.1 upstream connections, buffers large
 /// enough that neither the 16 KiB request body nor the 64 KiB response goes to a temp file.
-pub fn nginx(origin: SocketAddr, listen: SocketAddr, dir: &Path) -> String {
+/// With `access_log`, every request is logged in the default format through a 64 KiB buffer.
+pub fn nginx(origin: SocketAddr, listen: SocketAddr, dir: &Path, access_log: bool) -> String {
     let d = dir.display();
+    let access_log = if access_log {
+        format!("access_log {d}/nginx-access.log combined buffer=64k flush=1s")
+    } else {
+        "access_log off".to_string()
+    };
     format!(
         r#"worker_processes 1;
 pid {d}/nginx.pid;
@@ -23,7 +29,7 @@ events {{
 }}
 
 http {{
-    access_log off;
+    {access_log};
     client_body_temp_path {d}/nginx-client-body;
     proxy_temp_path {d}/nginx-proxy;
     fastcgi_temp_path {d}/nginx-fastcgi;
@@ -120,7 +126,7 @@ mod tests {
     fn proxies_point_at_the_origin() {
         let origin: SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let listen: SocketAddr = "127.0.0.1:9002".parse().unwrap();
-        let n = nginx(origin, listen, Path::new("/tmp/x"));
+        let n = nginx(origin, listen, Path::new("/tmp/x"), false);
         assert!(n.contains("server 127.0.0.1:9001;") && n.contains("listen 127.0.0.1:9002;"));
         let h = haproxy(origin, listen);
         assert!(h.contains("server origin 127.0.0.1:9001") && h.contains("bind 127.0.0.1:9002"));

@@ -27,6 +27,9 @@ pub enum Kind {
     RingwayUringPlain,
     /// ringway on epoll (run only when named).
     RingwayEpoll,
+    /// Another ringway build (`--baseline PATH`), started as `ringway` is but never asked to
+    /// log: the build a change is measured against.
+    RingwayBaseline,
     /// nginx with one worker process.
     Nginx,
     /// HAProxy with one thread.
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Ringway => "ringway",
             Kind::RingwayUringPlain => "ringway-uring-plain",
             Kind::RingwayEpoll => "ringway-epoll",
+            Kind::RingwayBaseline => "ringway-baseline",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
@@ -59,6 +63,8 @@ pub struct Contender {
     pub kind: Kind,
     /// Its executable.
     pub binary: Option<PathBuf>,
+    /// Log every request (ringway: its JSON access log; nginx: a buffered `access_log`).
+    pub access_log: bool,
 }
 
 /// A proxy process serving on its port.
@@ -72,12 +78,12 @@ pub struct Running {
 }
 
 /// Finds the contenders to race, with a note for each one skipped.
-pub fn discover(ringway: &Path) -> (Vec<Contender>, Vec<String>) {
-    let mut found = vec![Contender { kind: Kind::Direct, binary: None }];
+pub fn discover(ringway: &Path, baseline: Option<&Path>, access_log: bool) -> (Vec<Contender>, Vec<String>) {
+    let mut found = vec![Contender { kind: Kind::Direct, binary: None, access_log: false }];
     let mut skipped = Vec::new();
     if ringway.is_file() {
         for kind in [Kind::Ringway, Kind::RingwayUringPlain, Kind::RingwayEpoll] {
-            found.push(Contender { kind, binary: Some(ringway.to_path_buf()) });
+            found.push(Contender { kind, binary: Some(ringway.to_path_buf()), access_log });
         }
     } else {
         skipped.push(format!(
@@ -89,10 +95,17 @@ pub fn discover(ringway: &Path) -> (Vec<Contender>, Vec<String>) {
     for (kind, path) in [(Kind::Nginx, "/usr/sbin/nginx"), (Kind::Haproxy, "/usr/sbin/haproxy")] {
         let path = PathBuf::from(path);
         if path.is_file() {
-            found.push(Contender { kind, binary: Some(path) });
+            found.push(Contender { kind, binary: Some(path), access_log });
         } else {
             skipped.push(format!("{} skipped: {} not installed", kind.name(), path.display()));
         }
+    }
+    match baseline {
+        Some(b) if b.is_file() => {
+            found.push(Contender { kind: Kind::RingwayBaseline, binary: Some(b.to_path_buf()), access_log: false })
+        }
+        Some(b) => skipped.push(format!("ringway-baseline skipped: no binary at {}", b.display())),
+        None => {}
     }
     (found, skipped)
 }
@@ -130,7 +143,7 @@ impl Contender {
         let mut cmd = process::pinned(cpus, binary);
         match self.kind {
             Kind::Direct => return Ok(None),
-            Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll => {
+            Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll | Kind::RingwayBaseline => {
                 match self.kind {
                     Kind::RingwayUringPlain => {
                         cmd.arg("--driver").arg("io_uring").arg("--no-defer-taskrun");
@@ -150,10 +163,13 @@ impl Contender {
                 // Every load connection comes from loopback: no per-address cap, as for the
                 // other contenders.
                 cmd.arg("--max-connections-per-ip").arg("0");
+                if self.access_log {
+                    cmd.arg("--access-log").arg(dir.join(format!("ringway-access-{port}.log")));
+                }
             }
             Kind::Nginx => {
                 let file = dir.join("nginx.conf");
-                std::fs::write(&file, config_files::nginx(origin, listen, dir))?;
+                std::fs::write(&file, config_files::nginx(origin, listen, dir, self.access_log))?;
                 cmd.arg("-g")
                     .arg("daemon off;")
                     .arg("-e")
@@ -200,7 +216,7 @@ pub fn version(contender: &Contender, dir: &Path) -> Option<String> {
     let binary = contender.binary.as_ref()?;
     let flag = match contender.kind {
         Kind::Direct => return None,
-        Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll => "--version",
+        Kind::Ringway | Kind::RingwayUringPlain | Kind::RingwayEpoll | Kind::RingwayBaseline => "--version",
         Kind::Nginx | Kind::Haproxy => "-v",
     };
     let (ok, text) = bounded_output(contender.kind.name(), binary, &[flag], dir)?;

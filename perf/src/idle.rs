@@ -81,7 +81,7 @@ pub fn run(args: &IdleArgs) -> Result<()> {
     let ringway = args.ringway.clone().unwrap_or_else(contender::default_ringway);
     let ringway = std::fs::canonicalize(&ringway).unwrap_or(ringway);
     let wanted: Vec<&str> = args.contenders.split(',').map(str::trim).collect();
-    let (contenders, notes) = contender::discover(&ringway);
+    let (contenders, notes) = contender::discover(&ringway, None, false);
     for n in notes.iter().filter(|n| wanted.iter().any(|w| n.starts_with(w))) {
         eprintln!("note: {n}");
     }

@@ -145,6 +145,7 @@ impl Chain {
     pub fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
         for p in &self.policies {
             if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
+                cx.answered_by = Some(p.name());
                 return Verdict::Respond(r);
             }
         }
@@ -204,6 +205,7 @@ impl<'a> Layered<'a> {
     {
         for p in self.policies() {
             if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
+                cx.answered_by = Some(p.name());
                 return Verdict::Respond(r);
             }
         }

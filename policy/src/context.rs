@@ -53,15 +53,31 @@ impl WorkerPolicyState {
 pub struct Context {
     state: Rc<RefCell<WorkerPolicyState>>,
     unix_ms: Option<u64>,
+    /// How far the gateway's clock runs ahead of the system's (moved only in tests).
+    skew_ms: i64,
     /// Headers for the answer, whichever it is.
     pub extras: ResponseExtras,
     /// Held until the request ends (concurrency limits).
     pub permits: [Option<Permit>; 2],
+    /// The policy that answered the request, when one did.
+    pub answered_by: Option<&'static str>,
 }
 
 impl Context {
     pub fn new(state: Rc<RefCell<WorkerPolicyState>>) -> Self {
-        Context { state, unix_ms: None, extras: ResponseExtras::default(), permits: [None, None] }
+        Context {
+            state,
+            unix_ms: None,
+            skew_ms: 0,
+            extras: ResponseExtras::default(),
+            permits: [None, None],
+            answered_by: None,
+        }
+    }
+
+    /// A context on a clock `skew_ms` ahead of the system's.
+    pub fn with_skew(state: Rc<RefCell<WorkerPolicyState>>, skew_ms: i64) -> Self {
+        Context { skew_ms, ..Context::new(state) }
     }
 
     /// A context whose clock reads `unix_ms` (tests).
@@ -71,9 +87,10 @@ impl Context {
 
     /// Milliseconds since the Unix epoch, read once per request and only when a policy asks.
     pub fn now_ms(&mut self) -> u64 {
-        *self
-            .unix_ms
-            .get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+        *self.unix_ms.get_or_insert_with(|| {
+            let system = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            system.saturating_add_signed(self.skew_ms)
+        })
     }
 
     pub fn state(&self) -> &Rc<RefCell<WorkerPolicyState>> {

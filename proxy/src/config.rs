@@ -21,6 +21,10 @@ pub struct ConfigSpec {
     /// Policies for every route; a route's own policy of the same name replaces the global one.
     #[serde(default, skip_serializing_if = "is_default_policies")]
     pub global_policies: PoliciesSpec,
+    /// Where the JSON access log goes: a file path, `stdout`, or `off` (the default).
+    /// `--access-log` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
 }
 
 /// One upstream service: where requests go and how they are balanced.

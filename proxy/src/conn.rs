@@ -7,17 +7,18 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use crate::h1::head::{check_partial_head, HeadError};
 use crate::io::{linger, read_more, write_all};
+use crate::record::{Record, RequestText};
 use crate::respond::{encode_reply, ProxyError};
 use crate::worker::Worker;
 
 /// A client connection's state between requests.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
     /// Bytes received and not yet used (the start of the next request, when pipelined).
     pub rbuf: Vec<u8>,
@@ -27,6 +28,12 @@ pub struct Conn {
     pub peer_ip: String,
     /// The peer is a trusted proxy: its `X-Forwarded-For` names the client.
     pub trusted: bool,
+    /// When the first byte of the next request's head arrived.
+    pub first_byte: Option<Instant>,
+    /// The current request's record.
+    pub rec: Record,
+    /// The current request's text for the access log.
+    pub text: RequestText,
 }
 
 impl Conn {
@@ -54,7 +61,7 @@ enum HeadRead {
 
 /// Serves one client connection to its end.
 /// `trusted`: the peer is a trusted proxy (see [`crate::worker::ServerLimits::trusts`]).
-pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, trusted: bool) {
+pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, trusted: bool) {
     let mut conn = Conn {
         stream,
         peer,
@@ -62,6 +69,9 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tru
         out: Vec::new(),
         peer_ip: peer.ip().to_string(),
         trusted,
+        first_byte: None,
+        rec: Record::new(Instant::now()),
+        text: RequestText::default(),
     };
     let mut first = true;
     loop {
@@ -77,6 +87,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, tru
                 if r.is_ok() {
                     linger(&mut conn.stream).await;
                 }
+                crate::forward::finish_unparsed(worker, &mut conn, e, id, r.is_ok());
                 return;
             }
         };
@@ -125,9 +136,11 @@ async fn read_head(worker: &Rc<Worker>, conn: &mut Conn, first: bool) -> HeadRea
             Some(d) => d,
             None if idle && !first => Instant::now() + limits.keepalive_timeout,
             None => {
-                let d = Instant::now() + limits.head_timeout;
+                let now = Instant::now();
+                let d = now + limits.head_timeout;
                 if !idle {
                     deadline = Some(d);
+                    conn.first_byte = Some(now);
                 }
                 d
             }
@@ -144,7 +157,9 @@ async fn read_head(worker: &Rc<Worker>, conn: &mut Conn, first: bool) -> HeadRea
             Ok(0) => return HeadRead::Closed,
             Ok(_) => {
                 if deadline.is_none() {
-                    deadline = Some(Instant::now() + limits.head_timeout);
+                    let now = Instant::now();
+                    deadline = Some(now + limits.head_timeout);
+                    conn.first_byte = Some(now);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {

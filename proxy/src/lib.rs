@@ -8,18 +8,23 @@
 //! Invariants: nothing here touches the store or blocks a worker; errors become HTTP responses
 //! only in [`respond`]. Hot-path files say so at the top.
 
+pub mod access_log;
 pub mod admission;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod forward;
 pub mod h1;
 pub mod io;
 pub mod lb;
+pub mod metrics;
 pub mod pool;
+pub mod record;
 pub mod respond;
 pub mod router;
 pub mod snapshot;
+pub mod stream;
 pub mod upstream;
 pub mod worker;
 

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use std::os::fd::AsRawFd;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     expires: Instant,
 }
 
@@ -36,7 +36,7 @@ pub struct Pool {
 
 /// Whether an idle connection is quiet: no byte and no end-of-stream pending. One
 /// non-blocking peek; anything but "would block" means the connection must not be reused.
-fn quiet(stream: &TcpStream) -> bool {
+fn quiet(stream: &Stream) -> bool {
     let mut b = 0u8;
     // SAFETY: a valid socket descriptor owned by `stream`, and a one-byte buffer on the stack.
     let n = unsafe { libc::recv(stream.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
@@ -46,7 +46,7 @@ fn quiet(stream: &TcpStream) -> bool {
 impl Pool {
     /// The most recently returned unexpired quiet connection to `addr`, dropping expired ones
     /// and those the origin sent bytes on or closed.
-    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
+    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<Stream> {
         let list = self.idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
             if c.expires > now {
@@ -62,7 +62,7 @@ impl Pool {
 
     /// Returns a connection, kept for `ttl`; the oldest is dropped when `limit` idle ones are
     /// already kept.
-    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, limit: usize, ttl: Duration, now: Instant) {
+    pub fn put(&mut self, addr: SocketAddr, stream: Stream, limit: usize, ttl: Duration, now: Instant) {
         if limit == 0 {
             return;
         }

@@ -1,11 +1,13 @@
-//! The one place where errors become responses: an ordered list of "caused by X -> answer Y",
-//! and the writing of replies the proxy produces itself.
+//! The one place where errors become responses and decide a connection's fate: what went
+//! wrong ([`ProxyError`]), where and in which phase ([`Failure`]), the answer ("caused by X ->
+//! answer Y"), whether the client connection is kept ([`fate`]), and the writing of replies
+//! the proxy produces itself.
 
 use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseInfo};
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
-use crate::io::push_dec;
+use crate::h1::write::{push_dec, push_header, push_status_line, reason};
 
 /// Everything that can end a request before an upstream answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,54 +58,140 @@ impl ProxyError {
         let (status, code) = self.status_and_code();
         Reply::json_error(status, code, &self.to_string())
     }
-}
 
-/// The canonical reason phrase of a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "",
+    /// Who caused it.
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::Head(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::RequestTimeout => Source::Client,
+            ProxyError::NoRoute | ProxyError::NoTarget => Source::Gateway,
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamConnectTimeout
+            | ProxyError::UpstreamSend
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamProtocol(_) => Source::Upstream,
+        }
+    }
+
+    /// Whether it is a deadline that ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ProxyError::RequestTimeout | ProxyError::UpstreamTimeout | ProxyError::UpstreamConnectTimeout)
     }
 }
 
-/// Appends a status line.
-pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason_phrase: &str) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_dec(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase.as_bytes());
-    out.extend_from_slice(b"\r\n");
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    /// The gateway's own configuration or state (no route, no target).
+    Gateway,
 }
 
-/// Appends a header line.
-pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Gateway => "gateway",
+        }
+    }
+}
+
+/// The phases of a request, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading and checking the request head.
+    Head,
+    Route,
+    /// The request policies.
+    Policy,
+    Cache,
+    /// Picking an upstream target.
+    Pick,
+    /// Reading the request body from the client.
+    RequestBody,
+    Connect,
+    /// Sending the request (head and body) upstream.
+    Send,
+    /// Waiting for and reading the upstream's response head.
+    ResponseHead,
+    /// Relaying the upstream's response body.
+    ResponseBody,
+    /// Writing to the client.
+    Write,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Head => "head",
+            Phase::Route => "route",
+            Phase::Policy => "policy",
+            Phase::Cache => "cache",
+            Phase::Pick => "pick",
+            Phase::RequestBody => "request_body",
+            Phase::Connect => "connect",
+            Phase::Send => "send",
+            Phase::ResponseHead => "response_head",
+            Phase::ResponseBody => "response_body",
+            Phase::Write => "write",
+        }
+    }
+}
+
+/// An error with where it happened: the phase, the upstream target when there is one, and
+/// whether trying the request again (elsewhere or on a fresh connection) is safe: nothing of it
+/// reached the upstream's application, or it is idempotent and whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub error: ProxyError,
+    pub phase: Phase,
+    pub target: Option<std::net::SocketAddr>,
+    pub retry_safe: bool,
+}
+
+impl Failure {
+    pub fn new(error: ProxyError, phase: Phase) -> Failure {
+        Failure { error, phase, target: None, retry_safe: false }
+    }
+
+    /// At upstream target `target`.
+    pub fn at(error: ProxyError, phase: Phase, target: std::net::SocketAddr, retry_safe: bool) -> Failure {
+        Failure { error, phase, target: Some(target), retry_safe }
+    }
+
+    pub fn source(&self) -> Source {
+        self.error.source()
+    }
+}
+
+/// What happens to a client connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Read the next request.
+    Keep,
+    /// Close once the answer is sent (lingering so the client reads it).
+    Close,
+}
+
+/// The fate of a client connection after the gateway answered on its own (with `error`, or
+/// with a policy's or the cache's answer when `None`). Kept only when the client wants it, the
+/// request body was read to its end, the gateway is not draining, and the error leaves the
+/// connection's framing intact: a head or body the gateway could not read, or a request cut
+/// short by an upstream, closes it.
+pub fn fate(error: Option<&Failure>, client_keep_alive: bool, body_read: bool, draining: bool) -> Fate {
+    let framing_intact = match error.map(|f| f.error) {
+        None | Some(ProxyError::NoRoute) | Some(ProxyError::NoTarget) => true,
+        Some(_) => false,
+    };
+    if client_keep_alive && body_read && !draining && framing_intact {
+        Fate::Keep
+    } else {
+        Fate::Close
+    }
 }
 
 /// Appends the numeric headers policies asked for.
@@ -115,7 +203,7 @@ pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
         let start = match last {
             Some((v, start)) if v == value => start,
             _ => {
-                let start = buf.len() - crate::io::format_dec(value, &mut buf).len();
+                let start = buf.len() - crate::h1::write::format_dec(value, &mut buf).len();
                 last = Some((value, start));
                 start
             }
@@ -217,4 +305,28 @@ pub fn encode_reply(
     }
     let whole = Whole { status: reply.status, body: &reply.body, age: None };
     encode_whole(out, &mut headers, whole, request_id, (close, head_only), chain, extras);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_kept_only_when_its_framing_is_intact() {
+        let no_route = Failure::new(ProxyError::NoRoute, Phase::Route);
+        let bad_head = Failure::new(ProxyError::Head(HeadError::Bad("x")), Phase::Head);
+        let too_large = Failure::new(ProxyError::BodyTooLarge { limit: 1 }, Phase::Head);
+        let unreachable = Failure::at(ProxyError::UpstreamConnect, Phase::Connect, ([127, 0, 0, 1], 1).into(), true);
+        assert_eq!(fate(None, true, true, false), Fate::Keep);
+        assert_eq!(fate(Some(&no_route), true, true, false), Fate::Keep);
+        assert_eq!(fate(Some(&no_route), true, false, false), Fate::Close, "the body was not read");
+        assert_eq!(fate(Some(&no_route), false, true, false), Fate::Close, "the client asked to close");
+        assert_eq!(fate(Some(&no_route), true, true, true), Fate::Close, "draining");
+        for f in [bad_head, too_large, unreachable] {
+            assert_eq!(fate(Some(&f), true, true, false), Fate::Close, "{f:?}");
+        }
+        assert_eq!(unreachable.source(), Source::Upstream);
+        assert_eq!(bad_head.source(), Source::Client);
+        assert_eq!(no_route.source(), Source::Gateway);
+    }
 }

@@ -102,6 +102,8 @@ pub enum Edit<'a> {
     Route(&'a str, Option<&'a RouteSpec>),
     /// The global policies (`None`: none).
     Global(Option<&'a PoliciesSpec>),
+    /// The document's `access_log` (`None`: not set).
+    AccessLog(Option<&'a str>),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -118,6 +120,8 @@ pub struct Snapshot {
     pub global: Chain,
     /// `global_policies.path_normalization`: how paths are made canonical before routing.
     pub path_normalization: PathNormalization,
+    /// The document's `access_log`: where the access log goes (`None`: off or not set).
+    pub access_log: Option<crate::access_log::Destination>,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -133,7 +137,8 @@ impl Snapshot {
             .iter()
             .map(|(id, u)| Edit::Upstream(id, Some(u)))
             .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))))
-            .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))));
+            .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))))
+            .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -179,6 +184,13 @@ impl Snapshot {
                     globals.push(*g);
                     false
                 }
+                Edit::AccessLog(a) => {
+                    match a.map(crate::access_log::Destination::parse).transpose() {
+                        Ok(d) => next.access_log = d.flatten(),
+                        Err(e) => errors.push("access_log", e),
+                    }
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
@@ -197,7 +209,7 @@ impl Snapshot {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
-                Edit::Global(_) => continue,
+                Edit::Global(_) | Edit::AccessLog(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

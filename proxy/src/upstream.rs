@@ -4,14 +4,17 @@
 //!
 //! Hot path.
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 use ringway_policy::{Layered, ResponseExtras, ResponseInfo};
 
 use crate::forward::MAX_HEADERS;
-use crate::h1::head::{check_raw_head, classify, parse_content_length, BodyKind, ConnectionOptions, Known};
-use crate::io::{push_dec, read_more};
-use crate::respond::{push_header, push_status_line, ProxyError};
+use crate::h1::framing::coding_bit;
+use crate::h1::head::{classify, BodyKind, Known};
+use crate::h1::response;
+use crate::h1::write::{push_framing, push_header, push_status_line, reason};
+use crate::io::read_more;
+use crate::respond::ProxyError;
 use crate::worker::Spares;
 
 /// Largest upstream response head.
@@ -22,7 +25,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// instead: it is removed from `buf` (what followed it stays) and the length returned is 0. On failure also says
 /// whether nothing at all was received (so a stale pooled connection may be retried).
 pub async fn read_response(
-    up: &mut TcpStream,
+    up: &mut Stream,
     mut buf: Vec<u8>,
     deadline: Instant,
     stop_at_continue: bool,
@@ -84,7 +87,8 @@ pub struct ClientSide<'a> {
     pub request_id: &'a [u8],
     pub request_was_head: bool,
     pub http10: bool,
-    /// Transfer codings the client accepts besides chunked (see [`accepted_codings`]).
+    /// Transfer codings the client accepts besides chunked (see
+    /// [`crate::h1::framing::accepted_codings`]).
     pub te_accepts: u8,
     /// Close after this response whatever its framing.
     pub close: bool,
@@ -106,67 +110,13 @@ impl ResponsePlan {
     }
 }
 
-/// Parses the response head `head`, checks its framing and writes the client's head into `out`.
+/// Parses the response head `head` (see [`crate::h1::response`]), runs the route's response
+/// policies on its fields and writes the client's head into `out`.
 pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Result<ResponsePlan, ProxyError> {
     let bad = ProxyError::UpstreamProtocol;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    match resp.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(bad("incomplete response head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(bad("too many response header fields")),
-        Err(_) => return Err(bad("unparseable response head")),
-    }
-    check_raw_head(head).map_err(|_| bad("bare CR, LF or NUL in response head"))?;
-    let status = resp.code.unwrap_or(0);
-    if !(200..=999).contains(&status) {
-        return Err(bad("invalid status code"));
-    }
-    let http10 = resp.version == Some(0);
-    let headers = resp.headers;
-    let mut opts = ConnectionOptions::default();
-    let mut cl: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
-    for h in headers.iter() {
-        match classify(h.name) {
-            Known::ContentLength => {
-                let n = parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?;
-                if cl.is_some_and(|prev| prev != n) {
-                    return Err(bad("conflicting Content-Length values"));
-                }
-                cl = Some(n);
-            }
-            Known::TransferEncoding => {
-                if te.is_some() {
-                    return Err(bad("more than one Transfer-Encoding"));
-                }
-                te = Some(h.value);
-            }
-            Known::Connection => opts.add(h.value).map_err(|_| bad("malformed Connection header"))?,
-            _ => {}
-        }
-    }
-    let no_body = c.request_was_head || status == 204 || status == 304;
-    // Transfer codings other than the chunked framing (`gzip, chunked`) go on to the client.
-    let mut codings: &[u8] = b"";
-    let body = if no_body {
-        BodyKind::None
-    } else {
-        match (te, cl) {
-            (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
-            (Some(v), None) => {
-                let (others, chunked) = split_codings(v)?;
-                codings = others;
-                if chunked {
-                    BodyKind::Chunked
-                } else {
-                    BodyKind::UntilClose
-                }
-            }
-            (None, Some(n)) => BodyKind::Length(n),
-            (None, None) => BodyKind::UntilClose,
-        }
-    };
+    let resp = response::parse(head, &mut storage, c.request_was_head).map_err(bad)?;
+    let (status, body, codings) = (resp.status, resp.body, resp.codings);
     if !codings.is_empty() {
         // Only to an HTTP/1.1 client that said (in `TE`) it accepts every one of them.
         let accepted = |t: &[u8]| coding_bit(t.trim_ascii()) & c.te_accepts != 0;
@@ -174,16 +124,14 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
             return Err(bad("a transfer coding the client did not accept"));
         }
     }
-    let keep_alive = if http10 { opts.keep_alive && !opts.close } else { !opts.close }
-        && te.is_none_or(|_| matches!(body, BodyKind::Chunked | BodyKind::None));
-    let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive };
+    let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive: resp.keep_alive };
 
     let mut list = c.spares.headers();
-    for h in headers.iter() {
+    for h in resp.headers.iter() {
         match classify(h.name) {
             // Framing of a body-less answer (HEAD, 304) describes the resource: keep it.
-            Known::ContentLength if no_body => list.push(h.name, h.value),
-            Known::Other | Known::Host | Known::Expect | Known::Forwarded if !opts.lists(h.name) => {
+            Known::ContentLength if resp.no_body => list.push(h.name, h.value),
+            Known::Other | Known::Host | Known::Expect | Known::Forwarded if !resp.connection.lists(h.name) => {
                 list.push(h.name, h.value)
             }
             _ => {}
@@ -192,29 +140,14 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
     list.set("x-request-id", c.request_id);
     c.chain.on_response(&ResponseInfo { status }, &mut list);
 
-    let reason = resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| crate::respond::reason(status));
+    let reason = Some(resp.reason).filter(|r| !r.is_empty()).unwrap_or_else(|| reason(status));
     push_status_line(out, status, reason);
     for h in list.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
     c.spares.give_headers(list);
     crate::respond::push_extras(out, c.extras);
-    match body {
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_dec(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyKind::Chunked | BodyKind::UntilClose if !c.http10 => {
-            out.extend_from_slice(b"transfer-encoding: ");
-            if !codings.is_empty() {
-                out.extend_from_slice(codings);
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(b"chunked\r\n")
-        }
-        _ => {}
-    }
+    push_framing(out, body, codings, c.http10);
     if plan.close_client(c) {
         out.extend_from_slice(b"connection: close\r\n");
     } else if c.http10 {
@@ -222,81 +155,4 @@ pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Re
     }
     out.extend_from_slice(b"\r\n");
     Ok(plan)
-}
-
-/// The transfer codings (besides chunked) a client's `TE` value accepts, as bits; a coding
-/// with `q=0` is refused.
-pub fn accepted_codings(v: &[u8]) -> u8 {
-    v.split(|b| *b == b',').fold(0, |acc, item| {
-        let mut parts = item.split(|b| *b == b';');
-        let bit = coding_bit(parts.next().unwrap_or(b"").trim_ascii());
-        let refused = parts.any(|p| {
-            let p = p.trim_ascii();
-            p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") && p[2..].iter().all(|b| matches!(b, b'0' | b'.'))
-        });
-        if refused {
-            acc
-        } else {
-            acc | bit
-        }
-    })
-}
-
-/// The bit of a transfer coding name (0: one the proxy does not know).
-fn coding_bit(name: &[u8]) -> u8 {
-    if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip") {
-        1
-    } else if name.eq_ignore_ascii_case(b"deflate") {
-        2
-    } else if name.eq_ignore_ascii_case(b"compress") || name.eq_ignore_ascii_case(b"x-compress") {
-        4
-    } else {
-        0
-    }
-}
-
-/// Splits a response's Transfer-Encoding into the codings before the chunked framing and
-/// whether it ends with `chunked` (the framing the proxy decodes and makes again). `chunked`
-/// anywhere but last is malformed.
-fn split_codings(v: &[u8]) -> Result<(&[u8], bool), ProxyError> {
-    let v = v.trim_ascii();
-    let (init, last) = match v.iter().rposition(|b| *b == b',') {
-        Some(i) => (v[..i].trim_ascii(), v[i + 1..].trim_ascii()),
-        None => (&b""[..], v),
-    };
-    if init.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")) {
-        return Err(ProxyError::UpstreamProtocol("chunked transfer coding not applied last"));
-    }
-    if init.split(|b| *b == b',').any(|t| t.trim_ascii().is_empty()) && !init.is_empty() || last.is_empty() {
-        return Err(ProxyError::UpstreamProtocol("malformed Transfer-Encoding"));
-    }
-    if last.eq_ignore_ascii_case(b"chunked") {
-        Ok((init, true))
-    } else {
-        Ok((v, false))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{accepted_codings, split_codings};
-
-    #[test]
-    fn te_values() {
-        assert_eq!(accepted_codings(b"gzip"), 1);
-        assert_eq!(accepted_codings(b"trailers, deflate;q=0.5, GZIP"), 3);
-        assert_eq!(accepted_codings(b"gzip;q=0, compress"), 4);
-        assert_eq!(accepted_codings(b"trailers"), 0);
-    }
-
-    #[test]
-    fn transfer_codings() {
-        assert_eq!(split_codings(b"chunked").unwrap(), (&b""[..], true));
-        assert_eq!(split_codings(b"gzip, chunked").unwrap(), (&b"gzip"[..], true));
-        assert_eq!(split_codings(b"gzip ,  deflate ,Chunked").unwrap(), (&b"gzip ,  deflate"[..], true));
-        assert_eq!(split_codings(b"gzip").unwrap(), (&b"gzip"[..], false));
-        assert!(split_codings(b"chunked, gzip").is_err());
-        assert!(split_codings(b"gzip,,chunked").is_err());
-        assert!(split_codings(b"gzip, ").is_err());
-    }
 }

@@ -9,18 +9,23 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
+
 use monoio::time::Instant;
 use ringway_runtime::{Mailbox, WorkerContext};
 use std::os::fd::AsRawFd;
 
 use ringway_policy::{HeaderList, WorkerPolicyState};
 
+use crate::access_log::LogQueue;
 use crate::admission::ConnectionCaps;
 use crate::cache::WorkerCache;
+use crate::clock::Clock;
 use crate::lb::LbState;
+use crate::metrics::{LocalSeries, WorkerMetrics};
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
+use crate::stream::Stream;
 
 /// Server-wide limits; every one has a safe default.
 #[derive(Debug, Clone)]
@@ -43,6 +48,8 @@ pub struct ServerLimits {
     pub write_timeout: Duration,
     /// Largest request body unless a route sets its own (`None`: no limit).
     pub max_body_bytes: Option<u64>,
+    /// Whether the access log's `path` carries the query string.
+    pub log_query: bool,
     /// Proxies in front of ringway whose `X-Forwarded-For` entries are trusted. 0: inbound
     /// ones are replaced by the peer's address; N: the inbound lines are joined and the peer
     /// appended, and the client address (for limits and hashing) is the Nth entry from the
@@ -76,6 +83,7 @@ impl Default for ServerLimits {
             max_body_bytes: Some(1 << 20),
             trusted_hops: 0,
             trusted_proxies: Vec::new(),
+            log_query: false,
         }
     }
 }
@@ -227,6 +235,16 @@ pub struct Worker {
     coarse_now: Cell<Instant>,
     request_seq: Cell<u64>,
     id_prefix: u64,
+    /// State of the generator of trace and span ids.
+    rng: Cell<u64>,
+    /// This worker's counters (read by the admin thread on a scrape).
+    pub metrics: WorkerMetrics,
+    /// Where each request's counters are, by route and upstream.
+    pub series: RefCell<LocalSeries>,
+    /// The worker's access-log queue.
+    pub log: Option<LogQueue>,
+    /// Wall time for the cache, the limits and the log.
+    pub clock: Clock,
 }
 
 /// Sockets of connection tasks in some state, each with a value, in reusable slots; a slot is
@@ -299,7 +317,20 @@ impl Worker {
             coarse_now: Cell::new(Instant::now()),
             request_seq: Cell::new(0),
             id_prefix,
+            rng: Cell::new(crate::record::mix64(id_prefix)),
+            metrics: WorkerMetrics::detached(ctx.id),
+            series: RefCell::new(LocalSeries::default()),
+            log: None,
+            clock: Clock::real(),
         }
+    }
+
+    /// 64 unpredictable bits (for trace and span ids; not for secrets).
+    #[inline]
+    pub fn random(&self) -> u64 {
+        let s = self.rng.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.rng.set(s);
+        crate::record::mix64(s)
     }
 
     /// The generation new requests use (a non-atomic reference count).
@@ -310,6 +341,7 @@ impl Worker {
     /// Swaps in a new snapshot; in-flight requests keep the generation they started with.
     /// O(1): state derived from the snapshot is made again lazily, only where it changed.
     pub fn apply(&self, snapshot: Arc<Snapshot>) {
+        self.metrics.gauges.revision.set(snapshot.revision);
         *self.generation.borrow_mut() = Rc::new(Generation { snapshot });
     }
 
@@ -347,7 +379,7 @@ impl Worker {
 
     /// Writes all of `buf` to a client under `limits.write_timeout`, kept by the sweeper
     /// rather than a timer of its own (a second coarse, and no clock read or timer per write).
-    pub async fn write_client(&self, stream: &mut TcpStream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+    pub async fn write_client(&self, stream: &mut Stream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
         let deadline = self.coarse_now.get() + self.limits.write_timeout;
         let slot = self.watched.borrow_mut().enter(stream.as_raw_fd(), deadline);
         // Cleared however the write ends, even if its task is dropped mid-write: a stale slot
@@ -447,16 +479,18 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 };
                 let _ = stream.set_nodelay(true);
                 worker.active.set(worker.active.get() + 1);
+                worker.metrics.gauges.open_connections.set(worker.active.get() as u64);
                 worker.counters.connections.set(worker.counters.connections.get() + 1);
                 let w = worker.clone();
                 monoio::spawn(async move {
                     // A bug that panics while serving one connection closes that connection,
                     // not the worker and every other connection on it.
-                    if CatchPanic(crate::conn::serve(&w, stream, peer, trusted)).await.is_err() {
+                    if CatchPanic(crate::conn::serve(&w, Stream::from(stream), peer, trusted)).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
                     w.caps.release(admitted);
                     w.active.set(w.active.get() - 1);
+                    w.metrics.gauges.open_connections.set(w.active.get() as u64);
                 });
             }
             Err(e) => {
@@ -515,6 +549,12 @@ pub struct WorkerSetup {
     pub invalidations: crossbeam_channel::Sender<Invalidate>,
     /// The node's connection caps.
     pub caps: Arc<ConnectionCaps>,
+    /// This worker's counters, read by the admin thread.
+    pub metrics: WorkerMetrics,
+    /// This worker's access-log queue.
+    pub log: Option<LogQueue>,
+    /// The gateway's clock (movable only in a gateway started for tests).
+    pub clock: Clock,
 }
 
 /// Runs one worker until it is drained (or its control channel closes).
@@ -531,10 +571,17 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         limit_keys,
         invalidations,
         caps,
+        metrics,
+        log,
+        clock,
     } = setup;
     let revision = snapshot.revision;
     let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
     worker.invalidations = Some(invalidations);
+    worker.metrics = metrics;
+    worker.metrics.gauges.revision.set(revision);
+    worker.log = log;
+    worker.clock = clock;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,

@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::Plan;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
-use crate::io::{encode_chunk, read_more, write_all, write_range};
+use crate::h1::write::encode_chunk;
+use crate::io::{read_more, write_all, write_range};
 use crate::respond::ProxyError;
 use crate::worker::Worker;
 
@@ -116,7 +117,7 @@ pub(super) fn take_buffered_body(
 pub(super) async fn stream_request_body(
     worker: &Worker,
     conn: &mut Conn,
-    up: &mut TcpStream,
+    up: &mut Stream,
     p: &mut BodyProgress,
     plan: &Plan<'_>,
     idle: Duration,

@@ -1,4 +1,5 @@
-//! The response cache in a request: what a cacheable request sent upstream, coalesced misses,
+//! The response cache's seam in a request: the lookup phase ([`lookup`]: a stored answer, or
+//! the plan for the upstream's), what a cacheable request sent upstream, coalesced misses,
 //! answers from stored responses, and whether a response may be stored.
 //!
 //! Hot path.
@@ -7,10 +8,12 @@ use std::rc::Rc;
 
 use ringway_policy::{HeaderList, Layered};
 
-use super::{unix_ms, CachePlan, Plan, MAX_HEADERS};
+use super::{CachePlan, Plan, MAX_HEADERS};
 use crate::cache::Stored;
 use crate::conn::Conn;
+use crate::h1::head::BodyKind;
 use crate::io::write_all;
+use crate::record::{CacheStatus, Record};
 use crate::respond::encode_cached;
 use crate::worker::{LocalEvent, Worker};
 
@@ -58,6 +61,160 @@ fn name_hash(name: &[u8]) -> u32 {
     name.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
 }
 
+/// What the lookup needs to know of the request.
+pub(super) struct Ask<'a> {
+    pub(super) route: &'a crate::snapshot::Route,
+    /// The host as sent, port included (part of the key).
+    pub(super) host: Option<&'a [u8]>,
+    pub(super) path: &'a str,
+    pub(super) query: Option<&'a str>,
+    /// The path as routing reads it: stored responses are filed under it.
+    pub(super) filed: &'a str,
+    pub(super) method: &'a str,
+}
+
+/// What the cache says of a cacheable request.
+pub(super) enum Lookup<'g> {
+    /// A fresh stored response answers it.
+    Hit(Rc<Stored>),
+    /// It goes upstream, with what the cache does with the answer.
+    Go(Option<CachePlan<'g>>),
+}
+
+/// Phase `cache`: looks up a cacheable request (`rule` applies) by its key: the route, the
+/// Host as sent, the path and query, and every value of every keyed header as it goes upstream
+/// (after the policies, in `sent`). Sets the status the client sees (`x-cache-status`) and the
+/// record's.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lookup<'g>(
+    worker: &Worker,
+    rule: &'g ringway_policy::CacheRule,
+    ask: &Ask<'_>,
+    headers: &[httparse::Header<'_>],
+    sent: &HeaderList<'_>,
+    cx: Option<&mut ringway_policy::Context>,
+    rec: &mut Record,
+) -> Lookup<'g> {
+    let all = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let no_store = all("cache-control").any(|h| has_token(h.value, "no-store"));
+    let no_cache = all("cache-control").any(|h| has_token(h.value, "no-cache"))
+        || all("pragma").any(|h| has_token(h.value, "no-cache"));
+    let auth = all("authorization").next().is_some();
+    let keyed = rule.keyed.iter().flat_map(|n| {
+        sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
+    });
+    let key = worker.cache.borrow().key(&ask.route.id, ask.host.unwrap_or(b""), ask.path, ask.query, keyed);
+    // The policies' clock when they read it (a rate limit), else one read here.
+    let mut cx = cx;
+    let now = cx.as_deref_mut().map_or_else(|| worker.clock.unix_ms(), ringway_policy::Context::now_ms);
+    let found = if no_cache || no_store { None } else { worker.cache.borrow().get(key) };
+    let usable = found.filter(|s| !auth || s.auth_ok);
+    let (status, shown) = match &usable {
+        Some(s) if s.is_fresh(now) => (CacheStatus::Hit, "HIT"),
+        _ if no_store || no_cache => (CacheStatus::Bypass, "BYPASS"),
+        Some(_) => (CacheStatus::Expired, "EXPIRED"),
+        None => (CacheStatus::Miss, "MISS"),
+    };
+    if let Some(c) = cx {
+        c.extras.text = Some(("x-cache-status", shown));
+    }
+    rec.cache = status;
+    match usable {
+        Some(s) if status == CacheStatus::Hit => Lookup::Hit(s),
+        stale => Lookup::Go(Some(CachePlan {
+            sent: SentNames::of(sent, &rule.keyed),
+            key,
+            store: ask.method == "GET" && !no_store,
+            coalesce: !no_cache,
+            generation: worker.cache.borrow().generation(&ask.route.id, ask.filed),
+            stale,
+            auth,
+            rule,
+            path: ask.filed.to_string(),
+        })),
+    }
+}
+
+/// A request on a cached route that the cache does not take (a method or a body it does not
+/// keep).
+pub(super) fn bypass(cx: Option<&mut ringway_policy::Context>, rec: &mut Record) {
+    if let Some(c) = cx {
+        c.extras.text = Some(("x-cache-status", "BYPASS"));
+    }
+    rec.cache = CacheStatus::Bypass;
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|b| *b == b',').any(|p| {
+        let p = p.trim_ascii();
+        let name = p.split(|b| *b == b'=').next().unwrap_or(p).trim_ascii();
+        name.eq_ignore_ascii_case(token.as_bytes())
+    })
+}
+
+/// After a successful unsafe request on a cached route: what this worker stored for the path
+/// goes at once, and the other workers are told through the control thread.
+pub(super) fn after_unsafe(worker: &Worker, plan: &Plan<'_>, status: u16) {
+    let Some(p) = plan.invalidate.as_deref().filter(|_| status < 400) else { return };
+    worker.cache.borrow_mut().invalidate(&plan.route.id, p);
+    if let Some(tx) = &worker.invalidations {
+        let inv = crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
+        let _ = tx.send(inv);
+    }
+}
+
+/// A response the cache may keep: its body collected while it streams, within the worker's
+/// budget for captures (held until the capture ends, however it ends).
+pub(super) struct Capture {
+    body: Vec<u8>,
+    freshness: crate::cache::Freshness,
+    headers: crate::cache::StoredHeaders,
+    len: u64,
+    _held: crate::cache::CaptureReservation,
+}
+
+impl Capture {
+    /// Starts collecting when the plan stores, the response head allows it, and the body has a
+    /// known length within the rule's and the worker's budget.
+    pub(super) fn begin(worker: &Worker, plan: &Plan<'_>, head: &[u8], body: BodyKind) -> Option<Capture> {
+        let c = plan.cache.as_ref()?;
+        let BodyKind::Length(n) = body else { return None };
+        if !c.store || n > c.rule.max_body {
+            return None;
+        }
+        let (freshness, headers) = cacheable(head, c, worker.clock.unix_ms()).filter(|(f, _)| !c.auth || f.auth_ok)?;
+        let held = worker.cache.borrow().reserve_capture(n)?;
+        Some(Capture { body: Vec::with_capacity(n as usize), freshness, headers, len: n, _held: held })
+    }
+
+    pub(super) fn push(&mut self, data: &[u8]) {
+        self.body.extend_from_slice(data);
+    }
+
+    /// Stores the response whose body was collected whole.
+    pub(super) fn store(self, worker: &Worker, plan: &Plan<'_>, status: u16) {
+        let Some(c) = plan.cache.as_ref() else { return };
+        if self.body.len() as u64 != self.len {
+            return;
+        }
+        let f = self.freshness;
+        let stored = Stored {
+            status,
+            headers: self.headers,
+            body: self.body,
+            stored_ms: worker.clock.unix_ms(),
+            age_s: f.age_s,
+            fresh_ms: f.fresh_ms,
+            stale_if_error_ms: f.stale_if_error_ms,
+            auth_ok: f.auth_ok,
+            route: Box::from(plan.route.id.as_str()),
+            path: Box::from(c.path.as_str()),
+        };
+        worker.cache.borrow_mut().insert(c.key, stored, c.generation);
+    }
+}
+
 /// Removes this worker's in-flight mark of a cache key and wakes the requests waiting on it.
 pub(super) struct Inflight<'w> {
     pub(super) worker: &'w Worker,
@@ -83,18 +240,24 @@ pub(super) async fn serve_stored(
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
     out.clear();
-    encode_cached(&mut out, stored, unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    encode_cached(&mut out, stored, worker.clock.unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    conn.rec.status = stored.status;
+    conn.rec.bytes_out = if is_head { 0 } else { stored.body.len() as u64 };
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
+    if r.is_err() {
+        conn.rec.cut(crate::record::End::ClientAbort, "client_write_failed");
+    }
     keep && r.is_ok()
 }
 
 /// Whether a response head allows storing, and for how long; with the header fields to keep.
 /// A response that varies on a header field that reached the upstream but is not in the key
 /// is not stored: the key could not tell its variants apart.
-pub(super) fn cacheable(
+fn cacheable(
     head: &[u8],
     plan: &CachePlan<'_>,
+    now_ms: u64,
 ) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
@@ -109,13 +272,13 @@ pub(super) fn cacheable(
             }
         }
     }
-    let f = crate::cache::freshness(resp.code?, resp.headers, unix_ms(), plan.rule.ttl_ms)?;
+    let f = crate::cache::freshness(resp.code?, resp.headers, now_ms, plan.rule.ttl_ms)?;
     Some((f, crate::cache::stored_headers(resp.headers)))
 }
 
 /// The stored copy `stale-if-error` allows for this request now.
-pub(super) fn usable_stale(plan: &Plan<'_>) -> Option<Rc<Stored>> {
-    let now = unix_ms();
+pub(super) fn usable_stale(worker: &Worker, plan: &Plan<'_>) -> Option<Rc<Stored>> {
+    let now = worker.clock.unix_ms();
     plan.cache.as_ref()?.stale.clone().filter(|s| s.usable_on_error(now))
 }
 
@@ -129,6 +292,7 @@ pub(super) async fn serve_stale(
 ) -> bool {
     let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
     extras.text = Some(("x-cache-status", "STALE"));
+    conn.rec.cache = crate::record::CacheStatus::Stale;
     let info = (plan.request_id.as_bytes(), plan.is_head, false);
     serve_stored(worker, conn, out, stale, info, plan.chains, Some(&extras)).await
 }

@@ -7,19 +7,20 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
+use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
-use super::cached::{cacheable, serve_stale, usable_stale};
-use super::{unix_ms, Plan};
-use crate::cache::Stored;
+use super::cached::{self, serve_stale, usable_stale};
+use super::Plan;
 use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::BodyKind;
-use crate::io::{encode_chunk, linger, read_more, write_all, write_all_untimed, write_range};
+use crate::h1::write::encode_chunk;
+use crate::io::{linger, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::LbKind;
-use crate::respond::{encode_reply, ProxyError};
+use crate::record::End;
+use crate::respond::{encode_reply, Failure, Phase, ProxyError, Source};
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::Worker;
 
@@ -36,9 +37,7 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
-pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
-    let upstream = plan.upstream;
-    let addr = upstream.targets[plan.target];
+pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>) -> bool {
     let mut progress = BodyProgress {
         decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
         remaining: match plan.body {
@@ -51,8 +50,25 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
         received: conn.rbuf.len() as u64,
         waited: Duration::ZERO,
     };
-    if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
-        return fail_before_response(worker, conn, plan, out, e).await;
+    let keep = send_and_relay(worker, conn, plan, out, &mut progress).await;
+    conn.rec.bytes_in = match plan.body {
+        BodyKind::Length(n) => n - progress.remaining,
+        _ => progress.seen,
+    };
+    keep
+}
+
+async fn send_and_relay(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut out: Vec<u8>,
+    progress: &mut BodyProgress,
+) -> bool {
+    let upstream = plan.upstream;
+    let addr = upstream.targets[plan.target];
+    if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
+        return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
     }
     // A small body is read before any upstream connection is taken (not when the client waits
     // for the origin's permission to send it).
@@ -64,38 +80,62 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
     }
     while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
         match progress.read(conn, &worker.limits).await {
-            Ok(0) => return false,
+            Ok(0) => {
+                conn.rec.cut(End::ClientAbort, "client_closed");
+                return false;
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return fail_before_response(worker, conn, plan, out, ProxyError::RequestTimeout).await;
+                let e = Failure::new(ProxyError::RequestTimeout, Phase::RequestBody);
+                return fail_before_response(worker, conn, plan, out, e).await;
             }
-            Err(_) => return false,
+            Err(_) => {
+                conn.rec.cut(End::ClientAbort, "client_closed");
+                return false;
+            }
         }
-        if let Err(e) = take_buffered_body(conn, &mut progress, &mut out, plan.max_body) {
-            return fail_before_response(worker, conn, plan, out, e).await;
+        if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
+            return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
         }
     }
     // The whole request is in `out`: a failed pooled connection can be retried safely.
     let replayable = progress.done;
     plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
+    conn.rec.upstream_started = Some(started);
     let mut attempt = 0;
     let mut ubuf = worker.spares.buf(RESPONSE_BUF);
     let (up, head_len) = loop {
         attempt += 1;
+        conn.rec.attempts = attempt;
         let pooled = worker.pool.borrow_mut().take(addr, started);
         let (mut up, reused) = match pooled {
-            Some(s) => (s, true),
-            None => match connect(addr, upstream.connect_timeout).await {
-                Ok(s) => {
-                    worker.pool.borrow_mut().opened += 1;
-                    (s, false)
+            Some(s) => {
+                conn.rec.reuses += 1;
+                (s, true)
+            }
+            None => {
+                let t0 = if attempt == 1 { started } else { Instant::now() };
+                match connect(addr, upstream.connect_timeout).await {
+                    Ok(s) => {
+                        conn.rec.upstream_connect = Some(t0.elapsed());
+                        conn.rec.connects += 1;
+                        worker.pool.borrow_mut().opened += 1;
+                        (s, false)
+                    }
+                    Err(e) => {
+                        if e == ProxyError::UpstreamConnectTimeout {
+                            conn.rec.timeouts += 1;
+                        } else {
+                            conn.rec.connect_errors += 1;
+                        }
+                        attempt_failed(plan);
+                        // Nothing reached the upstream: another target may be tried.
+                        let e = Failure::at(e, Phase::Connect, addr, true);
+                        return fail_before_response(worker, conn, plan, out, e).await;
+                    }
                 }
-                Err(e) => {
-                    attempt_failed(plan);
-                    return fail_before_response(worker, conn, plan, out, e).await;
-                }
-            },
+            }
         };
         let retry_ok = reused && attempt == 1 && replayable;
         // A small request fits the empty send buffer of a connection between exchanges, so its
@@ -111,13 +151,14 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                 continue;
             }
             attempt_failed(plan);
-            return fail_before_response(worker, conn, plan, out, ProxyError::UpstreamSend).await;
+            let e = Failure::at(ProxyError::UpstreamSend, Phase::Send, addr, replayable && plan.idempotent);
+            return fail_before_response(worker, conn, plan, out, e).await;
         }
         ubuf.clear();
         if !progress.done && plan.expect_continue {
             // The origin's word on the expectation: a 100 lets the body go, a final answer is
             // relayed without it, silence lets it go after a short wait.
-            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable(false)).await, Ok(Ok(())));
+            let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable()).await, Ok(Ok(())));
             if said {
                 let deadline = Instant::now() + upstream.response_head_timeout;
                 let mut said = read_response(&mut up, ubuf, deadline, true).await;
@@ -131,7 +172,7 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                     Ok((head_len, b)) => {
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
-                        attempt_answered(plan, started);
+                        attempt_answered(plan, started, &mut conn.rec);
                         relay_response(worker, conn, plan, up, head_len, b, out, false).await;
                         linger(&mut conn.stream).await;
                         return false;
@@ -144,7 +185,12 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                             continue;
                         }
                         worker.spares.give_buf(ubuf);
+                        if e == ProxyError::UpstreamTimeout {
+                            conn.rec.timeouts += 1;
+                        }
                         attempt_failed(plan);
+                        // The body was not sent: safe to try again if the origin took nothing.
+                        let e = Failure::at(e, Phase::ResponseHead, addr, nothing_received);
                         return fail_before_response(worker, conn, plan, out, e).await;
                     }
                 }
@@ -155,17 +201,26 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
             let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
             conn.out = b;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 attempt_failed(plan);
                 return false;
             }
         }
         if !progress.done {
-            if let Err(e) = stream_request_body(worker, conn, &mut up, &mut progress, plan, upstream.idle_timeout).await
-            {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, progress, plan, upstream.idle_timeout).await {
                 attempt_failed(plan);
                 return match e {
-                    Some(e) => fail_before_response(worker, conn, plan, Vec::new(), e).await,
-                    None => false,
+                    Some(e) => {
+                        let e = match e.source() {
+                            Source::Client => Failure::new(e, Phase::RequestBody),
+                            _ => Failure::at(e, Phase::Send, addr, false),
+                        };
+                        fail_before_response(worker, conn, plan, Vec::new(), e).await
+                    }
+                    None => {
+                        conn.rec.cut(End::ClientAbort, "client_closed");
+                        false
+                    }
                 };
             }
         }
@@ -180,20 +235,25 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'
                 if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
+                if e == ProxyError::UpstreamTimeout {
+                    conn.rec.timeouts += 1;
+                }
                 attempt_failed(plan);
+                let safe = replayable && nothing_received && plan.idempotent;
+                let e = Failure::at(e, Phase::ResponseHead, addr, safe);
                 return fail_before_response(worker, conn, plan, out, e).await;
             }
         }
     };
-    attempt_answered(plan, started);
+    attempt_answered(plan, started, &mut conn.rec);
     relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
 }
 
-/// Tells the balancer the plan's target answered (only the latency-aware balancer needs the time
-/// to the head: a clock read).
-fn attempt_answered(plan: &Plan<'_>, started: Instant) {
+/// Notes the time to the response head, and tells the balancer the plan's target answered.
+fn attempt_answered(plan: &Plan<'_>, started: Instant, rec: &mut crate::record::Record) {
+    let now = Instant::now();
+    rec.upstream_head = Some(now.duration_since(started));
     if matches!(plan.upstream.lb, LbKind::P2cEwma) {
-        let now = Instant::now();
         plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
     } else {
         plan.lb.borrow_mut().release(plan.target);
@@ -210,35 +270,31 @@ fn attempt_failed(plan: &Plan<'_>) {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyError> {
+    match monoio::time::timeout(timeout, Stream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
         Err(_) => Err(ProxyError::UpstreamConnectTimeout),
     }
 }
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
-async fn fail_before_response(
-    worker: &Worker,
-    conn: &mut Conn,
-    plan: &Plan<'_>,
-    mut out: Vec<u8>,
-    e: ProxyError,
-) -> bool {
-    if let Some(stale) = usable_stale(plan) {
+async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>, e: Failure) -> bool {
+    if let Some(stale) = usable_stale(worker, plan) {
         return serve_stale(worker, conn, out, plan, &stale).await;
     }
     out.clear();
     let extras = plan.cx.as_ref().map(|c| &c.extras);
-    encode_reply(&mut out, &e.reply(), plan.request_id.as_bytes(), true, plan.is_head, None, extras);
+    let reply = e.error.reply();
+    conn.rec.failed(&e);
+    conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
+    encode_reply(&mut out, &reply, plan.request_id.as_bytes(), true, plan.is_head, None, extras);
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
     if r.is_ok() {
         linger(&mut conn.stream).await;
+    } else {
+        conn.rec.cut(End::ClientAbort, "client_write_failed");
     }
     false
 }
@@ -249,7 +305,7 @@ async fn relay_response(
     worker: &Rc<Worker>,
     conn: &mut Conn,
     plan: &Plan<'_>,
-    mut up: TcpStream,
+    mut up: Stream,
     head_len: usize,
     mut ubuf: Vec<u8>,
     mut out: Vec<u8>,
@@ -269,34 +325,22 @@ async fn relay_response(
     out.clear();
     let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
         Ok(r) => r,
-        Err(e) => return fail_before_response(worker, conn, plan, out, e).await,
-    };
-    if let Some(p) = plan.invalidate.as_deref().filter(|_| resp.status < 400) {
-        // Here at once; on the other workers through the control thread.
-        worker.cache.borrow_mut().invalidate(&plan.route.id, p);
-        if let Some(tx) = &worker.invalidations {
-            let inv =
-                crate::worker::Invalidate { route: plan.route.id.clone(), path: p.to_string(), from: worker.ctx.id };
-            let _ = tx.send(inv);
+        Err(e) => {
+            let e = Failure::at(e, Phase::ResponseHead, upstream.targets[plan.target], false);
+            return fail_before_response(worker, conn, plan, out, e).await;
         }
-    }
+    };
+    conn.rec.status = resp.status;
+    cached::after_unsafe(worker, plan, resp.status);
     if resp.status >= 500 {
-        if let Some(stale) = usable_stale(plan) {
+        if let Some(stale) = usable_stale(worker, plan) {
             // stale-if-error: the stored copy answers instead of the failed upstream.
             return serve_stale(worker, conn, out, plan, &stale).await;
         }
     }
     // A response the cache may keep: its body is collected while it streams, within the
     // worker's budget for captures (held until the capture ends, however it ends).
-    let mut capture = match (&plan.cache, resp.body) {
-        (Some(c), BodyKind::Length(n)) if c.store && n <= c.rule.max_body => {
-            cacheable(&ubuf[..head_len], c).filter(|(f, _)| !c.auth || f.auth_ok).and_then(|(f, h)| {
-                let held = worker.cache.borrow().reserve_capture(n)?;
-                Some((Vec::with_capacity(n as usize), f, h, n, held))
-            })
-        }
-        _ => None,
-    };
+    let mut capture = cached::Capture::begin(worker, plan, &ubuf[..head_len], resp.body);
     let chunked_to_client = resp.chunked_to_client(&client);
     let close_client = resp.close_client(&client);
     // Body bytes that came with the head.
@@ -316,13 +360,15 @@ async fn relay_response(
             // Past the first piece a sized body goes straight from the receive buffer.
             let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
             if let Some(c) = capture.as_mut() {
-                c.0.extend_from_slice(&ubuf[start..start + take]);
+                c.push(&ubuf[start..start + take]);
             }
             let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
             ubuf = b;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 return false;
             }
+            conn.rec.bytes_out += take as u64;
             head_sent = true;
             start += take;
             remaining -= take as u64;
@@ -336,6 +382,7 @@ async fn relay_response(
                     loop {
                         match d.decode(data, &mut pos) {
                             Ok(Chunk::Data(r)) => {
+                                conn.rec.bytes_out += r.len() as u64;
                                 if chunked_to_client {
                                     encode_chunk(&mut out, &data[r]);
                                 } else {
@@ -350,23 +397,29 @@ async fn relay_response(
                             }
                             Err(_) if !head_sent => {
                                 let e = ProxyError::UpstreamProtocol("malformed chunked response body");
+                                let e = Failure::at(e, Phase::ResponseBody, upstream.targets[plan.target], false);
                                 return fail_before_response(worker, conn, plan, out, e).await;
                             }
-                            Err(_) => return false,
+                            Err(_) => {
+                                conn.rec.cut(End::UpstreamReset, "bad_upstream_response");
+                                return false;
+                            }
                         }
                     }
                 }
                 (None, BodyKind::Length(_)) => {
                     let take = (data.len() as u64).min(remaining) as usize;
                     out.extend_from_slice(&data[..take]);
+                    conn.rec.bytes_out += take as u64;
                     if let Some(c) = capture.as_mut() {
-                        c.0.extend_from_slice(&data[..take]);
+                        c.push(&data[..take]);
                     }
                     remaining -= take as u64;
                     done = remaining == 0;
                     clean = take == data.len();
                 }
                 _ => {
+                    conn.rec.bytes_out += data.len() as u64;
                     if chunked_to_client {
                         encode_chunk(&mut out, data);
                     } else {
@@ -384,6 +437,7 @@ async fn relay_response(
             let (r, o) = worker.write_client(&mut conn.stream, out).await;
             out = o;
             if r.is_err() {
+                conn.rec.cut(End::ClientAbort, "client_write_failed");
                 return false;
             }
             head_sent = true;
@@ -407,12 +461,21 @@ async fn relay_response(
                     let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
                     out = o;
                     if r.is_err() {
+                        conn.rec.cut(End::ClientAbort, "client_write_failed");
                         return false;
                     }
                 }
                 break;
             }
-            Ok(0) | Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                conn.rec.timeouts += 1;
+                conn.rec.cut(End::Timeout, "upstream_timeout");
+                return false;
+            }
+            Ok(0) | Err(_) => {
+                conn.rec.cut(End::UpstreamReset, "upstream_reset");
+                return false;
+            }
             Ok(_) => {}
         }
     }
@@ -430,22 +493,8 @@ async fn relay_response(
         );
     }
     worker.spares.give_buf(ubuf);
-    if let (Some((body, f, headers, n, _held)), Some(c)) = (capture, &plan.cache) {
-        if done && body.len() as u64 == n {
-            let stored = Stored {
-                status: resp.status,
-                headers,
-                body,
-                stored_ms: unix_ms(),
-                age_s: f.age_s,
-                fresh_ms: f.fresh_ms,
-                stale_if_error_ms: f.stale_if_error_ms,
-                auth_ok: f.auth_ok,
-                route: Box::from(plan.route.id.as_str()),
-                path: Box::from(c.path.as_str()),
-            };
-            worker.cache.borrow_mut().insert(c.key, stored, c.generation);
-        }
+    if let Some(c) = capture.filter(|_| done) {
+        c.store(worker, plan, resp.status);
     }
     conn.out = out;
     !close_client

@@ -87,6 +87,10 @@ impl ChunkedDecoder {
 
     /// Decodes from `input[*pos..]`, advancing `pos`.
     pub fn decode(&mut self, input: &[u8], pos: &mut usize) -> Result<Chunk, ChunkError> {
+        // A finished body takes nothing more: what follows belongs to the next message.
+        if self.state == State::Done {
+            return Ok(Chunk::Done);
+        }
         while *pos < input.len() {
             if self.state == State::Data {
                 let avail = (input.len() - *pos) as u64;
@@ -267,6 +271,17 @@ mod tests {
         assert_eq!(&input[used..], b"NEXT");
         assert_eq!(decode_all(b"000\r\n\r\n").unwrap().0, b"");
         assert_eq!(decode_all(b"A \t;ext\r\n0123456789\r\n0\r\n\r\n").unwrap().0, b"0123456789");
+    }
+
+    #[test]
+    fn a_finished_body_takes_nothing_more() {
+        let input = b"0\r\n\r\nNEXT";
+        let mut d = ChunkedDecoder::new();
+        let mut pos = 0;
+        assert_eq!(d.decode(input, &mut pos), Ok(Chunk::Done));
+        assert_eq!(pos, 5);
+        assert_eq!(d.decode(input, &mut pos), Ok(Chunk::Done));
+        assert_eq!(pos, 5);
     }
 
     #[test]

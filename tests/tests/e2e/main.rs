@@ -1,6 +1,7 @@
 //! End-to-end tests: the gateway process against upstream servers started here, through real
 //! sockets. Socket-level tests run under both drivers (`io_uring` and `epoll`).
 
+mod access_log;
 mod admin;
 mod admin_edge;
 mod admin_http;
@@ -14,6 +15,7 @@ mod headers;
 mod lb;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod paths;
 mod routing;
 mod upstream_errors;

@@ -1,0 +1,89 @@
+//! The admin side of metrics and access logs: the registry the scrapes sum, and the control of
+//! the access-log thread.
+
+use std::sync::{Arc, Mutex};
+
+use ringway_proxy::access_log::{AccessLog, Destination, LogQueue};
+use ringway_proxy::metrics::{Registry, WorkerMetrics};
+
+/// Shared by the admin thread, the admin API and the signal thread.
+pub struct Telemetry {
+    registry: Mutex<Registry>,
+    log: Mutex<Option<AccessLog>>,
+    /// The destination from `--access-log` (it wins over the configuration's `access_log`).
+    flag: Option<Option<Destination>>,
+}
+
+/// What each worker is given.
+pub struct WorkerTelemetry {
+    pub metrics: WorkerMetrics,
+    pub log: Option<LogQueue>,
+}
+
+impl Telemetry {
+    /// Starts the log thread with `ring_bytes` per worker; `flag` is `--access-log` when given.
+    pub fn start(
+        workers: usize,
+        ring_bytes: usize,
+        flag: Option<&str>,
+    ) -> anyhow::Result<(Arc<Telemetry>, Vec<WorkerTelemetry>)> {
+        let flag = flag.map(Destination::parse).transpose().map_err(anyhow::Error::msg)?;
+        let (registry, halves) = Registry::new(workers, env!("CARGO_PKG_VERSION"));
+        let (log, queues) = AccessLog::start(workers, ring_bytes)?;
+        let each = halves.into_iter().zip(queues).map(|(metrics, log)| WorkerTelemetry { metrics, log: Some(log) });
+        let t = Telemetry { registry: Mutex::new(registry), log: Mutex::new(Some(log)), flag };
+        Ok((Arc::new(t), each.collect()))
+    }
+
+    /// Sends the access log where the flag says, else where the configuration says.
+    pub fn configure(&self, from_config: Option<&Destination>) -> std::io::Result<()> {
+        let to = match &self.flag {
+            Some(d) => d.clone(),
+            None => from_config.cloned(),
+        };
+        match self.log.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            Some(log) => log.set(to),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `--access-log` decides where the log goes.
+    pub fn flag_set(&self) -> bool {
+        self.flag.is_some()
+    }
+
+    /// Reopens the access-log file (SIGHUP).
+    pub fn reopen(&self) {
+        if let Some(log) = self.log.lock().ok().as_deref().and_then(Option::as_ref) {
+            log.reopen();
+        }
+    }
+
+    /// Where lines go now, as text (`None`: off).
+    pub fn destination(&self) -> Option<String> {
+        let log = self.log.lock().ok()?;
+        match log.as_ref()?.destination()? {
+            Destination::Stdout => Some("stdout".into()),
+            Destination::File(p) => Some(p.display().to_string()),
+        }
+    }
+
+    /// Access-log records dropped on full queues, over every worker.
+    pub fn log_dropped(&self) -> u64 {
+        self.registry.lock().map(|r| r.log_dropped()).unwrap_or(0)
+    }
+
+    /// The Prometheus exposition of every worker's counters.
+    pub fn render(&self, out: &mut String) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.render(out);
+        }
+    }
+
+    /// Writes what is queued and stops the log thread (after the workers stopped).
+    pub fn stop(&self) {
+        if let Some(log) = self.log.lock().ok().and_then(|mut l| l.take()) {
+            log.stop();
+        }
+    }
+}

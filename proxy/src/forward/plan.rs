@@ -1,0 +1,503 @@
+//! The plan of a request, phase by phase: parse the head, route, build the upstream's header
+//! list, run the request policies, ask the cache, pick a target, write the upstream request
+//! head. Each phase goes on, or leaves the request with its early answer (in [`Early`]).
+//!
+//! Synchronous: borrows the receive buffer and the snapshot. Hot path.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+
+use ringway_policy::{Context, HeaderList, Layered, RequestInfo, Verdict};
+
+use super::cached;
+use super::{Early, Plan, MAX_HEADERS};
+use crate::conn::Conn;
+use crate::h1::head::{classify, host_without_port, BodyKind, ConnectionOptions, HeadError, Known};
+use crate::h1::path::{canonical, parse_target, routing_key, Target};
+use crate::h1::request;
+use crate::h1::write::{push_framing, push_header, push_request_line};
+use crate::lb::{hash64, HashOn, LbKind};
+use crate::record::{method_index, End, LimitOutcome, Record, RequestId, RequestText, Trace};
+use crate::respond::{Failure, Phase, ProxyError};
+use crate::snapshot::{Route, Snapshot, Upstream};
+use crate::worker::{Generation, SharedLb, Worker};
+
+/// A phase either goes on with its result, or has filled the request's early answer.
+type Step<T> = Result<T, ()>;
+
+/// Leaves the request with `error` as its answer.
+fn refuse<T>(early: &mut Early<'_>, error: ProxyError, phase: Phase) -> Step<T> {
+    early.error = Some(Failure::new(error, phase));
+    Err(())
+}
+
+/// Parses and checks the head, routes, runs the request policies, asks the cache, picks a
+/// target and writes the upstream request head into `out`.
+pub(super) fn prepare<'g>(
+    worker: &Worker,
+    generation: &'g Generation,
+    conn: &Conn,
+    head_len: usize,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+    text: &mut RequestText,
+) -> Result<Plan<'g>, Box<Early<'g>>> {
+    let mut early = Early::new(RequestId::generated(worker.next_request_id()));
+    let mut lower = [0u8; 256];
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Ok(mut p) = parse(worker, conn, head_len, &mut storage, &mut lower, &mut early, rec, text) else {
+        return Err(Box::new(early));
+    };
+    let snapshot = &generation.snapshot;
+    let Ok((route, path)) = select_route(snapshot, &p, &mut early) else { return Err(Box::new(early)) };
+    let chains = snapshot.chains(route);
+    early.route = Some(route);
+    early.chains = Some(chains);
+    let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
+    if let (BodyKind::Length(n), Some(limit)) = (p.body, max_body) {
+        if n > limit {
+            let _: Step<()> = refuse(&mut early, ProxyError::BodyTooLarge { limit }, Phase::Head);
+            return Err(Box::new(early));
+        }
+    }
+    let path: &str = &path;
+    let own = snapshot.path_normalization(route);
+    // Stored responses are filed, and invalidated, under the path as routing reads it, so a
+    // POST to `/a` also drops what `/a/` and `/a;x` stored (cached routes only).
+    let filed = match chains.cache() {
+        Some(_) => routing_key(path, own),
+        None => Cow::Borrowed(path),
+    };
+    // A cacheable request: only keyed headers reach the upstream (see crate::cache). A request
+    // with a body is never cacheable: the body is not part of the key.
+    let no_body = matches!(p.body, BodyKind::None | BodyKind::Length(0));
+    let rule = chains.cache().filter(|r| no_body && ((p.method == "GET" && r.get) || (p.method == "HEAD" && r.head)));
+    if rule.is_some() {
+        // Nothing the client chose reaches the upstream of a cacheable request, its id included.
+        early.request_id = RequestId::generated(worker.next_request_id());
+    }
+    // An unsafe method on a cached route invalidates what this worker stored for the path.
+    let invalidate = (chains.cache().is_some() && !matches!(p.method, "GET" | "HEAD" | "OPTIONS" | "TRACE"))
+        .then(|| filed.to_string());
+
+    // Declared before the list, which borrows them.
+    let mut traceparent = [0u8; 55];
+    let request_id = early.request_id;
+    let inbound_xff = p.inbound_xff.take();
+    let body_here = (conn.rbuf.len() - head_len) as u64;
+    let mut list = worker.spares.headers();
+    let sent = (&request_id, inbound_xff, body_here);
+    let expect_continue = upstream_headers(worker, conn, &p, rule.map(|r| &**r), sent, rec, &mut list);
+    traceparent.copy_from_slice(&rec.trace.traceparent());
+    list.push("traceparent", &traceparent[..]);
+
+    let find_header = |name: &str| header(&p, name);
+    let info = RequestInfo {
+        method: p.method,
+        host: p.host_lc,
+        path,
+        query: p.query,
+        client_ip: p.client_ip,
+        route_id: &route.id,
+        client_headers: ringway_policy::ClientHeaders(&find_header),
+    };
+    let Ok(mut cx) = request_policies(worker, chains, &info, &mut list, rec, &mut early) else {
+        return Err(Box::new(early));
+    };
+    let mut cache = None;
+    if let Some(rule) = chains.cache().and(rule) {
+        let headers = p.headers;
+        let ask = cached::Ask { route, host: p.host, path, query: p.query, filed: &filed, method: p.method };
+        let found = cached::lookup(worker, rule, &ask, headers, &list, cx.as_mut(), rec);
+        match found {
+            cached::Lookup::Hit(s) => {
+                early.cached = Some(s);
+                early.cx = cx;
+                return Err(Box::new(early));
+            }
+            cached::Lookup::Go(plan) => cache = plan,
+        }
+    } else if chains.cache().is_some() {
+        cached::bypass(cx.as_mut(), rec);
+    }
+    let Ok((upstream, lb, target)) = pick(worker, snapshot, route, &p, &mut early) else {
+        return Err(Box::new(early));
+    };
+    write_upstream_head(out, &p, route, path, &list, upstream, target);
+    worker.spares.give_headers(list);
+    Ok(Plan {
+        route,
+        chains,
+        invalidate,
+        upstream,
+        lb,
+        target,
+        body: p.body,
+        keep_alive: p.keep_alive,
+        expect_continue,
+        is_head: early.is_head,
+        idempotent: matches!(p.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        http10: p.http10,
+        te_accepts: p.te_accepts,
+        max_body,
+        request_id: early.request_id,
+        cx,
+        cache,
+    })
+}
+
+/// The request as the parse phase read it.
+struct Parsed<'h> {
+    method: &'h str,
+    /// The path as sent (before it is made canonical), and the query.
+    raw_path: &'h str,
+    query: Option<&'h str>,
+    http10: bool,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+    te_accepts: u8,
+    opts: ConnectionOptions<'h>,
+    headers: &'h [httparse::Header<'h>],
+    /// The host the request names (the absolute-form authority, else Host), port included.
+    host: Option<&'h [u8]>,
+    /// Whether a Host header was sent (an HTTP/1.0 request may come without one).
+    host_header_sent: bool,
+    /// The host without its port, lower-cased, for routing.
+    host_lc: &'h str,
+    client_ip: IpAddr,
+    /// The inbound `X-Forwarded-For` lines joined, when the peer is a trusted proxy.
+    inbound_xff: Option<Vec<u8>>,
+}
+
+/// Phase `parse`: the head through the codec, the target, the host, the client address.
+#[allow(clippy::too_many_arguments)]
+fn parse<'h>(
+    worker: &Worker,
+    conn: &'h Conn,
+    head_len: usize,
+    storage: &'h mut [httparse::Header<'h>],
+    lower: &'h mut [u8; 256],
+    early: &mut Early<'_>,
+    rec: &mut Record,
+    text: &mut RequestText,
+) -> Step<Parsed<'h>> {
+    let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
+    let req = match request::parse(&conn.rbuf[..head_len], storage, worker.limits.max_headers) {
+        Ok(r) => r,
+        Err(refused) => {
+            early.is_head = refused.is_head;
+            return fail(early, refused.error);
+        }
+    };
+    early.is_head = req.method == "HEAD";
+    early.body = req.body;
+    early.keep_alive = req.keep_alive;
+    rec.method = method_index(req.method);
+    if let Some(id) = req.request_id.and_then(RequestId::from_client) {
+        early.request_id = id;
+    }
+    let headers = req.headers;
+    let Target { authority, path: raw_path, query } = match parse_target(req.target) {
+        Ok(t) => t,
+        Err(e) => return fail(early, e),
+    };
+    if worker.log.as_ref().is_some_and(|l| l.enabled()) {
+        let host = authority.map(str::as_bytes).or(req.host).unwrap_or(b"");
+        text.set(req.method, host, raw_path, query.filter(|_| worker.limits.log_query));
+    }
+    // RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, for routing and
+    // for the upstream.
+    let host = match authority {
+        Some(a) => {
+            if let Some(h) = headers.iter_mut().find(|h| classify(h.name) == Known::Host) {
+                h.value = a.as_bytes();
+            }
+            Some(a.as_bytes())
+        }
+        None => req.host,
+    };
+    let host_name = match host.map(host_without_port) {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return fail(early, e),
+        None => "",
+    };
+    let host_lc = &mut lower[..host_name.len()];
+    host_lc.copy_from_slice(host_name.as_bytes());
+    host_lc.make_ascii_lowercase();
+    // Lower-casing ASCII keeps the text valid UTF-8.
+    let host_lc = std::str::from_utf8(host_lc).unwrap_or("");
+    // Inbound X-Forwarded-For lines, joined in order; kept only when proxies in front are
+    // trusted (otherwise the client's claim is replaced).
+    let trusted_hops = if conn.trusted { worker.limits.trusted_hops } else { 0 };
+    let mut inbound_xff: Option<Vec<u8>> = None;
+    if trusted_hops > 0 {
+        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+            if !h.value.trim_ascii().is_empty() {
+                let joined = inbound_xff.get_or_insert_with(Vec::new);
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(h.value.trim_ascii());
+            }
+        }
+    }
+    let client_ip = match &inbound_xff {
+        Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
+        None => conn.peer.ip(),
+    };
+    rec.client_ip = client_ip;
+    Ok(Parsed {
+        method: req.method,
+        raw_path,
+        query,
+        http10: req.http10,
+        body: req.body,
+        keep_alive: req.keep_alive,
+        expect_continue: req.expect_continue,
+        te_accepts: req.te_accepts,
+        opts: req.connection,
+        headers,
+        host,
+        host_header_sent: req.host.is_some(),
+        host_lc,
+        client_ip,
+        inbound_xff,
+    })
+}
+
+/// Phase `route`: the canonical path and the route it selects (with the checks that no other
+/// reading of the path selects another route).
+fn select_route<'g, 'h>(
+    snapshot: &'g Snapshot,
+    p: &Parsed<'h>,
+    early: &mut Early<'g>,
+) -> Step<(&'g Route, Cow<'h, str>)> {
+    let fail = |early: &mut Early<'_>, e: HeadError| {
+        refuse::<(&'g Route, Cow<'h, str>)>(early, ProxyError::Head(e), Phase::Route)
+    };
+    let find_header = |name: &str| header(p, name);
+    let (host_lc, method) = (p.host_lc, p.method);
+    // One canonical path for routing, policies, cache keys and forwarding (see crate::h1::path).
+    let global = &snapshot.path_normalization;
+    let path = match canonical(p.raw_path, global) {
+        Ok(path) => path,
+        Err(e) => return fail(early, e),
+    };
+    let Some((route, rank)) =
+        snapshot.router.find_ranked(host_lc, &routing_key(&path, global), |r| r.admits(method, find_header))
+    else {
+        early.error = Some(Failure::new(ProxyError::NoRoute, Phase::Route));
+        return Err(());
+    };
+    let route: &Route = route;
+    // A kept `%2F` stays inside its segment here, but an origin may decode it before routing:
+    // the path read with it decoded must not belong to a route that outranks this one.
+    if global.escaped_slashes == ringway_policy::EscapedSlashes::Keep
+        && memchr::memmem::find(path.as_bytes(), b"%2F").is_some()
+    {
+        let decoded = path.replace("%2F", "/");
+        let other =
+            snapshot.router.find_ranked(host_lc, &routing_key(&decoded, global), |r| r.admits(method, find_header));
+        if other.is_some_and(|(r, other_rank)| !std::ptr::eq(&**r, route) && other_rank > rank) {
+            let e = HeadError::Bad("an encoded '/' in the path would select another route once decoded");
+            return fail(early, e);
+        }
+    }
+    let own = snapshot.path_normalization(route);
+    if own == global {
+        return Ok((route, path));
+    }
+    // The route reads paths its own way: that reading must select the same route.
+    let mine = match canonical(p.raw_path, own) {
+        Ok(path) => path,
+        Err(e) => return fail(early, e),
+    };
+    let again = snapshot.router.find(host_lc, &routing_key(&mine, own), |r| r.admits(method, find_header));
+    if !again.is_some_and(|r| std::ptr::eq(&**r, route)) {
+        return fail(early, HeadError::Bad("the route's path_normalization reads this path as another route's"));
+    }
+    Ok((route, mine))
+}
+
+/// The header list for the upstream: end-to-end fields, then the proxy's own (the policies
+/// come after). Returns whether the upstream is asked for `100-continue`.
+#[allow(clippy::too_many_arguments)]
+fn upstream_headers<'a>(
+    worker: &Worker,
+    conn: &'a Conn,
+    p: &Parsed<'a>,
+    rule: Option<&ringway_policy::CacheRule>,
+    (request_id, inbound_xff, body_here): (&'a RequestId, Option<Vec<u8>>, u64),
+    rec: &mut Record,
+    list: &mut HeaderList<'a>,
+) -> bool {
+    for h in p.headers.iter() {
+        match classify(h.name) {
+            // `Connection` never removes Host.
+            Known::Host => list.push(h.name, h.value),
+            // The trace goes on with the gateway's own span (below).
+            Known::Other if h.name.eq_ignore_ascii_case("traceparent") => {
+                if let Some(t) = Trace::from_traceparent(h.value).filter(|_| !rec.trace_inbound) {
+                    rec.trace = t;
+                    rec.trace_inbound = true;
+                }
+            }
+            Known::Other => {
+                let keyed = rule.is_some_and(|r| r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)));
+                // A keyed header always goes (whatever `Connection` says), so the key is what
+                // the upstream saw; on a cacheable request nothing else the client sent goes
+                // but Authorization (stored only when the response says it is shared).
+                let send = keyed
+                    || (!p.opts.lists(h.name) && (rule.is_none() || h.name.eq_ignore_ascii_case("authorization")));
+                if send {
+                    list.push(h.name, h.value);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The client asked to hear from the origin before it sends the body: forward the
+    // expectation when the body may not be here yet (the origin's interim or final answer is
+    // relayed); a sized body already received in full needs no permission. HTTP/1.0 clients'
+    // expectations are ignored (they cannot receive an interim answer).
+    let expect_continue = p.expect_continue
+        && !p.http10
+        && match p.body {
+            BodyKind::Length(n) => body_here < n,
+            BodyKind::Chunked => true,
+            BodyKind::None | BodyKind::UntilClose => false,
+        };
+    if expect_continue {
+        list.push("expect", &b"100-continue"[..]);
+    }
+    let xff: Cow<'_, [u8]> = match inbound_xff {
+        Some(mut v) => {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer_ip.as_bytes());
+            v.into()
+        }
+        None => conn.peer_ip.as_bytes().into(),
+    };
+    list.push("x-forwarded-for", xff);
+    list.push("x-forwarded-proto", &b"http"[..]);
+    if let Some(h) = p.host {
+        list.push("x-forwarded-host", h);
+    }
+    list.push("x-request-id", request_id.as_bytes());
+    if !rec.trace_inbound {
+        rec.trace.trace_id[..8].copy_from_slice(&worker.random().to_be_bytes());
+        rec.trace.trace_id[8..].copy_from_slice(&worker.random().to_be_bytes());
+    }
+    rec.trace.span_id = worker.random().to_be_bytes();
+    expect_continue
+}
+
+/// Phase `request policies`: the route's chain over the global one. `Ok(None)`: the route has
+/// no policies.
+fn request_policies<'a>(
+    worker: &Worker,
+    chains: Layered<'a>,
+    info: &RequestInfo<'_>,
+    list: &mut HeaderList<'a>,
+    rec: &mut Record,
+    early: &mut Early<'_>,
+) -> Step<Option<Context>> {
+    if chains.is_empty() {
+        return Ok(None);
+    }
+    let mut cx = Context::with_skew(worker.policy_state.clone(), worker.clock.skew_ms());
+    if let Verdict::Respond(r) = chains.on_request(info, list, &mut cx) {
+        rec.end = End::Policy;
+        rec.limit = match cx.answered_by {
+            Some("rate_limit") => LimitOutcome::RateLimited,
+            Some("concurrency_limit") => LimitOutcome::ConcurrencyLimited,
+            _ => LimitOutcome::Passed,
+        };
+        early.reply = Some(r);
+        early.cx = Some(cx);
+        return Err(());
+    }
+    Ok(Some(cx))
+}
+
+/// Phase `pick`: the upstream target, by the upstream's balancer.
+fn pick<'g>(
+    worker: &Worker,
+    snapshot: &'g Snapshot,
+    route: &Route,
+    p: &Parsed<'_>,
+    early: &mut Early<'_>,
+) -> Step<(&'g Upstream, SharedLb, usize)> {
+    let upstream = snapshot.upstream(route.upstream);
+    let key = match &upstream.lb {
+        LbKind::ConsistentHash(HashOn::Header(name)) => match header(p, name) {
+            Some(v) => hash64(v),
+            None => ip_hash(p.client_ip),
+        },
+        LbKind::ConsistentHash(HashOn::Ip) => ip_hash(p.client_ip),
+        _ => 0,
+    };
+    let lb = worker.lb_state(upstream);
+    let picked = lb.borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key);
+    match picked {
+        Some(target) => Ok((upstream, lb, target)),
+        None => {
+            early.error = Some(Failure::new(ProxyError::NoTarget, Phase::Pick));
+            Err(())
+        }
+    }
+}
+
+/// The upstream request head, as HTTP/1.1.
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    p: &Parsed<'_>,
+    route: &Route,
+    path: &str,
+    list: &HeaderList<'_>,
+    upstream: &Upstream,
+    target: usize,
+) {
+    push_request_line(out, p.method, route.forward_path(path), p.query);
+    for h in list.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    if !p.host_header_sent {
+        match p.host {
+            Some(h) => push_header(out, b"host", h),
+            None => push_header(out, b"host", upstream.targets[target].to_string().as_bytes()),
+        }
+    }
+    push_framing(out, p.body, b"", false);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The first value of header `name` the client sent.
+fn header<'h>(p: &Parsed<'h>, name: &str) -> Option<&'h [u8]> {
+    p.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+fn ip_hash(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash64(&v4.octets()),
+        IpAddr::V6(v6) => hash64(&v6.octets()),
+    }
+}
+
+/// The client address behind `trusted` proxies: the `trusted`th entry from the right of the
+/// inbound `X-Forwarded-For` list (the one the farthest trusted proxy appended). A shorter
+/// list, or an entry that is not an address (with or without a port), gives the peer.
+fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net::IpAddr {
+    if trusted == 0 {
+        return peer;
+    }
+    let Ok(list) = std::str::from_utf8(xff) else { return peer };
+    let Some(entry) = list.rsplit(',').nth(trusted as usize - 1) else { return peer };
+    let entry = entry.trim();
+    entry
+        .parse::<std::net::IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
+        .unwrap_or(peer)
+}
