@@ -1,5 +1,5 @@
 //! The admin API under `/admin/v1`: resources (`upstreams`, `routes`), the whole document,
-//! revisions and rollback, status. Runs on the admin thread only.
+//! revisions and rollback, status; and `GET /metrics`. Runs on the admin thread only.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 
@@ -10,6 +10,7 @@ use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::ConfigSpec;
 
 use crate::http::{syntax_of, Request, Response};
+use crate::metrics::{self, MetricsSource};
 use crate::parse::{self, DocError, Syntax};
 use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, GLOBAL, ROUTES, UPSTREAMS};
 
@@ -19,6 +20,8 @@ pub struct ApiContext {
     pub version: &'static str,
     /// The node's client connection caps (open and refused connections for the status).
     pub caps: Option<std::sync::Arc<ringway_proxy::ConnectionCaps>>,
+    /// What `GET /metrics` renders.
+    pub metrics: MetricsSource,
     /// Metrics and the access log.
     pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
@@ -85,6 +88,12 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
     if !authorized(ctx, req) {
         return Response::error(401, "unauthorized", "a valid admin token is required (Authorization: Bearer TOKEN)");
     }
+    if req.path == "/metrics" {
+        if !matches!(req.method.as_str(), "GET" | "HEAD") {
+            return Response::error(405, "method_not_allowed", format!("{} is not allowed on /metrics", req.method));
+        }
+        return metrics_page(ctx);
+    }
     let Some(rest) = req.path.strip_prefix("/admin/v1/") else {
         return Response::error(404, "not_found", format!("no admin endpoint at {}", req.path));
     };
@@ -122,9 +131,16 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
     result.unwrap_or_else(err)
 }
 
+/// `GET /metrics` (the metrics listener's requests come here directly: no token there).
+pub fn metrics_page(ctx: &ApiContext) -> Response {
+    let mut out = String::with_capacity(4096);
+    metrics::render(&mut out, &ctx.metrics);
+    Response { status: 200, content_type: metrics::CONTENT_TYPE, body: out.into_bytes() }
+}
+
 /// `PUT` (or with `patch`, a JSON merge patch onto the current value) of the global policies.
 fn put_global(state: &mut AdminState, req: &Request, patch: bool) -> Result<Response, ApiError> {
-    let body: Value = parse_body(req, GLOBAL)?;
+    let body: Value = parse_body(req, GLOBAL, Documents::JsonOnly)?;
     let value = if patch {
         let mut base = serde_json::to_value(&state.spec().global_policies).unwrap_or(Value::Null);
         merge_patch(&mut base, &body);
@@ -242,7 +258,7 @@ fn wants_yaml(req: &Request) -> bool {
 
 fn get_config(state: &AdminState, req: &Request) -> Response {
     if wants_yaml(req) {
-        let body = serde_yaml::to_string(state.spec()).unwrap_or_default().into_bytes();
+        let body = serde_norway::to_string(state.spec()).unwrap_or_default().into_bytes();
         return Response { status: 200, content_type: "application/yaml", body };
     }
     let mut v = serde_json::to_value(state.spec()).unwrap_or(Value::Null);
@@ -251,15 +267,32 @@ fn get_config(state: &AdminState, req: &Request) -> Response {
     Response::json(200, &v)
 }
 
-/// Parses a body into `T` as its content type says (JSON or YAML, both guarded against deep
-/// nesting, YAML also against anchors and aliases), with problems named by their path under
-/// `prefix`.
-fn parse_body<T: DeserializeOwned>(req: &Request, prefix: &str) -> Result<T, ApiError> {
+/// The syntaxes an endpoint takes: YAML only for whole configuration documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Documents {
+    JsonOnly,
+    JsonOrYaml,
+}
+
+/// Parses a body into `T` as its content type says (JSON or, where `accepted` allows it,
+/// YAML; both guarded against deep nesting, YAML also against anchors and aliases), with
+/// problems named by their path under `prefix`.
+fn parse_body<T: DeserializeOwned>(req: &Request, prefix: &str, accepted: Documents) -> Result<T, ApiError> {
+    let syntax = req.header("content-type").and_then(syntax_of).unwrap_or(Syntax::Json);
+    if syntax == Syntax::Yaml && accepted == Documents::JsonOnly {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            format!(
+                "{} {} accepts JSON only (Content-Type: application/json); YAML is accepted for the whole configuration document (PUT /admin/v1/config)",
+                req.method, req.path
+            ),
+        ));
+    }
     let text = std::str::from_utf8(&req.body).map_err(|_| ApiError::new(400, "bad_body", "the body is not UTF-8"))?;
     if text.trim().is_empty() {
         return Err(ApiError::new(400, "bad_body", "the body is empty"));
     }
-    let syntax = req.header("content-type").and_then(syntax_of).unwrap_or(Syntax::Json);
     parse::parse(text, syntax).map_err(|e| match e {
         DocError::Refused(message) => ApiError::new(400, "bad_body", message),
         DocError::Invalid { path: inner, message } => {
@@ -275,7 +308,7 @@ fn parse_body<T: DeserializeOwned>(req: &Request, prefix: &str) -> Result<T, Api
 }
 
 fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiError> {
-    let mut value: Value = parse_body(req, "")?;
+    let mut value: Value = parse_body(req, "", Documents::JsonOrYaml)?;
     if let Some(o) = value.as_object_mut() {
         o.remove("revision");
     }
@@ -381,7 +414,7 @@ fn typed<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
 
 fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: bool) -> Result<Response, ApiError> {
     let prefix = format!("{kind}.{id}");
-    let body: Value = parse_body(req, &prefix)?;
+    let body: Value = parse_body(req, &prefix, Documents::JsonOnly)?;
     let existed = current(state, kind, id);
     let value = if patch {
         let mut base = existed

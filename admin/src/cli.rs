@@ -150,6 +150,12 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub admin_max_conns_per_addr: u16,
 
+    /// A second listener that serves only `GET /metrics` (Prometheus text format), without the
+    /// admin token, for scrapers (the admin listener serves `/metrics` too, under its own
+    /// token and Host rules).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// JSON access log, one line per request: a file path, `stdout`, or `off`. Wins over the
     /// configuration's `access_log` (default: that, else off). SIGHUP reopens the file.
     #[arg(long, value_name = "PATH|stdout|off")]
@@ -180,4 +186,12 @@ pub struct Args {
     /// Check the configuration, print every problem, and exit.
     #[arg(long)]
     pub check: bool,
+}
+
+impl Args {
+    /// The flags of this process's command line; prints help or an error and exits when they
+    /// ask for it or do not parse.
+    pub fn from_env() -> Args {
+        <Args as Parser>::parse()
+    }
 }

@@ -1,5 +1,8 @@
 //! The ringway control plane and composition root: command line, bootstrap configuration,
-//! listeners, worker start-up, signals and drain.
+//! listeners, worker start-up, the admin API, signals and drain.
+//!
+//! [`start`] runs a gateway inside the calling process and answers a [`Handle`] to it; the
+//! `ringway` binary is [`start`] followed by [`Handle::wait`].
 //!
 //! Invariant: nothing here runs on a worker's request path; `proxy` and `policy` never depend
 //! on this crate.
@@ -7,22 +10,32 @@
 pub mod api;
 pub mod bootstrap;
 pub mod cli;
+mod gate;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod parse;
 pub mod serve;
+mod server;
+mod slots;
 pub mod state;
 pub mod telemetry;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+pub use cli::Args;
+pub use serve::{check, start, Handle};
 
-/// Runs the gateway with the process's arguments.
-pub fn main() -> ExitCode {
-    let args = cli::Args::parse();
-    init_logging();
-    match serve::run(args) {
+/// Logs to standard error at the level `RINGWAY_LOG` names (info by default); does nothing
+/// when a logger is already installed.
+pub fn init_logging() {
+    let env = env_logger::Env::default().filter_or("RINGWAY_LOG", "info");
+    let _ = env_logger::Builder::from_env(env).format_target(false).try_init();
+}
+
+/// The exit status for the end of a run: success, or the error printed and status 2.
+pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
@@ -30,9 +43,4 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn init_logging() {
-    let env = env_logger::Env::default().filter_or("RINGWAY_LOG", "info");
-    let _ = env_logger::Builder::from_env(env).format_target(false).try_init();
 }

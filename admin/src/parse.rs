@@ -45,7 +45,7 @@ pub fn parse<T: DeserializeOwned>(text: &str, syntax: Syntax) -> Result<T, DocEr
         }
         Syntax::Yaml => {
             check_yaml(text, MAX_DEPTH).map_err(DocError::Refused)?;
-            let de = serde_yaml::Deserializer::from_str(text);
+            let de = serde_norway::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| invalid(e.path().to_string(), e.into_inner().to_string()))
         }
     }

@@ -1,14 +1,17 @@
 //! Start-up and shutdown: open the store, seed it from a file when asked, compile, bind, start
-//! the workers and the admin API, run the admin thread until a signal, drain.
+//! the workers, the admin thread (which owns the store) and the admin API's HTTP thread; then
+//! run until asked to stop, and drain.
 
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use crossbeam_channel::{select, unbounded};
-use ringway_proxy::{run_worker, Ack, Control, ServerLimits, Snapshot, WorkerSetup};
-use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions};
+use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
+use ringway_proxy::{run_worker, Ack, Control, Invalidate, ServerLimits, Snapshot, WorkerSetup};
+use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions, Workers};
 use ringway_store::{Change, ConfigStore, RocksStore};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -16,7 +19,9 @@ use signal_hook::iterator::Signals;
 use crate::api::{self, AdminToken, ApiContext};
 use crate::bootstrap::load_file;
 use crate::cli::Args;
-use crate::http::{self, AdminLimits, AllowedHosts, Job};
+use crate::http::{AdminLimits, AllowedHosts, Endpoint, Job};
+use crate::metrics::MetricsSource;
+use crate::server::HttpServer;
 use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
 use crate::telemetry::{Telemetry, WorkerTelemetry};
 
@@ -89,13 +94,117 @@ fn admin_token(args: &Args) -> anyhow::Result<Option<String>> {
     Ok(args.admin_token.clone().filter(|t| !t.is_empty()))
 }
 
-/// Runs the gateway until SIGTERM or SIGINT, then drains.
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// `--check`: validates the `--config` file and prints a summary; starts nothing.
+pub fn check(args: &Args) -> anyhow::Result<()> {
+    let Some(path) = &args.config else { bail!("--check needs --config FILE") };
+    let (_, snapshot) = load_file(path, 1).map_err(|e| report(path, e))?;
+    println!("configuration OK: {} upstream(s), {} route(s)", snapshot.upstreams.len(), snapshot.routes.len());
+    Ok(())
+}
+
+/// A running gateway: its workers, the admin thread and the admin API's HTTP thread.
+/// [`Handle::stop`] drains and ends them; dropping the handle does the same.
+pub struct Handle {
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    drain_timeout: Duration,
+    /// Metrics and the access log (SIGHUP reopens its file).
+    telemetry: Arc<Telemetry>,
+    running: Option<Running>,
+}
+
+struct Running {
+    /// Tells the admin thread to drain the workers and end.
+    stop: Sender<()>,
+    admin: JoinHandle<()>,
+    http: HttpServer,
+}
+
+impl Handle {
+    /// Where the data plane listens.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Where the metrics-only listener listens (`--metrics-listen`), if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Drains (in-flight requests get up to `--drain-timeout`), then ends every thread the
+    /// gateway started and waits for them. An error says a thread had panicked.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shut()
+    }
+
+    /// Runs until SIGTERM or SIGINT, then stops as [`Handle::stop`] does. A second signal
+    /// during the drain ends the process at once.
+    pub fn wait(self) -> anyhow::Result<()> {
+        self.wait_ready(|_| Ok(()))
+    }
+
+    /// [`Handle::wait`], calling `ready` once the signals are caught (so that whoever it tells
+    /// the gateway is up may stop it at once), for example to tell a supervisor the addresses.
+    pub fn wait_ready(self, ready: impl FnOnce(&Handle) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+        ready(&self)?;
+        // SIGHUP: logrotate moved the access log away; the next lines go to a new file.
+        let sig = loop {
+            match signals.forever().next() {
+                Some(SIGHUP) => self.telemetry.reopen(),
+                Some(s) => break s,
+                None => break SIGTERM,
+            }
+        };
+        log::info!("signal {sig}");
+        let telemetry = self.telemetry.clone();
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    telemetry.reopen();
+                    continue;
+                }
+                log::warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
+        });
+        self.stop()
+    }
+
+    fn shut(&mut self) -> anyhow::Result<()> {
+        let Some(r) = self.running.take() else { return Ok(()) };
+        log::info!("draining (up to {:?})", self.drain_timeout);
+        let _ = r.stop.send(());
+        let admin = r.admin.join();
+        r.http.stop();
+        if admin.is_err() {
+            bail!("the admin thread panicked");
+        }
+        log::info!("drained");
+        Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut() {
+            log::error!("{e:#}");
+        }
+    }
+}
+
+/// Starts the gateway: opens the store (seeding it from `--config` as the flags say), binds
+/// every listener, starts the workers, the admin thread and the admin API, and answers once
+/// every worker serves the stored configuration.
+pub fn start(args: Args) -> anyhow::Result<Handle> {
     if args.check {
-        let Some(path) = &args.config else { bail!("--check needs --config FILE") };
-        let (_, snapshot) = load_file(path, 1).map_err(|e| report(path, e))?;
-        println!("configuration OK: {} upstream(s), {} route(s)", snapshot.upstreams.len(), snapshot.routes.len());
-        return Ok(());
+        bail!("--check validates a configuration and starts nothing");
     }
     let token = admin_token(&args)?;
     if !args.admin_listen.ip().is_loopback() && token.is_none() {
@@ -103,6 +212,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "the admin API on {} is not loopback: set --admin-token-file, --admin-token or RINGWAY_ADMIN_TOKEN",
             args.admin_listen
         );
+    }
+    if args.body_min_rate > 0 && args.body_grace < Duration::from_secs(1) {
+        bail!("--body-grace must be at least 1s while --body-min-rate is set (0 turns the minimum off)");
     }
     let nofile = ringway_runtime::raise_nofile_limit();
     log::debug!("open-file limit {nofile}");
@@ -118,9 +230,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let snapshot = Arc::new(snapshot);
 
+    // Everything that can fail is done before any thread starts.
     let admin_listener = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("cannot listen for the admin API on {}", args.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    let metrics_listener = match args.metrics_listen {
+        Some(a) => Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen for metrics on {a}"))?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let max_busy = usize::from(args.admin_max_conns);
+    let admin_limits = AdminLimits {
+        max_body: args.admin_max_body,
+        max_busy,
+        max_busy_per_addr: usize::from(args.admin_max_conns_per_addr),
+        max_open: max_busy * 4,
+        request_timeout: args.admin_request_timeout,
+        idle_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(10),
+        hosts: AllowedHosts::new(admin_addr, &args.admin_hosts).map_err(anyhow::Error::msg)?,
+    };
     let (local, listeners) = crate::listen::bind_listeners(args.listen, count)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let limits = ServerLimits {
@@ -137,13 +266,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         trusted_proxies: args.trusted_proxies.clone(),
         log_query: args.access_log_query,
     };
-    if args.body_min_rate > 0 && args.body_grace < Duration::from_secs(1) {
-        bail!("--body-grace must be at least 1s while --body-min-rate is set (0 turns the minimum off)");
-    }
     let caps = Arc::new(ringway_proxy::ConnectionCaps::new(args.max_connections, args.max_connections_per_ip));
     ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
-    let (inv_tx, inv_rx) = unbounded::<ringway_proxy::Invalidate>();
+    let (inv_tx, inv_rx) = unbounded::<Invalidate>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
@@ -212,71 +338,83 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         snapshot.upstreams.len()
     );
 
-    let (job_tx, job_rx) = unbounded::<Job>();
-    let max_busy = usize::from(args.admin_max_conns);
-    let admin_limits = AdminLimits {
-        max_body: args.admin_max_body,
-        max_busy,
-        max_busy_per_addr: usize::from(args.admin_max_conns_per_addr),
-        max_open: max_busy * 4,
-        request_timeout: args.admin_request_timeout,
-        idle_timeout: Duration::from_secs(30),
-        hosts: AllowedHosts::new(admin_addr, &args.admin_hosts).map_err(anyhow::Error::msg)?,
-    };
-    std::thread::Builder::new()
-        .name("ringway-admin-accept".into())
-        .spawn(move || http::serve(admin_listener, job_tx, admin_limits))
-        .context("cannot start the admin API")?;
-    log::info!("admin listening on {admin_addr} (token {})", if token.is_some() { "required" } else { "not set" });
-
-    let (sig_tx, sig_rx) = unbounded::<i32>();
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
-    let on_hup = telemetry.clone();
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if sig == SIGHUP {
-                // logrotate moved the file away: the next lines go to a new one.
-                on_hup.reopen();
-                continue;
-            }
-            if sig_tx.send(sig).is_err() {
-                log::warn!("second signal: exiting without waiting for the drain");
-                std::process::exit(1);
-            }
-        }
-    });
-
-    let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
+    let state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
     let ctx = ApiContext {
-        token: token.map(|t| AdminToken::new(t.as_bytes())),
+        token: token.as_ref().map(|t| AdminToken::new(t.as_bytes())),
         version: env!("CARGO_PKG_VERSION"),
         caps: Some(caps),
         telemetry: Some(telemetry.clone()),
+        metrics: MetricsSource::new(Some(telemetry.clone())),
     };
-    let sig = loop {
-        select! {
-            recv(job_rx) -> job => {
-                let Ok((req, reply)) = job else { continue };
-                let resp = api::handle(&mut state, &ctx, &req);
-                if let Err(e) = telemetry.configure(state.snapshot().access_log.as_ref()) {
-                    log::error!("access log: {e}");
-                }
-                let _ = reply.send(resp);
-            }
-            recv(inv_rx) -> inv => {
-                // What is queued goes out together: one batch per worker, each path once.
-                if let Ok(first) = inv {
-                    state.relay_invalidations(crate::state::coalesce(first, &inv_rx));
-                }
-            }
-            recv(sig_rx) -> sig => break sig.unwrap_or(SIGTERM),
+    let (job_tx, job_rx) = unbounded::<Job>();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let drain_timeout = args.drain_timeout;
+    let admin = std::thread::Builder::new()
+        .name("ringway-admin".into())
+        .spawn(move || admin_thread(state, ctx, job_rx, inv_rx, stop_rx, workers, drain_timeout))
+        .context("cannot start the admin thread")?;
+    let http = match HttpServer::start(admin_listener, metrics_listener, job_tx, admin_limits) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = admin.join();
+            return Err(e);
         }
     };
-    drop(sig_rx);
-    log::info!("signal {sig}: draining (up to {:?})", args.drain_timeout);
-    state.drain(args.drain_timeout);
+    log::info!("admin listening on {admin_addr} (token {})", if token.is_some() { "required" } else { "not set" });
+    if let Some(m) = metrics_addr {
+        log::info!("metrics listening on {m} (GET /metrics, no token)");
+    }
+    Ok(Handle {
+        data_addr: local,
+        admin_addr,
+        metrics_addr,
+        drain_timeout,
+        telemetry,
+        running: Some(Running { stop: stop_tx, admin, http }),
+    })
+}
+
+/// The admin thread: answers admin requests and relays cache invalidations until told to
+/// stop, then drains the workers and waits for them.
+fn admin_thread(
+    mut state: AdminState,
+    ctx: ApiContext,
+    mut jobs: Receiver<Job>,
+    mut invalidations: Receiver<Invalidate>,
+    stop: Receiver<()>,
+    workers: Workers,
+    drain_timeout: Duration,
+) {
+    loop {
+        select! {
+            recv(jobs) -> job => {
+                // Every sender gone (the HTTP thread ended): nothing more will come.
+                let Ok(job) = job else { jobs = never(); continue };
+                let resp = match job.endpoint {
+                    Endpoint::Api => api::handle(&mut state, &ctx, &job.request),
+                    Endpoint::Metrics => api::metrics_page(&ctx),
+                };
+                if let Some(Err(e)) = ctx.telemetry.as_ref().map(|t| t.configure(state.snapshot().access_log.as_ref())) {
+                    log::error!("access log: {e}");
+                }
+                let _ = job.reply.send(resp);
+            }
+            recv(invalidations) -> inv => {
+                // What is queued goes out together: one batch per worker, each path once.
+                match inv {
+                    Ok(first) => state.relay_invalidations(crate::state::coalesce(first, &invalidations)),
+                    Err(_) => invalidations = never(),
+                }
+            }
+            recv(stop) -> _ => break,
+        }
+    }
+    // Requests still queued, and those to come, are answered 503 by the HTTP thread.
+    drop(jobs);
+    state.drain(drain_timeout);
     workers.join();
-    telemetry.stop();
-    log::info!("drained; exiting");
-    Ok(())
+    if let Some(t) = &ctx.telemetry {
+        t.stop();
+    }
 }

@@ -1,11 +1,12 @@
-//! The gateway process.
+//! The gateway process. It tells its bound addresses in a JSON file whose path the harness
+//! passes in `RINGWAY_TEST_ADDRESSES` (see `src/bin/gateway.rs`); its log is kept for the
+//! tests to read.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The metrics-only listener, when started with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     pub dir: PathBuf,
     /// Keep `dir` when dropped (for a restart on the same data).
@@ -92,16 +95,19 @@ impl Gateway {
             args.extend(["--workers".into(), "2".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        let addresses = dir.join("addresses.json");
+        let _ = std::fs::remove_file(&addresses);
         let mut child = Command::new(binary())
             .args(&args)
             .env("RINGWAY_LOG", "info")
+            .env("RINGWAY_TEST_ADDRESSES", &addresses)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gateway");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
+        let mut readers = Vec::new();
         for pipe in [
             child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
             child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
@@ -110,45 +116,30 @@ impl Gateway {
         .flatten()
         {
             let log = log.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
+                    log.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        drop(tx);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut addr: Option<SocketAddr> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("admin listening on ").nth(1) {
-                        let admin = rest.split_whitespace().next().unwrap_or("").parse().expect("admin address in log");
-                        let addr = addr.expect("the data-plane address is logged first");
-                        return Ok(Gateway { child, addr, admin, log, dir, keep_dir: false });
-                    } else if let Some(rest) = line.split("listening on ").nth(1) {
-                        addr = Some(rest.split_whitespace().next().unwrap_or("").parse().expect("address in log"));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        std::thread::sleep(Duration::from_millis(100));
-                        return Err((Some(status), log.lock().unwrap().join("\n")));
-                    }
-                    if Instant::now() >= deadline {
-                        let _ = child.kill();
-                        return Err((None, log.lock().unwrap().join("\n")));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = child.wait().ok();
-                    std::thread::sleep(Duration::from_millis(100));
-                    return Err((status, log.lock().unwrap().join("\n")));
-                }
+            if let Some((addr, admin, metrics)) = read_addresses(&addresses) {
+                return Ok(Gateway { child, addr, admin, metrics, log, dir, keep_dir: false });
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                // The whole log: the pipes close when the process ends.
+                for r in readers {
+                    let _ = r.join();
+                }
+                return Err((Some(status), log.lock().unwrap().join("\n")));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err((None, log.lock().unwrap().join("\n")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -209,6 +200,14 @@ impl Gateway {
         }
         None
     }
+}
+
+/// The addresses a started gateway wrote: (data plane, admin API, metrics listener).
+fn read_addresses(path: &Path) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the address file is JSON");
+    let addr = |k: &str| v[k].as_str().map(|a| a.parse::<SocketAddr>().expect("an address"));
+    Some((addr("data")?, addr("admin")?, addr("metrics")))
 }
 
 impl Drop for Gateway {

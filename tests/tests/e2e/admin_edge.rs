@@ -70,8 +70,8 @@ fn admin_bodies_refuse_yaml_aliases_and_deep_nesting_fast() {
     let t = Instant::now();
     let v = refused(&call(&gw, "PUT", "/admin/v1/config", &yaml, laughs.as_bytes()), 400, "bad_body");
     assert!(v["message"].as_str().unwrap().contains("anchors"), "{v}");
-    let v =
-        refused(&call(&gw, "PUT", "/admin/v1/routes/r", &yaml, b"paths: [\"/*\"]\nupstream: *u\n"), 400, "bad_body");
+    let aliased = b"routes:\n  r:\n    paths: [\"/*\"]\n    upstream: *u\n";
+    let v = refused(&call(&gw, "PUT", "/admin/v1/config", &yaml, aliased), 400, "bad_body");
     assert!(v["message"].as_str().unwrap().contains("aliases"), "{v}");
 
     // 20,000 levels of nesting, as YAML and as JSON: refused by the pre-scan, fast.
@@ -108,7 +108,7 @@ fn admin_bodies_refuse_yaml_aliases_and_deep_nesting_fast() {
     // Nothing accepted was lost; the admin thread and the data plane still answer.
     assert_eq!(revision(&gw), 2);
     assert_eq!(Client::connect(gw.addr).get("/ok").text(), "a GET /ok");
-    let r = call(&gw, "PUT", "/admin/v1/routes/r2", &yaml, b"paths: [\"/b/*\"]\nupstream: u\n");
+    let r = call(&gw, "PUT", "/admin/v1/routes/r2", &json_ct, br#"{"paths": ["/b/*"], "upstream": "u"}"#);
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
@@ -141,7 +141,7 @@ fn admin_yaml_bodies_with_line_breaks_the_guard_cannot_see_are_refused_fast() {
     assert!(t.elapsed() < Duration::from_secs(3), "refusals took {:?}", t.elapsed());
     assert_eq!(revision(&gw), 0, "a refused body changed the configuration");
     // CRLF line breaks are fine.
-    let r = call(&gw, "PUT", "/admin/v1/global_policies", &yaml, b"{}\r\n");
+    let r = call(&gw, "PUT", "/admin/v1/config", &yaml, b"upstreams: {}\r\nroutes: {}\r\n");
     assert_eq!(r.status, 200, "{}", r.text());
 }
 

@@ -4,6 +4,9 @@
 mod access_log;
 mod admin;
 mod admin_edge;
+mod admin_http;
+mod admin_lib;
+mod admin_metrics;
 mod bodies;
 mod cache;
 mod framing;
