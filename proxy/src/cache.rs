@@ -22,8 +22,8 @@ use quick_cache::unsync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::event::LocalEvent;
 use crate::h1::head::{classify, Known};
-use crate::worker::LocalEvent;
 
 /// Header fields as stored: name and value.
 pub type StoredHeaders = Vec<(Box<str>, Box<[u8]>)>;

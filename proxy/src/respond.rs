@@ -230,7 +230,7 @@ pub fn encode_cached(
     head_only: bool,
     chain: Layered<'_>,
     extras: Option<&ResponseExtras>,
-    spares: &crate::worker::Spares,
+    spares: &crate::spares::Spares,
 ) {
     let mut headers = spares.headers();
     for (n, v) in &stored.headers {

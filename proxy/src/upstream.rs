@@ -8,14 +8,13 @@ use crate::stream::Stream;
 use monoio::time::Instant;
 use ringway_policy::{Layered, ResponseExtras, ResponseInfo};
 
-use crate::forward::MAX_HEADERS;
 use crate::h1::framing::coding_bit;
-use crate::h1::head::{classify, BodyKind, Known};
+use crate::h1::head::{classify, BodyKind, Known, MAX_HEADERS};
 use crate::h1::response;
 use crate::h1::write::{push_framing, push_header, push_status_line, reason};
 use crate::io::read_more;
 use crate::respond::ProxyError;
-use crate::worker::Spares;
+use crate::spares::Spares;
 
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;

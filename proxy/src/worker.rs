@@ -1,21 +1,18 @@
-//! The per-core worker: its replica of the configuration, balancing state and pools, the
-//! accept loop, and the control loop that swaps snapshots and drains.
+//! The per-core worker's state: its replica of the configuration, balancing state, pools, cache
+//! partition, counters and clock, and the orders it takes from the control thread. Running it
+//! (accept loop, sweeper, control loop) is [`crate::run`]'s.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::net::TcpListener;
-
 use monoio::time::Instant;
-use ringway_runtime::{Mailbox, WorkerContext};
+use ringway_runtime::WorkerContext;
 use std::os::fd::AsRawFd;
 
-use ringway_policy::{HeaderList, WorkerPolicyState};
+use ringway_policy::WorkerPolicyState;
 
 use crate::access_log::LogQueue;
 use crate::admission::ConnectionCaps;
@@ -25,6 +22,7 @@ use crate::lb::LbState;
 use crate::metrics::{LocalSeries, WorkerMetrics};
 use crate::pool::Pool;
 use crate::snapshot::{Snapshot, Upstream};
+use crate::spares::Spares;
 use crate::stream::Stream;
 
 /// Server-wide limits; every one has a safe default.
@@ -145,59 +143,6 @@ pub struct Generation {
     pub snapshot: Arc<Snapshot>,
 }
 
-/// Buffers and header lists handed back by finished requests, so the next request reuses
-/// their allocations instead of making new ones.
-#[derive(Default)]
-pub struct Spares {
-    headers: RefCell<Vec<HeaderList<'static>>>,
-    bufs: RefCell<Vec<Vec<u8>>>,
-}
-
-/// Spares kept per kind; more than the requests in flight at once is waste.
-const MAX_SPARES: usize = 256;
-/// Buffers larger than this are freed rather than kept.
-const MAX_SPARE_BUF: usize = 256 * 1024;
-
-impl Spares {
-    /// An empty header list, with the capacity of an earlier one when there is one.
-    #[inline]
-    pub fn headers<'a>(&self) -> HeaderList<'a> {
-        match self.headers.borrow_mut().pop() {
-            Some(h) => h.recycle(),
-            None => HeaderList::with_capacity(32),
-        }
-    }
-
-    #[inline]
-    pub fn give_headers(&self, h: HeaderList<'_>) {
-        let mut all = self.headers.borrow_mut();
-        if all.len() < MAX_SPARES {
-            all.push(h.recycle());
-        }
-    }
-
-    /// An empty buffer of at least `capacity` bytes.
-    #[inline]
-    pub fn buf(&self, capacity: usize) -> Vec<u8> {
-        match self.bufs.borrow_mut().pop() {
-            Some(mut b) => {
-                b.reserve(capacity);
-                b
-            }
-            None => Vec::with_capacity(capacity),
-        }
-    }
-
-    #[inline]
-    pub fn give_buf(&self, mut b: Vec<u8>) {
-        let mut all = self.bufs.borrow_mut();
-        if all.len() < MAX_SPARES && b.capacity() <= MAX_SPARE_BUF {
-            b.clear();
-            all.push(b);
-        }
-    }
-}
-
 /// Per-worker counters, read by the status API and tests.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -232,7 +177,7 @@ pub struct Worker {
     /// sweeper ends those past it.
     watched: RefCell<FdSlots<Instant>>,
     /// A clock read once a second by the sweeper: deadlines a second coarse cost no clock read.
-    coarse_now: Cell<Instant>,
+    pub(crate) coarse_now: Cell<Instant>,
     request_seq: Cell<u64>,
     id_prefix: u64,
     /// State of the generator of trace and span ids.
@@ -396,7 +341,7 @@ impl Worker {
 
     /// Ends the watched writes past their deadline: their sockets are shut down, so the write
     /// fails and the connection closes.
-    fn expire_writes(&self, now: Instant) {
+    pub(crate) fn expire_writes(&self, now: Instant) {
         for (fd, deadline) in self.watched.borrow_mut().live() {
             if *deadline <= now {
                 // SAFETY: the fd belongs to a connection task of this worker that is inside
@@ -420,7 +365,7 @@ impl Worker {
     }
 
     /// Ends every idle connection's wait: their pending reads see end-of-stream.
-    fn wake_idle(&self) {
+    pub(crate) fn wake_idle(&self) {
         for &mut (fd, ()) in self.idle.borrow_mut().live() {
             // SAFETY: the fd belongs to a live connection task of this worker (slots are
             // cleared before a connection closes); shutting down its read side is harmless.
@@ -428,229 +373,5 @@ impl Worker {
                 libc::shutdown(fd, libc::SHUT_RD);
             }
         }
-    }
-}
-
-/// A one-shot event local to a worker.
-#[derive(Default)]
-pub struct LocalEvent {
-    fired: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl LocalEvent {
-    pub fn fire(&self) {
-        self.fired.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    /// Waits until fired; any number of tasks may wait.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.fired.get() {
-                Poll::Ready(())
-            } else {
-                let mut w = self.wakers.borrow_mut();
-                if !w.iter().any(|x| x.will_wake(cx.waker())) {
-                    w.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEvent>) {
-    loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let trusted = worker.limits.trusts(peer.ip());
-                let Some(admitted) = worker.caps.admit(peer.ip(), !trusted) else {
-                    // Over a connection cap: closed at once, before any byte is read.
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                worker.active.set(worker.active.get() + 1);
-                worker.metrics.gauges.open_connections.set(worker.active.get() as u64);
-                worker.counters.connections.set(worker.counters.connections.get() + 1);
-                let w = worker.clone();
-                monoio::spawn(async move {
-                    // A bug that panics while serving one connection closes that connection,
-                    // not the worker and every other connection on it.
-                    if CatchPanic(crate::conn::serve(&w, Stream::from(stream), peer, trusted)).await.is_err() {
-                        log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
-                    }
-                    w.caps.release(admitted);
-                    w.active.set(w.active.get() - 1);
-                    w.metrics.gauges.open_connections.set(w.active.get() as u64);
-                });
-            }
-            Err(e) => {
-                log::warn!("worker {}: accept failed: {e}", worker.ctx.id);
-                // Out of descriptors or similar: back off instead of spinning.
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-async fn sweeper(worker: Rc<Worker>) {
-    loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
-        let now = Instant::now();
-        worker.coarse_now.set(now);
-        worker.expire_writes(now);
-        // Every second: idle upstream connections the origin closed or spoke on go at once.
-        worker.pool.borrow_mut().sweep(now);
-    }
-}
-
-/// Polls a future, turning a panic inside it into `Err` (the panic message is printed by the
-/// panic hook as usual).
-struct CatchPanic<F>(F);
-
-impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning; the inner future is never moved out of `self`.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(Err(())),
-        }
-    }
-}
-
-/// Everything a worker is started with.
-pub struct WorkerSetup {
-    pub listener: std::net::TcpListener,
-    pub mailbox: Mailbox<Control>,
-    pub snapshot: Arc<Snapshot>,
-    pub limits: ServerLimits,
-    pub acks: crossbeam_channel::Sender<Ack>,
-    pub seed: u64,
-    /// How many workers the gateway runs (node-wide limits size their leases by it).
-    pub workers: usize,
-    /// This worker's share of the response cache, in bytes.
-    pub cache_bytes: u64,
-    /// Rate-limit keys this worker tracks at most.
-    pub limit_keys: usize,
-    /// Where invalidations for the other workers go (the control thread relays them).
-    pub invalidations: crossbeam_channel::Sender<Invalidate>,
-    /// The node's connection caps.
-    pub caps: Arc<ConnectionCaps>,
-    /// This worker's counters, read by the admin thread.
-    pub metrics: WorkerMetrics,
-    /// This worker's access-log queue.
-    pub log: Option<LogQueue>,
-    /// The gateway's clock (movable only in a gateway started for tests).
-    pub clock: Clock,
-}
-
-/// Runs one worker until it is drained (or its control channel closes).
-pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
-    let WorkerSetup {
-        listener,
-        mailbox,
-        snapshot,
-        limits,
-        acks,
-        seed,
-        workers,
-        cache_bytes,
-        limit_keys,
-        invalidations,
-        caps,
-        metrics,
-        log,
-        clock,
-    } = setup;
-    let revision = snapshot.revision;
-    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
-    worker.invalidations = Some(invalidations);
-    worker.metrics = metrics;
-    worker.metrics.gauges.revision.set(revision);
-    worker.log = log;
-    worker.clock = clock;
-    let worker = Rc::new(worker);
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("worker {}: cannot adopt listener: {e}", ctx.id);
-            return;
-        }
-    };
-    let stop = Rc::new(LocalEvent::default());
-    monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
-    monoio::spawn(sweeper(worker.clone()));
-    let ack = |revision: u64, purged: u64, removed: usize| Ack {
-        worker: ctx.id,
-        revision,
-        purged,
-        removed,
-        rate_limit_keys: worker.policy_state.borrow().limits.tracked_keys(),
-        cache_entries: worker.cache.borrow().len(),
-    };
-    let _ = acks.send(ack(revision, 0, 0));
-    let mut purged = 0;
-    let drain = loop {
-        let Some(first) = mailbox.recv().await else { break Duration::ZERO };
-        // Take everything queued: of the snapshots only the newest is applied (latest wins);
-        // every purge is done.
-        let mut newest = None;
-        let mut drain_to = None;
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Control::Apply(s) => newest = Some(s),
-                // Orders queued behind a drain are still answered.
-                Control::Drain(t) => drain_to = Some(t),
-                Control::Purge(p) => {
-                    let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
-                    purged = p.id;
-                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, removed));
-                }
-                Control::Invalidate(batch) => {
-                    let mut cache = worker.cache.borrow_mut();
-                    for inv in batch.iter().filter(|i| i.from != ctx.id) {
-                        cache.invalidate(&inv.route, &inv.path);
-                    }
-                }
-                Control::Report(id) => {
-                    purged = id;
-                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, 0));
-                }
-            }
-            next = mailbox.try_recv();
-        }
-        if let Some(s) = newest {
-            let rev = s.revision;
-            worker.apply(s);
-            let _ = acks.send(ack(rev, purged, 0));
-        }
-        if let Some(t) = drain_to {
-            break t;
-        }
-    };
-    worker.draining.set(true);
-    stop.fire();
-    worker.wake_idle();
-    let deadline = Instant::now() + drain;
-    while worker.active.get() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-        worker.wake_idle();
-    }
-    if worker.active.get() > 0 {
-        log::warn!("worker {}: drain timeout with {} connection(s) open", ctx.id, worker.active.get());
     }
 }

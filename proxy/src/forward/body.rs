@@ -9,11 +9,11 @@ use crate::stream::Stream;
 use monoio::time::Instant;
 
 use super::Plan;
-use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::write::encode_chunk;
 use crate::io::{read_more, write_all, write_range};
 use crate::respond::ProxyError;
+use crate::session::Conn;
 use crate::worker::Worker;
 
 /// How far the request body has come.

@@ -10,12 +10,13 @@ use ringway_policy::{HeaderList, Layered};
 
 use super::{CachePlan, Plan, MAX_HEADERS};
 use crate::cache::Stored;
-use crate::conn::Conn;
+use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
 use crate::io::write_all;
 use crate::record::{CacheStatus, Record};
 use crate::respond::encode_cached;
-use crate::worker::{LocalEvent, Worker};
+use crate::session::Conn;
+use crate::worker::Worker;
 
 /// The names of the header fields a cacheable request sent upstream that are not part of its
 /// cache key (Authorization, the proxy's own per-request fields, fields the policies added):

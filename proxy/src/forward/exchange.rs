@@ -13,7 +13,6 @@ use monoio::time::Instant;
 use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
 use super::cached::{self, serve_stale, usable_stale};
 use super::Plan;
-use crate::conn::Conn;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::BodyKind;
 use crate::h1::write::encode_chunk;
@@ -21,6 +20,7 @@ use crate::io::{linger, read_more, write_all, write_all_untimed, write_range};
 use crate::lb::LbKind;
 use crate::record::End;
 use crate::respond::{encode_reply, Failure, Phase, ProxyError, Source};
+use crate::session::Conn;
 use crate::upstream::{encode_response, read_response, ClientSide};
 use crate::worker::Worker;
 

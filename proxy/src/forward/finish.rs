@@ -7,8 +7,8 @@
 use monoio::time::Instant;
 
 use crate::access_log::Entry;
-use crate::conn::Conn;
 use crate::respond::ProxyError;
+use crate::session::Conn;
 use crate::snapshot::{Route, Upstream};
 use crate::worker::Worker;
 

@@ -24,17 +24,17 @@ use self::exchange::exchange;
 use self::finish::finish;
 pub use self::finish::finish_unparsed;
 use crate::cache::Stored;
-use crate::conn::Conn;
+use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
 use crate::io::{linger, write_all};
 pub use crate::record::RequestId;
 use crate::record::{CacheStatus, End, Record};
 use crate::respond::{encode_reply, fate, Failure, Fate, Phase, ProxyError};
+use crate::session::Conn;
 use crate::snapshot::{Route, Upstream};
-use crate::worker::{LocalEvent, SharedLb, Worker};
+use crate::worker::{SharedLb, Worker};
 
-/// Most header fields parsed; `ServerLimits::max_headers` may set a lower cap.
-pub const MAX_HEADERS: usize = 128;
+pub use crate::h1::head::MAX_HEADERS;
 
 /// What `prepare` decided for a request that goes upstream.
 struct Plan<'g> {

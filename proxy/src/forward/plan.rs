@@ -11,7 +11,6 @@ use ringway_policy::{Context, HeaderList, Layered, RequestInfo, Verdict};
 
 use super::cached;
 use super::{Early, Plan, MAX_HEADERS};
-use crate::conn::Conn;
 use crate::h1::head::{classify, host_without_port, BodyKind, ConnectionOptions, HeadError, Known};
 use crate::h1::path::{canonical, parse_target, routing_key, Target};
 use crate::h1::request;
@@ -19,6 +18,7 @@ use crate::h1::write::{push_framing, push_header, push_request_line};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::record::{method_index, End, LimitOutcome, Record, RequestId, RequestText, Trace};
 use crate::respond::{Failure, Phase, ProxyError};
+use crate::session::Conn;
 use crate::snapshot::{Route, Snapshot, Upstream};
 use crate::worker::{Generation, SharedLb, Worker};
 

@@ -4,6 +4,9 @@
 //!
 //! Hot path: runs once per request and once per upstream response; allocation-free.
 
+/// Most header fields parsed in a head; `ServerLimits::max_headers` may set a lower cap.
+pub const MAX_HEADERS: usize = 128;
+
 /// How a message body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {

@@ -1,0 +1,213 @@
+//! Running a worker: its accept loop, its sweeper, and the control loop that swaps snapshots,
+//! answers the control thread and drains. The top of the data plane: it starts connections
+//! ([`crate::conn`]) on a [`Worker`]'s state.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use monoio::time::Instant;
+use ringway_runtime::{Mailbox, WorkerContext};
+
+use crate::access_log::LogQueue;
+use crate::admission::ConnectionCaps;
+use crate::clock::Clock;
+use crate::event::LocalEvent;
+use crate::metrics::WorkerMetrics;
+use crate::snapshot::Snapshot;
+use crate::stream::Stream;
+use crate::worker::{Ack, Control, Invalidate, ServerLimits, Worker};
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEvent>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let trusted = worker.limits.trusts(peer.ip());
+                let Some(admitted) = worker.caps.admit(peer.ip(), !trusted) else {
+                    // Over a connection cap: closed at once, before any byte is read.
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                worker.active.set(worker.active.get() + 1);
+                worker.metrics.gauges.open_connections.set(worker.active.get() as u64);
+                worker.counters.connections.set(worker.counters.connections.get() + 1);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    // A bug that panics while serving one connection closes that connection,
+                    // not the worker and every other connection on it.
+                    if CatchPanic(crate::conn::serve(&w, Stream::from(stream), peer, trusted)).await.is_err() {
+                        log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
+                    }
+                    w.caps.release(admitted);
+                    w.active.set(w.active.get() - 1);
+                    w.metrics.gauges.open_connections.set(w.active.get() as u64);
+                });
+            }
+            Err(e) => {
+                log::warn!("worker {}: accept failed: {e}", worker.ctx.id);
+                // Out of descriptors or similar: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn sweeper(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        worker.coarse_now.set(now);
+        worker.expire_writes(now);
+        // Every second: idle upstream connections the origin closed or spoke on go at once.
+        worker.pool.borrow_mut().sweep(now);
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err` (the panic message is printed by the
+/// panic hook as usual).
+struct CatchPanic<F>(F);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning; the inner future is never moved out of `self`.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// Everything a worker is started with.
+pub struct WorkerSetup {
+    pub listener: std::net::TcpListener,
+    pub mailbox: Mailbox<Control>,
+    pub snapshot: Arc<Snapshot>,
+    pub limits: ServerLimits,
+    pub acks: crossbeam_channel::Sender<Ack>,
+    pub seed: u64,
+    /// How many workers the gateway runs (node-wide limits size their leases by it).
+    pub workers: usize,
+    /// This worker's share of the response cache, in bytes.
+    pub cache_bytes: u64,
+    /// Rate-limit keys this worker tracks at most.
+    pub limit_keys: usize,
+    /// Where invalidations for the other workers go (the control thread relays them).
+    pub invalidations: crossbeam_channel::Sender<Invalidate>,
+    /// The node's connection caps.
+    pub caps: Arc<ConnectionCaps>,
+    /// This worker's counters, read by the admin thread.
+    pub metrics: WorkerMetrics,
+    /// This worker's access-log queue.
+    pub log: Option<LogQueue>,
+    /// The gateway's clock (movable only in a gateway started for tests).
+    pub clock: Clock,
+}
+
+/// Runs one worker until it is drained (or its control channel closes).
+pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
+    let WorkerSetup {
+        listener,
+        mailbox,
+        snapshot,
+        limits,
+        acks,
+        seed,
+        workers,
+        cache_bytes,
+        limit_keys,
+        invalidations,
+        caps,
+        metrics,
+        log,
+        clock,
+    } = setup;
+    let revision = snapshot.revision;
+    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
+    worker.invalidations = Some(invalidations);
+    worker.metrics = metrics;
+    worker.metrics.gauges.revision.set(revision);
+    worker.log = log;
+    worker.clock = clock;
+    let worker = Rc::new(worker);
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("worker {}: cannot adopt listener: {e}", ctx.id);
+            return;
+        }
+    };
+    let stop = Rc::new(LocalEvent::default());
+    monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
+    monoio::spawn(sweeper(worker.clone()));
+    let ack = |revision: u64, purged: u64, removed: usize| Ack {
+        worker: ctx.id,
+        revision,
+        purged,
+        removed,
+        rate_limit_keys: worker.policy_state.borrow().limits.tracked_keys(),
+        cache_entries: worker.cache.borrow().len(),
+    };
+    let _ = acks.send(ack(revision, 0, 0));
+    let mut purged = 0;
+    let drain = loop {
+        let Some(first) = mailbox.recv().await else { break Duration::ZERO };
+        // Take everything queued: of the snapshots only the newest is applied (latest wins);
+        // every purge is done.
+        let mut newest = None;
+        let mut drain_to = None;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Control::Apply(s) => newest = Some(s),
+                // Orders queued behind a drain are still answered.
+                Control::Drain(t) => drain_to = Some(t),
+                Control::Purge(p) => {
+                    let removed = worker.cache.borrow_mut().purge(&p.route, p.path.as_deref(), p.prefix.as_deref());
+                    purged = p.id;
+                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, removed));
+                }
+                Control::Invalidate(batch) => {
+                    let mut cache = worker.cache.borrow_mut();
+                    for inv in batch.iter().filter(|i| i.from != ctx.id) {
+                        cache.invalidate(&inv.route, &inv.path);
+                    }
+                }
+                Control::Report(id) => {
+                    purged = id;
+                    let _ = acks.send(ack(worker.generation().snapshot.revision, purged, 0));
+                }
+            }
+            next = mailbox.try_recv();
+        }
+        if let Some(s) = newest {
+            let rev = s.revision;
+            worker.apply(s);
+            let _ = acks.send(ack(rev, purged, 0));
+        }
+        if let Some(t) = drain_to {
+            break t;
+        }
+    };
+    worker.draining.set(true);
+    stop.fire();
+    worker.wake_idle();
+    let deadline = Instant::now() + drain;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+        worker.wake_idle();
+    }
+    if worker.active.get() > 0 {
+        log::warn!("worker {}: drain timeout with {} connection(s) open", ctx.id, worker.active.get());
+    }
+}
