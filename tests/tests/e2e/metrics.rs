@@ -111,6 +111,23 @@ fn scrape(gw: &Gateway) -> Scrape {
     parse(&r.text())
 }
 
+/// `promtool check metrics` (Prometheus' own linter; `.ci/run` installs it) accepts `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: bash .ci/run installs it");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
+}
+
 #[test]
 fn scraped_counts_match_the_requests_sent_exactly() {
     let up = Upstream::start("u", |r| match r.target.as_str() {
@@ -223,6 +240,7 @@ fn scraped_counts_match_the_requests_sent_exactly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(three);
+    promtool_accepts(&gw.admin("GET", "/metrics", None).text());
     assert_eq!(s.types["ringway_requests_total"], "counter");
     assert_eq!(s.types["ringway_request_duration_seconds"], "histogram");
     assert_eq!(s.types["ringway_open_connections"], "gauge");
@@ -235,6 +253,12 @@ fn clients_cannot_add_series() {
     let series = |gw: &Gateway| scrape(gw).samples.len();
     let mut c = Client::connect(gw.addr);
     assert_eq!(c.get("/warm").status, 200);
+    // The first request made the route's and the upstream's series once it was counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&gw).sum("ringway_requests_total", &[]) < 1.0 {
+        assert!(Instant::now() < deadline, "the first request was never counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let warm = series(&gw);
     for i in 0..200 {
         let path = format!("/p{i}?q={i}");
@@ -242,6 +266,11 @@ fn clients_cannot_add_series() {
         let id = format!("id-{i}");
         let r = c.request("GET", &path, &[("Host", host.as_str()), ("X-Request-Id", id.as_str())], b"");
         assert_eq!(r.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&gw).sum("ringway_requests_total", &[]) < 201.0 {
+        assert!(Instant::now() < deadline, "not every request was counted");
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(series(&gw), warm, "paths, hosts and header values never become labels");
 }
