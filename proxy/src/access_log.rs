@@ -241,17 +241,63 @@ pub struct Entry<'a> {
 /// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
 /// ASCII are escaped, so any input gives valid JSON.
 fn push_str(out: &mut Vec<u8>, v: &[u8]) {
+    let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
     out.push(b'"');
-    for &b in v {
-        match b {
+    let mut rest = v;
+    // Runs of plain bytes are copied whole; only the rare byte that needs escaping is written
+    // on its own.
+    while let Some(i) = rest.iter().position(|b| !plain(b)) {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
-            _ => {
+            b => {
                 out.extend_from_slice(b"\\u00");
                 push_hex(out, &[b]);
             }
         }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// Appends an IP address: IPv4 by hand (the common case, without the formatter), IPv6 through
+/// `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let mut buf = [0u8; 64];
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cur, "{v6}");
+            let n = cur.position() as usize;
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// Appends a quoted address: `ip` or `ip:port` (`[ip]:port` for IPv6).
+fn push_addr(out: &mut Vec<u8>, ip: IpAddr, port: Option<u16>) {
+    out.push(b'"');
+    match (ip, port) {
+        (IpAddr::V6(_), Some(_)) => {
+            out.push(b'[');
+            push_ip(out, ip);
+            out.push(b']');
+        }
+        _ => push_ip(out, ip),
+    }
+    if let Some(p) = port {
+        out.push(b':');
+        push_u64(out, u64::from(p));
     }
     out.push(b'"');
 }
@@ -280,17 +326,6 @@ fn push_opt_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
         Some(v) => push_str(out, v),
         None => out.extend_from_slice(b"null"),
     }
-}
-
-/// Appends a displayable value (addresses) formatted on the stack.
-fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
-    let mut buf = [0u8; 64];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{v}");
-    let n = cur.position() as usize;
-    out.push(b'"');
-    out.extend_from_slice(&buf[..n]);
-    out.push(b'"');
 }
 
 /// Appends `unix_ms` as RFC 3339 UTC with milliseconds.
@@ -342,7 +377,7 @@ impl Entry<'_> {
         push_opt_str(out, self.upstream.map(str::as_bytes));
         out.extend_from_slice(b",\"target\":");
         match self.target {
-            Some(t) => push_display(out, t),
+            Some(t) => push_addr(out, t.ip(), Some(t.port())),
             None => out.extend_from_slice(b"null"),
         }
         let (method, host, path) = match self.text {
@@ -402,7 +437,7 @@ impl Entry<'_> {
         out.extend_from_slice(b",\"client_ip\":");
         match r.client_ip {
             IpAddr::V4(v) if v.is_unspecified() => out.extend_from_slice(b"null"),
-            ip => push_display(out, ip),
+            ip => push_addr(out, ip, None),
         }
         out.extend_from_slice(b"}\n");
     }
@@ -433,5 +468,15 @@ mod tests {
         push_str(&mut out, b"/a\"b\\c\x01\xff");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, "/a\"b\\c\u{1}\u{ff}");
+        for (addr, text) in [("10.0.0.255:8080", "\"10.0.0.255:8080\""), ("[2001:db8::1]:443", "\"[2001:db8::1]:443\"")]
+        {
+            let a: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            push_addr(&mut out, a.ip(), Some(a.port()));
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+        let mut out = Vec::new();
+        push_addr(&mut out, "192.168.1.2".parse().unwrap(), None);
+        assert_eq!(out, b"\"192.168.1.2\"");
     }
 }
