@@ -91,8 +91,10 @@ pub struct AccessLog {
     destination: Option<Destination>,
 }
 
-/// How often the log thread looks at the rings when they were empty.
+/// How often the log thread looks at the rings when they held little.
 const POLL: Duration = Duration::from_millis(10);
+/// Bytes drained in one pass above which the rings are drained again at once.
+const BATCH: usize = 256 * 1024;
 
 impl AccessLog {
     /// Starts the log thread with one ring of `ring_bytes` per worker; returns the control and
@@ -207,7 +209,10 @@ fn log_thread(
             moved += n;
             chunk.commit_all();
         }
-        if moved > 0 && !stopping {
+        // Under heavy logging the rings are drained again at once; otherwise the thread waits a
+        // poll interval, so a steady trickle of lines costs a hundred wakeups a second, not a
+        // busy loop.
+        if moved >= BATCH && !stopping {
             continue;
         }
         if let Some(w) = out.as_mut() {
