@@ -111,7 +111,7 @@ fn scrape(gw: &Gateway) -> Scrape {
     parse(&r.text())
 }
 
-/// `promtool check metrics` (Prometheus' own linter; `.ci/run` installs it) accepts `text`.
+/// `promtool check metrics` (Prometheus' own linter; `.ci/run` provides it) accepts `text`.
 fn promtool_accepts(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -121,7 +121,7 @@ fn promtool_accepts(text: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package prometheus) must be installed: bash .ci/run installs it");
+        .expect("promtool (from Debian's prometheus package) must be on PATH: bash .ci/run provides it");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
