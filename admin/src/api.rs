@@ -24,6 +24,8 @@ pub struct ApiContext {
     pub metrics: MetricsSource,
     /// Metrics and the access log.
     pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
+    /// Moves the gateway's wall clock (only with `--test-clock`).
+    pub clock: Option<ringway_proxy::clock::ClockHand>,
 }
 
 /// The admin token, kept only as a keyed digest. A presented token is digested with the same
@@ -114,6 +116,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
             .apply_changes(vec![ResourceChange::Global(None)], "delete the global policies".into())
             .map(|(rev, _)| Response::json(200, &json!({"revision": rev, "value": {}}))),
         ("POST", ["revisions", rev, "rollback"]) => rollback(state, rev),
+        ("POST", ["clock"]) => move_clock(ctx, req),
         ("GET", [kind]) if is_kind(kind) => Ok(list(state, kind)),
         ("GET", [kind, id]) if is_kind(kind) => get_one(state, kind, id),
         ("PUT", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, false),
@@ -221,6 +224,27 @@ fn purge(state: &mut AdminState, req: &Request) -> Result<Response, ApiError> {
     };
     let removed = state.purge(&route, path.as_deref(), prefix.as_deref())?;
     Ok(Response::json(200, &json!({"route": route, "path": path, "prefix": prefix, "removed": removed})))
+}
+
+/// `POST /admin/v1/clock {"advance_ms": N}`: moves the wall clock of a gateway started with
+/// `--test-clock` forward by N milliseconds.
+fn move_clock(ctx: &ApiContext, req: &Request) -> Result<Response, ApiError> {
+    let Some(hand) = &ctx.clock else {
+        return Err(ApiError::new(
+            404,
+            "not_found",
+            "the clock can be moved only in a gateway started with --test-clock",
+        ));
+    };
+    let body: Value = parse_body(req, "", Documents::JsonOnly)?;
+    let Some(ms) = body.get("advance_ms").and_then(Value::as_u64).filter(|ms| *ms <= 365 * 86_400_000) else {
+        return Err(ApiError::new(
+            400,
+            "bad_body",
+            "expected {\"advance_ms\": N} with N from 0 to a year in milliseconds",
+        ));
+    };
+    Ok(Response::json(200, &json!({"skew_ms": hand.advance(ms)})))
 }
 
 fn is_kind(k: &str) -> bool {

@@ -169,6 +169,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 20)]
     pub access_log_buffer: usize,
 
+    /// For tests only: `POST /admin/v1/clock {"advance_ms": N}` moves the gateway's wall clock
+    /// (cache freshness, limit windows, log times) forward.
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
+
     /// Where the configuration store (RocksDB) lives.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,

@@ -278,6 +278,13 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     telemetry
         .configure(snapshot.access_log.as_ref())
         .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;
+    // A gateway started for tests may have its wall clock moved through the admin API.
+    let (clock, clock_hand) = if args.test_clock {
+        let (clock, hand) = ringway_proxy::clock::Clock::movable();
+        (clock, Some(hand))
+    } else {
+        (ringway_proxy::clock::Clock::real(), None)
+    };
     for (i, listener) in listeners.into_iter().enumerate() {
         let WorkerTelemetry { metrics, log } = each.remove(0);
         let (tx, rx) = mailbox();
@@ -296,7 +303,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             caps: caps.clone(),
             metrics,
             log,
-            clock: ringway_proxy::clock::Clock::real(),
+            clock: clock.clone(),
         });
     }
     let opts = WorkerOptions { count, driver: args.driver, pin: !args.no_pin, defer_taskrun: !args.no_defer_taskrun };
@@ -345,6 +352,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         caps: Some(caps),
         telemetry: Some(telemetry.clone()),
         metrics: MetricsSource::new(Some(telemetry.clone())),
+        clock: clock_hand,
     };
     let (job_tx, job_rx) = unbounded::<Job>();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);

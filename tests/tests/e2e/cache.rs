@@ -42,6 +42,12 @@ fn rules_upstream() -> Upstream {
     })
 }
 
+/// Moves the wall clock of a gateway started with `--test-clock` forward, instead of waiting.
+fn advance(gw: &Gateway, ms: u64) {
+    let r = gw.admin("POST", "/admin/v1/clock", Some(&format!("{{\"advance_ms\": {ms}}}")));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 fn status_of(r: &ringway_tests::Response) -> &str {
     r.header("x-cache-status").unwrap_or("none")
 }
@@ -49,11 +55,12 @@ fn status_of(r: &ringway_tests::Response) -> &str {
 #[test]
 fn hits_misses_age_head_and_keys() {
     let up = rules_upstream();
-    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let flags = ["--workers", "1", "--test-clock"];
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &flags);
     let mut c = Client::connect(gw.addr);
     let first = c.get("/a?x=1");
     assert_eq!((first.status, status_of(&first)), (200, "MISS"));
-    std::thread::sleep(Duration::from_millis(1100));
+    advance(&gw, 1100);
     let second = c.get("/a?x=1");
     assert_eq!(status_of(&second), "HIT");
     assert_eq!(second.text(), first.text(), "served the stored body");
@@ -73,7 +80,8 @@ fn hits_misses_age_head_and_keys() {
 #[test]
 fn rfc9111_rules_decide_what_is_stored() {
     let up = rules_upstream();
-    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let flags = ["--workers", "1", "--test-clock"];
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &flags);
     let mut c = Client::connect(gw.addr);
     let twice = |c: &mut Client, path: &str| -> (String, String) {
         let a = c.get(path);
@@ -94,7 +102,7 @@ fn rfc9111_rules_decide_what_is_stored() {
     // max-age=1: fresh, then expired.
     assert_eq!(status_of(&c.get("/cc/max-age=1")), "MISS");
     assert_eq!(status_of(&c.get("/cc/max-age=1")), "HIT");
-    std::thread::sleep(Duration::from_millis(1200));
+    advance(&gw, 1200);
     assert_eq!(status_of(&c.get("/cc/max-age=1")), "EXPIRED");
     // A request that asks for a fresh answer bypasses the stored one.
     let r = c.request("GET", "/plain", &[("cache-control", "no-cache")], b"");
@@ -213,10 +221,11 @@ fn stale_if_error_serves_the_stored_copy_when_the_upstream_fails() {
             Reply::Full(503, vec![], b"down".to_vec())
         }
     });
-    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let flags = ["--workers", "1", "--test-clock"];
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &flags);
     let mut c = Client::connect(gw.addr);
     assert_eq!(c.get("/s").text(), "good");
-    std::thread::sleep(Duration::from_millis(1200));
+    advance(&gw, 1200);
     let r = Client::connect(gw.addr).get("/s");
     assert_eq!((r.status, r.text(), status_of(&r)), (200, "good".to_string(), "STALE"));
     // Without stale-if-error the failure goes through.
@@ -494,4 +503,18 @@ fn concurrent_captures_stay_within_the_workers_capture_budget() {
     for i in 0..4 {
         assert_eq!(status_of(&c.get(&format!("/big/{i}"))), "HIT", "/big/{i}");
     }
+}
+
+#[test]
+fn the_clock_moves_only_in_a_gateway_started_for_tests() {
+    let up = rules_upstream();
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--workers", "1"]);
+    let r = gw.admin("POST", "/admin/v1/clock", Some(r#"{"advance_ms": 1000}"#));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"], "not_found");
+    let gw = Gateway::start_with(&cached(&up, "{ttl: 60s}"), &crate::default_driver(), &["--test-clock"]);
+    let bad = gw.admin("POST", "/admin/v1/clock", Some(r#"{"advance_ms": -5}"#));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(gw.admin("POST", "/admin/v1/clock", Some(r#"{"advance_ms": 7}"#)).json()["skew_ms"], 7);
+    assert_eq!(gw.admin("POST", "/admin/v1/clock", Some(r#"{"advance_ms": 5}"#)).json()["skew_ms"], 12);
 }
