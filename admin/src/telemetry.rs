@@ -70,7 +70,8 @@ impl Telemetry {
 
     /// Access-log records dropped on full queues, over every worker.
     pub fn log_dropped(&self) -> u64 {
-        self.registry.lock().map(|r| r.log_dropped()).unwrap_or(0)
+        let lost = self.log.lock().ok().and_then(|l| l.as_ref().map(AccessLog::lost)).unwrap_or(0);
+        self.registry.lock().map(|r| r.log_dropped()).unwrap_or(0) + lost
     }
 
     /// The Prometheus exposition of every worker's counters.

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +78,8 @@ impl LogQueue {
 
 /// Orders for the log thread.
 enum Order {
-    Set(Option<Destination>),
+    /// Write to this destination from now on; says on the channel once it is open (or off).
+    Set(Option<Destination>, crossbeam_channel::Sender<()>),
     Reopen,
     Stop,
 }
@@ -89,12 +90,12 @@ pub struct AccessLog {
     enabled: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     destination: Option<Destination>,
+    /// Lines drained but not written (the destination failing).
+    lost: Arc<AtomicU64>,
 }
 
 /// How often the log thread looks at the rings when they held little.
 const POLL: Duration = Duration::from_millis(10);
-/// Bytes drained in one pass above which the rings are drained again at once.
-const BATCH: usize = 256 * 1024;
 
 impl AccessLog {
     /// Starts the log thread with one ring of `ring_bytes` per worker; returns the control and
@@ -113,10 +114,11 @@ impl AccessLog {
             });
         }
         let (orders, rx) = crossbeam_channel::bounded(16);
-        let on = enabled.clone();
+        let lost = Arc::new(AtomicU64::new(0));
+        let shared = (enabled.clone(), lost.clone());
         let thread =
-            std::thread::Builder::new().name("access-log".into()).spawn(move || log_thread(consumers, rx, on))?;
-        Ok((AccessLog { orders, enabled, thread: Some(thread), destination: None }, queues))
+            std::thread::Builder::new().name("access-log".into()).spawn(move || log_thread(consumers, rx, shared))?;
+        Ok((AccessLog { orders, enabled, lost, thread: Some(thread), destination: None }, queues))
     }
 
     /// Sends lines to `to` from now on (`None`: off). Checks first that the destination opens.
@@ -128,14 +130,26 @@ impl AccessLog {
             d.open()?;
         }
         self.destination = to.clone();
-        let on = to.is_some();
-        let _ = self.orders.send(Order::Set(to));
-        self.enabled.store(on, Ordering::Relaxed);
+        // Workers start writing lines only once the thread has the destination open (it turns
+        // `enabled` on itself); turning off stops them at once.
+        if to.is_none() {
+            self.enabled.store(false, Ordering::Relaxed);
+        }
+        // The admin thread waits (briefly) until the log thread has it open, so the requests
+        // after a change are logged where the change says.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.orders.send(Order::Set(to, tx));
+        let _ = rx.recv_timeout(Duration::from_secs(5));
         Ok(())
     }
 
     pub fn destination(&self) -> Option<&Destination> {
         self.destination.as_ref()
+    }
+
+    /// Lines the thread could not write (destination failing), over every worker.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Reopens the file (after it was moved away by log rotation).
@@ -156,8 +170,9 @@ impl AccessLog {
 fn log_thread(
     mut rings: Vec<rtrb::Consumer<u8>>,
     orders: crossbeam_channel::Receiver<Order>,
-    enabled: Arc<AtomicBool>,
+    (enabled, lost): (Arc<AtomicBool>, Arc<AtomicU64>),
 ) {
+    let capacity = rings.first().map_or(0, |r| r.buffer().capacity());
     let mut destination: Option<Destination> = None;
     let mut out: Option<std::io::BufWriter<Box<dyn Write + Send>>> = None;
     let open = |d: &Destination| match d.open() {
@@ -173,12 +188,14 @@ fn log_thread(
         // Orders first: lines queued just after the log was turned on must find it open.
         while let Some(o) = order.take().or_else(|| orders.try_recv().ok()) {
             match o {
-                Order::Set(d) => {
+                Order::Set(d, done) => {
                     if let Some(w) = out.as_mut() {
                         let _ = w.flush();
                     }
                     out = d.as_ref().and_then(open);
+                    enabled.store(out.is_some(), Ordering::Relaxed);
                     destination = d;
+                    let _ = done.send(());
                 }
                 Order::Reopen => {
                     if let Some(w) = out.as_mut() {
@@ -192,7 +209,7 @@ fn log_thread(
                 }
             }
         }
-        let mut moved = 0usize;
+        let mut fullest = 0usize;
         for ring in rings.iter_mut() {
             let n = ring.slots();
             if n == 0 {
@@ -200,19 +217,26 @@ fn log_thread(
             }
             let Ok(chunk) = ring.read_chunk(n) else { continue };
             let (a, b) = chunk.as_slices();
-            if let Some(w) = out.as_mut() {
-                if w.write_all(a).and_then(|_| w.write_all(b)).is_err() {
+            let written = match out.as_mut() {
+                Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),
+                None => false,
+            };
+            if !written {
+                // Whole lines only reach the rings: count them as lost.
+                let lines = memchr::memchr_iter(b'\n', a).count() + memchr::memchr_iter(b'\n', b).count();
+                lost.fetch_add(lines as u64, Ordering::Relaxed);
+                if out.is_some() {
                     log::error!("access log: write failed; reopening");
                     out = destination.as_ref().and_then(open);
                 }
             }
-            moved += n;
+            fullest = fullest.max(n);
             chunk.commit_all();
         }
-        // Under heavy logging the rings are drained again at once; otherwise the thread waits a
-        // poll interval, so a steady trickle of lines costs a hundred wakeups a second, not a
-        // busy loop.
-        if moved >= BATCH && !stopping {
+        // A ring a quarter full is drained again at once; otherwise the thread waits a poll
+        // interval, so a steady trickle of lines costs a hundred wakeups a second, not a busy
+        // loop.
+        if fullest >= capacity / 4 && fullest > 0 && !stopping {
             continue;
         }
         if let Some(w) = out.as_mut() {

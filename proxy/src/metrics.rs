@@ -126,6 +126,8 @@ pub enum Series {
 /// The figures of one worker that are not per series.
 #[derive(Debug, Default)]
 pub struct WorkerGauges {
+    /// The id of the worker that took these counters (its `worker` label, as in the log).
+    pub worker: Counter,
     pub open_connections: Counter,
     pub inflight: Counter,
     pub revision: Counter,
@@ -146,7 +148,6 @@ pub struct WorkerMetrics {
 /// The scraper's half of one worker.
 #[derive(Debug)]
 struct WorkerView {
-    id: usize,
     gauges: Arc<WorkerGauges>,
     announced: crossbeam_channel::Receiver<Series>,
     known: Vec<Series>,
@@ -167,7 +168,8 @@ impl Registry {
         for id in 0..workers {
             let (tx, rx) = crossbeam_channel::unbounded();
             let gauges = Arc::new(WorkerGauges::default());
-            views.push(WorkerView { id, gauges: gauges.clone(), announced: rx, known: Vec::new() });
+            gauges.worker.set(id as u64);
+            views.push(WorkerView { gauges: gauges.clone(), announced: rx, known: Vec::new() });
             halves.push(WorkerMetrics { id, gauges, announce: tx });
         }
         (Registry { workers: views, version }, halves)
@@ -344,7 +346,7 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
     for (name, kind, help, get) in per_worker {
         header(out, name, kind, help);
         for v in views {
-            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", v.id, get(&v.gauges));
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", v.gauges.worker.get(), get(&v.gauges));
         }
     }
 }

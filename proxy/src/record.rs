@@ -349,6 +349,17 @@ impl Record {
         self.end = if f.error.is_timeout() { End::Timeout } else { End::Error };
     }
 
+    /// An answer written whole (the gateway's own, a policy's, a stored one) did not reach the
+    /// client: nothing was sent (status 0), whatever the answer was; its error code is kept.
+    pub fn unsent(&mut self) {
+        self.status = 0;
+        self.bytes_out = 0;
+        self.end = End::ClientAbort;
+        self.error = Some(self.error.unwrap_or("client_write_failed"));
+        self.error_source = Some(Source::Client);
+        self.error_phase = Some(Phase::Write);
+    }
+
     /// The request ended early without an answer of the gateway's own (a failed read or write).
     pub fn cut(&mut self, end: End, code: &'static str) {
         // The first cause is the one that counts.

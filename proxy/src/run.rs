@@ -136,6 +136,8 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
     worker.invalidations = Some(invalidations);
     worker.metrics = metrics;
+    // Whichever setup this worker took, its counters carry its own id.
+    worker.metrics.gauges.worker.set(ctx.id as u64);
     worker.metrics.gauges.revision.set(revision);
     worker.log = log;
     worker.clock = clock;

@@ -247,7 +247,7 @@ pub(super) async fn serve_stored(
     let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
     conn.out = out;
     if r.is_err() {
-        conn.rec.cut(crate::record::End::ClientAbort, "client_write_failed");
+        conn.rec.unsent();
     }
     keep && r.is_ok()
 }

@@ -294,7 +294,7 @@ async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>,
     if r.is_ok() {
         linger(&mut conn.stream).await;
     } else {
-        conn.rec.cut(End::ClientAbort, "client_write_failed");
+        conn.rec.unsent();
     }
     false
 }

@@ -21,7 +21,8 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
         rec.upstream_last = rec.upstream_started.map(|s| now.saturating_duration_since(s));
     }
     let rec = &conn.rec;
-    let target = target.map(|(u, i)| (u.id.as_str(), u.targets[i]));
+    // An upstream and target are named only when one was tried.
+    let target = target.filter(|_| rec.attempts > 0).map(|(u, i)| (u.id.as_str(), u.targets[i]));
     let route_id = route.map(|r| r.id.as_str());
     worker.metrics.observe(&mut worker.series.borrow_mut(), rec, total, route_id.unwrap_or(""), target);
     if let Some(log) = worker.log.as_ref().filter(|l| l.enabled()) {
@@ -49,7 +50,7 @@ pub fn finish_unparsed(worker: &Worker, conn: &mut Conn, e: ProxyError, request_
     if sent {
         conn.rec.bytes_out = e.reply().body.len() as u64;
     } else {
-        conn.rec.cut(crate::record::End::ClientAbort, "client_write_failed");
+        conn.rec.unsent();
     }
     conn.text.clear();
     finish(worker, conn, None, None);

@@ -28,7 +28,7 @@ use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
 use crate::io::{linger, write_all};
 pub use crate::record::RequestId;
-use crate::record::{CacheStatus, End, Record};
+use crate::record::{CacheStatus, Record};
 use crate::respond::{encode_reply, fate, Failure, Fate, Phase, ProxyError};
 use crate::session::Conn;
 use crate::snapshot::{Route, Upstream};
@@ -121,8 +121,15 @@ impl Early<'_> {
 /// whether the connection may carry another request. Every request ends here, in [`finish`].
 pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bool {
     worker.counters.requests.set(worker.counters.requests.get() + 1);
-    let gauges = &worker.metrics.gauges;
-    gauges.inflight.add(1);
+    // Counted down however the request ends, a panic included.
+    struct InFlight<'a>(&'a crate::metrics::Counter);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get().saturating_sub(1));
+        }
+    }
+    worker.metrics.gauges.inflight.add(1);
+    let _inflight = InFlight(&worker.metrics.gauges.inflight);
     let generation = worker.generation();
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
@@ -146,7 +153,6 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
         }
     };
     finish(worker, conn, route, target);
-    gauges.inflight.set(gauges.inflight.get().saturating_sub(1));
     keep
 }
 
@@ -223,7 +229,7 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
         linger(&mut conn.stream).await;
     }
     if r.is_err() {
-        conn.rec.cut(End::ClientAbort, "client_write_failed");
+        conn.rec.unsent();
     }
     keep && r.is_ok()
 }

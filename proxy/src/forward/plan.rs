@@ -43,6 +43,9 @@ pub(super) fn prepare<'g>(
     text: &mut RequestText,
 ) -> Result<Plan<'g>, Box<Early<'g>>> {
     let mut early = Early::new(RequestId::generated(worker.next_request_id()));
+    // The peer until the head says otherwise (trusted proxies), so a refused head is logged
+    // with its sender.
+    rec.client_ip = conn.peer.ip();
     let mut lower = [0u8; 256];
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let Ok(mut p) = parse(worker, conn, head_len, &mut storage, &mut lower, &mut early, rec, text) else {
@@ -343,6 +346,8 @@ fn upstream_headers<'a>(
                     rec.trace_inbound = true;
                 }
             }
+            // `tracestate` belongs to the inbound trace: it goes on only with it (below).
+            Known::Other if h.name.eq_ignore_ascii_case("tracestate") => {}
             Known::Other => {
                 let keyed = rule.is_some_and(|r| r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)));
                 // A keyed header always goes (whatever `Connection` says), so the key is what
@@ -385,7 +390,11 @@ fn upstream_headers<'a>(
         list.push("x-forwarded-host", h);
     }
     list.push("x-request-id", request_id.as_bytes());
-    if !rec.trace_inbound {
+    if rec.trace_inbound {
+        for h in p.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("tracestate")) {
+            list.push(h.name, h.value);
+        }
+    } else {
         rec.trace.trace_id[..8].copy_from_slice(&worker.random().to_be_bytes());
         rec.trace.trace_id[8..].copy_from_slice(&worker.random().to_be_bytes());
     }

@@ -319,3 +319,27 @@ fn a_stalled_log_drops_and_counts_lines_and_never_holds_requests() {
     let dropped = status["access_log"]["dropped"].as_u64().unwrap();
     assert!(dropped > 1000, "dropped {dropped}");
 }
+
+#[test]
+fn refused_heads_are_logged_with_their_sender_and_tracestate_goes_only_with_its_trace() {
+    let up = Upstream::echo("a");
+    let (gw, log) = start_logged(&config(&up.addr.to_string(), ""), &crate::default_driver(), &[]);
+    // `_` in a header name: refused by the codec before anything else is read.
+    let mut bad = Client::connect(gw.addr);
+    bad.send(b"GET /api/x HTTP/1.1\r\nHost: test.local\r\nX_Y: 1\r\n\r\n");
+    assert_eq!(bad.read_response(false).status, 400);
+    let mut c = Client::connect(gw.addr);
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = c.request("GET", "/api/t1", &[("traceparent", valid), ("tracestate", "vendor=1")], b"");
+    assert_eq!(r.status, 200);
+    let r = c.request("GET", "/api/t2", &[("traceparent", "00-zz-00-01"), ("tracestate", "vendor=2")], b"");
+    assert_eq!(r.status, 200);
+    let l = lines(&log, 3);
+    let refused = l.iter().find(|v| v["status"] == 400).expect("a line for the refused head");
+    assert_eq!(refused["client_ip"], "127.0.0.1");
+    assert_eq!((refused["end"].as_str(), refused["error_phase"].as_str()), (Some("error"), Some("head")));
+    assert_eq!(refused["upstream"], Value::Null);
+    let seen = up.requests();
+    assert_eq!(seen[0].header("tracestate"), Some("vendor=1"), "the state of a continued trace goes on");
+    assert_eq!(seen[1].header("tracestate"), None, "the state of a replaced trace does not");
+}
