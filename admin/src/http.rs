@@ -260,37 +260,13 @@ pub fn head_error(e: HeadError) -> Response {
     Response::error(e.status(), e.code(), e.to_string())
 }
 
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
 /// An answer the HTTP server writes itself, without hyper (refusals before hyper saw the
 /// request): the same header fields hyper's answers get, and `Connection: close`.
 pub fn raw_response(r: &Response) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n",
         r.status,
-        reason(r.status),
+        ringway_proxy::h1::write::reason(r.status),
         r.content_type,
         r.body.len()
     )

@@ -10,3 +10,16 @@ pub mod upstream;
 pub use client::{Client, Response};
 pub use gateway::Gateway;
 pub use upstream::{Reply, SeenRequest, Upstream};
+
+/// Declares `name_io_uring` and `name_epoll` tests calling `name(driver)`.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod under_io_uring {
+            $( #[test] fn $name() { super::$name("io_uring") } )*
+        }
+        mod under_epoll {
+            $( #[test] fn $name() { super::$name("epoll") } )*
+        }
+    };
+}

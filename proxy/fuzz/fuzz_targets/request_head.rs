@@ -26,7 +26,7 @@ use ringway_fuzz::normalization;
 use ringway_proxy::h1::head::{check_partial_head, check_raw_head, classify, host_without_port, BodyKind, Known};
 use ringway_proxy::h1::path::{canonical, parse_target, routing_key, Target};
 use ringway_proxy::h1::request;
-use ringway_proxy::h1::write::push_header;
+use ringway_proxy::h1::write::{push_framing, push_header, push_request_line};
 use ringway_proxy::{ConfigSpec, Snapshot};
 
 /// `forward::MAX_HEADERS`.
@@ -152,14 +152,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The upstream head, as prepare writes it (its own headers left out: they are constants).
     let mut out = Vec::new();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(forward.as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_request_line(&mut out, method, forward, query);
     for h in headers.iter() {
         match classify(h.name) {
             Known::Host => push_header(&mut out, h.name.as_bytes(), h.value),
@@ -172,11 +165,7 @@ fuzz_target!(|data: &[u8]| {
             push_header(&mut out, b"host", h);
         }
     }
-    match body {
-        BodyKind::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
-        BodyKind::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
-        _ => {}
-    }
+    push_framing(&mut out, body, b"", false);
     out.extend_from_slice(b"\r\n");
     check_raw_head(&out).expect("the upstream head has only CRLF line ends");
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];

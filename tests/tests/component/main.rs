@@ -11,7 +11,7 @@ use ringway_proxy::metrics::Registry;
 use ringway_proxy::{run_worker, Ack, ConfigSpec, Control, Snapshot, WorkerSetup};
 use ringway_runtime::{mailbox, spawn_workers, MailboxSender, WorkerOptions, Workers};
 use ringway_tests::upstream::Reply;
-use ringway_tests::{Client, Upstream};
+use ringway_tests::{both_drivers, Client, Upstream};
 
 /// One worker serving `config` (JSON) on a port of its own.
 struct Worker {
@@ -156,17 +156,6 @@ fn a_rate_limit_window_passes_when_time_moves(driver: &str) {
     let line = format!("ringway_limit_refusals_total{{route=\"{route}\",limit=\"rate_limit\"}} 1\n");
     let m = w.metrics_with(&[&line]);
     assert!(m.contains(&line), "{m}");
-}
-
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod under_io_uring {
-            $( #[test] fn $name() { super::$name("io_uring") } )*
-        }
-        mod under_epoll {
-            $( #[test] fn $name() { super::$name("epoll") } )*
-        }
-    };
 }
 
 both_drivers!(

@@ -15,7 +15,7 @@ fn empty(extra: &[&str]) -> Gateway {
 }
 
 /// Asserts `status` and the error body's shape; answers the body.
-fn refused(r: &Response, status: u16, code: &str) -> Value {
+pub(crate) fn refused(r: &Response, status: u16, code: &str) -> Value {
     assert_eq!(r.status, status, "{}", r.text());
     let v = r.json();
     assert_eq!(v["error"], code, "{v}");

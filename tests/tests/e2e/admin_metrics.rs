@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use ringway_tests::gateway::{default_driver, scratch_dir};
 use ringway_tests::{Client, Gateway, Response};
-use serde_json::Value;
 
 fn start(extra: &[&str]) -> Gateway {
     Gateway::start_in(scratch_dir(), None, &default_driver(), extra).unwrap_or_else(|(s, log)| panic!("{s:?}\n{log}"))
 }
+
+use crate::admin_edge::refused;
 
 fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let host = addr.to_string();
@@ -21,15 +22,6 @@ fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     }
     h.extend_from_slice(headers);
     Client::connect(addr).request(method, path, &h, body)
-}
-
-fn refused(r: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(r.status, status, "{}", r.text());
-    let v = r.json();
-    assert_eq!(v["error"], code, "{v}");
-    assert_eq!(v["status"], status, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    v
 }
 
 fn assert_metrics(r: &Response) {

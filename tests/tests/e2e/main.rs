@@ -36,15 +36,4 @@ pub fn single(targets: &[SocketAddr], upstream_extra: &str, route_extra: &str) -
     )
 }
 
-/// Declares `name_io_uring` and `name_epoll` tests calling `name(driver)`.
-#[macro_export]
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod under_io_uring {
-            $( #[test] fn $name() { super::$name("io_uring") } )*
-        }
-        mod under_epoll {
-            $( #[test] fn $name() { super::$name("epoll") } )*
-        }
-    };
-}
+pub(crate) use ringway_tests::both_drivers;

@@ -96,8 +96,6 @@ fn parse(text: &str) -> Scrape {
             assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family}{{{labels}}}: buckets not cumulative");
             let inf = buckets.last().filter(|b| b.0.is_infinite()).map(|b| b.1);
             assert_eq!(inf, Some(*count), "{family}{{{labels}}}: +Inf bucket and count differ");
-            let last = buckets.first().map_or(0.0, |b| b.1);
-            assert!(last <= *count);
         }
     }
     Scrape { samples, types }
