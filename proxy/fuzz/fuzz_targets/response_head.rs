@@ -14,8 +14,8 @@
 use libfuzzer_sys::fuzz_target;
 use ringway_policy::{Chain, Layered};
 use ringway_proxy::h1::head::{check_raw_head, BodyKind};
-use ringway_proxy::upstream::{encode_response, ClientSide};
 use ringway_proxy::spares::Spares;
+use ringway_proxy::upstream::{encode_response, ClientSide};
 
 /// Largest upstream response head (`upstream::MAX_RESPONSE_HEAD`).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
