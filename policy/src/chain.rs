@@ -8,8 +8,9 @@ use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
 use crate::headers_policy::HeadersPolicy;
+use crate::http::ResponseHead;
 use crate::limits::{ConcurrencyLimit, RateLimit};
-use crate::seam::{Policy, RequestInfo, ResponseInfo, Verdict};
+use crate::seam::{Policy, RequestInfo, Verdict};
 use crate::spec::PoliciesSpec;
 
 /// The compiled policies of one route, ordered by priority.
@@ -52,9 +53,9 @@ impl Chain {
     }
 
     /// Runs the response side, in reverse priority order.
-    pub fn on_response<'a>(&'a self, resp: &ResponseInfo, headers: &mut HeaderList<'a>) {
+    pub fn on_response<'a>(&'a self, head: &mut ResponseHead<'a>) {
         for p in self.policies.iter().rev() {
-            p.on_response(resp, headers);
+            p.on_response(head);
         }
     }
 
@@ -112,7 +113,7 @@ impl<'a> Layered<'a> {
     }
 
     /// Runs the response side, in reverse priority order.
-    pub fn on_response<'h>(&self, resp: &ResponseInfo, headers: &mut HeaderList<'h>)
+    pub fn on_response<'h>(&self, head: &mut ResponseHead<'h>)
     where
         'a: 'h,
     {
@@ -128,7 +129,7 @@ impl<'a> Layered<'a> {
             (None, _) => b.next(),
         });
         for p in rev {
-            p.on_response(resp, headers);
+            p.on_response(head);
         }
     }
 }
@@ -161,7 +162,7 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seam::{ClientHeaders, Reply};
+    use crate::seam::Reply;
 
     #[derive(Debug)]
     struct Fixed(u32, &'static str, bool);
@@ -182,16 +183,18 @@ mod tests {
         }
     }
 
+    const HEAD: crate::http::RequestHead<'static> = crate::http::RequestHead {
+        method: "GET",
+        authority: Some(b"h"),
+        host: "h",
+        path: "/",
+        query: None,
+        version: crate::http::Version::Http11,
+        fields: &[],
+    };
+
     fn info() -> RequestInfo<'static> {
-        RequestInfo {
-            method: "GET",
-            host: "h",
-            path: "/",
-            query: None,
-            client_ip: [127, 0, 0, 1].into(),
-            route_id: "r",
-            client_headers: ClientHeaders(&|_| None),
-        }
+        RequestInfo { head: &HEAD, client_ip: [127, 0, 0, 1].into(), route_id: "r" }
     }
 
     #[test]

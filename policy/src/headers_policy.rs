@@ -3,7 +3,8 @@
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
-use crate::seam::{Policy, RequestInfo, ResponseInfo, Verdict};
+use crate::http::ResponseHead;
+use crate::seam::{Policy, RequestInfo, Verdict};
 use crate::spec::{HeaderOpsSpec, HeadersPolicySpec};
 
 /// Fields that carry message framing or connection state: a transform may not touch them.
@@ -108,8 +109,8 @@ impl Policy for HeadersPolicy {
         Verdict::Continue
     }
 
-    fn on_response<'a>(&'a self, _resp: &ResponseInfo, headers: &mut HeaderList<'a>) {
-        self.response.apply(headers);
+    fn on_response<'a>(&'a self, head: &mut ResponseHead<'a>) {
+        self.response.apply(&mut head.headers);
     }
 }
 

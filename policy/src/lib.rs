@@ -20,6 +20,7 @@ mod duration;
 mod error;
 mod headers;
 mod headers_policy;
+mod http;
 pub mod limits;
 mod seam;
 mod spec;
@@ -31,8 +32,9 @@ pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
+pub use http::{Field, RequestHead, ResponseHead, Version};
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
-pub use seam::{ClientHeaders, Policy, Reply, RequestInfo, ResponseInfo, Verdict};
+pub use seam::{Policy, Reply, RequestInfo, Verdict};
 pub use spec::{
     DotSegments, EscapedSlashes, HeaderOpsSpec, HeadersPolicySpec, PathNormalization, PoliciesSpec, Semicolons,
     TrailingSlash,

@@ -6,44 +6,17 @@ use std::net::IpAddr;
 
 use crate::context::Context;
 use crate::headers::HeaderList;
+use crate::http::{RequestHead, ResponseHead};
 
 /// What a policy sees of a request (after routing, before the upstream is chosen).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'r> {
-    pub method: &'r str,
-    /// Lower-case host without port.
-    pub host: &'r str,
-    /// The canonical path, before `strip_prefix`.
-    pub path: &'r str,
-    pub query: Option<&'r str>,
+    /// The request head as the client sent it (the list a policy edits is what goes upstream,
+    /// which may hold fewer fields).
+    pub head: &'r RequestHead<'r>,
     pub client_ip: IpAddr,
     /// The id of the route that matched.
     pub route_id: &'r str,
-    /// The request's own header fields, as the client sent them (the list a policy edits is
-    /// what goes upstream, which may hold fewer).
-    pub client_headers: ClientHeaders<'r>,
-}
-
-/// Looks up a header field of the client's request by name (case-insensitive), first value.
-#[derive(Clone, Copy)]
-pub struct ClientHeaders<'r>(pub &'r dyn Fn(&str) -> Option<&'r [u8]>);
-
-impl<'r> ClientHeaders<'r> {
-    pub fn get(&self, name: &str) -> Option<&'r [u8]> {
-        (self.0)(name)
-    }
-}
-
-impl std::fmt::Debug for ClientHeaders<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientHeaders")
-    }
-}
-
-/// What a policy sees of a response.
-#[derive(Debug, Clone, Copy)]
-pub struct ResponseInfo {
-    pub status: u16,
 }
 
 /// A response produced by a policy (or by the engine for an error).
@@ -104,6 +77,6 @@ pub trait Policy: Send + Sync + Debug {
     }
 
     /// Runs once the upstream response head is read (or a reply was produced), before it is
-    /// written to the client. `headers` are the response headers that will be sent.
-    fn on_response<'a>(&'a self, _resp: &ResponseInfo, _headers: &mut HeaderList<'a>) {}
+    /// written to the client. `head.headers` are the response headers that will be sent.
+    fn on_response<'a>(&'a self, _head: &mut ResponseHead<'a>) {}
 }

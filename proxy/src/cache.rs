@@ -22,6 +22,8 @@ use quick_cache::unsync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use ringway_policy::HeaderList;
+
 use crate::event::LocalEvent;
 use crate::h1::head::{classify, Known};
 
@@ -339,14 +341,12 @@ fn cacheable_status(s: u16) -> bool {
 
 /// Whether and for how long a response may be stored, following RFC 9111 for a shared cache;
 /// `default_ms` (the route's `ttl`) fills in when the response is silent. `None`: not stored.
-pub fn freshness(status: u16, headers: &[httparse::Header<'_>], now_ms: u64, default_ms: u64) -> Option<Freshness> {
+/// `headers`: the response's end-to-end fields.
+pub fn freshness(status: u16, headers: &HeaderList<'_>, now_ms: u64, default_ms: u64) -> Option<Freshness> {
     if !cacheable_status(status) {
         return None;
     }
-    fn values<'h>(headers: &'h [httparse::Header<'h>], name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
-    }
-    let get = |name: &'static str| values(headers, name);
+    let get = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| &*h.value);
     if get("set-cookie").next().is_some() {
         return None;
     }
@@ -398,24 +398,17 @@ pub fn freshness(status: u16, headers: &[httparse::Header<'_>], now_ms: u64, def
     Some(Freshness { fresh_ms, stale_if_error_ms: sie.saturating_mul(1000), age_s, auth_ok })
 }
 
-/// The header fields kept with a stored response: end-to-end ones, less any the response's
-/// own `Connection` names (hop-by-hop for the origin).
-pub fn stored_headers(headers: &[httparse::Header<'_>]) -> StoredHeaders {
-    let listed = |name: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .any(|h| h.value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes())))
-    };
+/// The header fields kept with a stored response: of its end-to-end fields (hop-by-hop ones,
+/// those its `Connection` names included, already gone), all but `Age`, `Trailer` and framing.
+pub fn stored_headers(headers: &HeaderList<'_>) -> StoredHeaders {
     headers
         .iter()
-        .filter(|h| match classify(h.name) {
+        .filter(|h| match classify(&h.name) {
             Known::Other => !h.name.eq_ignore_ascii_case("age") && !h.name.eq_ignore_ascii_case("trailer"),
             Known::Expect | Known::Forwarded => true,
             _ => false,
         })
-        .filter(|h| !listed(h.name))
-        .map(|h| (Box::from(h.name), Box::from(h.value)))
+        .map(|h| (Box::from(&*h.name), Box::from(&*h.value)))
         .collect()
 }
 
@@ -461,8 +454,12 @@ pub fn http_date_ms(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
-        pairs.iter().map(|(n, v)| httparse::Header { name: n, value: v.as_bytes() }).collect()
+    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> HeaderList<'a> {
+        let mut list = HeaderList::default();
+        for (n, v) in pairs {
+            list.push(*n, v.as_bytes());
+        }
+        list
     }
 
     #[test]

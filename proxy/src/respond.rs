@@ -3,11 +3,12 @@
 //! answer Y"), whether the client connection is kept ([`fate`]), and the writing of replies
 //! the proxy produces itself.
 
-use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseInfo};
+use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseHead};
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
-use crate::h1::write::{push_dec, push_header, push_status_line, reason};
+use crate::session::{Answer, BodyLen, Session};
+use crate::spares::Spares;
 
 /// Everything that can end a request before an upstream answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -194,51 +195,26 @@ pub fn fate(error: Option<&Failure>, client_keep_alive: bool, body_read: bool, d
     }
 }
 
-/// Appends the numeric headers policies asked for.
-pub fn push_extras(out: &mut Vec<u8>, extras: Option<&ResponseExtras>) {
-    let mut buf = [0u8; 20];
-    // Policies often send one value under two names in a row: format it once.
-    let mut last: Option<(u64, usize)> = None;
-    for (name, value) in extras.into_iter().flat_map(ResponseExtras::iter) {
-        let start = match last {
-            Some((v, start)) if v == value => start,
-            _ => {
-                let start = buf.len() - crate::h1::write::format_dec(value, &mut buf).len();
-                last = Some((value, start));
-                start
-            }
-        };
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&buf[start..]);
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some((name, value)) = extras.and_then(|e| e.text) {
-        push_header(out, name.as_bytes(), value.as_bytes());
-    }
-}
-
-/// Serialises a stored response: its status and headers (through the route's response
-/// policies), `Age`, the request id, the policies' headers, and the body unless `head_only`.
+/// Writes a stored response to the session (buffered): its status and fields through the
+/// route's response policies, `Age`, the request id, the policies' fields, and the body (which
+/// the session leaves out for a HEAD). Returns whether the connection ends after it.
 #[allow(clippy::too_many_arguments)]
-pub fn encode_cached(
-    out: &mut Vec<u8>,
+pub fn write_stored(
+    down: &mut Session,
     stored: &crate::cache::Stored,
     now_ms: u64,
     request_id: &[u8],
     close: bool,
-    head_only: bool,
     chain: Layered<'_>,
     extras: Option<&ResponseExtras>,
-    spares: &crate::spares::Spares,
-) {
+    spares: &Spares,
+) -> bool {
     let mut headers = spares.headers();
     for (n, v) in &stored.headers {
         headers.push(&**n, &**v);
     }
     let whole = Whole { status: stored.status, body: &stored.body, age: Some(stored.age(now_ms)) };
-    encode_whole(out, &mut headers, whole, request_id, (close, head_only), Some(chain), extras);
-    spares.give_headers(headers);
+    write_whole(down, headers, whole, request_id, close, Some(chain), extras, spares)
 }
 
 /// A response whose body is in memory.
@@ -249,62 +225,51 @@ struct Whole<'b> {
     age: Option<u64>,
 }
 
-/// The part of every in-memory answer: request id, response policies, status line and
-/// headers, the policies' headers, framing, and the body unless `head_only`.
-fn encode_whole<'h>(
-    out: &mut Vec<u8>,
-    headers: &mut HeaderList<'h>,
+/// The part of every in-memory answer: request id, response policies, head, body.
+#[allow(clippy::too_many_arguments)]
+fn write_whole<'h>(
+    down: &mut Session,
+    mut headers: HeaderList<'h>,
     w: Whole<'_>,
     request_id: &'h [u8],
-    (close, head_only): (bool, bool),
+    close: bool,
     chain: Option<Layered<'h>>,
     extras: Option<&ResponseExtras>,
-) {
+    spares: &Spares,
+) -> bool {
     headers.set("x-request-id", request_id);
+    let mut head = ResponseHead { status: w.status, reason: None, version: down.version(), headers };
     if let Some(c) = chain {
-        c.on_response(&ResponseInfo { status: w.status }, headers);
+        c.on_response(&mut head);
     }
-    push_status_line(out, w.status, reason(w.status));
-    for h in headers.iter() {
-        push_header(out, h.name.as_bytes(), &h.value);
-    }
-    if let Some(age) = w.age {
-        out.extend_from_slice(b"age: ");
-        push_dec(out, age);
-        out.extend_from_slice(b"\r\n");
-    }
-    push_extras(out, extras);
-    if w.status != 204 {
-        out.extend_from_slice(b"content-length: ");
-        push_dec(out, w.body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(w.body);
-    }
+    let body = if w.status == 204 { BodyLen::None } else { BodyLen::Known(w.body.len() as u64) };
+    let answer = Answer { extras, age: w.age, ..Answer::new(body, close) };
+    // Only transfer codings can make a head unfit for the client, and these bodies have none.
+    let close = down.write_head(&head, &answer).unwrap_or(true);
+    down.write_body(w.body);
+    spares.give_headers(head.headers);
+    close
 }
 
-/// Serialises a reply the proxy produced (policy verdict or error) into `out`, running the
-/// route's response policies when there is a route.
-pub fn encode_reply(
-    out: &mut Vec<u8>,
+/// Writes a reply the gateway produced (a policy's answer or an error) to the session
+/// (buffered), running the route's response policies when there is a route. Returns whether
+/// the connection ends after it.
+#[allow(clippy::too_many_arguments)]
+pub fn write_reply(
+    down: &mut Session,
     reply: &Reply,
     request_id: &[u8],
     close: bool,
-    head_only: bool,
     chain: Option<Layered<'_>>,
     extras: Option<&ResponseExtras>,
-) {
-    let mut headers = HeaderList::with_capacity(reply.headers.len() + 2);
+    spares: &Spares,
+) -> bool {
+    let mut headers = spares.headers();
     for (n, v) in &reply.headers {
         headers.push(n.as_str(), v.as_bytes());
     }
     let whole = Whole { status: reply.status, body: &reply.body, age: None };
-    encode_whole(out, &mut headers, whole, request_id, (close, head_only), chain, extras);
+    write_whole(down, headers, whole, request_id, close, chain, extras, spares)
 }
 
 #[cfg(test)]

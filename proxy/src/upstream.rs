@@ -1,17 +1,16 @@
-//! The upstream side of an exchange: reading the response head (skipping interim 1xx answers)
-//! and turning it into the head sent to the client, with framing checked as strictly as on the
-//! request side.
+//! The upstream side of an exchange: writing the request head, reading the response head (skipping interim 1xx answers)
+//! and reading it into the protocol-neutral head the client's session writes, with framing
+//! checked as strictly as on the request side.
 //!
 //! Hot path.
 
 use crate::stream::Stream;
 use monoio::time::Instant;
-use ringway_policy::{Layered, ResponseExtras, ResponseInfo};
+use ringway_policy::{HeaderList, RequestHead, ResponseHead, Version};
 
-use crate::h1::framing::coding_bit;
-use crate::h1::head::{classify, BodyKind, Known, MAX_HEADERS};
+use crate::h1::head::{classify, BodyKind, Known};
 use crate::h1::response;
-use crate::h1::write::{push_framing, push_header, push_status_line, reason};
+use crate::h1::write::{push_framing, push_header, push_request_line};
 use crate::io::read_more;
 use crate::respond::ProxyError;
 use crate::spares::Spares;
@@ -70,88 +69,49 @@ pub async fn read_response(
     }
 }
 
+/// Writes the request head the upstream gets (HTTP/1.1): `head`'s method, path and query,
+/// the fields in `list` (as the policies left them), and the framing of the body.
+pub fn encode_request(out: &mut Vec<u8>, head: &RequestHead<'_>, list: &HeaderList<'_>, body: BodyKind) {
+    push_request_line(out, head.method, head.path, head.query);
+    for h in list.iter() {
+        push_header(out, h.name.as_bytes(), &h.value);
+    }
+    push_framing(out, body, b"", false);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What the response head said about the rest of the exchange.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponsePlan {
-    pub head_len: usize,
     pub status: u16,
     pub body: BodyKind,
     /// Whether the upstream connection may be reused after the body.
     pub keep_alive: bool,
 }
 
-/// How the client side is answered.
-pub struct ClientSide<'a> {
-    pub chain: Layered<'a>,
-    pub request_id: &'a [u8],
-    pub request_was_head: bool,
-    pub http10: bool,
-    /// Transfer codings the client accepts besides chunked (see
-    /// [`crate::h1::framing::accepted_codings`]).
-    pub te_accepts: u8,
-    /// Close after this response whatever its framing.
-    pub close: bool,
-    /// Where the header list comes from and goes back to.
-    pub spares: &'a Spares,
-    /// Headers the route's policies add to every answer.
-    pub extras: Option<&'a ResponseExtras>,
-}
-
-impl ResponsePlan {
-    /// Whether the body goes to the client with the chunked coding.
-    pub fn chunked_to_client(&self, c: &ClientSide<'_>) -> bool {
-        !c.http10 && matches!(self.body, BodyKind::Chunked | BodyKind::UntilClose)
-    }
-
-    /// Whether the client connection ends after this response.
-    pub fn close_client(&self, c: &ClientSide<'_>) -> bool {
-        c.close || (c.http10 && matches!(self.body, BodyKind::Chunked | BodyKind::UntilClose))
-    }
-}
-
-/// Parses the response head `head` (see [`crate::h1::response`]), runs the route's response
-/// policies on its fields and writes the client's head into `out`.
-pub fn encode_response(head: &[u8], out: &mut Vec<u8>, c: &ClientSide<'_>) -> Result<ResponsePlan, ProxyError> {
-    let bad = ProxyError::UpstreamProtocol;
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let resp = response::parse(head, &mut storage, c.request_was_head).map_err(bad)?;
-    let (status, body, codings) = (resp.status, resp.body, resp.codings);
-    if !codings.is_empty() {
-        // Only to an HTTP/1.1 client that said (in `TE`) it accepts every one of them.
-        let accepted = |t: &[u8]| coding_bit(t.trim_ascii()) & c.te_accepts != 0;
-        if c.http10 || !codings.split(|b| *b == b',').all(accepted) {
-            return Err(bad("a transfer coding the client did not accept"));
-        }
-    }
-    let plan = ResponsePlan { head_len: head.len(), status, body, keep_alive: resp.keep_alive };
-
-    let mut list = c.spares.headers();
+/// Parses the upstream's response head `head` (see [`crate::h1::response`]) into what the
+/// client's session, the policies and the cache see: the plan, the transfer codings the body
+/// carries, and the head with its end-to-end fields (hop-by-hop and framing fields removed; a
+/// body-less answer keeps its `Content-Length`, which describes the resource).
+pub fn response_head<'h>(
+    head: &'h [u8],
+    storage: &'h mut [httparse::Header<'h>],
+    request_was_head: bool,
+    spares: &Spares,
+) -> Result<(ResponsePlan, &'h [u8], ResponseHead<'h>), ProxyError> {
+    let resp = response::parse(head, storage, request_was_head).map_err(ProxyError::UpstreamProtocol)?;
+    let plan = ResponsePlan { status: resp.status, body: resp.body, keep_alive: resp.keep_alive };
+    let mut headers = spares.headers();
     for h in resp.headers.iter() {
         match classify(h.name) {
-            // Framing of a body-less answer (HEAD, 304) describes the resource: keep it.
-            Known::ContentLength if resp.no_body => list.push(h.name, h.value),
+            Known::ContentLength if resp.no_body => headers.push(h.name, h.value),
             Known::Other | Known::Host | Known::Expect | Known::Forwarded if !resp.connection.lists(h.name) => {
-                list.push(h.name, h.value)
+                headers.push(h.name, h.value)
             }
             _ => {}
         }
     }
-    list.set("x-request-id", c.request_id);
-    c.chain.on_response(&ResponseInfo { status }, &mut list);
-
-    let reason = Some(resp.reason).filter(|r| !r.is_empty()).unwrap_or_else(|| reason(status));
-    push_status_line(out, status, reason);
-    for h in list.iter() {
-        push_header(out, h.name.as_bytes(), &h.value);
-    }
-    c.spares.give_headers(list);
-    crate::respond::push_extras(out, c.extras);
-    push_framing(out, body, codings, c.http10);
-    if plan.close_client(c) {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if c.http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(plan)
+    let version = if resp.http10 { Version::Http10 } else { Version::Http11 };
+    let reason = Some(resp.reason).filter(|r| !r.is_empty());
+    Ok((plan, resp.codings, ResponseHead { status: resp.status, reason, version, headers }))
 }

@@ -30,7 +30,7 @@ impl RateLimit {
             KeyKind::Route => 0,
             KeyKind::Ip => keyed_hash(ip_key(req.client_ip)),
             // The client's own header: on a cached route the upstream list holds fewer.
-            KeyKind::Header(name) => match req.client_headers.get(name) {
+            KeyKind::Header(name) => match req.head.header(name) {
                 Some(v) => keyed_hash(v),
                 None => keyed_hash(ip_key(req.client_ip)),
             },
@@ -113,15 +113,16 @@ mod tests {
     use crate::limits::RateLimitSpec;
 
     fn ip_hash(l: &RateLimit, ip: &str) -> u64 {
-        let req = RequestInfo {
+        let head = crate::http::RequestHead {
             method: "GET",
+            authority: Some(b"h"),
             host: "h",
             path: "/",
             query: None,
-            client_ip: ip.parse().unwrap(),
-            route_id: "r",
-            client_headers: crate::seam::ClientHeaders(&|_| None),
+            version: crate::http::Version::Http11,
+            fields: &[],
         };
+        let req = RequestInfo { head: &head, client_ip: ip.parse().unwrap(), route_id: "r" };
         l.key_hash(&req)
     }
 

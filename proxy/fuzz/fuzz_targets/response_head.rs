@@ -1,6 +1,7 @@
 //! The upstream side: what `upstream::read_response` does with the bytes an origin sends
-//! (find the head, drop interim 1xx answers) and `upstream::encode_response`, which checks the
-//! head and writes the one the client gets.
+//! (find the head, drop interim 1xx answers), `upstream::response_head`, which checks the head
+//! and reads it into the protocol-neutral head, and `session::h1::encode_head`, which writes
+//! the one an HTTP/1 client gets.
 //!
 //! Input: one byte of client-side flags (HEAD request, HTTP/1.0 client, accepted transfer
 //! codings, stop at `100 Continue`), then the bytes read from the upstream.
@@ -12,10 +13,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringway_policy::{Chain, Layered};
 use ringway_proxy::h1::head::{check_raw_head, BodyKind};
+use ringway_proxy::session::h1::{encode_head, Asked};
+use ringway_proxy::session::{Answer, BodyLen};
 use ringway_proxy::spares::Spares;
-use ringway_proxy::upstream::{encode_response, ClientSide};
+use ringway_proxy::upstream::response_head;
 
 /// Largest upstream response head (`upstream::MAX_RESPONSE_HEAD`).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -50,25 +52,26 @@ fuzz_target!(|data: &[u8]| {
     };
     let head = &buf[..head_len];
 
-    let chain = Chain::default();
     let spares = Spares::default();
-    let c = ClientSide {
-        chain: Layered::new(&chain, &chain),
-        request_id: b"0123456789abcdef0123456789abcdef",
-        request_was_head,
-        http10,
-        te_accepts,
-        close,
-        spares: &spares,
-        extras: None,
-    };
-    let mut out = Vec::new();
-    let Ok(plan) = encode_response(head, &mut out, &c) else { return };
-    assert_eq!(plan.head_len, head.len());
+    let mut storage = [httparse::EMPTY_HEADER; ringway_proxy::forward::MAX_HEADERS];
+    let Ok((plan, codings, mut parsed)) = response_head(head, &mut storage, request_was_head, &spares) else { return };
     assert!((200..=999).contains(&plan.status), "status {}", plan.status);
     if request_was_head || plan.status == 204 || plan.status == 304 {
         assert_eq!(plan.body, BodyKind::None);
     }
+    parsed.headers.set("x-request-id", &b"0123456789abcdef0123456789abcdef"[..]);
+    let len = match plan.body {
+        BodyKind::None => BodyLen::None,
+        BodyKind::Length(n) => BodyLen::Known(n),
+        BodyKind::Chunked | BodyKind::UntilClose => BodyLen::Unknown,
+    };
+    let asked = Asked { http10, te_accepts, head_only: request_was_head };
+    let mut out = Vec::new();
+    let Ok(framed) = encode_head(&mut out, &asked, &parsed, &Answer { codings, ..Answer::new(len, close) }) else {
+        assert!(out.is_empty(), "a refused head wrote something");
+        return;
+    };
+    assert_eq!(plan.status, parsed.status);
 
     check_raw_head(&out).expect("the client's head has only CRLF line ends");
     let mut storage = [httparse::EMPTY_HEADER; ringway_proxy::forward::MAX_HEADERS + 8];
@@ -95,11 +98,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(te.len(), 1);
             assert!(te[0].ends_with(b"chunked"));
             assert!(cl.is_empty(), "Content-Length and Transfer-Encoding both sent");
+            assert!(framed.chunked);
         }
         BodyKind::Chunked | BodyKind::UntilClose => {
             assert!(te.is_empty(), "Transfer-Encoding sent to an HTTP/1.0 client");
             assert!(cl.is_empty());
-            assert!(plan.close_client(&c), "an HTTP/1.0 client cannot tell where this body ends");
+            assert!(framed.close, "an HTTP/1.0 client cannot tell where this body ends");
         }
         BodyKind::None => assert!(te.is_empty(), "Transfer-Encoding on an answer without a body"),
     }

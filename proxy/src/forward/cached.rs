@@ -6,15 +6,14 @@
 
 use std::rc::Rc;
 
-use ringway_policy::{HeaderList, Layered};
+use ringway_policy::{HeaderList, Layered, RequestHead, ResponseHead};
 
-use super::{CachePlan, Plan, MAX_HEADERS};
+use super::{CachePlan, Plan};
 use crate::cache::Stored;
 use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
-use crate::io::write_all;
 use crate::record::{CacheStatus, Record};
-use crate::respond::encode_cached;
+use crate::respond::write_stored;
 use crate::session::Conn;
 use crate::worker::Worker;
 
@@ -62,18 +61,6 @@ fn name_hash(name: &[u8]) -> u32 {
     name.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193))
 }
 
-/// What the lookup needs to know of the request.
-pub(super) struct Ask<'a> {
-    pub(super) route: &'a crate::snapshot::Route,
-    /// The host as sent, port included (part of the key).
-    pub(super) host: Option<&'a [u8]>,
-    pub(super) path: &'a str,
-    pub(super) query: Option<&'a str>,
-    /// The path as routing reads it: stored responses are filed under it.
-    pub(super) filed: &'a str,
-    pub(super) method: &'a str,
-}
-
 /// What the cache says of a cacheable request.
 pub(super) enum Lookup<'g> {
     /// A fresh stored response answers it.
@@ -86,25 +73,23 @@ pub(super) enum Lookup<'g> {
 /// Host as sent, the path and query, and every value of every keyed header as it goes upstream
 /// (after the policies, in `sent`). Sets the status the client sees (`x-cache-status`) and the
 /// record's.
-#[allow(clippy::too_many_arguments)]
+/// `filed`: the path as routing reads it, under which stored responses are filed.
 pub(super) fn lookup<'g>(
     worker: &Worker,
     rule: &'g ringway_policy::CacheRule,
-    ask: &Ask<'_>,
-    headers: &[httparse::Header<'_>],
+    (route, head, filed): (&crate::snapshot::Route, &RequestHead<'_>, &str),
     sent: &HeaderList<'_>,
     cx: Option<&mut ringway_policy::Context>,
     rec: &mut Record,
 ) -> Lookup<'g> {
-    let all = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    let no_store = all("cache-control").any(|h| has_token(h.value, "no-store"));
-    let no_cache = all("cache-control").any(|h| has_token(h.value, "no-cache"))
-        || all("pragma").any(|h| has_token(h.value, "no-cache"));
-    let auth = all("authorization").next().is_some();
+    let no_store = head.headers("cache-control").any(|v| has_token(v, "no-store"));
+    let no_cache = head.headers("cache-control").any(|v| has_token(v, "no-cache"))
+        || head.headers("pragma").any(|v| has_token(v, "no-cache"));
+    let auth = head.header("authorization").is_some();
     let keyed = rule.keyed.iter().flat_map(|n| {
         sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
     });
-    let key = worker.cache.borrow().key(&ask.route.id, ask.host.unwrap_or(b""), ask.path, ask.query, keyed);
+    let key = worker.cache.borrow().key(&route.id, head.authority.unwrap_or(b""), head.path, head.query, keyed);
     // The policies' clock when they read it (a rate limit), else one read here.
     let mut cx = cx;
     let now = cx.as_deref_mut().map_or_else(|| worker.clock.unix_ms(), ringway_policy::Context::now_ms);
@@ -125,13 +110,13 @@ pub(super) fn lookup<'g>(
         stale => Lookup::Go(Some(CachePlan {
             sent: SentNames::of(sent, &rule.keyed),
             key,
-            store: ask.method == "GET" && !no_store,
+            store: head.method == "GET" && !no_store,
             coalesce: !no_cache,
-            generation: worker.cache.borrow().generation(&ask.route.id, ask.filed),
+            generation: worker.cache.borrow().generation(&route.id, filed),
             stale,
             auth,
             rule,
-            path: ask.filed.to_string(),
+            path: filed.to_string(),
         })),
     }
 }
@@ -178,7 +163,7 @@ pub(super) struct Capture {
 impl Capture {
     /// Starts collecting when the plan stores, the response head allows it, and the body has a
     /// known length within the rule's and the worker's budget.
-    pub(super) fn begin(worker: &Worker, plan: &Plan<'_>, head: &[u8], body: BodyKind) -> Option<Capture> {
+    pub(super) fn begin(worker: &Worker, plan: &Plan<'_>, head: &ResponseHead<'_>, body: BodyKind) -> Option<Capture> {
         let c = plan.cache.as_ref()?;
         let BodyKind::Length(n) = body else { return None };
         if !c.store || n > c.rule.max_body {
@@ -234,36 +219,31 @@ impl Drop for Inflight<'_> {
 pub(super) async fn serve_stored(
     worker: &Worker,
     conn: &mut Conn,
-    mut out: Vec<u8>,
     stored: &Stored,
     (request_id, is_head, keep): (&[u8], bool, bool),
     chain: Layered<'_>,
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
-    out.clear();
-    encode_cached(&mut out, stored, worker.clock.unix_ms(), request_id, !keep, is_head, chain, extras, &worker.spares);
+    let now = worker.clock.unix_ms();
+    let close = write_stored(&mut conn.down, stored, now, request_id, !keep, chain, extras, &worker.spares);
     conn.rec.status = stored.status;
     conn.rec.bytes_out = if is_head { 0 } else { stored.body.len() as u64 };
-    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
-    conn.out = out;
+    let r = conn.down.flush(worker).await;
     if r.is_err() {
         conn.rec.unsent();
     }
-    keep && r.is_ok()
+    !close && r.is_ok()
 }
 
 /// Whether a response head allows storing, and for how long; with the header fields to keep.
 /// A response that varies on a header field that reached the upstream but is not in the key
 /// is not stored: the key could not tell its variants apart.
 fn cacheable(
-    head: &[u8],
+    head: &ResponseHead<'_>,
     plan: &CachePlan<'_>,
     now_ms: u64,
 ) -> Option<(crate::cache::Freshness, crate::cache::StoredHeaders)> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    resp.parse(head).ok()?;
-    for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")) {
+    for h in head.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")) {
         for name in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
             let keyed = plan.rule.keyed.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(name));
             // Authorization reaches the upstream whenever a client sends it: a response made
@@ -273,8 +253,8 @@ fn cacheable(
             }
         }
     }
-    let f = crate::cache::freshness(resp.code?, resp.headers, now_ms, plan.rule.ttl_ms)?;
-    Some((f, crate::cache::stored_headers(resp.headers)))
+    let f = crate::cache::freshness(head.status, &head.headers, now_ms, plan.rule.ttl_ms)?;
+    Some((f, crate::cache::stored_headers(&head.headers)))
 }
 
 /// The stored copy `stale-if-error` allows for this request now.
@@ -284,16 +264,10 @@ pub(super) fn usable_stale(worker: &Worker, plan: &Plan<'_>) -> Option<Rc<Stored
 }
 
 /// Answers with a stale stored copy because the upstream failed; closes the connection.
-pub(super) async fn serve_stale(
-    worker: &Worker,
-    conn: &mut Conn,
-    out: Vec<u8>,
-    plan: &Plan<'_>,
-    stale: &Stored,
-) -> bool {
+pub(super) async fn serve_stale(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, stale: &Stored) -> bool {
     let mut extras = plan.cx.as_ref().map(|c| c.extras).unwrap_or_default();
     extras.text = Some(("x-cache-status", "STALE"));
     conn.rec.cache = crate::record::CacheStatus::Stale;
     let info = (plan.request_id.as_bytes(), plan.is_head, false);
-    serve_stored(worker, conn, out, stale, info, plan.chains, Some(&extras)).await
+    serve_stored(worker, conn, stale, info, plan.chains, Some(&extras)).await
 }

@@ -10,18 +10,17 @@ use std::time::Duration;
 use crate::stream::Stream;
 use monoio::time::Instant;
 
-use super::body::{stream_request_body, take_buffered_body, BodyProgress, BUFFERED_BODY};
+use super::body::{stream_request_body, take_buffered_body, BUFFERED_BODY};
 use super::cached::{self, serve_stale, usable_stale};
 use super::Plan;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
-use crate::h1::head::BodyKind;
-use crate::h1::write::encode_chunk;
-use crate::io::{linger, read_more, write_all, write_all_untimed, write_range};
+use crate::h1::head::{BodyKind, MAX_HEADERS};
+use crate::io::{read_more, write_all, write_all_untimed};
 use crate::lb::LbKind;
 use crate::record::End;
-use crate::respond::{encode_reply, Failure, Phase, ProxyError, Source};
-use crate::session::Conn;
-use crate::upstream::{encode_response, read_response, ClientSide};
+use crate::respond::{write_reply, Failure, Phase, ProxyError, Source};
+use crate::session::{Answer, BodyLen, Conn};
+use crate::upstream::{read_response, response_head};
 use crate::worker::Worker;
 
 /// Largest upstream request head written without a timer (well under any socket send buffer).
@@ -42,48 +41,27 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
 pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>) -> bool {
-    let mut progress = BodyProgress {
-        decoder: matches!(plan.body, BodyKind::Chunked).then(ChunkedDecoder::new),
-        remaining: match plan.body {
-            BodyKind::Length(n) => n,
-            _ => 0,
-        },
-        seen: 0,
-        done: matches!(plan.body, BodyKind::None | BodyKind::Length(0)),
-        // What came with the head counts.
-        received: conn.rbuf.len() as u64,
-        waited: Duration::ZERO,
-    };
-    let keep = send_and_relay(worker, conn, plan, out, &mut progress).await;
-    conn.rec.bytes_in = match plan.body {
-        BodyKind::Length(n) => n - progress.remaining,
-        _ => progress.seen,
-    };
+    let keep = send_and_relay(worker, conn, plan, out).await;
+    conn.rec.bytes_in = conn.down.body_taken();
     keep
 }
 
-async fn send_and_relay(
-    worker: &Rc<Worker>,
-    conn: &mut Conn,
-    plan: &Plan<'_>,
-    mut out: Vec<u8>,
-    progress: &mut BodyProgress,
-) -> bool {
+async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
     let upstream = plan.upstream;
     let addr = upstream.targets[plan.target];
-    if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
+    if let Err(e) = take_buffered_body(conn, plan, &mut out) {
         return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
     }
     // A small body is read before any upstream connection is taken (not when the client waits
     // for the origin's permission to send it).
     let head_end = out.len();
-    if !progress.done && !plan.expect_continue {
+    if !conn.down.body_done() && !plan.expect_continue {
         if let BodyKind::Length(n) = plan.body {
             out.reserve_exact((n as usize).min(BUFFERED_BODY));
         }
     }
-    while !progress.done && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
-        match progress.read(conn, &worker.limits).await {
+    while !conn.down.body_done() && !plan.expect_continue && out.len() - head_end < BUFFERED_BODY {
+        match conn.down.read_body(&worker.limits).await {
             Ok(0) => {
                 conn.rec.cut(End::ClientAbort, "client_closed");
                 return false;
@@ -98,12 +76,12 @@ async fn send_and_relay(
                 return false;
             }
         }
-        if let Err(e) = take_buffered_body(conn, progress, &mut out, plan.max_body) {
+        if let Err(e) = take_buffered_body(conn, plan, &mut out) {
             return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
         }
     }
     // The whole request is in `out`: a failed pooled connection can be retried safely.
-    let replayable = progress.done;
+    let replayable = conn.down.body_done();
     plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
     conn.rec.upstream_started = Some(started);
@@ -159,7 +137,7 @@ async fn send_and_relay(
             return fail_before_response(worker, conn, plan, out, e).await;
         }
         ubuf.clear();
-        if !progress.done && plan.expect_continue {
+        if !conn.down.body_done() && plan.expect_continue {
             // The origin's word on the expectation: a 100 lets the body go, a final answer is
             // relayed without it, silence lets it go after a short wait.
             let said = matches!(monoio::time::timeout(EXPECT_WAIT, up.readable()).await, Ok(Ok(())));
@@ -177,8 +155,9 @@ async fn send_and_relay(
                         // Answered before the body: the origin's connection still expects it
                         // and the client may still send it, so neither is reused.
                         attempt_answered(plan, started, &mut conn.rec);
-                        relay_response(worker, conn, plan, up, head_len, b, out, false).await;
-                        linger(&mut conn.stream).await;
+                        conn.upstream_buf = out;
+                        relay_response(worker, conn, plan, up, head_len, b, false).await;
+                        conn.down.close().await;
                         return false;
                     }
                     Err((e, b, nothing_received)) => {
@@ -199,19 +178,14 @@ async fn send_and_relay(
                     }
                 }
             }
-            let mut cont = std::mem::take(&mut conn.out);
-            cont.clear();
-            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let (r, b) = write_all(&mut conn.stream, cont, worker.limits.write_timeout).await;
-            conn.out = b;
-            if r.is_err() {
+            if conn.down.write_continue(worker).await.is_err() {
                 conn.rec.cut(End::ClientAbort, "client_write_failed");
                 attempt_failed(plan);
                 return false;
             }
         }
-        if !progress.done {
-            if let Err(e) = stream_request_body(worker, conn, &mut up, progress, plan, upstream.idle_timeout).await {
+        if !conn.down.body_done() {
+            if let Err(e) = stream_request_body(worker, conn, &mut up, plan, upstream.idle_timeout).await {
                 attempt_failed(plan);
                 return match e {
                     Some(e) => {
@@ -250,7 +224,8 @@ async fn send_and_relay(
         }
     };
     attempt_answered(plan, started, &mut conn.rec);
-    relay_response(worker, conn, plan, up, head_len, ubuf, out, true).await
+    conn.upstream_buf = out;
+    relay_response(worker, conn, plan, up, head_len, ubuf, true).await
 }
 
 /// Notes the time to the response head, and tells the balancer the plan's target answered.
@@ -283,20 +258,19 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyErr
 }
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
-async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>, e: Failure) -> bool {
+async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>, e: Failure) -> bool {
+    conn.upstream_buf = out;
+    conn.down.discard();
     if let Some(stale) = usable_stale(worker, plan) {
-        return serve_stale(worker, conn, out, plan, &stale).await;
+        return serve_stale(worker, conn, plan, &stale).await;
     }
-    out.clear();
     let extras = plan.cx.as_ref().map(|c| &c.extras);
     let reply = e.error.reply();
     conn.rec.failed(&e);
     conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
-    encode_reply(&mut out, &reply, plan.request_id.as_bytes(), true, plan.is_head, None, extras);
-    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
-    conn.out = out;
-    if r.is_ok() {
-        linger(&mut conn.stream).await;
+    write_reply(&mut conn.down, &reply, plan.request_id.as_bytes(), true, None, extras, &worker.spares);
+    if conn.down.flush(worker).await.is_ok() {
+        conn.down.close().await;
     } else {
         conn.rec.unsent();
     }
@@ -304,7 +278,6 @@ async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>,
 }
 
 /// Writes the response head and streams the body to the client.
-#[allow(clippy::too_many_arguments)]
 async fn relay_response(
     worker: &Rc<Worker>,
     conn: &mut Conn,
@@ -312,26 +285,16 @@ async fn relay_response(
     mut up: Stream,
     head_len: usize,
     mut ubuf: Vec<u8>,
-    mut out: Vec<u8>,
     body_sent: bool,
 ) -> bool {
     let upstream = plan.upstream;
-    let client = ClientSide {
-        chain: plan.chains,
-        request_id: plan.request_id.as_bytes(),
-        request_was_head: plan.is_head,
-        http10: plan.http10,
-        te_accepts: plan.te_accepts,
-        close: !plan.keep_alive || worker.draining.get() || !body_sent,
-        spares: &worker.spares,
-        extras: plan.cx.as_ref().map(|c| &c.extras),
-    };
-    out.clear();
-    let resp = match encode_response(&ubuf[..head_len], &mut out, &client) {
-        Ok(r) => r,
+    let target = upstream.targets[plan.target];
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (resp, codings, mut head) = match response_head(&ubuf[..head_len], &mut storage, plan.is_head, &worker.spares) {
+        Ok(parsed) => parsed,
         Err(e) => {
-            let e = Failure::at(e, Phase::ResponseHead, upstream.targets[plan.target], false);
-            return fail_before_response(worker, conn, plan, out, e).await;
+            let e = Failure::at(e, Phase::ResponseHead, target, false);
+            return fail_before_response(worker, conn, plan, Vec::new(), e).await;
         }
     };
     conn.rec.status = resp.status;
@@ -339,14 +302,31 @@ async fn relay_response(
     if resp.status >= 500 {
         if let Some(stale) = usable_stale(worker, plan) {
             // stale-if-error: the stored copy answers instead of the failed upstream.
-            return serve_stale(worker, conn, out, plan, &stale).await;
+            worker.spares.give_headers(head.headers);
+            return serve_stale(worker, conn, plan, &stale).await;
         }
     }
-    // A response the cache may keep: its body is collected while it streams, within the
-    // worker's budget for captures (held until the capture ends, however it ends).
-    let mut capture = cached::Capture::begin(worker, plan, &ubuf[..head_len], resp.body);
-    let chunked_to_client = resp.chunked_to_client(&client);
-    let close_client = resp.close_client(&client);
+    // A response the cache may keep (as the upstream sent it, before the policies): its body
+    // is collected while it streams, within the worker's budget for captures.
+    let mut capture = cached::Capture::begin(worker, plan, &head, resp.body);
+    head.headers.set("x-request-id", plan.request_id.as_bytes());
+    plan.chains.on_response(&mut head);
+    let len = match resp.body {
+        BodyKind::None => BodyLen::None,
+        BodyKind::Length(n) => BodyLen::Known(n),
+        BodyKind::Chunked | BodyKind::UntilClose => BodyLen::Unknown,
+    };
+    let close = !plan.keep_alive || worker.draining.get() || !body_sent;
+    let answer = Answer { codings, extras: plan.cx.as_ref().map(|c| &c.extras), ..Answer::new(len, close) };
+    let written = conn.down.write_head(&head, &answer);
+    worker.spares.give_headers(head.headers);
+    let close_client = match written {
+        Ok(c) => c,
+        Err(e) => {
+            let e = Failure::at(e, Phase::ResponseHead, target, false);
+            return fail_before_response(worker, conn, plan, Vec::new(), e).await;
+        }
+    };
     // Body bytes that came with the head.
     let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::new);
     let mut remaining = match resp.body {
@@ -358,15 +338,15 @@ async fn relay_response(
     let mut clean = true;
     // Until the first write, a malformed body can still be answered with a 502.
     let mut head_sent = false;
-    let mut start = resp.head_len;
+    let mut start = head_len;
     loop {
-        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && out.is_empty() {
+        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && !conn.down.pending() {
             // Past the first piece a sized body goes straight from the receive buffer.
             let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
             if let Some(c) = capture.as_mut() {
                 c.push(&ubuf[start..start + take]);
             }
-            let (r, b) = write_range(&mut conn.stream, ubuf, start..start + take, worker.limits.write_timeout).await;
+            let (r, b) = conn.down.send_body(worker, ubuf, start..start + take).await;
             ubuf = b;
             if r.is_err() {
                 conn.rec.cut(End::ClientAbort, "client_write_failed");
@@ -387,11 +367,7 @@ async fn relay_response(
                         match d.decode(data, &mut pos) {
                             Ok(Chunk::Data(r)) => {
                                 conn.rec.bytes_out += r.len() as u64;
-                                if chunked_to_client {
-                                    encode_chunk(&mut out, &data[r]);
-                                } else {
-                                    out.extend_from_slice(&data[r]);
-                                }
+                                conn.down.write_body(&data[r]);
                             }
                             Ok(Chunk::NeedMore) => break,
                             Ok(Chunk::Done) => {
@@ -401,8 +377,8 @@ async fn relay_response(
                             }
                             Err(_) if !head_sent => {
                                 let e = ProxyError::UpstreamProtocol("malformed chunked response body");
-                                let e = Failure::at(e, Phase::ResponseBody, upstream.targets[plan.target], false);
-                                return fail_before_response(worker, conn, plan, out, e).await;
+                                let e = Failure::at(e, Phase::ResponseBody, target, false);
+                                return fail_before_response(worker, conn, plan, Vec::new(), e).await;
                             }
                             Err(_) => {
                                 conn.rec.cut(End::UpstreamReset, "bad_upstream_response");
@@ -413,7 +389,7 @@ async fn relay_response(
                 }
                 (None, BodyKind::Length(_)) => {
                     let take = (data.len() as u64).min(remaining) as usize;
-                    out.extend_from_slice(&data[..take]);
+                    conn.down.write_body(&data[..take]);
                     conn.rec.bytes_out += take as u64;
                     if let Some(c) = capture.as_mut() {
                         c.push(&data[..take]);
@@ -424,28 +400,21 @@ async fn relay_response(
                 }
                 _ => {
                     conn.rec.bytes_out += data.len() as u64;
-                    if chunked_to_client {
-                        encode_chunk(&mut out, data);
-                    } else {
-                        out.extend_from_slice(data);
-                    }
+                    conn.down.write_body(data);
                 }
             }
         } else if done && !data.is_empty() {
             clean = false;
         }
-        if done && chunked_to_client {
-            out.extend_from_slice(b"0\r\n\r\n");
+        if done {
+            conn.down.end_body(None);
         }
-        if !out.is_empty() {
-            let (r, o) = worker.write_client(&mut conn.stream, out).await;
-            out = o;
-            if r.is_err() {
+        if conn.down.pending() {
+            if conn.down.flush(worker).await.is_err() {
                 conn.rec.cut(End::ClientAbort, "client_write_failed");
                 return false;
             }
             head_sent = true;
-            out.clear();
         }
         if done {
             break;
@@ -460,14 +429,10 @@ async fn relay_response(
         match r {
             Ok(0) if matches!(resp.body, BodyKind::UntilClose) => {
                 clean = false;
-                if chunked_to_client {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                    let (r, o) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
-                    out = o;
-                    if r.is_err() {
-                        conn.rec.cut(End::ClientAbort, "client_write_failed");
-                        return false;
-                    }
+                conn.down.end_body(None);
+                if conn.down.flush(worker).await.is_err() {
+                    conn.rec.cut(End::ClientAbort, "client_write_failed");
+                    return false;
                 }
                 break;
             }
@@ -488,18 +453,11 @@ async fn relay_response(
         && resp.keep_alive
         && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked)
     {
-        worker.pool.borrow_mut().put(
-            upstream.targets[plan.target],
-            up,
-            upstream.pool_max_idle,
-            upstream.pool_idle_timeout,
-            Instant::now(),
-        );
+        worker.pool.borrow_mut().put(target, up, upstream.pool_max_idle, upstream.pool_idle_timeout, Instant::now());
     }
     worker.spares.give_buf(ubuf);
     if let Some(c) = capture.filter(|_| done) {
         c.store(worker, plan, resp.status);
     }
-    conn.out = out;
     !close_client
 }

@@ -26,11 +26,11 @@ pub use self::finish::finish_unparsed;
 use crate::cache::Stored;
 use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
-use crate::io::{linger, write_all};
 pub use crate::record::RequestId;
 use crate::record::{CacheStatus, Record};
-use crate::respond::{encode_reply, fate, Failure, Fate, Phase, ProxyError};
-use crate::session::Conn;
+use crate::respond::{fate, write_reply, Failure, Fate, Phase, ProxyError};
+use crate::session::h1::Asked;
+use crate::session::{Conn, Session};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{SharedLb, Worker};
 
@@ -94,6 +94,7 @@ pub(super) struct Early<'g> {
     body: BodyKind,
     keep_alive: bool,
     is_head: bool,
+    http10: bool,
     request_id: RequestId,
     cx: Option<Context>,
     /// A fresh stored response that answers the request.
@@ -110,6 +111,7 @@ impl Early<'_> {
             body: BodyKind::None,
             keep_alive: false,
             is_head: false,
+            http10: false,
             request_id,
             cx: None,
             cached: None,
@@ -131,7 +133,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     worker.metrics.gauges.inflight.add(1);
     let _inflight = InFlight(&worker.metrics.gauges.inflight);
     let generation = worker.generation();
-    let mut out = std::mem::take(&mut conn.out);
+    let mut out = std::mem::take(&mut conn.upstream_buf);
     out.clear();
     let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
     let mut text = std::mem::take(&mut conn.text);
@@ -141,7 +143,12 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     conn.text = text;
     let (keep, route, target) = match prepared {
         Ok(mut plan) => {
-            conn.consume(head_len);
+            let Session::H1(h1) = &mut conn.down;
+            h1.begin(
+                head_len,
+                Asked { http10: plan.http10, te_accepts: plan.te_accepts, head_only: plan.is_head },
+                plan.body,
+            );
             conn.rec.request_id = plan.request_id;
             let keep = go_upstream(worker, conn, &mut plan, out).await;
             (keep, Some(plan.route), Some((plan.upstream, plan.target)))
@@ -176,7 +183,8 @@ async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, 
                     let keep = plan.keep_alive && !worker.draining.get();
                     let extras = plan.cx.as_ref().map(|c| &c.extras);
                     let info = (plan.request_id.as_bytes(), plan.is_head, keep);
-                    return serve_stored(worker, conn, out, &stored, info, plan.chains, extras).await;
+                    conn.upstream_buf = out;
+                    return serve_stored(worker, conn, &stored, info, plan.chains, extras).await;
                 }
             }
             None => {
@@ -191,11 +199,13 @@ async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, 
 
 /// Answers a request without the upstream: from the cache, with a policy's reply or with an
 /// error.
-async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_len: usize, mut out: Vec<u8>) -> bool {
+async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_len: usize, out: Vec<u8>) -> bool {
+    conn.upstream_buf = out;
+    let Session::H1(h1) = &mut conn.down;
     // Keep the connection only when the unread body is already here in full.
     let body_here = match early.body {
         BodyKind::None => Some(0),
-        BodyKind::Length(n) if (conn.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
+        BodyKind::Length(n) if (h1.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
         _ => None,
     };
     // An answer of the gateway's own: neither a policy's nor the cache's.
@@ -203,12 +213,13 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     let error = (!answered).then(|| early.error.unwrap_or(Failure::new(ProxyError::NoRoute, Phase::Route)));
     let fate = fate(error.as_ref(), early.keep_alive, body_here.is_some(), worker.draining.get());
     let keep = fate == Fate::Keep;
-    conn.consume(head_len + body_here.unwrap_or(0));
+    h1.consume(head_len + body_here.unwrap_or(0));
+    h1.asked(Asked { http10: early.http10, te_accepts: 0, head_only: early.is_head });
     conn.rec.bytes_in = body_here.unwrap_or(0) as u64;
     if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
         let extras = early.cx.as_ref().map(|c| &c.extras);
         let info = (early.request_id.as_bytes(), early.is_head, keep);
-        return serve_stored(worker, conn, out, stored, info, chains, extras).await;
+        return serve_stored(worker, conn, stored, info, chains, extras).await;
     }
     let reply = match (early.reply, error) {
         (Some(r), _) => r,
@@ -220,16 +231,15 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     };
     conn.rec.status = reply.status;
     conn.rec.bytes_out = if early.is_head { 0 } else { reply.body.len() as u64 };
-    let chain = early.chains;
     let extras = early.cx.as_ref().map(|c| &c.extras);
-    encode_reply(&mut out, &reply, early.request_id.as_bytes(), !keep, early.is_head, chain, extras);
-    let (r, out) = write_all(&mut conn.stream, out, worker.limits.write_timeout).await;
-    conn.out = out;
-    if !keep && r.is_ok() {
-        linger(&mut conn.stream).await;
+    let id = early.request_id.as_bytes();
+    let close = write_reply(&mut conn.down, &reply, id, !keep, early.chains, extras, &worker.spares);
+    let r = conn.down.flush(worker).await;
+    if close && r.is_ok() {
+        conn.down.close().await;
     }
     if r.is_err() {
         conn.rec.unsent();
     }
-    keep && r.is_ok()
+    !close && r.is_ok()
 }

@@ -5,21 +5,22 @@
 //! Synchronous: borrows the receive buffer and the snapshot. Hot path.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
-use ringway_policy::{Context, HeaderList, Layered, RequestInfo, Verdict};
+use ringway_policy::{Context, Field, HeaderList, Layered, RequestHead, RequestInfo, Verdict, Version};
 
 use super::cached;
 use super::{Early, Plan, MAX_HEADERS};
 use crate::h1::head::{classify, host_without_port, BodyKind, ConnectionOptions, HeadError, Known};
 use crate::h1::path::{canonical, parse_target, routing_key, Target};
 use crate::h1::request;
-use crate::h1::write::{push_framing, push_header, push_request_line};
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::record::{method_index, End, LimitOutcome, Record, RequestId, RequestText, Trace};
 use crate::respond::{Failure, Phase, ProxyError};
-use crate::session::Conn;
+use crate::session::{Conn, Session};
 use crate::snapshot::{Route, Snapshot, Upstream};
+use crate::upstream;
 use crate::worker::{Generation, SharedLb, Worker};
 
 /// A phase either goes on with its result, or has filled the request's early answer.
@@ -48,7 +49,9 @@ pub(super) fn prepare<'g>(
     rec.client_ip = conn.peer.ip();
     let mut lower = [0u8; 256];
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let Ok(mut p) = parse(worker, conn, head_len, &mut storage, &mut lower, &mut early, rec, text) else {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let scratch = Scratch { storage: &mut storage, fields: &mut fields, lower: &mut lower };
+    let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, text) else {
         return Err(Box::new(early));
     };
     let snapshot = &generation.snapshot;
@@ -87,31 +90,31 @@ pub(super) fn prepare<'g>(
     let mut traceparent = [0u8; 55];
     let request_id = early.request_id;
     let inbound_xff = p.inbound_xff.take();
-    let body_here = (conn.rbuf.len() - head_len) as u64;
+    let Session::H1(h1) = &conn.down;
+    let body_here = (h1.rbuf.len() - head_len) as u64;
     let mut list = worker.spares.headers();
     let sent = (&request_id, inbound_xff, body_here);
     let expect_continue = upstream_headers(worker, conn, &p, rule.map(|r| &**r), sent, rec, &mut list);
     traceparent.copy_from_slice(&rec.trace.traceparent());
     list.push("traceparent", &traceparent[..]);
 
-    let find_header = |name: &str| header(&p, name);
-    let info = RequestInfo {
+    // What policies and the cache see of the request, whatever protocol carried it.
+    let head = RequestHead {
         method: p.method,
+        authority: p.host,
         host: p.host_lc,
         path,
         query: p.query,
-        client_ip: p.client_ip,
-        route_id: &route.id,
-        client_headers: ringway_policy::ClientHeaders(&find_header),
+        version: if p.http10 { Version::Http10 } else { Version::Http11 },
+        fields: p.fields,
     };
+    let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id };
     let Ok(mut cx) = request_policies(worker, chains, &info, &mut list, rec, &mut early) else {
         return Err(Box::new(early));
     };
     let mut cache = None;
     if let Some(rule) = chains.cache().and(rule) {
-        let headers = p.headers;
-        let ask = cached::Ask { route, host: p.host, path, query: p.query, filed: &filed, method: p.method };
-        let found = cached::lookup(worker, rule, &ask, headers, &list, cx.as_mut(), rec);
+        let found = cached::lookup(worker, rule, (route, &head, &filed), &list, cx.as_mut(), rec);
         match found {
             cached::Lookup::Hit(s) => {
                 early.cached = Some(s);
@@ -126,7 +129,16 @@ pub(super) fn prepare<'g>(
     let Ok((upstream, lb, target)) = pick(worker, snapshot, route, &p, &mut early) else {
         return Err(Box::new(early));
     };
-    write_upstream_head(out, &p, route, path, &list, upstream, target);
+    // The head the upstream gets: the route's path, the list the policies edited, and a Host
+    // for an HTTP/1.0 request that came without one.
+    if !p.host_header_sent {
+        match p.host {
+            Some(h) => list.push("host", h),
+            None => list.push("host", upstream.targets[target].to_string().into_bytes()),
+        }
+    }
+    let forward = RequestHead { path: route.forward_path(path), ..head };
+    upstream::encode_request(out, &forward, &list, p.body);
     worker.spares.give_headers(list);
     Ok(Plan {
         route,
@@ -161,7 +173,8 @@ struct Parsed<'h> {
     expect_continue: bool,
     te_accepts: u8,
     opts: ConnectionOptions<'h>,
-    headers: &'h [httparse::Header<'h>],
+    /// The header fields as received (`Host` replaced by an absolute-form authority).
+    fields: &'h [Field<'h>],
     /// The host the request names (the absolute-form authority, else Host), port included.
     host: Option<&'h [u8]>,
     /// Whether a Host header was sent (an HTTP/1.0 request may come without one).
@@ -173,20 +186,27 @@ struct Parsed<'h> {
     inbound_xff: Option<Vec<u8>>,
 }
 
+/// Room on the stack for what the parse phase reads: the codec's fields, the protocol-neutral
+/// fields, the lower-cased host.
+struct Scratch<'h> {
+    storage: &'h mut [httparse::Header<'h>; MAX_HEADERS],
+    fields: &'h mut [MaybeUninit<Field<'h>>; MAX_HEADERS],
+    lower: &'h mut [u8; 256],
+}
+
 /// Phase `parse`: the head through the codec, the target, the host, the client address.
-#[allow(clippy::too_many_arguments)]
 fn parse<'h>(
     worker: &Worker,
     conn: &'h Conn,
     head_len: usize,
-    storage: &'h mut [httparse::Header<'h>],
-    lower: &'h mut [u8; 256],
+    Scratch { storage, fields, lower }: Scratch<'h>,
     early: &mut Early<'_>,
     rec: &mut Record,
     text: &mut RequestText,
 ) -> Step<Parsed<'h>> {
     let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
-    let req = match request::parse(&conn.rbuf[..head_len], storage, worker.limits.max_headers) {
+    let Session::H1(h1) = &conn.down;
+    let req = match request::parse(&h1.rbuf[..head_len], storage, worker.limits.max_headers) {
         Ok(r) => r,
         Err(refused) => {
             early.is_head = refused.is_head;
@@ -194,13 +214,13 @@ fn parse<'h>(
         }
     };
     early.is_head = req.method == "HEAD";
+    early.http10 = req.http10;
     early.body = req.body;
     early.keep_alive = req.keep_alive;
     rec.method = method_index(req.method);
     if let Some(id) = req.request_id.and_then(RequestId::from_client) {
         early.request_id = id;
     }
-    let headers = req.headers;
     let Target { authority, path: raw_path, query } = match parse_target(req.target) {
         Ok(t) => t,
         Err(e) => return fail(early, e),
@@ -211,15 +231,19 @@ fn parse<'h>(
     }
     // RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, for routing and
     // for the upstream.
-    let host = match authority {
-        Some(a) => {
-            if let Some(h) = headers.iter_mut().find(|h| classify(h.name) == Known::Host) {
-                h.value = a.as_bytes();
-            }
-            Some(a.as_bytes())
-        }
-        None => req.host,
-    };
+    let host = authority.map(str::as_bytes).or(req.host);
+    let mut n = 0;
+    for h in req.headers.iter() {
+        let value = match authority {
+            Some(a) if classify(h.name) == Known::Host => a.as_bytes(),
+            _ => h.value,
+        };
+        fields[n].write(Field { name: h.name, value });
+        n += 1;
+    }
+    // SAFETY: the first `n` entries were just written, and a `MaybeUninit<T>` has the layout
+    // of `T`.
+    let headers: &'h [Field<'h>] = unsafe { std::slice::from_raw_parts(fields.as_ptr().cast::<Field<'h>>(), n) };
     let host_name = match host.map(host_without_port) {
         Some(Ok(h)) => h,
         Some(Err(e)) => return fail(early, e),
@@ -260,7 +284,7 @@ fn parse<'h>(
         expect_continue: req.expect_continue,
         te_accepts: req.te_accepts,
         opts: req.connection,
-        headers,
+        fields: headers,
         host,
         host_header_sent: req.host.is_some(),
         host_lc,
@@ -335,7 +359,7 @@ fn upstream_headers<'a>(
     rec: &mut Record,
     list: &mut HeaderList<'a>,
 ) -> bool {
-    for h in p.headers.iter() {
+    for h in p.fields.iter() {
         match classify(h.name) {
             // `Connection` never removes Host.
             Known::Host => list.push(h.name, h.value),
@@ -391,7 +415,7 @@ fn upstream_headers<'a>(
     }
     list.push("x-request-id", request_id.as_bytes());
     if rec.trace_inbound {
-        for h in p.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("tracestate")) {
+        for h in p.fields.iter().filter(|h| h.name.eq_ignore_ascii_case("tracestate")) {
             list.push(h.name, h.value);
         }
     } else {
@@ -458,33 +482,9 @@ fn pick<'g>(
     }
 }
 
-/// The upstream request head, as HTTP/1.1.
-fn write_upstream_head(
-    out: &mut Vec<u8>,
-    p: &Parsed<'_>,
-    route: &Route,
-    path: &str,
-    list: &HeaderList<'_>,
-    upstream: &Upstream,
-    target: usize,
-) {
-    push_request_line(out, p.method, route.forward_path(path), p.query);
-    for h in list.iter() {
-        push_header(out, h.name.as_bytes(), &h.value);
-    }
-    if !p.host_header_sent {
-        match p.host {
-            Some(h) => push_header(out, b"host", h),
-            None => push_header(out, b"host", upstream.targets[target].to_string().as_bytes()),
-        }
-    }
-    push_framing(out, p.body, b"", false);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The first value of header `name` the client sent.
 fn header<'h>(p: &Parsed<'h>, name: &str) -> Option<&'h [u8]> {
-    p.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    p.fields.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
 }
 
 fn ip_hash(ip: IpAddr) -> u64 {

@@ -1,0 +1,227 @@
+//! The client side of a connection, whatever protocol it speaks: read a request head, read its
+//! body, write the answer's head, body and trailers, finish. [`Session`] has one variant today,
+//! HTTP/1 ([`h1::H1Session`]); HTTP/2 goes beside it, and the phases in [`crate::forward`] call
+//! the same operations whichever it is.
+//!
+//! [`Conn`] is the connection: its session plus what the gateway knows of the peer and the
+//! record of the request in progress. [`crate::conn`] runs it; [`crate::forward`] runs each
+//! request on it.
+//!
+//! Hot path: one match per operation, no allocation once the buffers have grown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use monoio::time::Instant;
+use ringway_policy::{ResponseExtras, ResponseHead};
+
+pub mod h1;
+
+use crate::record::{Record, RequestText};
+use crate::respond::ProxyError;
+use crate::worker::{ServerLimits, Worker};
+
+/// A client connection's protocol session.
+pub enum Session {
+    H1(h1::H1Session),
+}
+
+/// How long the body of an answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLen {
+    /// No body (an answer to HEAD, a 204 or 304): framing fields the head's list kept describe
+    /// the resource, not this message.
+    None,
+    Known(u64),
+    /// Streamed until it ends.
+    Unknown,
+}
+
+/// What goes with an answer's head besides its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub body: BodyLen,
+    /// Transfer codings the body already carries (they go on to the client when it accepts
+    /// them; HTTP/1 only).
+    pub codings: &'a [u8],
+    /// Numeric fields the policies add.
+    pub extras: Option<&'a ResponseExtras>,
+    /// `Age`, for a stored response.
+    pub age: Option<u64>,
+    /// End the connection after this answer.
+    pub close: bool,
+}
+
+impl<'a> Answer<'a> {
+    pub fn new(body: BodyLen, close: bool) -> Self {
+        Answer { body, codings: b"", extras: None, age: None, close }
+    }
+}
+
+/// A piece of a request body, decoded from the client's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Data(&'a [u8]),
+    /// The body ended (after all its data).
+    End,
+}
+
+/// The outcome of waiting for a request head.
+pub enum HeadRead {
+    /// A complete head of this many bytes is ready.
+    Ready(usize),
+    /// The connection ended (or is idle while draining): close quietly.
+    Closed,
+    /// Answer with this error and close.
+    Fail(ProxyError),
+}
+
+impl Session {
+    /// The protocol the client speaks (the version the gateway's own answers carry).
+    pub fn version(&self) -> ringway_policy::Version {
+        match self {
+            Session::H1(s) => s.version(),
+        }
+    }
+
+    /// Waits for the next request head (`first`: the connection's first request).
+    pub async fn read_head(&mut self, worker: &Worker, first: bool, first_byte: &mut Option<Instant>) -> HeadRead {
+        match self {
+            Session::H1(s) => s.read_head(worker, first, first_byte).await,
+        }
+    }
+
+    /// Reads more of the request body (under the body's deadline); `Ok(0)`: the client closed.
+    pub async fn read_body(&mut self, limits: &ServerLimits) -> io::Result<usize> {
+        match self {
+            Session::H1(s) => s.read_body(limits).await,
+        }
+    }
+
+    /// Hands what has arrived of the request body to `sink`, decoded. Fails on malformed
+    /// framing or a body over `max`.
+    pub fn take_body(&mut self, max: Option<u64>, sink: &mut dyn FnMut(Piece<'_>)) -> Result<(), ProxyError> {
+        match self {
+            Session::H1(s) => s.take_body(max, sink),
+        }
+    }
+
+    /// Whether the request body has been read to its end.
+    pub fn body_done(&self) -> bool {
+        match self {
+            Session::H1(s) => s.body.done,
+        }
+    }
+
+    /// Body bytes of the request taken so far.
+    pub fn body_taken(&self) -> u64 {
+        match self {
+            Session::H1(s) => s.body.taken,
+        }
+    }
+
+    /// Lends the receive buffer when the body is sized: the buffer and how many of its first
+    /// bytes are body, to be written elsewhere without a copy; `None` when the body's framing
+    /// needs decoding (then [`Session::take_body`]).
+    pub fn lend_body(&mut self) -> Option<(Vec<u8>, usize)> {
+        match self {
+            Session::H1(s) => s.lend_body(),
+        }
+    }
+
+    /// Takes back the buffer [`Session::lend_body`] lent, `used` of its body bytes gone.
+    pub fn return_body(&mut self, buf: Vec<u8>, used: usize) {
+        match self {
+            Session::H1(s) => s.return_body(buf, used),
+        }
+    }
+
+    /// Tells the client to go on sending its body (an interim `100 Continue`).
+    pub async fn write_continue(&mut self, worker: &Worker) -> io::Result<()> {
+        match self {
+            Session::H1(s) => s.write_continue(worker).await,
+        }
+    }
+
+    /// Writes the answer's head (buffered until [`Session::flush`]). Returns whether the
+    /// connection ends after this answer. Fails when the head cannot be given to this client
+    /// (a transfer coding it did not accept).
+    pub fn write_head(&mut self, head: &ResponseHead<'_>, a: &Answer<'_>) -> Result<bool, ProxyError> {
+        match self {
+            Session::H1(s) => s.write_head(head, a),
+        }
+    }
+
+    /// Adds body data to the answer (buffered until [`Session::flush`]).
+    pub fn write_body(&mut self, data: &[u8]) {
+        match self {
+            Session::H1(s) => s.write_body(data),
+        }
+    }
+
+    /// Writes `buf[range]` as body data: straight from `buf` when nothing is buffered and the
+    /// framing allows, else through the buffer (then flushed).
+    pub async fn send_body(&mut self, worker: &Worker, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Session::H1(s) => s.send_body(worker, buf, range).await,
+        }
+    }
+
+    /// Ends the answer's body, with trailer fields when there are any (buffered until
+    /// [`Session::flush`]).
+    pub fn end_body(&mut self, trailers: Option<&ringway_policy::HeaderList<'_>>) {
+        match self {
+            Session::H1(s) => s.end_body(trailers),
+        }
+    }
+
+    /// Whether answer bytes wait in the buffer.
+    pub fn pending(&self) -> bool {
+        match self {
+            Session::H1(s) => !s.out.is_empty(),
+        }
+    }
+
+    /// Drops what is buffered and not yet written (an answer given up before its first byte
+    /// left).
+    pub fn discard(&mut self) {
+        match self {
+            Session::H1(s) => s.out.clear(),
+        }
+    }
+
+    /// Writes what is buffered (under the worker's write deadline).
+    pub async fn flush(&mut self, worker: &Worker) -> io::Result<()> {
+        match self {
+            Session::H1(s) => s.flush(worker).await,
+        }
+    }
+
+    /// Ends the connection after a final answer without destroying it: stops sending, then
+    /// drains what the client still sends for a bounded time.
+    pub async fn close(&mut self) {
+        match self {
+            Session::H1(s) => crate::io::linger(&mut s.stream).await,
+        }
+    }
+}
+
+/// A client connection: its session, who the peer is, and the record of the request in
+/// progress.
+pub struct Conn {
+    pub down: Session,
+    pub peer: SocketAddr,
+    /// The client address as text, made once per connection.
+    pub peer_ip: String,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` names the client.
+    pub trusted: bool,
+    /// When the first byte of the next request's head arrived.
+    pub first_byte: Option<Instant>,
+    /// The current request's record.
+    pub rec: Record,
+    /// The current request's text for the access log.
+    pub text: RequestText,
+    /// Where the upstream request is built (kept between requests for its allocation).
+    pub upstream_buf: Vec<u8>,
+}
