@@ -20,7 +20,7 @@ use crate::lb::LbKind;
 use crate::record::End;
 use crate::respond::{write_reply, Failure, Phase, ProxyError, Source};
 use crate::session::{Answer, BodyLen, Conn};
-use crate::upstream::{read_response, response_head};
+use crate::upstream::{read_response, response_head, ResponsePlan};
 use crate::worker::Worker;
 
 /// Largest upstream request head written without a timer (well under any socket send buffer).
@@ -277,6 +277,55 @@ async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>,
     false
 }
 
+/// How a response starts.
+enum Start {
+    /// Its head is written (buffered): relay the body; with whether the client connection ends
+    /// after it, and the capture for the cache.
+    Relay(ResponsePlan, bool, Option<cached::Capture>),
+    /// `stale-if-error`: a stored copy answers instead of the failed upstream.
+    Stale(Rc<crate::cache::Stored>),
+    /// The head cannot go to the client.
+    Fail(Failure),
+}
+
+/// Reads the upstream's response head into a `ResponseHead`, lets the cache look at it, runs
+/// the response policies and has the client's session write it. Synchronous, so the parsed
+/// fields never live in the exchange's future.
+fn start_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, raw: &[u8], body_sent: bool) -> Start {
+    let target = plan.upstream.targets[plan.target];
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (resp, codings, mut head) = match response_head(raw, &mut storage, plan.is_head, &worker.spares) {
+        Ok(parsed) => parsed,
+        Err(e) => return Start::Fail(Failure::at(e, Phase::ResponseHead, target, false)),
+    };
+    conn.rec.status = resp.status;
+    cached::after_unsafe(worker, plan, resp.status);
+    if resp.status >= 500 {
+        if let Some(stale) = usable_stale(worker, plan) {
+            worker.spares.give_headers(head.headers);
+            return Start::Stale(stale);
+        }
+    }
+    // A response the cache may keep (as the upstream sent it, before the policies): its body
+    // is collected while it streams, within the worker's budget for captures.
+    let capture = cached::Capture::begin(worker, plan, &head, resp.body);
+    head.headers.set("x-request-id", plan.request_id.as_bytes());
+    plan.chains.on_response(&mut head);
+    let len = match resp.body {
+        BodyKind::None => BodyLen::None,
+        BodyKind::Length(n) => BodyLen::Known(n),
+        BodyKind::Chunked | BodyKind::UntilClose => BodyLen::Unknown,
+    };
+    let close = !plan.keep_alive || worker.draining.get() || !body_sent;
+    let answer = Answer { codings, extras: plan.cx.as_ref().map(|c| &c.extras), ..Answer::new(len, close) };
+    let written = conn.down.write_head(&head, &answer);
+    worker.spares.give_headers(head.headers);
+    match written {
+        Ok(close_client) => Start::Relay(resp, close_client, capture),
+        Err(e) => Start::Fail(Failure::at(e, Phase::ResponseHead, target, false)),
+    }
+}
+
 /// Writes the response head and streams the body to the client.
 async fn relay_response(
     worker: &Rc<Worker>,
@@ -289,43 +338,10 @@ async fn relay_response(
 ) -> bool {
     let upstream = plan.upstream;
     let target = upstream.targets[plan.target];
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (resp, codings, mut head) = match response_head(&ubuf[..head_len], &mut storage, plan.is_head, &worker.spares) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let e = Failure::at(e, Phase::ResponseHead, target, false);
-            return fail_before_response(worker, conn, plan, Vec::new(), e).await;
-        }
-    };
-    conn.rec.status = resp.status;
-    cached::after_unsafe(worker, plan, resp.status);
-    if resp.status >= 500 {
-        if let Some(stale) = usable_stale(worker, plan) {
-            // stale-if-error: the stored copy answers instead of the failed upstream.
-            worker.spares.give_headers(head.headers);
-            return serve_stale(worker, conn, plan, &stale).await;
-        }
-    }
-    // A response the cache may keep (as the upstream sent it, before the policies): its body
-    // is collected while it streams, within the worker's budget for captures.
-    let mut capture = cached::Capture::begin(worker, plan, &head, resp.body);
-    head.headers.set("x-request-id", plan.request_id.as_bytes());
-    plan.chains.on_response(&mut head);
-    let len = match resp.body {
-        BodyKind::None => BodyLen::None,
-        BodyKind::Length(n) => BodyLen::Known(n),
-        BodyKind::Chunked | BodyKind::UntilClose => BodyLen::Unknown,
-    };
-    let close = !plan.keep_alive || worker.draining.get() || !body_sent;
-    let answer = Answer { codings, extras: plan.cx.as_ref().map(|c| &c.extras), ..Answer::new(len, close) };
-    let written = conn.down.write_head(&head, &answer);
-    worker.spares.give_headers(head.headers);
-    let close_client = match written {
-        Ok(c) => c,
-        Err(e) => {
-            let e = Failure::at(e, Phase::ResponseHead, target, false);
-            return fail_before_response(worker, conn, plan, Vec::new(), e).await;
-        }
+    let (resp, close_client, mut capture) = match start_response(worker, conn, plan, &ubuf[..head_len], body_sent) {
+        Start::Relay(resp, close_client, capture) => (resp, close_client, capture),
+        Start::Stale(stale) => return serve_stale(worker, conn, plan, &stale).await,
+        Start::Fail(e) => return fail_before_response(worker, conn, plan, Vec::new(), e).await,
     };
     // Body bytes that came with the head.
     let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::new);
