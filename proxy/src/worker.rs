@@ -230,6 +230,17 @@ impl<T> FdSlots<T> {
     }
 }
 
+/// A client write the sweeper watches. Cleared however the write ends, even if its task is
+/// dropped mid-write: a stale slot could later shut down another socket that got the same
+/// descriptor number.
+pub struct WriteWatch<'w>(&'w Worker, usize);
+
+impl Drop for WriteWatch<'_> {
+    fn drop(&mut self) {
+        self.0.watched.borrow_mut().leave(self.1);
+    }
+}
+
 impl Worker {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -325,18 +336,15 @@ impl Worker {
     /// Writes all of `buf` to a client under `limits.write_timeout`, kept by the sweeper
     /// rather than a timer of its own (a second coarse, and no clock read or timer per write).
     pub async fn write_client(&self, stream: &mut Stream, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        let deadline = self.coarse_now.get() + self.limits.write_timeout;
-        let slot = self.watched.borrow_mut().enter(stream.as_raw_fd(), deadline);
-        // Cleared however the write ends, even if its task is dropped mid-write: a stale slot
-        // could later shut down another socket that got the same descriptor number.
-        struct Leave<'w>(&'w Worker, usize);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.watched.borrow_mut().leave(self.1);
-            }
-        }
-        let _leave = Leave(self, slot);
+        let _watch = self.watch_write(stream.as_raw_fd());
         crate::io::write_all_untimed(stream, buf).await
+    }
+
+    /// Puts a client write on `fd` under `limits.write_timeout`, kept by the sweeper, until the
+    /// guard drops.
+    pub fn watch_write(&self, fd: std::os::fd::RawFd) -> WriteWatch<'_> {
+        let deadline = self.coarse_now.get() + self.limits.write_timeout;
+        WriteWatch(self, self.watched.borrow_mut().enter(fd, deadline))
     }
 
     /// Ends the watched writes past their deadline: their sockets are shut down, so the write

@@ -356,8 +356,9 @@ async fn relay_response(
     let mut head_sent = false;
     let mut start = head_len;
     loop {
-        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) && !conn.down.pending() {
-            // Past the first piece a sized body goes straight from the receive buffer.
+        if !done && decoder.is_none() && matches!(resp.body, BodyKind::Length(_)) {
+            // A sized body goes straight from the receive buffer (the session decides how:
+            // beside a head still waiting, or alone).
             let take = ((ubuf.len() - start) as u64).min(remaining) as usize;
             if let Some(c) = capture.as_mut() {
                 c.push(&ubuf[start..start + take]);

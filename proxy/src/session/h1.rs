@@ -18,10 +18,14 @@ use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::framing::coding_bit;
 use crate::h1::head::{check_partial_head, BodyKind, HeadError};
 use crate::h1::write::{encode_chunk, format_dec, push_dec, push_header, push_status_line, reason};
-use crate::io::{read_more, write_range};
+use crate::io::{read_more, write_pair, write_range, Pair};
 use crate::respond::ProxyError;
 use crate::stream::Stream;
 use crate::worker::{ServerLimits, Worker};
+
+/// Body data shorter than this goes into the answer's buffer behind its head (one plain
+/// write); longer, beside it in a vectored write.
+const COPY_BELOW: usize = 4096;
 
 /// Receive buffer to start with, and the size buffers shrink back to between requests.
 const INITIAL_BUF: usize = 4096;
@@ -77,6 +81,8 @@ pub struct H1Session {
     /// The answer's body goes with the chunked coding.
     chunked: bool,
     pub(crate) body: BodyProgress,
+    /// Scratch for vectored writes (see [`Pair`]), made on first use.
+    iov: Option<Box<[libc::iovec; 2]>>,
 }
 
 impl H1Session {
@@ -88,6 +94,7 @@ impl H1Session {
             asked: Asked::default(),
             chunked: false,
             body: BodyProgress { done: true, ..BodyProgress::default() },
+            iov: None,
         }
     }
 
@@ -318,11 +325,27 @@ impl H1Session {
         buf: Vec<u8>,
         range: Range<usize>,
     ) -> (io::Result<()>, Vec<u8>) {
-        if self.chunked || !self.out.is_empty() || self.asked.head_only {
+        if self.chunked || self.asked.head_only || (!self.out.is_empty() && range.len() < COPY_BELOW) {
             self.write_body(&buf[range]);
             return (self.flush(worker).await, buf);
         }
-        write_range(&mut self.stream, buf, range, worker.limits.write_timeout).await
+        if self.out.is_empty() {
+            return write_range(&mut self.stream, buf, range, worker.limits.write_timeout).await;
+        }
+        // The head waits in the buffer: it and the body go in one vectored write, the body
+        // without a copy (and the buffer never grows to the body's size).
+        let iov = self
+            .iov
+            .take()
+            .unwrap_or_else(|| Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]));
+        let pair = Pair::new(std::mem::take(&mut self.out), buf, range, iov);
+        let _watch = worker.watch_write(self.stream.as_raw_fd());
+        let (r, pair) = write_pair(&mut self.stream, pair).await;
+        let (mut out, buf, iov) = pair.into_parts();
+        out.clear();
+        self.out = out;
+        self.iov = Some(iov);
+        (r, buf)
     }
 
     pub(super) fn end_body(&mut self, trailers: Option<&HeaderList<'_>>) {
