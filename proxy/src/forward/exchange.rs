@@ -26,12 +26,14 @@ use crate::worker::Worker;
 /// Largest upstream request head written without a timer (well under any socket send buffer).
 const UNTIMED_WRITE: usize = 8 * 1024;
 
-/// Receive buffer for an upstream response: the head and up to 64 KiB of body in one read.
-/// Measured: a 64 KiB response cost 1.73x nginx's CPU with a 16 KiB first read and 1.09x with
-/// this (perf/results/engine-v2/body-64k.md); small responses cost the same. It is recycled
-/// between requests (see `Spares`), so it is held only while a request waits on its upstream,
-/// as nginx holds its `proxy_buffers`.
-const RESPONSE_BUF: usize = 64 * 1024;
+/// Receive buffer for an upstream response: the head and up to 64 KiB of body in one read,
+/// so a 64 KiB response is one read and one (vectored) write to the client. Measured
+/// (perf/results/engine-v2/body-64k.md): with a 16 KiB first read a 64 KiB response cost 1.73x
+/// nginx's CPU; with 64 KiB, 1.09x (the last bytes of the body still took a read and a write
+/// of their own); with 64 KiB plus room for the head, 0.76x. Small responses cost the same. It
+/// is recycled between requests (see `Spares`), so it is held only while a request waits on
+/// its upstream, as nginx holds its `proxy_buffers`.
+const RESPONSE_BUF: usize = 64 * 1024 + 4 * 1024;
 /// Receive buffer while a large response body streams: fewer, larger reads and writes.
 const LARGE_BODY_BUF: usize = 64 * 1024;
 
