@@ -9,7 +9,6 @@ use std::rc::Rc;
 use monoio::time::Instant;
 
 use crate::record::{Record, RequestText};
-use crate::respond::write_reply;
 use crate::session::h1::H1Session;
 pub use crate::session::Conn;
 use crate::session::{HeadRead, Session};
@@ -36,7 +35,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, truste
             HeadRead::Closed => return,
             HeadRead::Fail(e) => {
                 let id = worker.next_request_id();
-                write_reply(&mut conn.down, &e.reply(), &id, true, None, None, &worker.spares);
+                conn.down.write_reply(&e.reply(), &id, true, None, None, &worker.spares);
                 let sent = conn.down.flush(worker).await.is_ok();
                 if sent {
                     conn.down.close().await;

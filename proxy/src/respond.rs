@@ -1,14 +1,12 @@
 //! The one place where errors become responses and decide a connection's fate: what went
 //! wrong ([`ProxyError`]), where and in which phase ([`Failure`]), the answer ("caused by X ->
-//! answer Y"), whether the client connection is kept ([`fate`]), and the writing of replies
-//! the proxy produces itself.
+//! answer Y"), and whether the client connection is kept ([`fate`]). The client's session
+//! writes the reply ([`crate::session::Session::write_reply`]).
 
-use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseHead};
+use ringway_policy::Reply;
 
 use crate::h1::chunked::ChunkError;
 use crate::h1::head::HeadError;
-use crate::session::{Answer, BodyLen, Session};
-use crate::spares::Spares;
 
 /// Everything that can end a request before an upstream answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -193,83 +191,6 @@ pub fn fate(error: Option<&Failure>, client_keep_alive: bool, body_read: bool, d
     } else {
         Fate::Close
     }
-}
-
-/// Writes a stored response to the session (buffered): its status and fields through the
-/// route's response policies, `Age`, the request id, the policies' fields, and the body (which
-/// the session leaves out for a HEAD). Returns whether the connection ends after it.
-#[allow(clippy::too_many_arguments)]
-pub fn write_stored(
-    down: &mut Session,
-    stored: &crate::cache::Stored,
-    now_ms: u64,
-    request_id: &[u8],
-    close: bool,
-    chain: Layered<'_>,
-    extras: Option<&ResponseExtras>,
-    spares: &Spares,
-) -> bool {
-    let mut headers = spares.headers();
-    for (n, v) in &stored.headers {
-        headers.push(&**n, &**v);
-    }
-    let whole = Whole { status: stored.status, body: &stored.body, age: Some(stored.age(now_ms)) };
-    write_whole(down, headers, whole, request_id, close, Some(chain), extras, spares)
-}
-
-/// A response whose body is in memory.
-struct Whole<'b> {
-    status: u16,
-    body: &'b [u8],
-    /// `Age`, for stored responses.
-    age: Option<u64>,
-}
-
-/// The part of every in-memory answer: request id, response policies, head, body.
-#[allow(clippy::too_many_arguments)]
-fn write_whole<'h>(
-    down: &mut Session,
-    mut headers: HeaderList<'h>,
-    w: Whole<'_>,
-    request_id: &'h [u8],
-    close: bool,
-    chain: Option<Layered<'h>>,
-    extras: Option<&ResponseExtras>,
-    spares: &Spares,
-) -> bool {
-    headers.set("x-request-id", request_id);
-    let mut head = ResponseHead { status: w.status, reason: None, version: down.version(), headers };
-    if let Some(c) = chain {
-        c.on_response(&mut head);
-    }
-    let body = if w.status == 204 { BodyLen::None } else { BodyLen::Known(w.body.len() as u64) };
-    let answer = Answer { extras, age: w.age, ..Answer::new(body, close) };
-    // Only transfer codings can make a head unfit for the client, and these bodies have none.
-    let close = down.write_head(&head, &answer).unwrap_or(true);
-    down.write_body(w.body);
-    spares.give_headers(head.headers);
-    close
-}
-
-/// Writes a reply the gateway produced (a policy's answer or an error) to the session
-/// (buffered), running the route's response policies when there is a route. Returns whether
-/// the connection ends after it.
-#[allow(clippy::too_many_arguments)]
-pub fn write_reply(
-    down: &mut Session,
-    reply: &Reply,
-    request_id: &[u8],
-    close: bool,
-    chain: Option<Layered<'_>>,
-    extras: Option<&ResponseExtras>,
-    spares: &Spares,
-) -> bool {
-    let mut headers = spares.headers();
-    for (n, v) in &reply.headers {
-        headers.push(n.as_str(), v.as_bytes());
-    }
-    let whole = Whole { status: reply.status, body: &reply.body, age: None };
-    write_whole(down, headers, whole, request_id, close, chain, extras, spares)
 }
 
 #[cfg(test)]

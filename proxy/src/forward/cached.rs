@@ -13,7 +13,6 @@ use crate::cache::Stored;
 use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
 use crate::record::{CacheStatus, Record};
-use crate::respond::write_stored;
 use crate::session::Conn;
 use crate::worker::Worker;
 
@@ -225,7 +224,7 @@ pub(super) async fn serve_stored(
     extras: Option<&ringway_policy::ResponseExtras>,
 ) -> bool {
     let now = worker.clock.unix_ms();
-    let close = write_stored(&mut conn.down, stored, now, request_id, !keep, chain, extras, &worker.spares);
+    let close = conn.down.write_stored(stored, now, request_id, !keep, chain, extras, &worker.spares);
     conn.rec.status = stored.status;
     conn.rec.bytes_out = if is_head { 0 } else { stored.body.len() as u64 };
     let r = conn.down.flush(worker).await;

@@ -18,7 +18,7 @@ use crate::h1::head::{BodyKind, MAX_HEADERS};
 use crate::io::{read_more, write_all, write_all_untimed};
 use crate::lb::LbKind;
 use crate::record::End;
-use crate::respond::{write_reply, Failure, Phase, ProxyError, Source};
+use crate::respond::{Failure, Phase, ProxyError, Source};
 use crate::session::{Answer, BodyLen, Conn};
 use crate::upstream::{read_response, response_head, ResponsePlan};
 use crate::worker::Worker;
@@ -270,7 +270,7 @@ async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>,
     let reply = e.error.reply();
     conn.rec.failed(&e);
     conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
-    write_reply(&mut conn.down, &reply, plan.request_id.as_bytes(), true, None, extras, &worker.spares);
+    conn.down.write_reply(&reply, plan.request_id.as_bytes(), true, None, extras, &worker.spares);
     if conn.down.flush(worker).await.is_ok() {
         conn.down.close().await;
     } else {

@@ -28,7 +28,7 @@ use crate::event::LocalEvent;
 use crate::h1::head::BodyKind;
 pub use crate::record::RequestId;
 use crate::record::{CacheStatus, Record};
-use crate::respond::{fate, write_reply, Failure, Fate, Phase, ProxyError};
+use crate::respond::{fate, Failure, Fate, Phase, ProxyError};
 use crate::session::h1::Asked;
 use crate::session::{Conn, Session};
 use crate::snapshot::{Route, Upstream};
@@ -233,7 +233,7 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     conn.rec.bytes_out = if early.is_head { 0 } else { reply.body.len() as u64 };
     let extras = early.cx.as_ref().map(|c| &c.extras);
     let id = early.request_id.as_bytes();
-    let close = write_reply(&mut conn.down, &reply, id, !keep, early.chains, extras, &worker.spares);
+    let close = conn.down.write_reply(&reply, id, !keep, early.chains, extras, &worker.spares);
     let r = conn.down.flush(worker).await;
     if close && r.is_ok() {
         conn.down.close().await;

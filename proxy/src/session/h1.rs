@@ -13,7 +13,7 @@ use std::time::Duration;
 use monoio::time::Instant;
 use ringway_policy::{HeaderList, ResponseExtras, ResponseHead};
 
-use super::{Answer, BodyLen, HeadRead, Piece};
+use super::message::{Answer, BodyLen, HeadRead, Piece};
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::framing::coding_bit;
 use crate::h1::head::{check_partial_head, BodyKind, HeadError};

@@ -14,67 +14,20 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use monoio::time::Instant;
-use ringway_policy::{ResponseExtras, ResponseHead};
+use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseHead};
 
 pub mod h1;
+mod message;
 
+pub use self::message::{Answer, BodyLen, HeadRead, Piece};
 use crate::record::{Record, RequestText};
 use crate::respond::ProxyError;
+use crate::spares::Spares;
 use crate::worker::{ServerLimits, Worker};
 
 /// A client connection's protocol session.
 pub enum Session {
     H1(h1::H1Session),
-}
-
-/// How long the body of an answer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyLen {
-    /// No body (an answer to HEAD, a 204 or 304): framing fields the head's list kept describe
-    /// the resource, not this message.
-    None,
-    Known(u64),
-    /// Streamed until it ends.
-    Unknown,
-}
-
-/// What goes with an answer's head besides its fields.
-#[derive(Debug, Clone, Copy)]
-pub struct Answer<'a> {
-    pub body: BodyLen,
-    /// Transfer codings the body already carries (they go on to the client when it accepts
-    /// them; HTTP/1 only).
-    pub codings: &'a [u8],
-    /// Numeric fields the policies add.
-    pub extras: Option<&'a ResponseExtras>,
-    /// `Age`, for a stored response.
-    pub age: Option<u64>,
-    /// End the connection after this answer.
-    pub close: bool,
-}
-
-impl<'a> Answer<'a> {
-    pub fn new(body: BodyLen, close: bool) -> Self {
-        Answer { body, codings: b"", extras: None, age: None, close }
-    }
-}
-
-/// A piece of a request body, decoded from the client's framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Piece<'a> {
-    Data(&'a [u8]),
-    /// The body ended (after all its data).
-    End,
-}
-
-/// The outcome of waiting for a request head.
-pub enum HeadRead {
-    /// A complete head of this many bytes is ready.
-    Ready(usize),
-    /// The connection ended (or is idle while draining): close quietly.
-    Closed,
-    /// Answer with this error and close.
-    Fail(ProxyError),
 }
 
 impl Session {
@@ -224,4 +177,82 @@ pub struct Conn {
     pub text: RequestText,
     /// Where the upstream request is built (kept between requests for its allocation).
     pub upstream_buf: Vec<u8>,
+}
+
+/// Whole answers: a reply of the gateway's, a stored response.
+impl Session {
+    /// Writes a reply the gateway produced (a policy's answer or an error), buffered, running
+    /// the route's response policies when there is a route. Returns whether the connection ends
+    /// after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_reply(
+        &mut self,
+        reply: &Reply,
+        request_id: &[u8],
+        close: bool,
+        chain: Option<Layered<'_>>,
+        extras: Option<&ResponseExtras>,
+        spares: &Spares,
+    ) -> bool {
+        let mut headers = spares.headers();
+        for (n, v) in &reply.headers {
+            headers.push(n.as_str(), v.as_bytes());
+        }
+        let whole = Whole { status: reply.status, body: &reply.body, age: None };
+        self.write_whole(headers, whole, (request_id, close), chain, extras, spares)
+    }
+
+    /// Writes a stored response, buffered: its status and fields through the route's response
+    /// policies, `Age`, the request id, the policies' fields, and the body (left out for a
+    /// HEAD). Returns whether the connection ends after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_stored(
+        &mut self,
+        stored: &crate::cache::Stored,
+        now_ms: u64,
+        request_id: &[u8],
+        close: bool,
+        chain: Layered<'_>,
+        extras: Option<&ResponseExtras>,
+        spares: &Spares,
+    ) -> bool {
+        let mut headers = spares.headers();
+        for (n, v) in &stored.headers {
+            headers.push(&**n, &**v);
+        }
+        let whole = Whole { status: stored.status, body: &stored.body, age: Some(stored.age(now_ms)) };
+        self.write_whole(headers, whole, (request_id, close), Some(chain), extras, spares)
+    }
+
+    /// What every in-memory answer does: request id, response policies, head, body.
+    fn write_whole<'h>(
+        &mut self,
+        mut headers: HeaderList<'h>,
+        w: Whole<'_>,
+        (request_id, close): (&'h [u8], bool),
+        chain: Option<Layered<'h>>,
+        extras: Option<&ResponseExtras>,
+        spares: &Spares,
+    ) -> bool {
+        headers.set("x-request-id", request_id);
+        let mut head = ResponseHead { status: w.status, reason: None, version: self.version(), headers };
+        if let Some(c) = chain {
+            c.on_response(&mut head);
+        }
+        let body = if w.status == 204 { BodyLen::None } else { BodyLen::Known(w.body.len() as u64) };
+        let answer = Answer { extras, age: w.age, ..Answer::new(body, close) };
+        // Only transfer codings can make a head unfit for the client, and these bodies have none.
+        let close = self.write_head(&head, &answer).unwrap_or(true);
+        self.write_body(w.body);
+        spares.give_headers(head.headers);
+        close
+    }
+}
+
+/// An answer whose body is in memory.
+struct Whole<'b> {
+    status: u16,
+    body: &'b [u8],
+    /// `Age`, for stored responses.
+    age: Option<u64>,
 }
