@@ -183,18 +183,8 @@ mod tests {
         }
     }
 
-    const HEAD: crate::http::RequestHead<'static> = crate::http::RequestHead {
-        method: "GET",
-        authority: Some(b"h"),
-        host: "h",
-        path: "/",
-        query: None,
-        version: crate::http::Version::Http11,
-        fields: &[],
-    };
-
     fn info() -> RequestInfo<'static> {
-        RequestInfo { head: &HEAD, client_ip: [127, 0, 0, 1].into(), route_id: "r" }
+        RequestInfo { head: &crate::http::EXAMPLE, client_ip: [127, 0, 0, 1].into(), route_id: "r" }
     }
 
     #[test]

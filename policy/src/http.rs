@@ -74,6 +74,18 @@ pub struct ResponseHead<'h> {
     pub headers: HeaderList<'h>,
 }
 
+/// `GET /` to host `h`, with no fields (for tests).
+#[cfg(test)]
+pub(crate) const EXAMPLE: RequestHead<'static> = RequestHead {
+    method: "GET",
+    authority: Some(b"h"),
+    host: "h",
+    path: "/",
+    query: None,
+    version: Version::Http11,
+    fields: &[],
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,16 +113,7 @@ mod tests {
     use crate::limits::RateLimitSpec;
 
     fn ip_hash(l: &RateLimit, ip: &str) -> u64 {
-        let head = crate::http::RequestHead {
-            method: "GET",
-            authority: Some(b"h"),
-            host: "h",
-            path: "/",
-            query: None,
-            version: crate::http::Version::Http11,
-            fields: &[],
-        };
-        let req = RequestInfo { head: &head, client_ip: ip.parse().unwrap(), route_id: "r" };
+        let req = RequestInfo { head: &crate::http::EXAMPLE, client_ip: ip.parse().unwrap(), route_id: "r" };
         l.key_hash(&req)
     }
 
