@@ -66,7 +66,8 @@ impl<'h> RequestHead<'h> {
 /// client's protocol writes its own.
 #[derive(Debug)]
 pub struct ResponseHead<'h> {
-    pub status: u16,
+    /// Fixed once the head exists: the framing and the request record follow from it.
+    status: u16,
     /// The reason phrase the upstream sent (HTTP/1 only; `None` for the standard one).
     pub reason: Option<&'h str>,
     /// The protocol the response came with (the gateway's own answers: the client's).
@@ -85,6 +86,16 @@ pub(crate) const EXAMPLE: RequestHead<'static> = RequestHead {
     version: Version::Http11,
     fields: &[],
 };
+
+impl<'h> ResponseHead<'h> {
+    pub fn new(status: u16, reason: Option<&'h str>, version: Version, headers: HeaderList<'h>) -> Self {
+        ResponseHead { status, reason, version, headers }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+}
 
 #[cfg(test)]
 mod tests {

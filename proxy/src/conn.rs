@@ -51,10 +51,6 @@ pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, truste
         if worker.draining.get() {
             return;
         }
-        let Session::H1(h1) = &mut conn.down;
-        h1.between_requests();
-        if conn.upstream_buf.capacity() > 64 * 1024 {
-            conn.upstream_buf = Vec::new();
-        }
+        conn.down.between_requests();
     }
 }

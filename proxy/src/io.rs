@@ -67,8 +67,8 @@ pub async fn write_all(s: &mut Stream, buf: Vec<u8>, timeout: Duration) -> (io::
 /// Two owned buffers written as one (`writev`): `a`, then `b[range]`, with no copy. The iovec
 /// pair lives on the heap (`iov`), so its address stays put while the runtime owns the value.
 pub struct Pair {
-    pub a: Vec<u8>,
-    pub b: Vec<u8>,
+    a: Vec<u8>,
+    b: Vec<u8>,
     iov: Box<[libc::iovec; 2]>,
     /// The first iovec not yet written in full.
     first: usize,
@@ -77,9 +77,10 @@ pub struct Pair {
 impl Pair {
     /// `iov` is scratch to reuse (its contents are overwritten).
     pub fn new(a: Vec<u8>, b: Vec<u8>, range: Range<usize>, mut iov: Box<[libc::iovec; 2]>) -> Pair {
-        assert!(range.end <= b.len());
+        assert!(range.start <= range.end && range.end <= b.len());
         iov[0] = libc::iovec { iov_base: a.as_ptr() as *mut libc::c_void, iov_len: a.len() };
-        // SAFETY: `range` is within `b` (checked above).
+        // SAFETY: `range` is within `b` (checked above). The buffers are private: nothing can
+        // reallocate them while the iovecs point into them.
         let start = unsafe { b.as_ptr().add(range.start) };
         iov[1] = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: range.len() };
         Pair { a, b, iov, first: 0 }

@@ -1,6 +1,6 @@
-//! The upstream side of an exchange: writing the request head, reading the response head (skipping interim 1xx answers)
-//! and reading it into the protocol-neutral head the client's session writes, with framing
-//! checked as strictly as on the request side.
+//! The upstream side of an exchange: writing the request head, reading the response head
+//! (skipping interim 1xx answers) into the protocol-neutral head the client's session writes,
+//! with framing checked as strictly as on the request side.
 //!
 //! Hot path.
 
@@ -20,8 +20,9 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Reads a final (non-1xx) response head into `buf` (after what `buf` already holds); returns
 /// its length. With `stop_at_continue`, an interim answer (`100 Continue`) ends the read
-/// instead: it is removed from `buf` (what followed it stays) and the length returned is 0. On failure also says
-/// whether nothing at all was received (so a stale pooled connection may be retried).
+/// instead: it is removed from `buf` (what followed it stays) and the length returned is 0. On
+/// failure also says whether nothing at all was received (so a stale pooled connection may be
+/// retried).
 pub async fn read_response(
     up: &mut Stream,
     mut buf: Vec<u8>,
@@ -113,5 +114,5 @@ pub fn response_head<'h>(
     }
     let version = if resp.http10 { Version::Http10 } else { Version::Http11 };
     let reason = Some(resp.reason).filter(|r| !r.is_empty());
-    Ok((plan, resp.codings, ResponseHead { status: resp.status, reason, version, headers }))
+    Ok((plan, resp.codings, ResponseHead::new(resp.status, reason, version, headers)))
 }

@@ -352,8 +352,9 @@ impl Worker {
     pub(crate) fn expire_writes(&self, now: Instant) {
         for (fd, deadline) in self.watched.borrow_mut().live() {
             if *deadline <= now {
-                // SAFETY: the fd belongs to a connection task of this worker that is inside
-                // `write_client` (slots are cleared before it returns, so before any close).
+                // SAFETY: the fd belongs to a connection task of this worker that is inside a
+                // watched write (`write_client`, or under a `WriteWatch` guard): slots are
+                // cleared before the write returns, so before any close.
                 unsafe {
                     libc::shutdown(*fd, libc::SHUT_RDWR);
                 }

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.is_empty(), "a refused head wrote something");
         return;
     };
-    assert_eq!(plan.status, parsed.status);
+    assert_eq!(plan.status, parsed.status());
 
     check_raw_head(&out).expect("the client's head has only CRLF line ends");
     let mut storage = [httparse::EMPTY_HEADER; ringway_proxy::forward::MAX_HEADERS + 8];

@@ -57,7 +57,8 @@ pub(super) async fn stream_request_body(
         if let Some((buf, take)) = conn.down.lend_body() {
             // A sized body goes straight from the receive buffer.
             let (r, buf) = write_range(up, buf, 0..take, idle).await;
-            conn.down.return_body(buf, take);
+            // Only what reached the upstream counts as taken.
+            conn.down.return_body(buf, if r.is_ok() { take } else { 0 });
             r.map_err(|_| Some(ProxyError::UpstreamSend))?;
         } else {
             enc.clear();

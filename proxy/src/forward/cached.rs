@@ -252,7 +252,7 @@ fn cacheable(
             }
         }
     }
-    let f = crate::cache::freshness(head.status, &head.headers, now_ms, plan.rule.ttl_ms)?;
+    let f = crate::cache::freshness(head.status(), &head.headers, now_ms, plan.rule.ttl_ms)?;
     Some((f, crate::cache::stored_headers(&head.headers)))
 }
 

@@ -34,8 +34,6 @@ const UNTIMED_WRITE: usize = 8 * 1024;
 /// is recycled between requests (see `Spares`), so it is held only while a request waits on
 /// its upstream, as nginx holds its `proxy_buffers`.
 const RESPONSE_BUF: usize = 64 * 1024 + 4 * 1024;
-/// Receive buffer while a large response body streams: fewer, larger reads and writes.
-const LARGE_BODY_BUF: usize = 64 * 1024;
 
 /// How long the origin has to answer `Expect: 100-continue` before the body is sent anyway.
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
@@ -328,7 +326,7 @@ fn start_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, raw: &[u8],
     }
 }
 
-/// Writes the response head and streams the body to the client.
+/// Starts the response (see [`start_response`]) and streams its body to the client.
 async fn relay_response(
     worker: &Rc<Worker>,
     conn: &mut Conn,
@@ -406,18 +404,8 @@ async fn relay_response(
                         }
                     }
                 }
-                (None, BodyKind::Length(_)) => {
-                    let take = (data.len() as u64).min(remaining) as usize;
-                    conn.down.write_body(&data[..take]);
-                    conn.rec.bytes_out += take as u64;
-                    if let Some(c) = capture.as_mut() {
-                        c.push(&data[..take]);
-                    }
-                    remaining -= take as u64;
-                    done = remaining == 0;
-                    clean = take == data.len();
-                }
-                _ => {
+                // A body delimited by the close (a sized one went whole above).
+                (None, _) => {
                     conn.rec.bytes_out += data.len() as u64;
                     conn.down.write_body(data);
                 }
@@ -442,8 +430,7 @@ async fn relay_response(
         ubuf.clear();
         start = 0;
         let deadline = Instant::now() + upstream.idle_timeout;
-        let want = if remaining > RESPONSE_BUF as u64 { LARGE_BODY_BUF } else { RESPONSE_BUF };
-        let (r, b) = read_more(&mut up, ubuf, want, deadline).await;
+        let (r, b) = read_more(&mut up, ubuf, RESPONSE_BUF, deadline).await;
         ubuf = b;
         match r {
             Ok(0) if matches!(resp.body, BodyKind::UntilClose) => {

@@ -29,8 +29,7 @@ use crate::h1::head::BodyKind;
 pub use crate::record::RequestId;
 use crate::record::{CacheStatus, Record};
 use crate::respond::{fate, Failure, Fate, Phase, ProxyError};
-use crate::session::h1::Asked;
-use crate::session::{Conn, Session};
+use crate::session::{Asked, Conn};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{SharedLb, Worker};
 
@@ -133,7 +132,9 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     worker.metrics.gauges.inflight.add(1);
     let _inflight = InFlight(&worker.metrics.gauges.inflight);
     let generation = worker.generation();
-    let mut out = std::mem::take(&mut conn.upstream_buf);
+    // The upstream request is built in a buffer of the worker's, given back when the request
+    // ends: an idle connection holds none.
+    let mut out = worker.spares.buf(0);
     out.clear();
     let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
     let mut text = std::mem::take(&mut conn.text);
@@ -143,12 +144,8 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     conn.text = text;
     let (keep, route, target) = match prepared {
         Ok(mut plan) => {
-            let Session::H1(h1) = &mut conn.down;
-            h1.begin(
-                head_len,
-                Asked { http10: plan.http10, te_accepts: plan.te_accepts, head_only: plan.is_head },
-                plan.body,
-            );
+            let asked = Asked { http10: plan.http10, te_accepts: plan.te_accepts, head_only: plan.is_head };
+            conn.down.begin(head_len, asked, plan.body);
             conn.rec.request_id = plan.request_id;
             let keep = go_upstream(worker, conn, &mut plan, out).await;
             (keep, Some(plan.route), Some((plan.upstream, plan.target)))
@@ -160,6 +157,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
         }
     };
     finish(worker, conn, route, target);
+    worker.spares.give_buf(std::mem::take(&mut conn.upstream_buf));
     keep
 }
 
@@ -201,11 +199,10 @@ async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, 
 /// error.
 async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_len: usize, out: Vec<u8>) -> bool {
     conn.upstream_buf = out;
-    let Session::H1(h1) = &mut conn.down;
     // Keep the connection only when the unread body is already here in full.
     let body_here = match early.body {
         BodyKind::None => Some(0),
-        BodyKind::Length(n) if (h1.rbuf.len() - head_len) as u64 >= n => Some(n as usize),
+        BodyKind::Length(n) if conn.down.received_after(head_len) as u64 >= n => Some(n as usize),
         _ => None,
     };
     // An answer of the gateway's own: neither a policy's nor the cache's.
@@ -213,8 +210,8 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     let error = (!answered).then(|| early.error.unwrap_or(Failure::new(ProxyError::NoRoute, Phase::Route)));
     let fate = fate(error.as_ref(), early.keep_alive, body_here.is_some(), worker.draining.get());
     let keep = fate == Fate::Keep;
-    h1.consume(head_len + body_here.unwrap_or(0));
-    h1.asked(Asked { http10: early.http10, te_accepts: 0, head_only: early.is_head });
+    let asked = Asked { http10: early.http10, te_accepts: 0, head_only: early.is_head };
+    conn.down.skip(head_len + body_here.unwrap_or(0), asked);
     conn.rec.bytes_in = body_here.unwrap_or(0) as u64;
     if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
         let extras = early.cx.as_ref().map(|c| &c.extras);

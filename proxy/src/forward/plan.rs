@@ -90,8 +90,7 @@ pub(super) fn prepare<'g>(
     let mut traceparent = [0u8; 55];
     let request_id = early.request_id;
     let inbound_xff = p.inbound_xff.take();
-    let Session::H1(h1) = &conn.down;
-    let body_here = (h1.rbuf.len() - head_len) as u64;
+    let body_here = conn.down.received_after(head_len) as u64;
     let mut list = worker.spares.headers();
     let sent = (&request_id, inbound_xff, body_here);
     let expect_continue = upstream_headers(worker, conn, &p, rule.map(|r| &**r), sent, rec, &mut list);
@@ -205,6 +204,7 @@ fn parse<'h>(
     text: &mut RequestText,
 ) -> Step<Parsed<'h>> {
     let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
+    // The codec's own step: the head's bytes are HTTP/1 (an HTTP/2 session hands over fields).
     let Session::H1(h1) = &conn.down;
     let req = match request::parse(&h1.rbuf[..head_len], storage, worker.limits.max_headers) {
         Ok(r) => r,

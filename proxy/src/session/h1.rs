@@ -13,7 +13,7 @@ use std::time::Duration;
 use monoio::time::Instant;
 use ringway_policy::{HeaderList, ResponseExtras, ResponseHead};
 
-use super::message::{Answer, BodyLen, HeadRead, Piece};
+use super::message::{Answer, Asked, BodyLen, HeadRead, Piece};
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::framing::coding_bit;
 use crate::h1::head::{check_partial_head, BodyKind, HeadError};
@@ -29,16 +29,6 @@ const COPY_BELOW: usize = 4096;
 
 /// Receive buffer to start with, and the size buffers shrink back to between requests.
 const INITIAL_BUF: usize = 4096;
-
-/// What the current request's head said about how it may be answered.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Asked {
-    pub http10: bool,
-    /// Transfer codings the client accepts besides chunked (`TE`), as bits.
-    pub te_accepts: u8,
-    /// The request was a HEAD: answers carry no body.
-    pub head_only: bool,
-}
 
 /// How far the request body has come.
 #[derive(Debug, Default)]
@@ -159,6 +149,10 @@ impl H1Session {
         first: bool,
         first_byte: &mut Option<Instant>,
     ) -> HeadRead {
+        // Until a head says otherwise, an answer (a refused head) has a body and no framing
+        // of the request before.
+        self.asked = Asked::default();
+        self.chunked = false;
         let limits = &worker.limits;
         let mut deadline = None;
         let mut scanned: usize = 0;
@@ -396,8 +390,8 @@ pub fn encode_head(
     let chunked = streamed && !http10;
     // An HTTP/1.0 client learns where a streamed body ends only from the close.
     let close = a.close || (http10 && streamed);
-    let phrase = head.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| reason(head.status));
-    push_status_line(out, head.status, phrase);
+    let phrase = head.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| reason(head.status()));
+    push_status_line(out, head.status(), phrase);
     for h in head.headers.iter() {
         push_header(out, h.name.as_bytes(), &h.value);
     }
@@ -477,7 +471,7 @@ mod tests {
     fn head(status: u16) -> ResponseHead<'static> {
         let mut headers = HeaderList::default();
         headers.push("x-a", &b"1"[..]);
-        ResponseHead { status, reason: None, version: Version::Http11, headers }
+        ResponseHead::new(status, None, Version::Http11, headers)
     }
 
     fn written(asked: Asked, a: Answer<'_>) -> (Result<Framed, ProxyError>, String) {

@@ -54,3 +54,14 @@ pub enum HeadRead {
     /// Answer with this error and close.
     Fail(ProxyError),
 }
+
+/// What a request's head said about how it may be answered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asked {
+    /// An HTTP/1.0 client (HTTP/1 only).
+    pub http10: bool,
+    /// Transfer codings the client accepts besides chunked (`TE`, as bits; HTTP/1 only).
+    pub te_accepts: u8,
+    /// The request was a HEAD: answers carry no body.
+    pub head_only: bool,
+}

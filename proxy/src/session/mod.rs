@@ -19,7 +19,7 @@ use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseHead};
 pub mod h1;
 mod message;
 
-pub use self::message::{Answer, BodyLen, HeadRead, Piece};
+pub use self::message::{Answer, Asked, BodyLen, HeadRead, Piece};
 use crate::record::{Record, RequestText};
 use crate::respond::ProxyError;
 use crate::spares::Spares;
@@ -42,6 +42,39 @@ impl Session {
     pub async fn read_head(&mut self, worker: &Worker, first: bool, first_byte: &mut Option<Instant>) -> HeadRead {
         match self {
             Session::H1(s) => s.read_head(worker, first, first_byte).await,
+        }
+    }
+
+    /// Starts the request whose head (`head_len` bytes, read by [`Session::read_head`]) was
+    /// accepted: the head is consumed, the body framed by `body` follows.
+    pub fn begin(&mut self, head_len: usize, asked: Asked, body: crate::h1::head::BodyKind) {
+        match self {
+            Session::H1(s) => s.begin(head_len, asked, body),
+        }
+    }
+
+    /// For an answer given without reading the body: what the request asked of it, and the
+    /// `n` bytes of it (head and whatever body is here) to drop.
+    pub fn skip(&mut self, n: usize, asked: Asked) {
+        match self {
+            Session::H1(s) => {
+                s.consume(n);
+                s.asked(asked);
+            }
+        }
+    }
+
+    /// Bytes received after the first `head_len` (the start of the body, or more requests).
+    pub fn received_after(&self, head_len: usize) -> usize {
+        match self {
+            Session::H1(s) => s.rbuf.len().saturating_sub(head_len),
+        }
+    }
+
+    /// Gives back memory a large request or answer needed, between requests.
+    pub fn between_requests(&mut self) {
+        match self {
+            Session::H1(s) => s.between_requests(),
         }
     }
 
@@ -175,7 +208,8 @@ pub struct Conn {
     pub rec: Record,
     /// The current request's text for the access log.
     pub text: RequestText,
-    /// Where the upstream request is built (kept between requests for its allocation).
+    /// The buffer the upstream request was built in, parked here until the request ends (then
+    /// it goes back to the worker's spares).
     pub upstream_buf: Vec<u8>,
 }
 
@@ -235,7 +269,7 @@ impl Session {
         spares: &Spares,
     ) -> bool {
         headers.set("x-request-id", request_id);
-        let mut head = ResponseHead { status: w.status, reason: None, version: self.version(), headers };
+        let mut head = ResponseHead::new(w.status, None, self.version(), headers);
         if let Some(c) = chain {
             c.on_response(&mut head);
         }

@@ -39,7 +39,9 @@ const FIELDS: [&str; 20] = [
 fn lines(path: &Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        // A line the log thread is still writing is not read yet.
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
         let all: Vec<Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
         if all.len() >= n || Instant::now() > deadline {
