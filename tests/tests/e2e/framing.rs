@@ -9,6 +9,7 @@ use crate::{both_drivers, single};
 
 both_drivers!(
     malformed_requests_are_refused_and_closed,
+    a_refused_head_after_a_head_request_gets_its_body,
     pipelined_requests_answered_in_order,
     oversized_heads_get_431,
     heads_arriving_in_pieces_are_served
@@ -103,6 +104,21 @@ fn malformed_requests_are_refused_and_closed(driver: &str) {
     // The gateway still serves well-formed requests.
     let mut c = Client::connect(gw.addr);
     assert_eq!(c.get("/fine").status, 200);
+}
+
+/// What a HEAD request asked of its answer does not carry over to the next request on the
+/// connection: the error for a malformed head that follows is sent whole.
+fn a_refused_head_after_a_head_request_gets_its_body(driver: &str) {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start_with(&single(&[up.addr], "", ""), driver, &[]);
+    let mut c = Client::connect(gw.addr);
+    c.send(b"HEAD /first HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response(true).status, 200);
+    c.send(b"GET /second HTTP/1.1\nHost: a\n\n");
+    let r = c.try_read_response(false).expect("the whole error answer");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_request", "{}", r.text());
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
 }
 
 fn pipelined_requests_answered_in_order(driver: &str) {
