@@ -450,7 +450,7 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
         body
     };
     let change = match kind {
-        UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(typed(value, &prefix)?)),
+        UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
         _ => ResourceChange::Route(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
     };
     let verb = if patch {

@@ -345,7 +345,8 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         snapshot.upstreams.len()
     );
 
-    let state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
+    let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
+    state.start_health().context("cannot start the health thread")?;
     let ctx = ApiContext {
         token: token.as_ref().map(|t| AdminToken::new(t.as_bytes())),
         version: env!("CARGO_PKG_VERSION"),

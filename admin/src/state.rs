@@ -77,7 +77,8 @@ impl Diff {
 /// One resource created or replaced (`Some`) or deleted (`None`).
 #[derive(Debug, Clone)]
 pub enum ResourceChange {
-    Upstream(String, Option<UpstreamSpec>),
+    /// Boxed, as a route's: the specs are large beside the other changes.
+    Upstream(String, Option<Box<UpstreamSpec>>),
     /// Boxed: a route's spec is several times the size of an upstream's.
     Route(String, Option<Box<RouteSpec>>),
     /// The global policies (`None`, or empty: none).
@@ -89,7 +90,7 @@ pub enum ResourceChange {
 impl ResourceChange {
     fn edit(&self) -> Edit<'_> {
         match self {
-            ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_ref()),
+            ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_deref()),
             ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
             ResourceChange::Global(v) => Edit::Global(v.as_deref()),
             ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
@@ -116,7 +117,7 @@ fn diff_map<T: PartialEq>(
 /// The changes that turn document `old` into `new`.
 pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange> {
     let mut out = Vec::new();
-    diff_map(&old.upstreams, new.upstreams, ResourceChange::Upstream, &mut out);
+    diff_map(&old.upstreams, new.upstreams, |id, v| ResourceChange::Upstream(id, v.map(Box::new)), &mut out);
     diff_map(&old.routes, new.routes, |id, v| ResourceChange::Route(id, v.map(Box::new)), &mut out);
     if old.global_policies != new.global_policies {
         let g = new.global_policies;
@@ -165,7 +166,7 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
         .into_iter()
         .filter(|c| match c {
             ResourceChange::Upstream(id, v) => {
-                one(UPSTREAMS, id, v.as_ref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
+                one(UPSTREAMS, id, v.as_deref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
             }
             ResourceChange::Route(id, v) => one(ROUTES, id, v.as_deref(), spec.routes.get(id), &mut d.routes, &mut ops),
             ResourceChange::Global(v) => {
@@ -263,6 +264,9 @@ pub struct AdminState {
     purged: Vec<(u64, usize)>,
     /// The last order id handed out (purges and reports share the sequence).
     next_purge: u64,
+    /// The node's health decisions (ejections, breakers), told of every rollout; it stops
+    /// with the admin thread.
+    health: Option<ringway_proxy::resilience::HealthThread>,
 }
 
 impl AdminState {
@@ -287,7 +291,14 @@ impl AdminState {
             published: std::collections::VecDeque::new(),
             purged: Vec::new(),
             next_purge: 0,
+            health: None,
         }
+    }
+
+    /// Starts the thread that makes the node's health decisions on the current snapshot.
+    pub fn start_health(&mut self) -> std::io::Result<()> {
+        self.health = Some(ringway_proxy::resilience::HealthThread::start(self.current.clone())?);
+        Ok(())
     }
 
     pub fn spec(&self) -> &ConfigSpec {
@@ -328,7 +339,7 @@ impl AdminState {
         for c in changes {
             match c {
                 ResourceChange::Upstream(id, Some(v)) => {
-                    self.spec.upstreams.insert(id, v);
+                    self.spec.upstreams.insert(id, *v);
                 }
                 ResourceChange::Upstream(id, None) => {
                     self.spec.upstreams.remove(&id);
@@ -453,6 +464,9 @@ impl AdminState {
         let started = Instant::now();
         for w in &self.workers {
             let _ = w.send(Control::Apply(snapshot.clone()));
+        }
+        if let Some(h) = &self.health {
+            h.follow(snapshot.clone());
         }
         self.published.push_back(snapshot);
         while self.published.len() > 3 {

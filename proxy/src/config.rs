@@ -46,6 +46,113 @@ pub struct UpstreamSpec {
     /// The per-worker keep-alive pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSpec>,
+    /// Trying a failed request again (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesSpec>,
+    /// Taking failing targets out of rotation (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<HealthChecksSpec>,
+    /// Refusing requests while the upstream fails (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// `retries`: `{attempts: 3, on: [connect_failure, reset, timeout, 502, 503, 504], backoff:
+/// "25ms", budget: {ratio: 0.2, min_per_sec: 10}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Tries in all, the first included (default 2, at most 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// What is retried: `connect_failure`, `reset`, `timeout` and response statuses 500-599
+    /// (default: `connect_failure`, `reset`, 502, 503, 504).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<RetryOnSpec>>,
+    /// Wait before the first retry, doubled for each further one, with jitter (default `25ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudgetSpec>,
+}
+
+/// One condition in `retries.on`: a name or a status code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOnSpec {
+    Status(u16),
+    Name(String),
+}
+
+/// The node's retry budget: retries at most `ratio` of requests, plus `min_per_sec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    /// Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_sec: Option<u32>,
+}
+
+/// `health_checks`: passive (from real traffic) and what to do when every target is out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecksSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveSpec>,
+    /// `fail_closed` (the default: answer 503 at once) or `fail_open` (send to every target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_unhealthy: Option<String>,
+}
+
+/// Outlier ejection: `{consecutive_failures: 5, failure_statuses: [502, 503, 504],
+/// base_ejection: "30s", max_ejected_percent: 50}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSpec {
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Default 502, 503, 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_statuses: Option<Vec<u16>>,
+    /// The first ejection's length, multiplied by the number of ejections in a row (default
+    /// `30s`, at most ten times as long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<String>,
+    /// Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// `circuit_breaker`: `{failure_ratio: 0.5, min_requests: 20, window: "10s", open_for: "15s",
+/// half_open_requests: 3, consecutive_failures: 10, failure_statuses: [502, 503, 504]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    /// Requests in the window before the ratio counts (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    /// Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Default `15s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<String>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_requests: Option<u32>,
+    /// Also opens after this many failures in a row (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Default 502, 503, 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_statuses: Option<Vec<u16>>,
 }
 
 /// One upstream server.

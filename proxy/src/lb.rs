@@ -95,12 +95,18 @@ impl HashRing {
 
     /// The target index owning `key_hash`, if any target has weight.
     pub fn pick(&self, key_hash: u64) -> Option<usize> {
+        self.pick_among(key_hash, &|_| true)
+    }
+
+    /// The first point at or after `key_hash` whose target `usable` admits (so a key moves
+    /// only when its own target is out).
+    pub fn pick_among(&self, key_hash: u64, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
-        let i = self.points.partition_point(|p| p.0 < key_hash);
-        let i = if i == self.points.len() { 0 } else { i };
-        Some(self.points[i].1 as usize)
+        let start = self.points.partition_point(|p| p.0 < key_hash);
+        let len = self.points.len();
+        (0..len).map(|k| self.points[(start + k) % len].1 as usize).find(|t| usable(*t))
     }
 }
 
@@ -129,6 +135,8 @@ pub struct LbState {
     clock: Instant,
     rng: u64,
     cursor: usize,
+    /// This worker's retry budget for the upstream (see [`RetryBudget`]).
+    pub budget: crate::resilience::decide::RetryBudget,
 }
 
 impl LbState {
@@ -142,6 +150,7 @@ impl LbState {
             clock: now,
             rng: seed | 1,
             cursor: 0,
+            budget: Default::default(),
         }
     }
 
@@ -169,15 +178,28 @@ impl LbState {
     /// Chooses a target. `weights[i]` is target `i`'s weight; `key_hash` is used by
     /// `consistent_hash` only. `None` when no target has weight.
     pub fn pick(&mut self, kind: &LbKind, weights: &[u32], ring: &HashRing, key_hash: u64) -> Option<usize> {
+        self.pick_among(kind, weights, ring, key_hash, |_| true)
+    }
+
+    /// Picks among the targets `usable` admits (as if the others had weight 0).
+    pub fn pick_among(
+        &mut self,
+        kind: &LbKind,
+        weights: &[u32],
+        ring: &HashRing,
+        key_hash: u64,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = weights.len();
+        let weight = |i: usize| if usable(i) { weights[i] } else { 0 };
         match kind {
             LbKind::RoundRobin => {
                 // Smooth weighted round-robin: every pick adds each weight to its counter,
                 // takes the largest counter and subtracts the total from it.
                 let mut total = 0i64;
                 let mut best: Option<usize> = None;
-                for (i, &w) in weights.iter().enumerate() {
-                    let w = i64::from(w);
+                for i in 0..n {
+                    let w = i64::from(weight(i));
                     if w == 0 {
                         continue;
                     }
@@ -196,7 +218,7 @@ impl LbState {
                 let mut best: Option<usize> = None;
                 for k in 0..n {
                     let i = (self.cursor + k) % n;
-                    if weights[i] == 0 {
+                    if weight(i) == 0 {
                         continue;
                     }
                     best = match best {
@@ -216,17 +238,17 @@ impl LbState {
                 best
             }
             LbKind::P2cEwma => {
-                let live: usize = weights.iter().filter(|w| **w > 0).count();
+                let live: usize = (0..n).filter(|i| weight(*i) > 0).count();
                 if live == 0 {
                     return None;
                 }
-                let nth_live = |k: usize| weights.iter().enumerate().filter(|(_, w)| **w > 0).nth(k).map(|x| x.0);
+                let nth_live = |k: usize| (0..n).filter(|i| weight(*i) > 0).nth(k);
                 let a = nth_live((self.next_rand() % live as u64) as usize)?;
                 if live == 1 {
                     return Some(a);
                 }
                 let mut bk = (self.next_rand() % (live as u64 - 1)) as usize;
-                let ak = weights[..a].iter().filter(|w| **w > 0).count();
+                let ak = (0..a).filter(|i| weight(*i) > 0).count();
                 if bk >= ak {
                     bk += 1;
                 }
@@ -238,7 +260,7 @@ impl LbState {
                 // rank a NaN above everything, never below.
                 Some(if cost(a).total_cmp(&cost(b)).is_le() { a } else { b })
             }
-            LbKind::ConsistentHash(_) => ring.pick(key_hash),
+            LbKind::ConsistentHash(_) => ring.pick_among(key_hash, &usable),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod lb;
 pub mod metrics;
 pub mod pool;
 pub mod record;
+pub mod resilience;
 pub mod respond;
 pub mod router;
 pub mod run;

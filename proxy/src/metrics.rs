@@ -101,6 +101,10 @@ pub struct UpstreamSeries {
     upstream: Arc<str>,
     /// From the first attempt to the upstream's response head.
     head_time: Histogram,
+    /// Attempts after the first.
+    retries: Counter,
+    /// Retries the budget refused.
+    budget_exhausted: Counter,
 }
 
 /// The series of one target of an upstream.
@@ -238,7 +242,7 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
     // Sum every worker's series by their labels.
     let mut requests: BTreeMap<(&str, u8, u16), u64> = BTreeMap::new();
     let mut routes: BTreeMap<&str, (HistogramSum, [u64; 7])> = BTreeMap::new();
-    let mut upstreams: BTreeMap<&str, HistogramSum> = BTreeMap::new();
+    let mut upstreams: BTreeMap<&str, (HistogramSum, [u64; 2])> = BTreeMap::new();
     let mut targets: BTreeMap<(&str, SocketAddr), [u64; 4]> = BTreeMap::new();
     for s in views.iter().flat_map(|v| &v.known) {
         match s {
@@ -259,7 +263,12 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
                     *a += b.get();
                 }
             }
-            Series::Upstream(u) => u.head_time.merge_into(upstreams.entry(&u.upstream).or_default()),
+            Series::Upstream(u) => {
+                let e = upstreams.entry(&u.upstream).or_default();
+                u.head_time.merge_into(&mut e.0);
+                e.1[0] += u.retries.get();
+                e.1[1] += u.budget_exhausted.get();
+            }
             Series::Target(t) => {
                 let e = targets.entry((&t.upstream, t.target)).or_default();
                 for (a, b) in e.iter_mut().zip([&t.connects, &t.connect_errors, &t.timeouts, &t.reuses]) {
@@ -294,8 +303,18 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
         "histogram",
         "Time from the first attempt to the upstream's response head, by upstream.",
     );
-    for (upstream, h) in &upstreams {
+    for (upstream, (h, _)) in &upstreams {
         histogram(out, "ringway_upstream_response_seconds", &format!("upstream=\"{}\"", Esc(upstream)), h);
+    }
+    let per_upstream = [
+        ("ringway_upstream_retries_total", "Attempts after a request's first, by upstream.", 0),
+        ("ringway_upstream_retry_budget_exhausted_total", "Retries the retry budget refused, by upstream.", 1),
+    ];
+    for (name, help, i) in per_upstream {
+        header(out, name, "counter", help);
+        for (upstream, (_, c)) in &upstreams {
+            let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", Esc(upstream), c[i]);
+        }
     }
 
     let cache = [("hit", 0), ("miss", 1), ("expired", 2), ("bypass", 3), ("stale", 4)];
@@ -440,8 +459,12 @@ impl WorkerMetrics {
         let u = match local.upstreams.get_mut(upstream) {
             Some(u) => u,
             None => {
-                let series =
-                    Arc::new(UpstreamSeries { upstream: Arc::from(upstream), head_time: Histogram::default() });
+                let series = Arc::new(UpstreamSeries {
+                    upstream: Arc::from(upstream),
+                    head_time: Histogram::default(),
+                    retries: Counter::default(),
+                    budget_exhausted: Counter::default(),
+                });
                 let _ = self.announce.send(Series::Upstream(series.clone()));
                 local
                     .upstreams
@@ -451,6 +474,12 @@ impl WorkerMetrics {
         };
         if let Some(d) = rec.upstream_head {
             u.upstream.head_time.observe(d);
+        }
+        if rec.attempts > 1 {
+            u.upstream.retries.add(u64::from(rec.attempts - 1));
+        }
+        if rec.budget_exhausted {
+            u.upstream.budget_exhausted.add(1);
         }
         let t = match u.targets.iter().position(|t| t.target == target) {
             Some(i) => &u.targets[i],

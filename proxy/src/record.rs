@@ -301,6 +301,8 @@ pub struct Record {
     pub connect_errors: u8,
     pub timeouts: u8,
     pub reuses: u8,
+    /// A retry was wanted but the retry budget had none left.
+    pub budget_exhausted: bool,
     pub end: End,
     /// The error code of the gateway's own answer, or of what cut the request short.
     pub error: Option<&'static str>,
@@ -332,6 +334,7 @@ impl Record {
             connect_errors: 0,
             timeouts: 0,
             reuses: 0,
+            budget_exhausted: false,
             end: End::Completed,
             error: None,
             error_source: None,

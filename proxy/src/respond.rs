@@ -23,6 +23,10 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("no upstream target available")]
     NoTarget,
+    #[error("every target of the upstream is out of rotation (failing health checks)")]
+    NoHealthyTarget,
+    #[error("the upstream's circuit breaker is open: it failed too often; try again in {retry_after_s} s")]
+    CircuitOpen { retry_after_s: u32 },
     #[error("upstream connection failed")]
     UpstreamConnect,
     #[error("upstream did not accept the connection in time")]
@@ -45,6 +49,8 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => (400, "bad_request_body"),
             ProxyError::RequestTimeout => (408, "request_timeout"),
             ProxyError::NoTarget => (503, "no_upstream_target"),
+            ProxyError::NoHealthyTarget => (503, "no_healthy_target"),
+            ProxyError::CircuitOpen { .. } => (503, "circuit_open"),
             ProxyError::UpstreamConnect => (502, "upstream_unreachable"),
             ProxyError::UpstreamConnectTimeout => (502, "upstream_connect_timeout"),
             ProxyError::UpstreamSend => (502, "upstream_send_failed"),
@@ -55,7 +61,11 @@ impl ProxyError {
 
     pub fn reply(&self) -> Reply {
         let (status, code) = self.status_and_code();
-        Reply::json_error(status, code, &self.to_string())
+        let mut r = Reply::json_error(status, code, &self.to_string());
+        if let ProxyError::CircuitOpen { retry_after_s } = self {
+            r.headers.push(("retry-after".into(), retry_after_s.max(&1).to_string()));
+        }
+        r
     }
 
     /// Who caused it.
@@ -65,7 +75,10 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody(_)
             | ProxyError::RequestTimeout => Source::Client,
-            ProxyError::NoRoute | ProxyError::NoTarget => Source::Gateway,
+            ProxyError::NoRoute
+            | ProxyError::NoTarget
+            | ProxyError::NoHealthyTarget
+            | ProxyError::CircuitOpen { .. } => Source::Gateway,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamSend
@@ -183,7 +196,8 @@ pub enum Fate {
 /// short by an upstream, closes it.
 pub fn fate(error: Option<&Failure>, client_keep_alive: bool, body_read: bool, draining: bool) -> Fate {
     let framing_intact = match error.map(|f| f.error) {
-        None | Some(ProxyError::NoRoute) | Some(ProxyError::NoTarget) => true,
+        None | Some(ProxyError::NoRoute | ProxyError::NoTarget | ProxyError::NoHealthyTarget) => true,
+        Some(ProxyError::CircuitOpen { .. }) => true,
         Some(_) => false,
     };
     if client_keep_alive && body_read && !draining && framing_intact {

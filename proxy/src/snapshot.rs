@@ -92,6 +92,11 @@ pub struct Upstream {
     /// Changes whenever targets, weights or the balancer change: a worker keeps its balancing
     /// state across a config change while this stays the same.
     pub fingerprint: u64,
+    /// Retries, outlier ejection, the circuit breaker.
+    pub resilience: crate::resilience::policy::Settings,
+    /// The node's live view of the targets' health and the breaker (shared by every worker
+    /// and the health thread; carried over from the snapshot before for the targets kept).
+    pub health: Arc<crate::resilience::state::UpstreamState>,
 }
 
 /// One change to a document, by reference: a resource created or replaced (`Some`) or
@@ -225,11 +230,12 @@ impl Snapshot {
             let Edit::Upstream(id, spec) = e else { continue };
             match spec {
                 Some(u) => {
-                    let slot = match next.upstreams.get(id) {
+                    let old = next.upstreams.get(id).cloned();
+                    let slot = match &old {
                         Some(old) => old.slot,
                         None => next.take_slot(),
                     };
-                    match compile_upstream(id, u, slot, &mut errors) {
+                    match compile_upstream(id, u, slot, old.as_deref(), &mut errors) {
                         Some(up) => {
                             let up = Arc::new(up);
                             next.slots.set(slot as usize, Some(up.clone()));
@@ -415,7 +421,13 @@ fn duration_or(value: Option<&String>, default: Duration, path: String, errors: 
     }
 }
 
-fn compile_upstream(id: &str, u: &UpstreamSpec, slot: u32, errors: &mut ConfigErrors) -> Option<Upstream> {
+fn compile_upstream(
+    id: &str,
+    u: &UpstreamSpec,
+    slot: u32,
+    old: Option<&Upstream>,
+    errors: &mut ConfigErrors,
+) -> Option<Upstream> {
     let path = format!("upstreams.{id}");
     let before = errors.0.len();
     check_id(id, &path, errors);
@@ -482,12 +494,20 @@ fn compile_upstream(id: &str, u: &UpstreamSpec, slot: u32, errors: &mut ConfigEr
     }
     let pool_idle_timeout =
         duration_or(p.idle_timeout.as_ref(), DEFAULT_POOL_IDLE, format!("{path}.pool.idle_timeout"), errors);
+    let resilience = crate::resilience::policy::compile(
+        u.retries.as_ref(),
+        u.health_checks.as_ref(),
+        u.circuit_breaker.as_ref(),
+        &path,
+        errors,
+    );
     if errors.0.len() != before {
         return None;
     }
     let pairs: Vec<(SocketAddr, u32)> = targets.iter().copied().zip(weights.iter().copied()).collect();
     let ring = if matches!(lb, LbKind::ConsistentHash(_)) { HashRing::new(&pairs) } else { HashRing::default() };
     let fingerprint = hash64(format!("{pairs:?}{lb:?}").as_bytes());
+    let health = Arc::new(crate::resilience::state::UpstreamState::carry(old.map(|o| &*o.health), &targets));
     Some(Upstream {
         id: id.to_string(),
         slot,
@@ -501,6 +521,8 @@ fn compile_upstream(id: &str, u: &UpstreamSpec, slot: u32, errors: &mut ConfigEr
         pool_max_idle,
         pool_idle_timeout,
         fingerprint,
+        resilience,
+        health,
     })
 }
 

@@ -153,6 +153,8 @@ pub struct Counters {
 /// Everything one worker owns. Shared by its tasks through `Rc`; never crosses threads.
 pub struct Worker {
     pub ctx: WorkerContext,
+    /// How many workers the node runs.
+    pub workers: usize,
     pub limits: ServerLimits,
     generation: RefCell<Rc<Generation>>,
     /// Balancing state by upstream slot, with the fingerprint of the upstream it was made for:
@@ -256,6 +258,7 @@ impl Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
         Worker {
             ctx,
+            workers: workers.max(1),
             limits,
             generation: RefCell::new(Rc::new(Generation { snapshot })),
             lb: RefCell::new(Vec::new()),

@@ -12,12 +12,13 @@ use monoio::time::Instant;
 
 use super::body::{stream_request_body, take_buffered_body, BUFFERED_BODY};
 use super::cached::{self, serve_stale, usable_stale};
+use super::plan::pick_target;
 use super::Plan;
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::{BodyKind, MAX_HEADERS};
 use crate::io::{read_more, write_all, write_all_untimed};
-use crate::lb::LbKind;
 use crate::record::End;
+use crate::resilience::attempt::{Attempt, Failed};
 use crate::respond::{Failure, Phase, ProxyError, Source};
 use crate::session::{Answer, BodyLen, Conn};
 use crate::upstream::{read_response, response_head, ResponsePlan};
@@ -40,15 +41,14 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
-pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>) -> bool {
+pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
     let keep = send_and_relay(worker, conn, plan, out).await;
     conn.rec.bytes_in = conn.down.body_taken();
     keep
 }
 
-async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, mut out: Vec<u8>) -> bool {
+async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, mut out: Vec<u8>) -> bool {
     let upstream = plan.upstream;
-    let addr = upstream.targets[plan.target];
     if let Err(e) = take_buffered_body(conn, plan, &mut out) {
         return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
     }
@@ -80,46 +80,166 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, m
             return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
         }
     }
-    // The whole request is in `out`: a failed pooled connection can be retried safely.
+    // The whole request is in `out`: a failed attempt can be made again safely.
     let replayable = conn.down.body_done();
-    plan.lb.borrow_mut().start(plan.target);
     let started = Instant::now();
     conn.rec.upstream_started = Some(started);
-    let mut attempt = 0;
+    let settings = &upstream.resilience;
+    let floor = settings.retries.as_ref().map_or(0.0, |r| f64::from(r.budget_min_per_sec) / worker.workers as f64);
+    if let Some(r) = &settings.retries {
+        plan.lb.borrow_mut().budget.deposit(r.budget_ratio, floor);
+    }
     let mut ubuf = worker.spares.buf(RESPONSE_BUF);
-    let (up, head_len) = loop {
-        attempt += 1;
-        conn.rec.attempts = attempt;
-        let pooled = worker.pool.borrow_mut().take(addr, started);
+    let mut tried: u64 = 0;
+    let mut trial = plan.trial;
+    let (up, head_len, attempt) = loop {
+        conn.rec.attempts += 1;
+        tried |= 1u64.checked_shl(plan.target as u32).unwrap_or(0);
+        let attempt =
+            Attempt::start(&plan.lb, &upstream.lb, plan.target, &upstream.health, settings, worker.ctx.id, trial);
+        trial = false;
+        let (tried_it, o, b) = try_target(worker, conn, plan, out, ubuf, replayable).await;
+        (out, ubuf) = (o, b);
+        let (failure, how) = match tried_it {
+            Tried::Head(up, head_len) => {
+                let status = status_of(&ubuf[..head_len]);
+                let retry = settings.retries.as_ref().filter(|r| r.on_status.contains(status));
+                if retry.is_none() || !replayable || !plan.idempotent || !may_retry(conn, plan, floor) {
+                    break (up, head_len, attempt);
+                }
+                // A status worth another try: this answer is dropped (and its connection).
+                attempt.answered(status, started.elapsed());
+                drop(up);
+                backoff(worker, conn, plan, tried).await;
+                continue;
+            }
+            Tried::Early(up, head_len) => {
+                // Answered before the body: the origin's connection still expects it and the
+                // client may still send it, so neither is reused.
+                let status = status_of(&ubuf[..head_len]);
+                attempt.answered(status, started.elapsed());
+                conn.rec.upstream_head = Some(started.elapsed());
+                conn.upstream_buf = out;
+                relay_response(worker, conn, plan, up, head_len, ubuf, false).await;
+                conn.down.close().await;
+                return false;
+            }
+            Tried::Failed(failure, how) => (failure, how),
+            Tried::Client(None) => return false,
+            Tried::Client(Some(failure)) => {
+                worker.spares.give_buf(ubuf);
+                return fail_before_response(worker, conn, plan, out, failure).await;
+            }
+        };
+        attempt.failed(how);
+        let wanted = settings.retries.as_ref().is_some_and(|r| match how {
+            Failed::Connect => r.on_connect_failure,
+            Failed::Timeout => r.on_timeout,
+            Failed::Reset => r.on_reset,
+        });
+        if wanted && failure.retry_safe && may_retry(conn, plan, floor) {
+            backoff(worker, conn, plan, tried).await;
+            continue;
+        }
+        worker.spares.give_buf(ubuf);
+        return fail_before_response(worker, conn, plan, out, failure).await;
+    };
+    conn.rec.upstream_head = Some(started.elapsed());
+    attempt.answered(status_of(&ubuf[..head_len]), started.elapsed());
+    conn.upstream_buf = out;
+    relay_response(worker, conn, plan, up, head_len, ubuf, true).await
+}
+
+/// The status code of a response head (`HTTP/1.1 503 ...`), 0 if it has none.
+fn status_of(head: &[u8]) -> u16 {
+    head.get(9..12).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()).unwrap_or(0)
+}
+
+/// Whether the request may be tried again: attempts left, and the worker's budget for the
+/// upstream allows a retry (a refusal is noted in the record, so in the metrics).
+fn may_retry(conn: &mut Conn, plan: &Plan<'_>, floor: f64) -> bool {
+    let Some(r) = &plan.upstream.resilience.retries else { return false };
+    if u32::from(conn.rec.attempts) >= r.attempts {
+        return false;
+    }
+    let ok = plan.lb.borrow_mut().budget.withdraw(r.budget_ratio, floor, std::time::Instant::now());
+    conn.rec.budget_exhausted |= !ok;
+    ok
+}
+
+/// Waits before the next attempt (the backoff, doubled for each retry, with jitter) and picks
+/// its target: another one than those tried when there is one.
+async fn backoff(worker: &Worker, conn: &Conn, plan: &mut Plan<'_>, tried: u64) {
+    if let Some(r) = &plan.upstream.resilience.retries {
+        let n = u32::from(conn.rec.attempts).saturating_sub(1).min(10);
+        let base = r.backoff.saturating_mul(1 << n);
+        // Between half and all of it, so retries of many requests do not march in step.
+        let jitter = worker.random() % (base.as_micros() as u64 / 2 + 1);
+        monoio::time::sleep(base / 2 + Duration::from_micros(jitter)).await;
+    }
+    if let Some(t) = pick_target(&plan.lb, plan.upstream, plan.lb_key, tried) {
+        plan.target = t;
+    }
+}
+
+/// How one attempt went.
+enum Tried {
+    /// A final response head of this length is at the start of the receive buffer.
+    Head(Stream, usize),
+    /// The origin gave its final answer before the body it asked to wait for.
+    Early(Stream, usize),
+    /// The upstream failed (with whether a retry is safe in the failure), and how.
+    Failed(Failure, Failed),
+    /// The client's side ended the request: it went away (`None`, recorded), or its body was
+    /// refused (answer it with the failure).
+    Client(Option<Failure>),
+}
+
+/// One attempt on `plan.target`: a pooled connection (tried again once on a fresh one when it
+/// turns out stale and that is safe) or a new one, the request, the rest of the body, the
+/// response head. Gives back the request buffer and the receive buffer.
+async fn try_target(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    mut out: Vec<u8>,
+    mut ubuf: Vec<u8>,
+    replayable: bool,
+) -> (Tried, Vec<u8>, Vec<u8>) {
+    let upstream = plan.upstream;
+    let addr = upstream.targets[plan.target];
+    let started = Instant::now();
+    let mut fresh_tried = false;
+    loop {
+        let pooled = if fresh_tried { None } else { worker.pool.borrow_mut().take(addr, started) };
         let (mut up, reused) = match pooled {
             Some(s) => {
                 conn.rec.reuses += 1;
                 (s, true)
             }
-            None => {
-                let t0 = if attempt == 1 { started } else { Instant::now() };
-                match connect(addr, upstream.connect_timeout).await {
-                    Ok(s) => {
-                        conn.rec.upstream_connect = Some(t0.elapsed());
-                        conn.rec.connects += 1;
-                        worker.pool.borrow_mut().opened += 1;
-                        (s, false)
-                    }
-                    Err(e) => {
-                        if e == ProxyError::UpstreamConnectTimeout {
-                            conn.rec.timeouts += 1;
-                        } else {
-                            conn.rec.connect_errors += 1;
-                        }
-                        attempt_failed(plan);
-                        // Nothing reached the upstream: another target may be tried.
-                        let e = Failure::at(e, Phase::Connect, addr, true);
-                        return fail_before_response(worker, conn, plan, out, e).await;
-                    }
+            None => match connect(addr, upstream.connect_timeout).await {
+                Ok(s) => {
+                    conn.rec.upstream_connect = Some(started.elapsed());
+                    conn.rec.connects += 1;
+                    worker.pool.borrow_mut().opened += 1;
+                    (s, false)
                 }
-            }
+                Err(e) => {
+                    let how = if e == ProxyError::UpstreamConnectTimeout {
+                        conn.rec.timeouts += 1;
+                        Failed::Timeout
+                    } else {
+                        conn.rec.connect_errors += 1;
+                        Failed::Connect
+                    };
+                    // Nothing reached the upstream: another target may be tried.
+                    return (Tried::Failed(Failure::at(e, Phase::Connect, addr, true), how), out, ubuf);
+                }
+            },
         };
-        let retry_ok = reused && attempt == 1 && replayable;
+        // A stale pooled connection is tried again once, on a fresh one, when that is safe.
+        let again = reused && !fresh_tried && replayable;
+        fresh_tried |= reused;
         // A small request fits the empty send buffer of a connection between exchanges, so its
         // write cannot wait on the upstream: no timer for it.
         let (r, o) = if out.len() <= UNTIMED_WRITE {
@@ -129,12 +249,11 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, m
         };
         out = o;
         if let Err(e) = r {
-            if retry_ok && e.kind() != std::io::ErrorKind::TimedOut {
+            if again && e.kind() != std::io::ErrorKind::TimedOut {
                 continue;
             }
-            attempt_failed(plan);
-            let e = Failure::at(ProxyError::UpstreamSend, Phase::Send, addr, replayable && plan.idempotent);
-            return fail_before_response(worker, conn, plan, out, e).await;
+            let f = Failure::at(ProxyError::UpstreamSend, Phase::Send, addr, replayable && plan.idempotent);
+            return (Tried::Failed(f, Failed::Reset), out, ubuf);
         }
         ubuf.clear();
         if !conn.down.body_done() && plan.expect_continue {
@@ -151,101 +270,63 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &Plan<'_>, m
                 }
                 match said {
                     Ok((0, b)) => ubuf = b,
-                    Ok((head_len, b)) => {
-                        // Answered before the body: the origin's connection still expects it
-                        // and the client may still send it, so neither is reused.
-                        attempt_answered(plan, started, &mut conn.rec);
-                        conn.upstream_buf = out;
-                        relay_response(worker, conn, plan, up, head_len, b, false).await;
-                        conn.down.close().await;
-                        return false;
-                    }
+                    Ok((head_len, b)) => return (Tried::Early(up, head_len), out, b),
                     Err((e, b, nothing_received)) => {
                         ubuf = b;
                         // A pooled connection the origin had closed: nothing of the body was
                         // taken from the client yet, so a fresh connection may try again.
-                        if reused && attempt == 1 && nothing_received && e != ProxyError::UpstreamTimeout {
+                        if reused && nothing_received && e != ProxyError::UpstreamTimeout && !fresh_tried {
                             continue;
                         }
-                        worker.spares.give_buf(ubuf);
-                        if e == ProxyError::UpstreamTimeout {
+                        let how = if e == ProxyError::UpstreamTimeout {
                             conn.rec.timeouts += 1;
-                        }
-                        attempt_failed(plan);
+                            Failed::Timeout
+                        } else {
+                            Failed::Reset
+                        };
                         // The body was not sent: safe to try again if the origin took nothing.
-                        let e = Failure::at(e, Phase::ResponseHead, addr, nothing_received);
-                        return fail_before_response(worker, conn, plan, out, e).await;
+                        let f = Failure::at(e, Phase::ResponseHead, addr, nothing_received);
+                        return (Tried::Failed(f, how), out, ubuf);
                     }
                 }
             }
             if conn.down.write_continue(worker).await.is_err() {
                 conn.rec.cut(End::ClientAbort, "client_write_failed");
-                attempt_failed(plan);
-                return false;
+                return (Tried::Client(None), out, ubuf);
             }
         }
         if !conn.down.body_done() {
             if let Err(e) = stream_request_body(worker, conn, &mut up, plan, upstream.idle_timeout).await {
-                attempt_failed(plan);
                 return match e {
-                    Some(e) => {
-                        let e = match e.source() {
-                            Source::Client => Failure::new(e, Phase::RequestBody),
-                            _ => Failure::at(e, Phase::Send, addr, false),
-                        };
-                        fail_before_response(worker, conn, plan, Vec::new(), e).await
+                    Some(e) if e.source() == Source::Client => {
+                        (Tried::Client(Some(Failure::new(e, Phase::RequestBody))), out, ubuf)
                     }
+                    Some(e) => (Tried::Failed(Failure::at(e, Phase::Send, addr, false), Failed::Reset), out, ubuf),
                     None => {
                         conn.rec.cut(End::ClientAbort, "client_closed");
-                        false
+                        (Tried::Client(None), out, ubuf)
                     }
                 };
             }
         }
         let deadline = Instant::now() + upstream.response_head_timeout;
         match read_response(&mut up, ubuf, deadline, false).await {
-            Ok((head_len, b)) => {
-                ubuf = b;
-                break (up, head_len);
-            }
+            Ok((head_len, b)) => return (Tried::Head(up, head_len), out, b),
             Err((e, b, nothing_received)) => {
                 ubuf = b;
-                if retry_ok && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
+                if again && nothing_received && plan.idempotent && e != ProxyError::UpstreamTimeout {
                     continue;
                 }
-                if e == ProxyError::UpstreamTimeout {
+                let how = if e == ProxyError::UpstreamTimeout {
                     conn.rec.timeouts += 1;
-                }
-                attempt_failed(plan);
+                    Failed::Timeout
+                } else {
+                    Failed::Reset
+                };
                 let safe = replayable && nothing_received && plan.idempotent;
-                let e = Failure::at(e, Phase::ResponseHead, addr, safe);
-                return fail_before_response(worker, conn, plan, out, e).await;
+                return (Tried::Failed(Failure::at(e, Phase::ResponseHead, addr, safe), how), out, ubuf);
             }
         }
-    };
-    attempt_answered(plan, started, &mut conn.rec);
-    conn.upstream_buf = out;
-    relay_response(worker, conn, plan, up, head_len, ubuf, true).await
-}
-
-/// Notes the time to the response head, and tells the balancer the plan's target answered.
-fn attempt_answered(plan: &Plan<'_>, started: Instant, rec: &mut crate::record::Record) {
-    let now = Instant::now();
-    rec.upstream_head = Some(now.duration_since(started));
-    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
-        plan.lb.borrow_mut().finish(plan.target, Some(now.duration_since(started)), now.into_std());
-    } else {
-        plan.lb.borrow_mut().release(plan.target);
-    }
-}
-
-/// Tells the balancer an attempt on the plan's target failed (a clock read only for the
-/// latency-aware balancer).
-fn attempt_failed(plan: &Plan<'_>) {
-    if matches!(plan.upstream.lb, LbKind::P2cEwma) {
-        plan.lb.borrow_mut().finish(plan.target, None, Instant::now().into_std());
-    } else {
-        plan.lb.borrow_mut().release(plan.target);
     }
 }
 

@@ -42,7 +42,12 @@ struct Plan<'g> {
     chains: Layered<'g>,
     upstream: &'g Upstream,
     lb: SharedLb,
+    /// The target of the first attempt.
     target: usize,
+    /// The balancer's key (a retry picks with it again).
+    lb_key: u64,
+    /// A trial request the half-open breaker let through.
+    trial: bool,
     body: BodyKind,
     keep_alive: bool,
     expect_continue: bool,

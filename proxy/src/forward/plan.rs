@@ -17,6 +17,7 @@ use crate::h1::path::{canonical, parse_target, routing_key, Target};
 use crate::h1::request;
 use crate::lb::{hash64, HashOn, LbKind};
 use crate::record::{method_index, End, LimitOutcome, Record, RequestId, RequestText, Trace};
+use crate::resilience::state::BreakerMode;
 use crate::respond::{Failure, Phase, ProxyError};
 use crate::session::{Conn, Session};
 use crate::snapshot::{Route, Snapshot, Upstream};
@@ -125,7 +126,7 @@ pub(super) fn prepare<'g>(
     } else if chains.cache().is_some() {
         cached::bypass(cx.as_mut(), rec);
     }
-    let Ok((upstream, lb, target)) = pick(worker, snapshot, route, &p, &mut early) else {
+    let Ok(Picked { upstream, lb, target, key, trial }) = pick(worker, snapshot, route, &p, &mut early) else {
         return Err(Box::new(early));
     };
     // The head the upstream gets: the route's path, the list the policies edited, and a Host
@@ -146,6 +147,8 @@ pub(super) fn prepare<'g>(
         upstream,
         lb,
         target,
+        lb_key: key,
+        trial,
         body: p.body,
         keep_alive: p.keep_alive,
         expect_continue,
@@ -454,15 +457,44 @@ fn request_policies<'a>(
     Ok(Some(cx))
 }
 
-/// Phase `pick`: the upstream target, by the upstream's balancer.
+/// What the pick phase chose.
+pub(super) struct Picked<'g> {
+    pub(super) upstream: &'g Upstream,
+    pub(super) lb: SharedLb,
+    pub(super) target: usize,
+    /// The balancer's key (for picking again on a retry).
+    pub(super) key: u64,
+    /// A trial request the half-open breaker let through.
+    pub(super) trial: bool,
+}
+
+/// Phase `pick`: the upstream's breaker lets the request through (or answers 503), then the
+/// balancer picks among the targets in rotation.
 fn pick<'g>(
     worker: &Worker,
     snapshot: &'g Snapshot,
     route: &Route,
     p: &Parsed<'_>,
     early: &mut Early<'_>,
-) -> Step<(&'g Upstream, SharedLb, usize)> {
+) -> Step<Picked<'g>> {
     let upstream = snapshot.upstream(route.upstream);
+    let settings = &upstream.resilience;
+    let mut trial = false;
+    if settings.breaker.is_some() {
+        let b = &upstream.health.breaker;
+        let refused = match b.mode() {
+            BreakerMode::Closed => false,
+            BreakerMode::Open => true,
+            BreakerMode::HalfOpen => {
+                trial = b.take_permit();
+                !trial
+            }
+        };
+        if refused {
+            let e = ProxyError::CircuitOpen { retry_after_s: b.retry_after_s().max(1) };
+            return refuse(early, e, Phase::Pick);
+        }
+    }
     let key = match &upstream.lb {
         LbKind::ConsistentHash(HashOn::Header(name)) => match header(p, name) {
             Some(v) => hash64(v),
@@ -472,14 +504,32 @@ fn pick<'g>(
         _ => 0,
     };
     let lb = worker.lb_state(upstream);
-    let picked = lb.borrow_mut().pick(&upstream.lb, &upstream.weights, &upstream.ring, key);
+    let picked = pick_target(&lb, upstream, key, 0);
     match picked {
-        Some(target) => Ok((upstream, lb, target)),
-        None => {
-            early.error = Some(Failure::new(ProxyError::NoTarget, Phase::Pick));
-            Err(())
-        }
+        Some(target) => Ok(Picked { upstream, lb, target, key, trial }),
+        None if settings.passive.is_some() => refuse(early, ProxyError::NoHealthyTarget, Phase::Pick),
+        None => refuse(early, ProxyError::NoTarget, Phase::Pick),
     }
+}
+
+/// A target for `upstream` by its balancer, among those in rotation and not in `tried` (a bit
+/// per target, for retries; targets past the 64th are never excluded). When every one of
+/// them is out, a `fail_open` upstream picks among all; `None`: nothing to pick.
+pub(super) fn pick_target(lb: &SharedLb, upstream: &Upstream, key: u64, tried: u64) -> Option<usize> {
+    let (kind, weights, ring) = (&upstream.lb, &upstream.weights, &upstream.ring);
+    let health = &upstream.health;
+    let not_tried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+    let mut lb = lb.borrow_mut();
+    if upstream.resilience.passive.is_none() {
+        if tried == 0 {
+            return lb.pick(kind, weights, ring, key);
+        }
+        return lb.pick_among(kind, weights, ring, key, not_tried).or_else(|| lb.pick(kind, weights, ring, key));
+    }
+    let usable = |i: usize| health.targets[i].usable();
+    lb.pick_among(kind, weights, ring, key, |i| usable(i) && not_tried(i))
+        .or_else(|| if tried != 0 { lb.pick_among(kind, weights, ring, key, usable) } else { None })
+        .or_else(|| if upstream.resilience.fail_open { lb.pick(kind, weights, ring, key) } else { None })
 }
 
 /// The first value of header `name` the client sent.
