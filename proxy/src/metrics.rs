@@ -459,13 +459,7 @@ impl WorkerMetrics {
         let u = match local.upstreams.get_mut(upstream) {
             Some(u) => u,
             None => {
-                let series = Arc::new(UpstreamSeries {
-                    upstream: Arc::from(upstream),
-                    head_time: Histogram::default(),
-                    retries: Counter::default(),
-                    budget_exhausted: Counter::default(),
-                });
-                let _ = self.announce.send(Series::Upstream(series.clone()));
+                let series = Self::new_upstream_series(&self.announce, upstream);
                 local
                     .upstreams
                     .entry(Box::from(upstream))
@@ -481,6 +475,17 @@ impl WorkerMetrics {
         if rec.budget_exhausted {
             u.upstream.budget_exhausted.add(1);
         }
+        self.count_target_in(u, target, rec);
+    }
+
+    /// Counts what the record says of the connections to `target` (new, failed, timed out,
+    /// pooled): at the end of a request, and after each attempt that is tried again elsewhere.
+    pub fn count_target(&self, local: &mut LocalSeries, upstream: &str, target: SocketAddr, rec: &Record) {
+        let u = Self::upstream_series(&self.announce, local, upstream);
+        self.count_target_in(u, target, rec);
+    }
+
+    fn count_target_in(&self, u: &mut LocalUpstream, target: SocketAddr, rec: &Record) {
         let t = match u.targets.iter().position(|t| t.target == target) {
             Some(i) => &u.targets[i],
             None => {
@@ -501,5 +506,28 @@ impl WorkerMetrics {
         t.connect_errors.add(u64::from(rec.connect_errors));
         t.timeouts.add(u64::from(rec.timeouts));
         t.reuses.add(u64::from(rec.reuses));
+    }
+
+    fn upstream_series<'l>(
+        announce: &crossbeam_channel::Sender<Series>,
+        local: &'l mut LocalSeries,
+        upstream: &str,
+    ) -> &'l mut LocalUpstream {
+        if !local.upstreams.contains_key(upstream) {
+            let series = Self::new_upstream_series(announce, upstream);
+            local.upstreams.insert(Box::from(upstream), LocalUpstream { upstream: series, targets: Vec::new() });
+        }
+        local.upstreams.get_mut(upstream).expect("just inserted")
+    }
+
+    fn new_upstream_series(announce: &crossbeam_channel::Sender<Series>, upstream: &str) -> Arc<UpstreamSeries> {
+        let series = Arc::new(UpstreamSeries {
+            upstream: Arc::from(upstream),
+            head_time: Histogram::default(),
+            retries: Counter::default(),
+            budget_exhausted: Counter::default(),
+        });
+        let _ = announce.send(Series::Upstream(series.clone()));
+        series
     }
 }

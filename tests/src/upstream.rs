@@ -66,6 +66,9 @@ pub struct Upstream {
     accepted: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
     stop: Arc<AtomicBool>,
+    /// Every connection open, by number (a handle to cut it with [`Upstream::kill`]; removed
+    /// when its server thread ends, so the handle never keeps a closed connection open).
+    open: Arc<Mutex<Vec<(usize, TcpStream)>>>,
 }
 
 /// The byte at offset `i` of a generated body.
@@ -114,9 +117,10 @@ impl Upstream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         {
-            let (accepted, seen, stop) = (accepted.clone(), seen.clone(), stop.clone());
+            let (accepted, seen, stop, open) = (accepted.clone(), seen.clone(), stop.clone(), open.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -124,12 +128,18 @@ impl Upstream {
                     }
                     let Ok(stream) = stream else { continue };
                     let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
-                    let (seen, handler, stop) = (seen.clone(), handler.clone(), stop.clone());
-                    std::thread::spawn(move || serve_conn(stream, conn, &seen, &*handler, &stop, keepalive));
+                    if let Ok(handle) = stream.try_clone() {
+                        open.lock().unwrap().push((conn, handle));
+                    }
+                    let (seen, handler, stop, open) = (seen.clone(), handler.clone(), stop.clone(), open.clone());
+                    std::thread::spawn(move || {
+                        serve_conn(stream, conn, &seen, &*handler, &stop, keepalive);
+                        open.lock().unwrap().retain(|(c, _)| *c != conn);
+                    });
                 }
             });
         }
-        Upstream { addr, name: name.to_string(), accepted, seen, stop }
+        Upstream { addr, name: name.to_string(), accepted, seen, stop, open }
     }
 
     /// Connections accepted so far.
@@ -144,6 +154,18 @@ impl Upstream {
 
     pub fn request_count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+}
+
+impl Upstream {
+    /// Ends the server as a crash would: new connections are refused and every open one is
+    /// cut, pooled ones included.
+    pub fn kill(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        for (_, s) in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 

@@ -87,7 +87,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     let settings = &upstream.resilience;
     let floor = settings.retries.as_ref().map_or(0.0, |r| f64::from(r.budget_min_per_sec) / worker.workers as f64);
     if let Some(r) = &settings.retries {
-        plan.lb.borrow_mut().budget.deposit(r.budget_ratio, floor);
+        plan.lb.borrow_mut().budget.deposit(r.budget_ratio);
     }
     let mut ubuf = worker.spares.buf(RESPONSE_BUF);
     let mut tried: u64 = 0;
@@ -110,6 +110,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                 // A status worth another try: this answer is dropped (and its connection).
                 attempt.answered(status, started.elapsed());
                 drop(up);
+                count_attempt(worker, conn, plan);
                 backoff(worker, conn, plan, tried).await;
                 continue;
             }
@@ -138,6 +139,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
             Failed::Reset => r.on_reset,
         });
         if wanted && failure.retry_safe && may_retry(conn, plan, floor) {
+            count_attempt(worker, conn, plan);
             backoff(worker, conn, plan, tried).await;
             continue;
         }
@@ -148,6 +150,15 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     attempt.answered(status_of(&ubuf[..head_len]), started.elapsed());
     conn.upstream_buf = out;
     relay_response(worker, conn, plan, up, head_len, ubuf, true).await
+}
+
+/// Counts the connections of an attempt that is tried again elsewhere against its own target
+/// (the record's counts start over for the next one).
+fn count_attempt(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>) {
+    let addr = plan.upstream.targets[plan.target];
+    worker.metrics.count_target(&mut worker.series.borrow_mut(), &plan.upstream.id, addr, &conn.rec);
+    let r = &mut conn.rec;
+    (r.connects, r.connect_errors, r.timeouts, r.reuses) = (0, 0, 0, 0);
 }
 
 /// The status code of a response head (`HTTP/1.1 503 ...`), 0 if it has none.
@@ -162,7 +173,7 @@ fn may_retry(conn: &mut Conn, plan: &Plan<'_>, floor: f64) -> bool {
     if u32::from(conn.rec.attempts) >= r.attempts {
         return false;
     }
-    let ok = plan.lb.borrow_mut().budget.withdraw(r.budget_ratio, floor, std::time::Instant::now());
+    let ok = plan.lb.borrow_mut().budget.withdraw(floor, std::time::Instant::now());
     conn.rec.budget_exhausted |= !ok;
     ok
 }

@@ -149,6 +149,7 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
                 b.trial_ok.store(0, std::sync::atomic::Ordering::Relaxed);
                 b.trial_failed.store(0, std::sync::atomic::Ordering::Relaxed);
                 b.set_mode(BreakerMode::HalfOpen, p.half_open_requests as i32, 0);
+                book.half_open_since = Some(now);
                 log::warn!("upstream {id}: circuit breaker half-open");
                 remember(&mut book.history, "half_open", format!("open for {} ms", p.open_for.as_millis()));
             } else {
@@ -163,6 +164,13 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
                 b.set_mode(BreakerMode::Open, 0, open_for_s);
                 log::warn!("upstream {id}: circuit breaker open again: a trial request failed");
                 remember(&mut book.history, "open", "a trial request failed".into());
+            } else if ok < p.half_open_requests
+                && book.half_open_since.is_some_and(|t| now.duration_since(t) >= p.open_for)
+            {
+                // Trials that never reported (their clients went away): hand out fresh ones
+                // rather than stay half-open for good.
+                b.set_mode(BreakerMode::HalfOpen, p.half_open_requests.saturating_sub(ok) as i32, 0);
+                book.half_open_since = Some(now);
             } else if ok >= p.half_open_requests {
                 book.slots.clear();
                 b.clear_consecutive();
@@ -174,43 +182,39 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
     }
 }
 
-/// A worker's retry budget for one upstream: every request adds `ratio` of a retry, time adds
-/// the worker's share of `min_per_sec`; a retry spends one. So over any stretch of time, the
-/// node's retries stay within `ratio` of its requests plus `min_per_sec` a second (plus what
-/// the buckets hold: at most ten seconds' worth of the floor and `ratio` of 100 requests).
-#[derive(Debug, Clone)]
+/// A worker's retry budget for one upstream, in two buckets: every request adds `ratio` of a
+/// retry to the first (which holds at most `ratio` of 100 requests); the second holds the
+/// worker's share of `min_per_sec` and refills at that rate (it starts full). A retry spends
+/// from the first, else from the second. So over any stretch of time the node's retries stay
+/// within `ratio` of its requests, plus `min_per_sec` a second, plus what the buckets held.
+#[derive(Debug, Clone, Default)]
 pub struct RetryBudget {
-    tokens: f64,
+    earned: f64,
+    floor: f64,
     last: Option<std::time::Instant>,
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget { tokens: 0.0, last: None }
-    }
 }
 
 impl RetryBudget {
     /// A request started.
     #[inline]
-    pub fn deposit(&mut self, ratio: f64, floor_per_sec: f64) {
-        self.tokens = (self.tokens + ratio).min(Self::cap(ratio, floor_per_sec));
-    }
-
-    fn cap(ratio: f64, floor_per_sec: f64) -> f64 {
-        ratio * 100.0 + floor_per_sec * 10.0
+    pub fn deposit(&mut self, ratio: f64) {
+        self.earned = (self.earned + ratio).min(ratio * 100.0);
     }
 
     /// Takes one retry from the budget, if there is one; `floor_per_sec` is this worker's
     /// share of the node's floor.
-    pub fn withdraw(&mut self, ratio: f64, floor_per_sec: f64, now: std::time::Instant) -> bool {
-        if let Some(last) = self.last {
-            let earned = now.duration_since(last).as_secs_f64() * floor_per_sec;
-            self.tokens = (self.tokens + earned).min(Self::cap(ratio, floor_per_sec));
-        }
+    pub fn withdraw(&mut self, floor_per_sec: f64, now: std::time::Instant) -> bool {
+        let cap = floor_per_sec.max(1.0);
+        self.floor = match self.last {
+            None => cap,
+            Some(last) => (self.floor + now.duration_since(last).as_secs_f64() * floor_per_sec).min(cap),
+        };
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.earned >= 1.0 {
+            self.earned -= 1.0;
+            true
+        } else if floor_per_sec > 0.0 && self.floor >= 1.0 {
+            self.floor -= 1.0;
             true
         } else {
             false
@@ -333,15 +337,17 @@ mod tests {
         let t0 = std::time::Instant::now();
         let mut allowed = 0;
         for _ in 0..1000 {
-            b.deposit(0.2, 0.0);
-            if b.withdraw(0.2, 0.0, t0) {
+            b.deposit(0.2);
+            if b.withdraw(0.0, t0) {
                 allowed += 1;
             }
         }
         assert!((199..=200).contains(&allowed), "a fifth of the requests: {allowed}");
+        // The floor: a second's worth at once, then its rate.
         let mut b = RetryBudget::default();
-        assert!(!b.withdraw(0.0, 10.0, t0));
-        assert!(b.withdraw(0.0, 10.0, t0 + Duration::from_millis(100)), "the floor earns one in 0.1 s");
-        assert!(!b.withdraw(0.0, 10.0, t0 + Duration::from_millis(150)));
+        assert!((0..5).all(|_| b.withdraw(5.0, t0)), "five at once");
+        assert!(!b.withdraw(5.0, t0));
+        assert!(b.withdraw(5.0, t0 + Duration::from_millis(200)), "the floor earns one in 0.2 s");
+        assert!(!b.withdraw(5.0, t0 + Duration::from_millis(250)));
     }
 }

@@ -136,6 +136,8 @@ pub struct BreakerBook {
     /// The counts' sums at the last tick.
     pub seen: (u64, u64),
     pub open_until: Option<Instant>,
+    /// When the breaker last half-opened (or handed out fresh trial permits).
+    pub half_open_since: Option<Instant>,
     pub history: std::collections::VecDeque<Decision>,
 }
 

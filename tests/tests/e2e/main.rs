@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod paths;
+mod resilience;
 mod routing;
 mod upstream_errors;
 
