@@ -94,7 +94,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         if !matches!(req.method.as_str(), "GET" | "HEAD") {
             return Response::error(405, "method_not_allowed", format!("{} is not allowed on /metrics", req.method));
         }
-        return metrics_page(ctx);
+        return metrics_page(ctx, state);
     }
     let Some(rest) = req.path.strip_prefix("/admin/v1/") else {
         return Response::error(404, "not_found", format!("no admin endpoint at {}", req.path));
@@ -117,6 +117,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
             .map(|(rev, _)| Response::json(200, &json!({"revision": rev, "value": {}}))),
         ("POST", ["revisions", rev, "rollback"]) => rollback(state, rev),
         ("POST", ["clock"]) => move_clock(ctx, req),
+        ("GET", ["upstreams", id, "health"]) => upstream_health(state, id),
         ("GET", [kind]) if is_kind(kind) => Ok(list(state, kind)),
         ("GET", [kind, id]) if is_kind(kind) => get_one(state, kind, id),
         ("PUT", [kind, id]) if is_kind(kind) => put_one(state, kind, id, req, false),
@@ -124,7 +125,13 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         ("DELETE", [kind, id]) if is_kind(kind) => delete_one(state, kind, id),
         (
             _,
-            ["status"] | ["config"] | ["revisions"] | ["revisions", _, "rollback"] | ["cache"] | ["global_policies"],
+            ["status"]
+            | ["config"]
+            | ["revisions"]
+            | ["revisions", _, "rollback"]
+            | ["cache"]
+            | ["global_policies"]
+            | ["upstreams", _, "health"],
         ) => Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path))),
         (_, [kind] | [kind, _]) if is_kind(kind) => {
             Err(ApiError::new(405, "method_not_allowed", format!("{m} is not allowed on {}", req.path)))
@@ -135,9 +142,10 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
 }
 
 /// `GET /metrics` (the metrics listener's requests come here directly: no token there).
-pub fn metrics_page(ctx: &ApiContext) -> Response {
+pub fn metrics_page(ctx: &ApiContext, state: &AdminState) -> Response {
     let mut out = String::with_capacity(4096);
     metrics::render(&mut out, &ctx.metrics);
+    ringway_proxy::resilience::render_metrics(&mut out, state.snapshot());
     Response { status: 200, content_type: metrics::CONTENT_TYPE, body: out.into_bytes() }
 }
 
@@ -245,6 +253,18 @@ fn move_clock(ctx: &ApiContext, req: &Request) -> Result<Response, ApiError> {
         ));
     };
     Ok(Response::json(200, &json!({"skew_ms": hand.advance(ms)})))
+}
+
+/// `GET /admin/v1/upstreams/{id}/health`: the node's view of the upstream's targets and
+/// breaker, with the latest decisions and why they were made.
+fn upstream_health(state: &mut AdminState, id: &str) -> Result<Response, ApiError> {
+    if !state.spec().upstreams.contains_key(id) {
+        return Err(ApiError::new(404, "not_found", format!("no upstream {id:?}")));
+    }
+    match state.health_report(id) {
+        Some(r) => Ok(Response::json(200, &serde_json::to_value(r).unwrap_or_default())),
+        None => Err(ApiError::new(503, "health_unavailable", "the health thread did not answer in time")),
+    }
 }
 
 fn is_kind(k: &str) -> bool {

@@ -402,7 +402,7 @@ fn admin_thread(
                 let Ok(job) = job else { jobs = never(); continue };
                 let resp = match job.endpoint {
                     Endpoint::Api => api::handle(&mut state, &ctx, &job.request),
-                    Endpoint::Metrics => api::metrics_page(&ctx),
+                    Endpoint::Metrics => api::metrics_page(&ctx, &state),
                 };
                 if let Some(Err(e)) = ctx.telemetry.as_ref().map(|t| t.configure(state.snapshot().access_log.as_ref())) {
                     log::error!("access log: {e}");

@@ -295,6 +295,11 @@ impl AdminState {
         }
     }
 
+    /// The node's view of upstream `id`'s health (`None`: no health thread, or no answer).
+    pub fn health_report(&self, id: &str) -> Option<ringway_proxy::resilience::HealthReport> {
+        self.health.as_ref()?.report(id)
+    }
+
     /// Starts the thread that makes the node's health decisions on the current snapshot.
     pub fn start_health(&mut self) -> std::io::Result<()> {
         self.health = Some(ringway_proxy::resilience::HealthThread::start(self.current.clone())?);

@@ -102,9 +102,43 @@ pub struct RetryBudgetSpec {
 pub struct HealthChecksSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveSpec>,
     /// `fail_closed` (the default: answer 503 at once) or `fail_open` (send to every target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all_unhealthy: Option<String>,
+}
+
+/// Probes: `{type: http, path: "/healthz", host, expect_status: [200], interval: "2s",
+/// timeout: "1s", healthy_after: 2, unhealthy_after: 3}`, one per target per interval for the
+/// node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveSpec {
+    /// `http` (the default) or `tcp` (a connection is enough).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The `Host` sent (default: the target's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<Vec<u16>>,
+    /// Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Successes in a row that bring a target back (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_after: Option<u32>,
+    /// Failures in a row that take it out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_after: Option<u32>,
 }
 
 /// Outlier ejection: `{consecutive_failures: 5, failure_statuses: [502, 503, 504],

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod admission;
 pub mod cache;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;

@@ -3,7 +3,6 @@
 //!
 //! Hot path.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use super::body::{stream_request_body, take_buffered_body, BUFFERED_BODY};
 use super::cached::{self, serve_stale, usable_stale};
 use super::plan::pick_target;
 use super::Plan;
+use crate::client::{connect, status_of};
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::head::{BodyKind, MAX_HEADERS};
 use crate::io::{read_more, write_all, write_all_untimed};
@@ -159,11 +159,6 @@ fn count_attempt(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>) {
     worker.metrics.count_target(&mut worker.series.borrow_mut(), &plan.upstream.id, addr, &conn.rec);
     let r = &mut conn.rec;
     (r.connects, r.connect_errors, r.timeouts, r.reuses) = (0, 0, 0, 0);
-}
-
-/// The status code of a response head (`HTTP/1.1 503 ...`), 0 if it has none.
-fn status_of(head: &[u8]) -> u16 {
-    head.get(9..12).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()).unwrap_or(0)
 }
 
 /// Whether the request may be tried again: attempts left, and the worker's budget for the
@@ -338,14 +333,6 @@ async fn try_target(
                 return (Tried::Failed(Failure::at(e, Phase::ResponseHead, addr, safe), how), out, ubuf);
             }
         }
-    }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyError> {
-    match monoio::time::timeout(timeout, Stream::connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
-        Err(_) => Err(ProxyError::UpstreamConnectTimeout),
     }
 }
 

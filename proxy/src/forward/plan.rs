@@ -507,7 +507,7 @@ fn pick<'g>(
     let picked = pick_target(&lb, upstream, key, 0);
     match picked {
         Some(target) => Ok(Picked { upstream, lb, target, key, trial }),
-        None if settings.passive.is_some() => refuse(early, ProxyError::NoHealthyTarget, Phase::Pick),
+        None if settings.checks_health() => refuse(early, ProxyError::NoHealthyTarget, Phase::Pick),
         None => refuse(early, ProxyError::NoTarget, Phase::Pick),
     }
 }
@@ -520,7 +520,7 @@ pub(super) fn pick_target(lb: &SharedLb, upstream: &Upstream, key: u64, tried: u
     let health = &upstream.health;
     let not_tried = |i: usize| i >= 64 || tried & (1 << i) == 0;
     let mut lb = lb.borrow_mut();
-    if upstream.resilience.passive.is_none() {
+    if !upstream.resilience.checks_health() {
         if tried == 0 {
             return lb.pick(kind, weights, ring, key);
         }

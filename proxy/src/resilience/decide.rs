@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::policy::{BreakerPolicy, Passive, Settings};
 use super::state::{
     unix_ms, BreakerBook, BreakerMode, BreakerState, Decision, TargetBook, TargetState, UpstreamState, HISTORY,
+    UNHEALTHY,
 };
 
 /// The health thread's bookkeeping per target and per breaker, by the address of their shared
@@ -49,6 +50,16 @@ impl Books {
     pub fn target_history(&mut self, t: &Arc<TargetState>) -> Vec<Decision> {
         self.target(t).history.iter().cloned().collect()
     }
+
+    /// What is kept of a target.
+    pub fn target_book(&mut self, t: &Arc<TargetState>) -> &mut TargetBook {
+        self.target(t)
+    }
+
+    /// The decisions kept for a breaker, oldest first.
+    pub fn breaker_history(&mut self, b: &Arc<BreakerState>) -> Vec<Decision> {
+        self.breaker(b).history.iter().cloned().collect()
+    }
 }
 
 /// How often the health thread decides.
@@ -74,13 +85,53 @@ pub fn decide(id: &str, settings: &Settings, state: &UpstreamState, now: Instant
     }
 }
 
+/// A probe of `t` ended with `outcome`: after `healthy_after` successes in a row an unhealthy
+/// target is back, after `unhealthy_after` failures in a row a healthy one is out.
+pub fn probed(
+    id: &str,
+    t: &Arc<TargetState>,
+    outcome: Result<(), String>,
+    (healthy_after, unhealthy_after): (u32, u32),
+    books: &mut Books,
+) {
+    let book = books.target(t);
+    book.probing = false;
+    match outcome {
+        Ok(()) => {
+            book.probe_ok += 1;
+            book.probe_failed = 0;
+            book.last_probe = Some("ok".into());
+            if t.is_unhealthy() && book.probe_ok >= healthy_after {
+                t.set_out_for(UNHEALTHY, false);
+                log::warn!("upstream {id}: target {} healthy again", t.addr);
+                remember(&mut book.history, "healthy", format!("{} probes in a row succeeded", book.probe_ok));
+            }
+        }
+        Err(why) => {
+            book.probe_failed += 1;
+            book.probe_ok = 0;
+            if !t.is_unhealthy() && book.probe_failed >= unhealthy_after {
+                t.set_out_for(UNHEALTHY, true);
+                t.unhealthy_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::warn!("upstream {id}: target {} unhealthy: {why}", t.addr);
+                remember(
+                    &mut book.history,
+                    "unhealthy",
+                    format!("{} probes in a row failed: {why}", book.probe_failed),
+                );
+            }
+            book.last_probe = Some(why);
+        }
+    }
+}
+
 /// Outlier ejection. At most `max_ejected_percent` of the targets are out at once (rounded
 /// down: with 4 targets and 50%, two, never three).
 fn eject(id: &str, p: &Passive, state: &UpstreamState, now: Instant, books: &mut Books) {
     let max_out = state.targets.len() * p.max_ejected_percent as usize / 100;
     let mut out = state.out_count();
     for t in state.targets.iter() {
-        let TargetBook { ejections, out_until, since, history } = books.target(t);
+        let TargetBook { ejections, out_until, since, history, .. } = books.target(t);
         if let Some(until) = *out_until {
             if now < until {
                 continue;
@@ -106,6 +157,7 @@ fn eject(id: &str, p: &Passive, state: &UpstreamState, now: Instant, books: &mut
             *since = Some(now);
             t.clear_consecutive();
             t.set_out(true);
+            t.ejections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             out += 1;
             log::warn!("upstream {id}: target {} ejected for {length:?} after {failures} failures in a row", t.addr);
             remember(history, "ejected", format!("{failures} failures in a row; out for {} ms", length.as_millis()));
@@ -139,6 +191,7 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
                 };
                 book.open_until = Some(now + p.open_for);
                 b.set_mode(BreakerMode::Open, 0, open_for_s);
+                b.opened_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::warn!("upstream {id}: circuit breaker open: {why}");
                 remember(&mut book.history, "open", why);
             }
@@ -162,6 +215,7 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
             if failed > 0 {
                 book.open_until = Some(now + p.open_for);
                 b.set_mode(BreakerMode::Open, 0, open_for_s);
+                b.opened_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::warn!("upstream {id}: circuit breaker open again: a trial request failed");
                 remember(&mut book.history, "open", "a trial request failed".into());
             } else if ok < p.half_open_requests

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ringway_policy::{parse_duration, ConfigErrors};
 
-use crate::config::{CircuitBreakerSpec, HealthChecksSpec, PassiveSpec, RetriesSpec, RetryOnSpec};
+use crate::config::{ActiveSpec, CircuitBreakerSpec, HealthChecksSpec, PassiveSpec, RetriesSpec, RetryOnSpec};
 
 /// A set of response statuses (100-999), one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +59,20 @@ pub struct Passive {
     pub max_ejected_percent: u32,
 }
 
+/// `health_checks.active`: probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Active {
+    /// A connection is enough (`tcp`), or an HTTP answer with an expected status.
+    pub tcp: bool,
+    pub path: String,
+    pub host: Option<String>,
+    pub expect_status: Statuses,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
 /// `circuit_breaker`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerPolicy {
@@ -76,15 +90,21 @@ pub struct BreakerPolicy {
 pub struct Settings {
     pub retries: Option<RetryPolicy>,
     pub passive: Option<Passive>,
+    pub active: Option<Active>,
     pub breaker: Option<BreakerPolicy>,
     /// When every target is out of rotation: send to all of them anyway (else 503 at once).
     pub fail_open: bool,
 }
 
 impl Settings {
-    /// Whether anything here watches outcomes (so workers report them).
+    /// Whether the health thread has anything to decide for the upstream.
     pub fn watches(&self) -> bool {
-        self.passive.is_some() || self.breaker.is_some()
+        self.passive.is_some() || self.breaker.is_some() || self.active.is_some()
+    }
+
+    /// Whether targets can be out of rotation (so picks look at their state).
+    pub fn checks_health(&self) -> bool {
+        self.passive.is_some() || self.active.is_some()
     }
 }
 
@@ -148,6 +168,7 @@ pub fn compile(
     Settings {
         retries: retries.map(|r| compile_retries(r, &format!("{path}.retries"), errors)),
         passive: health.and_then(|h| h.passive.as_ref()).map(|p| compile_passive(p, path, errors)),
+        active: health.and_then(|h| h.active.as_ref()).map(|a| compile_active(a, path, errors)),
         breaker: breaker.map(|b| compile_breaker(b, &format!("{path}.circuit_breaker"), errors)),
         fail_open: match health.and_then(|h| h.all_unhealthy.as_deref()) {
             None | Some("fail_closed") => false,
@@ -222,6 +243,48 @@ fn compile_passive(p: &PassiveSpec, upstream: &str, errors: &mut ConfigErrors) -
             errors,
         ),
         max_ejected_percent: count(p.max_ejected_percent, 50, 0..=100, format!("{path}.max_ejected_percent"), errors),
+    }
+}
+
+fn compile_active(a: &ActiveSpec, upstream: &str, errors: &mut ConfigErrors) -> Active {
+    let path = format!("{upstream}.health_checks.active");
+    let tcp = match a.kind.as_deref() {
+        None | Some("http") => false,
+        Some("tcp") => true,
+        Some(other) => {
+            errors.push(format!("{path}.type"), format!("{other:?}: expected \"http\" or \"tcp\""));
+            false
+        }
+    };
+    let probe_path = a.path.clone().unwrap_or_else(|| "/".into());
+    if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        errors.push(format!("{path}.path"), format!("{probe_path:?}: expected an absolute path without spaces"));
+    }
+    if let Some(h) = &a.host {
+        if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/') {
+            errors.push(format!("{path}.host"), format!("{h:?}: not a host name"));
+        }
+    }
+    let expect = a.expect_status.clone().unwrap_or_else(|| vec![200]);
+    for (i, c) in expect.iter().enumerate() {
+        if !(200..=599).contains(c) {
+            errors.push(format!("{path}.expect_status[{i}]"), format!("{c} is not a response status (200-599)"));
+        }
+    }
+    let interval = duration(a.interval.as_ref(), Duration::from_secs(2), format!("{path}.interval"), errors);
+    let timeout = duration(a.timeout.as_ref(), Duration::from_secs(1), format!("{path}.timeout"), errors);
+    if timeout > interval {
+        errors.push(format!("{path}.timeout"), "must not be longer than the interval");
+    }
+    Active {
+        tcp,
+        path: probe_path,
+        host: a.host.clone(),
+        expect_status: Statuses::of(&expect),
+        interval,
+        timeout,
+        healthy_after: count(a.healthy_after, 2, 1..=100, format!("{path}.healthy_after"), errors),
+        unhealthy_after: count(a.unhealthy_after, 3, 1..=100, format!("{path}.unhealthy_after"), errors),
     }
 }
 

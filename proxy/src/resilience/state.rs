@@ -8,7 +8,7 @@
 //! snapshot that had it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,14 +20,23 @@ pub struct Counts {
     pub failures: AtomicU64,
 }
 
+/// Out of rotation because outlier detection ejected it.
+pub const EJECTED: u8 = 1;
+/// Out of rotation because probes failed.
+pub const UNHEALTHY: u8 = 2;
+
 /// A target's state.
 #[derive(Debug)]
 pub struct TargetState {
     pub addr: SocketAddr,
-    /// Out of rotation (ejected): set and cleared by the health thread only.
-    out: AtomicBool,
+    /// Why the target is out of rotation, a bit each ([`EJECTED`], [`UNHEALTHY`]): set and
+    /// cleared by the health thread only; 0 is in rotation.
+    out: AtomicU8,
     /// Failures in a row, from every worker; a success clears it.
     consecutive: AtomicU32,
+    /// Times ejected, and times probes took it out (for the metrics).
+    pub ejections_total: AtomicU64,
+    pub unhealthy_total: AtomicU64,
 }
 
 /// What the health thread keeps of a target.
@@ -41,34 +50,66 @@ pub struct TargetBook {
     pub since: Option<Instant>,
     /// The latest decisions, newest last (at most [`HISTORY`]).
     pub history: std::collections::VecDeque<Decision>,
+    /// Probes: successes and failures in a row, when the next one is due, whether one is
+    /// under way, and what the last one said.
+    pub probe_ok: u32,
+    pub probe_failed: u32,
+    pub probe_due: Option<Instant>,
+    pub probing: bool,
+    pub last_probe: Option<String>,
 }
 
 /// Decisions kept per target or breaker.
 pub const HISTORY: usize = 16;
 
 /// One decision of the node's, for the admin API.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Decision {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// `ejected`, `returned`, `open`, `half_open`, `closed`.
+    /// `ejected`, `returned`, `unhealthy`, `healthy`, `open`, `half_open`, `closed`.
     pub what: &'static str,
     pub why: String,
 }
 
 impl TargetState {
     fn new(addr: SocketAddr) -> Self {
-        TargetState { addr, out: AtomicBool::new(false), consecutive: AtomicU32::new(0) }
+        TargetState {
+            addr,
+            out: AtomicU8::new(0),
+            consecutive: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
+            unhealthy_total: AtomicU64::new(0),
+        }
     }
 
     /// Whether the target is in rotation.
     #[inline]
     pub fn usable(&self) -> bool {
-        !self.out.load(Relaxed)
+        self.out.load(Relaxed) == 0
     }
 
+    /// Takes the target out of rotation for `why` ([`EJECTED`] or [`UNHEALTHY`]), or puts it
+    /// back as far as `why` goes.
+    pub fn set_out_for(&self, why: u8, out: bool) {
+        if out {
+            self.out.fetch_or(why, Relaxed);
+        } else {
+            self.out.fetch_and(!why, Relaxed);
+        }
+    }
+
+    /// Ejected by outlier detection.
     pub fn set_out(&self, out: bool) {
-        self.out.store(out, Relaxed);
+        self.set_out_for(EJECTED, out);
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.out.load(Relaxed) & EJECTED != 0
+    }
+
+    pub fn is_unhealthy(&self) -> bool {
+        self.out.load(Relaxed) & UNHEALTHY != 0
     }
 
     /// Failures in a row so far.
@@ -123,6 +164,8 @@ pub struct BreakerState {
     /// Outcomes of the requests let through while half-open.
     pub trial_ok: AtomicU32,
     pub trial_failed: AtomicU32,
+    /// Times it opened (for the metrics).
+    pub opened_total: AtomicU64,
     /// Per-worker counts (a worker past the end shares a slot, still correctly: they are added
     /// atomically).
     counts: Box<[Counts]>,
@@ -151,6 +194,7 @@ impl BreakerState {
             consecutive: AtomicU32::new(0),
             trial_ok: AtomicU32::new(0),
             trial_failed: AtomicU32::new(0),
+            opened_total: AtomicU64::new(0),
             counts: (0..slots).map(|_| Counts::default()).collect(),
         }
     }
@@ -229,9 +273,9 @@ impl UpstreamState {
         }
     }
 
-    /// How many targets are out of rotation.
+    /// How many targets outlier detection has ejected.
     pub fn out_count(&self) -> usize {
-        self.targets.iter().filter(|t| !t.usable()).count()
+        self.targets.iter().filter(|t| t.is_ejected()).count()
     }
 }
 

@@ -110,7 +110,7 @@ fn scrape(gw: &Gateway) -> Scrape {
 }
 
 /// `promtool check metrics` (Prometheus' own linter; `.ci/run` provides it) accepts `text`.
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("promtool")

@@ -172,6 +172,12 @@ fn the_breaker_opens_half_opens_and_closes(driver: &str) {
     for i in 0..20 {
         assert_eq!(c.get(&format!("/after{i}")).status, 200);
     }
+    assert_eq!(metric(&gw, "ringway_circuit_breaker_opened_total", &["upstream=\"u\""]), 1);
+    assert_eq!(metric(&gw, "ringway_circuit_breaker_state", &["state=\"closed\""]), 1);
+    let r = gw.admin("GET", "/admin/v1/upstreams/u/health", None).json();
+    let history: Vec<&str> =
+        r["breaker_history"].as_array().unwrap().iter().map(|d| d["what"].as_str().unwrap()).collect();
+    assert_eq!(history, ["open", "half_open", "closed"]);
 }
 
 #[test]
@@ -205,4 +211,172 @@ fn bad_resilience_settings_are_refused_with_their_paths() {
     }
     // Nothing was accepted: the upstream does not exist.
     assert_eq!(gw.admin("GET", "/admin/v1/upstreams/bad", None).status, 404);
+}
+
+/// The health report of upstream `u`: each target's state by address.
+fn states(gw: &Gateway) -> Vec<(String, String)> {
+    let r = gw.admin("GET", "/admin/v1/upstreams/u/health", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap().to_string(), t["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn state_of(gw: &Gateway, addr: std::net::SocketAddr) -> String {
+    states(gw).into_iter().find(|(a, _)| *a == addr.to_string()).map(|(_, s)| s).unwrap_or_default()
+}
+
+/// Waits up to `within` for target `addr` to be in `want`.
+fn wait_state(gw: &Gateway, addr: std::net::SocketAddr, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while state_of(gw, addr) != want {
+        assert!(Instant::now() < deadline, "{addr} not {want} within {within:?}: {:?}", states(gw));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How the probed upstream answers its probes: healthy, failing, or alternating.
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const FLAPPING: u8 = 2;
+
+fn probed_upstream(name: &str, mode: Arc<std::sync::atomic::AtomicU8>) -> Upstream {
+    let flip = Arc::new(AtomicBool::new(false));
+    let n = name.to_string();
+    Upstream::start(name, move |r| {
+        if r.target != "/healthz" {
+            return Reply::Full(200, vec![], format!("{n} {}", r.target).into_bytes());
+        }
+        let ok = match mode.load(Ordering::Relaxed) {
+            HEALTHY => true,
+            FAILING => false,
+            _ => !flip.fetch_xor(true, Ordering::Relaxed),
+        };
+        Reply::Full(if ok { 200 } else { 500 }, vec![], b"probe".to_vec())
+    })
+}
+
+#[test]
+fn probes_run_once_per_interval_for_the_node() {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(HEALTHY));
+    let a = probed_upstream("a", mode);
+    let extra = "    health_checks: {active: {path: \"/healthz\", interval: \"200ms\", timeout: \"100ms\"}}";
+    let _gw = Gateway::start_with(
+        &single(&[a.addr], extra, ""),
+        &ringway_tests::gateway::default_driver(),
+        &["--workers", "2"],
+    );
+    let probes = || a.requests().iter().filter(|r| r.target == "/healthz").count();
+    let first = probes();
+    std::thread::sleep(Duration::from_millis(2000));
+    let n = probes() - first;
+    // Ten intervals: ten probes for the node (twenty if each of the two workers probed).
+    assert!((8..=12).contains(&n), "{n} probes in 2 s at one per 200 ms");
+    let probe = a.requests().into_iter().find(|r| r.target == "/healthz").unwrap();
+    assert_eq!(probe.method, "GET");
+    assert_eq!(probe.header("user-agent"), Some("ringway-health"));
+}
+
+#[test]
+fn probes_take_a_target_out_and_back_with_hysteresis() {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(HEALTHY));
+    let a = probed_upstream("a", mode.clone());
+    let b = Upstream::echo("b");
+    let extra = "    health_checks: {active: {path: \"/healthz\", interval: \"100ms\", timeout: \"80ms\", \
+                 healthy_after: 3, unhealthy_after: 2}}";
+    let gw = Gateway::start_with(&single(&[a.addr, b.addr], extra, ""), &ringway_tests::gateway::default_driver(), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state_of(&gw, a.addr), "healthy", "targets start healthy and stay so");
+    mode.store(FAILING, Ordering::Relaxed);
+    wait_state(&gw, a.addr, "unhealthy", Duration::from_secs(2));
+    let served = |u: &Upstream| u.requests().iter().filter(|r| r.target != "/healthz").count();
+    let before = served(&a);
+    let mut c = Client::connect(gw.addr);
+    for i in 0..20 {
+        assert_eq!(c.get(&format!("/r{i}")).text(), format!("b GET /r{i}"));
+    }
+    assert_eq!(served(&a), before, "an unhealthy target gets no request");
+    let up = metric(&gw, "ringway_upstream_target_up", &[&format!("target=\"{}\"", a.addr)]);
+    assert_eq!(up, 0, "the metric shows it out");
+    crate::metrics::promtool_accepts(&gw.admin("GET", "/metrics", None).text());
+    // A target that answers every other probe never has three successes in a row: it stays out.
+    mode.store(FLAPPING, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(state_of(&gw, a.addr), "unhealthy", "a flapping target does not flap the state");
+    mode.store(HEALTHY, Ordering::Relaxed);
+    wait_state(&gw, a.addr, "healthy", Duration::from_secs(2));
+    let r = gw.admin("GET", "/admin/v1/upstreams/u/health", None).json();
+    let history: Vec<&str> =
+        r["targets"][0]["history"].as_array().unwrap().iter().map(|d| d["what"].as_str().unwrap()).collect();
+    assert_eq!(history, ["unhealthy", "healthy"]);
+    assert_eq!(gw.admin("GET", "/admin/v1/upstreams/nope/health", None).status, 404);
+}
+
+#[test]
+fn with_every_target_out_the_answer_is_503_unless_fail_open() {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(FAILING));
+    let a = probed_upstream("a", mode);
+    let checks =
+        "    health_checks: {active: {path: \"/healthz\", interval: \"100ms\", timeout: \"80ms\", unhealthy_after: 1}";
+    let gw = Gateway::start_with(
+        &single(&[a.addr], &format!("{checks}}}"), ""),
+        &ringway_tests::gateway::default_driver(),
+        &[],
+    );
+    wait_state(&gw, a.addr, "unhealthy", Duration::from_secs(2));
+    let served = || a.requests().iter().filter(|r| r.target != "/healthz").count();
+    let r = Client::connect(gw.addr).get("/x");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no_healthy_target", "{}", r.text());
+    assert_eq!(served(), 0, "nothing was sent to the unhealthy target");
+    // fail_open: sent to every target anyway.
+    let body = format!(
+        r#"{{"targets": [{{"addr": "{}"}}], "health_checks": {{"all_unhealthy": "fail_open",
+            "active": {{"path": "/healthz", "interval": "100ms", "timeout": "80ms", "unhealthy_after": 1}}}}}}"#,
+        a.addr
+    );
+    assert_eq!(gw.admin("PUT", "/admin/v1/upstreams/u", Some(&body)).status, 200);
+    assert_eq!(state_of(&gw, a.addr), "unhealthy", "the change kept the target's state");
+    assert_eq!(Client::connect(gw.addr).get("/y").text(), "a /y");
+}
+
+#[test]
+fn a_config_change_keeps_the_state_of_the_targets_it_keeps() {
+    let bad = Upstream::start("bad", |_| Reply::Full(502, vec![], b"broken".to_vec()));
+    let good = Upstream::echo("good");
+    let other = Upstream::echo("other");
+    let passive = r#""health_checks": {"passive": {"consecutive_failures": 2, "base_ejection": "30s"}}"#;
+    let extra = "    health_checks: {passive: {consecutive_failures: 2, base_ejection: \"30s\"}}";
+    let gw = Gateway::start_with(
+        &single(&[bad.addr, good.addr], extra, ""),
+        &ringway_tests::gateway::default_driver(),
+        &["--workers", "1"],
+    );
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..4 {
+        c.get("/warm");
+    }
+    wait_state(&gw, bad.addr, "ejected", Duration::from_secs(2));
+    // A change that keeps `bad` (a target added): still ejected.
+    let put = |targets: &[std::net::SocketAddr]| {
+        let t: Vec<String> = targets.iter().map(|a| format!(r#"{{"addr": "{a}"}}"#)).collect();
+        let body = format!(r#"{{"targets": [{}], {passive}}}"#, t.join(","));
+        let r = gw.admin("PUT", "/admin/v1/upstreams/u", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    put(&[bad.addr, good.addr, other.addr]);
+    assert_eq!(state_of(&gw, bad.addr), "ejected");
+    let before = bad.request_count();
+    for i in 0..12 {
+        assert_eq!(c.get(&format!("/k{i}")).status, 200);
+    }
+    assert_eq!(bad.request_count(), before, "the kept ejection holds");
+    // Removed, then added again: its state was retired, it starts healthy.
+    put(&[good.addr, other.addr]);
+    assert!(states(&gw).iter().all(|(a, _)| *a != bad.addr.to_string()));
+    put(&[bad.addr, good.addr, other.addr]);
+    assert_eq!(state_of(&gw, bad.addr), "healthy");
 }
