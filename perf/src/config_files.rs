@@ -89,9 +89,10 @@ backend origin
 /// ringway: one upstream, and either a catch-all route (with `policies`, YAML flow, when not
 /// empty) or `extra_routes` non-matching routes
 /// followed by the `/bench/*` route the load hits.
-pub fn ringway(origin: SocketAddr, extra_routes: usize, policies: &str) -> String {
-    let mut out =
-        format!("upstreams:\n  origin:\n    targets:\n      - addr: \"{origin}\"\n        weight: 1\nroutes:\n");
+pub fn ringway(origin: SocketAddr, extra_routes: usize, policies: &str, upstream: &str) -> String {
+    let mut out = format!(
+        "upstreams:\n  origin:\n    targets:\n      - addr: \"{origin}\"\n        weight: 1\n{upstream}routes:\n"
+    );
     if extra_routes == 0 {
         out.push_str("  all:\n    paths: [\"/*\"]\n    upstream: origin\n");
         if !policies.is_empty() {
@@ -113,12 +114,12 @@ mod tests {
     #[test]
     fn ringway_route_table_has_the_hit_route_last() {
         let origin = "127.0.0.1:9001".parse().unwrap();
-        let yaml = ringway(origin, 999, "");
+        let yaml = ringway(origin, 999, "", "");
         assert_eq!(yaml.matches("upstream: origin").count(), 1000);
         assert!(yaml.contains("r0999: {paths: [\"/svc0999/*\"]"));
         assert!(yaml.trim_end().ends_with("hit: {paths: [\"/bench/*\"], upstream: origin}"));
-        assert!(ringway(origin, 0, "").contains("paths: [\"/*\"]"));
-        assert!(ringway(origin, 0, "{rate_limit: {limit: 5, window: 1s}}")
+        assert!(ringway(origin, 0, "", "").contains("paths: [\"/*\"]"));
+        assert!(ringway(origin, 0, "{rate_limit: {limit: 5, window: 1s}}", "")
             .ends_with("policies: {rate_limit: {limit: 5, window: 1s}}\n"));
     }
 

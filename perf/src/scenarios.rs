@@ -26,6 +26,8 @@ pub struct Scenario {
     pub extra_routes: usize,
     /// Policies of ringway's route, as YAML flow (nginx and HAProxy run their plain config).
     pub ringway_policies: &'static str,
+    /// More settings of ringway's upstream, as YAML lines indented by four spaces.
+    pub ringway_upstream: &'static str,
 }
 
 /// A small GET over keep-alive, the baseline all others are read against.
@@ -39,6 +41,7 @@ const BASE: Scenario = Scenario {
     new_connection: false,
     extra_routes: 0,
     ringway_policies: "",
+    ringway_upstream: "",
 };
 
 /// Every scenario, in report order.
@@ -68,6 +71,18 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "rate_limited",
         description: "GET through a node-wide rate limit far above the offered load (ringway only)",
         ringway_policies: "{rate_limit: {limit: 1000000000, window: 1s, key: ip}}",
+        ..BASE
+    },
+    Scenario {
+        name: "resilient",
+        description: "GET to an upstream with retries, outlier ejection, a circuit breaker and probes (ringway only)",
+        ringway_upstream:
+            "    retries: {attempts: 3, on: [connect_failure, reset, timeout, 502, 503, 504], backoff: 25ms, \
+                           budget: {ratio: 0.2, min_per_sec: 10}}\n    \
+                           health_checks: {passive: {consecutive_failures: 5, base_ejection: 30s, \
+                           max_ejected_percent: 50}, active: {path: /, interval: 2s, timeout: 1s}}\n    \
+                           circuit_breaker: {failure_ratio: 0.5, min_requests: 20, window: 10s, open_for: 15s, \
+                           half_open_requests: 3}\n",
         ..BASE
     },
     Scenario {

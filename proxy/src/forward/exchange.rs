@@ -329,7 +329,9 @@ async fn try_target(
                 } else {
                     Failed::Reset
                 };
-                let safe = replayable && nothing_received && plan.idempotent;
+                // The request reached the upstream: only an idempotent one, whole in memory, may
+                // go again.
+                let safe = replayable && plan.idempotent;
                 return (Tried::Failed(Failure::at(e, Phase::ResponseHead, addr, safe), how), out, ubuf);
             }
         }

@@ -13,6 +13,7 @@ use crate::{both_drivers, single};
 
 both_drivers!(
     killing_a_target_loses_no_idempotent_request,
+    a_target_that_does_not_answer_in_time_is_retried_elsewhere,
     a_request_that_reached_a_target_is_retried_only_when_idempotent,
     the_retry_budget_caps_attempts,
     every_worker_skips_an_ejected_target,
@@ -60,6 +61,28 @@ fn killing_a_target_loses_no_idempotent_request(driver: &str) {
     }
     let after = metric(&gw, "ringway_upstream_connect_errors_total", &[&format!("target=\"{dead}\"")]);
     assert_eq!(after, errors, "an ejected target is not tried");
+}
+
+fn a_target_that_does_not_answer_in_time_is_retried_elsewhere(driver: &str) {
+    let slow = Upstream::start("slow", |_| Reply::Hang);
+    let fast = Upstream::echo("fast");
+    let extra = "    timeouts: {response_head: \"300ms\"}\n    \
+                 retries: {attempts: 2, on: [timeout], backoff: \"1ms\"}";
+    let gw = Gateway::start_with(&single(&[slow.addr, fast.addr], extra, ""), driver, &[]);
+    for i in 0..4 {
+        let r = Client::connect(gw.addr).get(&format!("/t{i}"));
+        assert_eq!((r.status, r.text()), (200, format!("fast GET /t{i}")));
+    }
+    assert!(slow.request_count() > 0, "the slow target was tried");
+    // A POST that timed out is not sent again: the client hears 504.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(Client::connect(gw.addr).request("POST", &format!("/p{i}"), &[], b"x").status);
+    }
+    let posts_at_slow = slow.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(statuses.iter().filter(|s| **s == 504).count(), posts_at_slow, "{statuses:?}");
+    let posts_at_fast = fast.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts_at_slow + posts_at_fast, 4, "every POST was sent once");
 }
 
 fn a_request_that_reached_a_target_is_retried_only_when_idempotent(driver: &str) {
