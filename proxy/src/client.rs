@@ -26,7 +26,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, Prox
 
 /// The status code of a response head (`HTTP/1.1 503 ...`), 0 if it has none.
 pub fn status_of(head: &[u8]) -> u16 {
-    head.get(9..12).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()).unwrap_or(0)
+    match head.get(9..12) {
+        Some(&[a, b, c]) if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => 0,
+    }
 }
 
 /// One health probe of `addr`, all of it within `a.timeout`: a connection (`tcp`), or a

@@ -95,10 +95,12 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     let (up, head_len, attempt) = loop {
         conn.rec.attempts += 1;
         tried |= 1u64.checked_shl(plan.target as u32).unwrap_or(0);
+        // The first attempt starts with the exchange: one clock read.
+        let at = if conn.rec.attempts == 1 { started } else { Instant::now() };
         let attempt =
-            Attempt::start(&plan.lb, &upstream.lb, plan.target, &upstream.health, settings, worker.ctx.id, trial);
+            Attempt::start(&plan.lb, &upstream.lb, plan.target, &upstream.health, settings, worker.ctx.id, trial, at);
         trial = false;
-        let (tried_it, o, b) = try_target(worker, conn, plan, out, ubuf, replayable).await;
+        let (tried_it, o, b) = try_target(worker, conn, plan, out, ubuf, replayable, at).await;
         (out, ubuf) = (o, b);
         let (failure, how) = match tried_it {
             Tried::Head(up, head_len) => {
@@ -108,7 +110,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                     break (up, head_len, attempt);
                 }
                 // A status worth another try: this answer is dropped (and its connection).
-                attempt.answered(status, started.elapsed());
+                attempt.answered(status, at.elapsed());
                 drop(up);
                 count_attempt(worker, conn, plan);
                 backoff(worker, conn, plan, tried).await;
@@ -118,8 +120,9 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                 // Answered before the body: the origin's connection still expects it and the
                 // client may still send it, so neither is reused.
                 let status = status_of(&ubuf[..head_len]);
-                attempt.answered(status, started.elapsed());
-                conn.rec.upstream_head = Some(started.elapsed());
+                let now = Instant::now();
+                attempt.answered(status, now.duration_since(at));
+                conn.rec.upstream_head = Some(now.duration_since(started));
                 conn.upstream_buf = out;
                 relay_response(worker, conn, plan, up, head_len, ubuf, false).await;
                 conn.down.close().await;
@@ -146,8 +149,10 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
         worker.spares.give_buf(ubuf);
         return fail_before_response(worker, conn, plan, out, failure).await;
     };
-    conn.rec.upstream_head = Some(started.elapsed());
-    attempt.answered(status_of(&ubuf[..head_len]), started.elapsed());
+    let now = Instant::now();
+    let head_at = now.duration_since(attempt.started());
+    conn.rec.upstream_head = Some(now.duration_since(started));
+    attempt.answered(status_of(&ubuf[..head_len]), head_at);
     conn.upstream_buf = out;
     relay_response(worker, conn, plan, up, head_len, ubuf, true).await
 }
@@ -211,10 +216,10 @@ async fn try_target(
     mut out: Vec<u8>,
     mut ubuf: Vec<u8>,
     replayable: bool,
+    started: Instant,
 ) -> (Tried, Vec<u8>, Vec<u8>) {
     let upstream = plan.upstream;
     let addr = upstream.targets[plan.target];
-    let started = Instant::now();
     let mut fresh_tried = false;
     loop {
         let pooled = if fresh_tried { None } else { worker.pool.borrow_mut().take(addr, started) };

@@ -40,7 +40,7 @@ pub struct Attempt<'a> {
 }
 
 impl<'a> Attempt<'a> {
-    /// Starts an attempt on `target` (counted as active by the balancer).
+    /// Starts an attempt on `target` at `started` (counted as active by the balancer).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         lb: &'a SharedLb,
@@ -50,13 +50,14 @@ impl<'a> Attempt<'a> {
         settings: &'a Settings,
         worker: usize,
         trial: bool,
+        started: Instant,
     ) -> Self {
         lb.borrow_mut().start(target);
         Attempt {
             lb,
             p2c: matches!(kind, LbKind::P2cEwma),
             target,
-            started: Instant::now(),
+            started,
             state,
             settings,
             worker,
