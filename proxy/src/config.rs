@@ -96,7 +96,8 @@ pub struct RetryBudgetSpec {
     pub min_per_sec: Option<u32>,
 }
 
-/// `health_checks`: passive (from real traffic) and what to do when every target is out.
+/// `health_checks`: passive (from real traffic), active (probes), and what to do when every
+/// target is out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthChecksSpec {

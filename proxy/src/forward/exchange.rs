@@ -100,6 +100,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
         let attempt =
             Attempt::start(&plan.lb, &upstream.lb, plan.target, &upstream.health, settings, worker.ctx.id, trial, at);
         trial = false;
+        plan.trial = false;
         let (tried_it, o, b) = try_target(worker, conn, plan, out, ubuf, replayable, at).await;
         (out, ubuf) = (o, b);
         let (failure, how) = match tried_it {
@@ -113,8 +114,13 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                 attempt.answered(status, at.elapsed());
                 drop(up);
                 count_attempt(worker, conn, plan);
-                backoff(worker, conn, plan, tried).await;
-                continue;
+                if backoff(worker, conn, plan, tried).await {
+                    continue;
+                }
+                // Nothing left in rotation: the answer is gone, so the client hears why.
+                worker.spares.give_buf(ubuf);
+                let e = Failure::new(ProxyError::NoHealthyTarget, Phase::Pick);
+                return fail_before_response(worker, conn, plan, out, e).await;
             }
             Tried::Early(up, head_len) => {
                 // Answered before the body: the origin's connection still expects it and the
@@ -143,8 +149,14 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
         });
         if wanted && failure.retry_safe && may_retry(conn, plan, floor) {
             count_attempt(worker, conn, plan);
-            backoff(worker, conn, plan, tried).await;
-            continue;
+            let addr = plan.upstream.targets[plan.target];
+            if backoff(worker, conn, plan, tried).await {
+                continue;
+            }
+            // Nothing left in rotation: the failure stands, at the target that failed.
+            let failure = Failure { target: Some(addr), ..failure };
+            worker.spares.give_buf(ubuf);
+            return fail_before_response(worker, conn, plan, out, failure).await;
         }
         worker.spares.give_buf(ubuf);
         return fail_before_response(worker, conn, plan, out, failure).await;
@@ -173,14 +185,24 @@ fn may_retry(conn: &mut Conn, plan: &Plan<'_>, floor: f64) -> bool {
     if u32::from(conn.rec.attempts) >= r.attempts {
         return false;
     }
+    // A breaker that is not closed lets no retry through (a failed trial is not repeated).
+    if plan.upstream.resilience.breaker.is_some()
+        && plan.upstream.health.breaker.mode() != crate::resilience::state::BreakerMode::Closed
+    {
+        return false;
+    }
     let ok = plan.lb.borrow_mut().budget.withdraw(floor, std::time::Instant::now());
     conn.rec.budget_exhausted |= !ok;
     ok
 }
 
-/// Waits before the next attempt (the backoff, doubled for each retry, with jitter) and picks
-/// its target: another one than those tried when there is one.
-async fn backoff(worker: &Worker, conn: &Conn, plan: &mut Plan<'_>, tried: u64) {
+/// Picks the next attempt's target (another one than those tried when there is one) and waits
+/// the backoff (doubled for each retry, with jitter). False: no target is in rotation.
+async fn backoff(worker: &Worker, conn: &Conn, plan: &mut Plan<'_>, tried: u64) -> bool {
+    match pick_target(&plan.lb, plan.upstream, plan.lb_key, tried) {
+        Some(t) => plan.target = t,
+        None => return false,
+    }
     if let Some(r) = &plan.upstream.resilience.retries {
         let n = u32::from(conn.rec.attempts).saturating_sub(1).min(10);
         let base = r.backoff.saturating_mul(1 << n);
@@ -188,9 +210,7 @@ async fn backoff(worker: &Worker, conn: &Conn, plan: &mut Plan<'_>, tried: u64) 
         let jitter = worker.random() % (base.as_micros() as u64 / 2 + 1);
         monoio::time::sleep(base / 2 + Duration::from_micros(jitter)).await;
     }
-    if let Some(t) = pick_target(&plan.lb, plan.upstream, plan.lb_key, tried) {
-        plan.target = t;
-    }
+    true
 }
 
 /// How one attempt went.
@@ -249,7 +269,9 @@ async fn try_target(
             },
         };
         // A stale pooled connection is tried again once, on a fresh one, when that is safe.
-        let again = reused && !fresh_tried && replayable;
+        // The first pooled connection of this attempt (a stale one is replaced once).
+        let first_pooled = reused && !fresh_tried;
+        let again = first_pooled && replayable;
         fresh_tried |= reused;
         // A small request fits the empty send buffer of a connection between exchanges, so its
         // write cannot wait on the upstream: no timer for it.
@@ -286,7 +308,7 @@ async fn try_target(
                         ubuf = b;
                         // A pooled connection the origin had closed: nothing of the body was
                         // taken from the client yet, so a fresh connection may try again.
-                        if reused && nothing_received && e != ProxyError::UpstreamTimeout && !fresh_tried {
+                        if first_pooled && nothing_received && e != ProxyError::UpstreamTimeout {
                             continue;
                         }
                         let how = if e == ProxyError::UpstreamTimeout {

@@ -153,6 +153,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             conn.down.begin(head_len, asked, plan.body);
             conn.rec.request_id = plan.request_id;
             let keep = go_upstream(worker, conn, &mut plan, out).await;
+            if plan.trial {
+                // A half-open breaker's trial that never reached the upstream (answered from
+                // the cache, or the request ended first): its permit goes back.
+                plan.upstream.health.breaker.give_permit();
+            }
             (keep, Some(plan.route), Some((plan.upstream, plan.target)))
         }
         Err(early) => {

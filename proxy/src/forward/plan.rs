@@ -505,6 +505,9 @@ fn pick<'g>(
     };
     let lb = worker.lb_state(upstream);
     let picked = pick_target(&lb, upstream, key, 0);
+    if picked.is_none() && trial {
+        upstream.health.breaker.give_permit();
+    }
     match picked {
         Some(target) => Ok(Picked { upstream, lb, target, key, trial }),
         None if settings.checks_health() => refuse(early, ProxyError::NoHealthyTarget, Phase::Pick),

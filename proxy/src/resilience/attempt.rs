@@ -19,13 +19,13 @@ pub enum Failed {
     Connect,
     /// A deadline ran out (connecting or waiting for the answer).
     Timeout,
-    /// The connection broke, or the upstream spoke nonsense, before or during the answer.
+    /// The connection broke, or the upstream spoke nonsense, before its answer's head.
     Reset,
 }
 
 /// An attempt in flight. Dropped without [`Attempt::answered`] or [`Attempt::failed`], it
-/// only gives back its balancer slot: the request ended for a reason that is not the target's
-/// (the client went away).
+/// only gives back its balancer slot (and a half-open breaker's trial permit): the request
+/// ended for a reason that is not the target's (the client went away).
 pub struct Attempt<'a> {
     lb: &'a SharedLb,
     p2c: bool,
@@ -102,7 +102,12 @@ impl<'a> Attempt<'a> {
         } else {
             self.lb.borrow_mut().release(self.target);
         }
-        let Some((passive, breaker)) = health else { return };
+        let Some((passive, breaker)) = health else {
+            if self.trial {
+                self.state.breaker.give_permit();
+            }
+            return;
+        };
         if self.settings.passive.is_some() {
             self.state.targets[self.target].report(passive);
         }

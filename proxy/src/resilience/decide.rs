@@ -85,6 +85,26 @@ pub fn decide(id: &str, settings: &Settings, state: &UpstreamState, now: Instant
     }
 }
 
+/// Puts back in rotation what a check that is no longer configured took out: ejections once
+/// `passive` is gone, probe verdicts once `active` is gone.
+pub fn reconcile(settings: &Settings, state: &UpstreamState, books: &mut Books) {
+    for t in state.targets.iter() {
+        if settings.passive.is_none() && t.is_ejected() {
+            t.set_out(false);
+            let book = books.target(t);
+            book.out_until = None;
+            book.ejections = 0;
+        }
+        if settings.active.is_none() && t.is_unhealthy() {
+            t.set_out_for(UNHEALTHY, false);
+        }
+        if settings.active.is_none() {
+            let book = books.target(t);
+            (book.probe_ok, book.probe_failed, book.probe_due, book.last_probe) = (0, 0, None, None);
+        }
+    }
+}
+
 /// A probe of `t` ended with `outcome`: after `healthy_after` successes in a row an unhealthy
 /// target is back, after `unhealthy_after` failures in a row a healthy one is out.
 pub fn probed(
@@ -130,6 +150,21 @@ pub fn probed(
 fn eject(id: &str, p: &Passive, state: &UpstreamState, now: Instant, books: &mut Books) {
     let max_out = state.targets.len() * p.max_ejected_percent as usize / 100;
     let mut out = state.out_count();
+    // Fewer targets, or a lower percentage, than when they were ejected: those whose ejection
+    // ends soonest come back first.
+    while out > max_out {
+        let soonest =
+            state.targets.iter().filter(|t| t.is_ejected()).min_by_key(|t| books.target(t).out_until.unwrap_or(now));
+        let Some(t) = soonest else { break };
+        let book = books.target(t);
+        book.out_until = None;
+        book.since = Some(now);
+        t.clear_consecutive();
+        t.set_out(false);
+        out -= 1;
+        log::warn!("upstream {id}: target {} back in rotation: over max_ejected_percent", t.addr);
+        remember(&mut book.history, "returned", "more targets were out than max_ejected_percent allows".into());
+    }
     for t in state.targets.iter() {
         let TargetBook { ejections, out_until, since, history, .. } = books.target(t);
         if let Some(until) = *out_until {
@@ -173,13 +208,16 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
     book.seen = totals;
     let slots = (p.window.as_millis() / TICK.as_millis()).max(1) as usize;
     book.slots.push_back(delta);
+    book.sums = (book.sums.0 + delta.0, book.sums.1 + delta.1);
     while book.slots.len() > slots {
-        book.slots.pop_front();
+        if let Some(old) = book.slots.pop_front() {
+            book.sums = (book.sums.0 - old.0, book.sums.1 - old.1);
+        }
     }
     let open_for_s = p.open_for.as_secs_f64().ceil() as u32;
     match b.mode() {
         BreakerMode::Closed => {
-            let (requests, failures) = book.slots.iter().fold((0, 0), |(r, f), s| (r + s.0, f + s.1));
+            let (requests, failures) = book.sums;
             let by_ratio = requests >= u64::from(p.min_requests)
                 && failures as f64 >= p.failure_ratio * requests as f64
                 && failures > 0;
@@ -227,6 +265,7 @@ fn breaker(id: &str, p: &BreakerPolicy, state: &UpstreamState, now: Instant, boo
                 book.half_open_since = Some(now);
             } else if ok >= p.half_open_requests {
                 book.slots.clear();
+                book.sums = (0, 0);
                 b.clear_consecutive();
                 b.set_mode(BreakerMode::Closed, 0, 0);
                 log::warn!("upstream {id}: circuit breaker closed: {ok} trial requests succeeded");
@@ -320,6 +359,28 @@ mod tests {
         }
         decide("u", &s, &three, now, &mut books);
         assert_eq!(three.out_count(), 1);
+    }
+
+    #[test]
+    fn fewer_targets_bring_ejected_ones_back_and_a_removed_check_lets_go() {
+        let s = passive(50);
+        let mut books = Books::default();
+        let all = targets(4);
+        let state = UpstreamState::carry(None, &all);
+        for t in state.targets.iter().take(2) {
+            t.report(true);
+            t.report(true);
+        }
+        let now = Instant::now();
+        decide("u", &s, &state, now, &mut books);
+        assert_eq!(state.out_count(), 2);
+        // Only the two ejected targets remain: 50% of 2 is 1.
+        let shrunk = UpstreamState::carry(Some(&state), &all[..2]);
+        decide("u", &s, &shrunk, now + TICK, &mut books);
+        assert_eq!(shrunk.out_count(), 1, "one comes back");
+        // The passive check removed: its ejection ends at once.
+        reconcile(&Settings::default(), &shrunk, &mut books);
+        assert!(shrunk.targets.iter().all(|t| t.usable()));
     }
 
     #[test]

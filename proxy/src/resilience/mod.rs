@@ -164,7 +164,12 @@ fn run(first: Arc<Snapshot>, rx: Receiver<Msg>, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             while let Ok(m) = rx.try_recv() {
                 match m {
-                    Msg::Follow(s) => current = s,
+                    Msg::Follow(s) => {
+                        current = s;
+                        for u in current.upstreams.values() {
+                            decide::reconcile(&u.resilience, &u.health, &mut books);
+                        }
+                    }
                     Msg::Report(id, reply) => {
                         let _ = reply.send(report(&current, &id, &mut books));
                     }
@@ -172,7 +177,15 @@ fn run(first: Arc<Snapshot>, rx: Receiver<Msg>, stop: &AtomicBool) {
             }
             let now = Instant::now();
             for p in done.borrow_mut().drain(..) {
-                decide::probed(&p.upstream, &p.target, p.outcome, (p.healthy_after, p.unhealthy_after), &mut books);
+                // Only for a target that is still probed (the config may have changed meanwhile).
+                let live = current.upstreams.get(&p.upstream).is_some_and(|u| {
+                    u.resilience.active.is_some() && u.health.targets.iter().any(|t| Arc::ptr_eq(t, &p.target))
+                });
+                let book = books.target_book(&p.target);
+                book.probing = false;
+                if live {
+                    decide::probed(&p.upstream, &p.target, p.outcome, (p.healthy_after, p.unhealthy_after), &mut books);
+                }
             }
             for u in current.upstreams.values() {
                 if !u.resilience.watches() {
@@ -207,7 +220,12 @@ fn start_probes(
             continue;
         }
         book.probing = true;
-        book.probe_due = Some(now + a.interval);
+        // Due every interval from the first probe, whatever the rounds' timing (a late round
+        // does not push every later probe back).
+        book.probe_due = Some(match book.probe_due {
+            Some(d) if d + a.interval > now => d + a.interval,
+            _ => now + a.interval,
+        });
         let (target, active, done, upstream) = (t.clone(), a.clone(), done.clone(), id.to_string());
         monoio::spawn(async move {
             let outcome = crate::client::probe(target.addr, &active).await;
@@ -234,7 +252,7 @@ pub fn render_metrics(out: &mut String, snapshot: &Snapshot) {
     };
     let watched: Vec<_> = snapshot.upstreams.values().filter(|u| u.resilience.checks_health()).collect();
     type Figure = fn(&TargetState) -> u64;
-    let per_target: [(&str, &str, &str, Figure); 4] = [
+    let per_target: [(&str, &str, &str, Figure); 5] = [
         ("ringway_upstream_target_up", "gauge", "1 when the target is in rotation, by upstream and target.", |t| {
             u64::from(t.usable())
         }),
@@ -246,6 +264,9 @@ pub fn render_metrics(out: &mut String, snapshot: &Snapshot) {
         }),
         ("ringway_upstream_ejections_total", "counter", "Times outlier detection ejected the target.", |t| {
             t.ejections_total.load(Relaxed)
+        }),
+        ("ringway_upstream_unhealthy_total", "counter", "Times probes took the target out.", |t| {
+            t.unhealthy_total.load(Relaxed)
         }),
     ];
     for (name, kind, help, f) in per_target {

@@ -292,7 +292,13 @@ fn compile_breaker(b: &CircuitBreakerSpec, path: &str, errors: &mut ConfigErrors
     BreakerPolicy {
         failure_ratio: ratio(b.failure_ratio, 0.5, format!("{path}.failure_ratio"), errors),
         min_requests: count(b.min_requests, 20, 1..=1_000_000, format!("{path}.min_requests"), errors),
-        window: duration(b.window.as_ref(), Duration::from_secs(10), format!("{path}.window"), errors),
+        window: {
+            let w = duration(b.window.as_ref(), Duration::from_secs(10), format!("{path}.window"), errors);
+            if w > Duration::from_secs(600) {
+                errors.push(format!("{path}.window"), "must be at most 10m");
+            }
+            w
+        },
         open_for: duration(b.open_for.as_ref(), Duration::from_secs(15), format!("{path}.open_for"), errors),
         half_open_requests: count(b.half_open_requests, 3, 1..=1000, format!("{path}.half_open_requests"), errors),
         consecutive_failures: b

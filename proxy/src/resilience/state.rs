@@ -174,8 +174,10 @@ pub struct BreakerState {
 /// What the health thread keeps of a breaker.
 #[derive(Debug, Default)]
 pub struct BreakerBook {
-    /// Requests and failures per window slot (one slot per tick of the thread's second).
+    /// Requests and failures per slot of the window (one slot per round of decisions), and
+    /// their sums.
     pub slots: std::collections::VecDeque<(u64, u64)>,
+    pub sums: (u64, u64),
     /// The counts' sums at the last tick.
     pub seen: (u64, u64),
     pub open_until: Option<Instant>,
@@ -224,7 +226,15 @@ impl BreakerState {
 
     /// Takes one of the half-open permits; false when none is left.
     pub fn take_permit(&self) -> bool {
-        self.permits.fetch_sub(1, Relaxed) > 0
+        // Read first: refusals while none is left write nothing (and never wrap the count).
+        self.permits.load(Relaxed) > 0 && self.permits.fetch_sub(1, Relaxed) > 0
+    }
+
+    /// Gives back a permit whose request never reached the upstream.
+    pub fn give_permit(&self) {
+        if self.mode() == BreakerMode::HalfOpen {
+            self.permits.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn consecutive(&self) -> u32 {

@@ -36,7 +36,8 @@ fn killing_a_target_loses_no_idempotent_request(driver: &str) {
     let dead = b.as_ref().unwrap().addr;
     let extra = "    retries: {attempts: 3, on: [connect_failure, reset], backoff: \"1ms\"}\n    \
                  health_checks: {passive: {consecutive_failures: 3, base_ejection: \"30s\"}}";
-    let gw = Gateway::start_with(&single(&[a.addr, dead, c.addr], extra, ""), driver, &[]);
+    let extra = format!("{extra}\n    timeouts: {{connect: \"1s\"}}");
+    let gw = Gateway::start_with(&single(&[a.addr, dead, c.addr], &extra, ""), driver, &[]);
     let mut client = Client::connect(gw.addr);
     let mut failures = 0;
     for i in 0..300 {
@@ -53,7 +54,7 @@ fn killing_a_target_loses_no_idempotent_request(driver: &str) {
     // Every request found a live target: a retry covers each one the dead target failed.
     assert_eq!(failures, 0, "client-visible failures");
     // The node ejected it: once decided, nothing is sent its way any more.
-    std::thread::sleep(Duration::from_millis(200));
+    wait_state(&gw, dead, "ejected", Duration::from_secs(5));
     let errors = metric(&gw, "ringway_upstream_connect_errors_total", &[&format!("target=\"{dead}\"")]);
     assert!(errors >= 3, "the dead target was tried ({errors} connect errors)");
     for i in 0..100 {
@@ -68,7 +69,8 @@ fn a_target_that_does_not_answer_in_time_is_retried_elsewhere(driver: &str) {
     let fast = Upstream::echo("fast");
     let extra = "    timeouts: {response_head: \"300ms\"}\n    \
                  retries: {attempts: 2, on: [timeout], backoff: \"1ms\"}";
-    let gw = Gateway::start_with(&single(&[slow.addr, fast.addr], extra, ""), driver, &[]);
+    // One worker: its balancer alternates, so both targets see requests of each kind.
+    let gw = Gateway::start_with(&single(&[slow.addr, fast.addr], extra, ""), driver, &["--workers", "1"]);
     for i in 0..4 {
         let r = Client::connect(gw.addr).get(&format!("/t{i}"));
         assert_eq!((r.status, r.text()), (200, format!("fast GET /t{i}")));
@@ -80,6 +82,7 @@ fn a_target_that_does_not_answer_in_time_is_retried_elsewhere(driver: &str) {
         statuses.push(Client::connect(gw.addr).request("POST", &format!("/p{i}"), &[], b"x").status);
     }
     let posts_at_slow = slow.requests().iter().filter(|r| r.method == "POST").count();
+    assert!(posts_at_slow > 0, "a POST went to the slow target");
     assert_eq!(statuses.iter().filter(|s| **s == 504).count(), posts_at_slow, "{statuses:?}");
     let posts_at_fast = fast.requests().iter().filter(|r| r.method == "POST").count();
     assert_eq!(posts_at_slow + posts_at_fast, 4, "every POST was sent once");
@@ -90,8 +93,9 @@ fn a_request_that_reached_a_target_is_retried_only_when_idempotent(driver: &str)
     let a = Upstream::start("a", |_| Reply::Close);
     let b = Upstream::echo("b");
     let extra = "    retries: {attempts: 3, on: [connect_failure, reset, 502], backoff: \"1ms\"}";
-    let gw = Gateway::start_with(&single(&[a.addr, b.addr], extra, ""), driver, &[]);
+    let gw = Gateway::start_with(&single(&[a.addr, b.addr], extra, ""), driver, &["--workers", "1"]);
     let mut posts = 0;
+    let mut gets = 0;
     let mut refused = 0;
     for i in 0..20 {
         let mut c = Client::connect(gw.addr);
@@ -100,8 +104,12 @@ fn a_request_that_reached_a_target_is_retried_only_when_idempotent(driver: &str)
         if r.status == 502 {
             refused += 1;
         }
-        let g = Client::connect(gw.addr).get(&format!("/g{i}"));
-        assert_eq!(g.status, 200, "an idempotent request goes to the other target: {}", g.text());
+        // One GET or two, so requests of each kind meet each target in turn.
+        for k in 0..1 + i % 2 {
+            let g = Client::connect(gw.addr).get(&format!("/g{i}-{k}"));
+            assert_eq!(g.status, 200, "an idempotent request goes to the other target: {}", g.text());
+            gets += 1;
+        }
     }
     let count = |u: &Upstream, m: &str| u.requests().iter().filter(|r| r.method == m).count();
     // Each POST reached the origins exactly once, whichever target took it.
@@ -109,7 +117,7 @@ fn a_request_that_reached_a_target_is_retried_only_when_idempotent(driver: &str)
     assert_eq!(refused, count(&a, "POST"), "the POSTs the broken target took were answered 502");
     assert!(count(&a, "POST") > 0 && count(&a, "GET") > 0, "the broken target took some of each");
     // Every GET that reached `a` was tried again on `b`.
-    assert_eq!(count(&b, "GET"), 20);
+    assert_eq!(count(&b, "GET"), gets);
 }
 
 fn the_retry_budget_caps_attempts(driver: &str) {
@@ -148,7 +156,7 @@ fn every_worker_skips_an_ejected_target(driver: &str) {
             failures += 1;
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_state(&gw, bad.addr, "ejected", Duration::from_secs(5));
     let before = bad.request_count();
     for i in 0..60 {
         let r = Client::connect(gw.addr).get(&format!("/n{i}"));
@@ -167,14 +175,22 @@ fn the_breaker_opens_half_opens_and_closes(driver: &str) {
             Reply::Full(503, vec![], b"down".to_vec())
         }
     });
-    let extra = "    circuit_breaker: {failure_ratio: 0.5, min_requests: 5, window: \"10s\", open_for: \"1s\", \
+    let extra = "    circuit_breaker: {failure_ratio: 0.5, min_requests: 5, window: \"10s\", open_for: \"3s\", \
                  half_open_requests: 2, failure_statuses: [503]}";
     let gw = Gateway::start_with(&single(&[up.addr], extra, ""), driver, &[]);
     let mut c = Client::connect(gw.addr);
     for _ in 0..5 {
         assert_eq!(c.get("/").status, 503);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    let breaker = |gw: &Gateway| {
+        let r = gw.admin("GET", "/admin/v1/upstreams/u/health", None).json();
+        r["circuit_breaker"].as_str().unwrap_or_default().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while breaker(&gw) != "open" {
+        assert!(Instant::now() < deadline, "the breaker did not open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Open: answered at once, without touching the upstream.
     let (reached, connections) = (up.request_count(), up.accepted());
     for _ in 0..10 {
@@ -182,15 +198,23 @@ fn the_breaker_opens_half_opens_and_closes(driver: &str) {
         assert_eq!(r.status, 503);
         assert_eq!(r.json()["error"], "circuit_open", "{}", r.text());
         let after: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
-        assert!((1..=1).contains(&after), "Retry-After {after}");
+        assert!((1..=3).contains(&after), "Retry-After {after}");
     }
     assert_eq!((up.request_count(), up.accepted()), (reached, connections), "an open breaker reached the upstream");
     // The upstream recovers; after open_for the breaker lets two trial requests through.
     healthy.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(1300));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while breaker(&gw) != "half_open" {
+        assert!(Instant::now() < deadline, "the breaker did not half-open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(c.get("/trial1").status, 200);
     assert_eq!(c.get("/trial2").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while breaker(&gw) != "closed" {
+        assert!(Instant::now() < deadline, "the breaker did not close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Closed again: everything goes through.
     for i in 0..20 {
         assert_eq!(c.get(&format!("/after{i}")).status, 200);
@@ -293,11 +317,16 @@ fn probes_run_once_per_interval_for_the_node() {
         &["--workers", "2"],
     );
     let probes = || a.requests().iter().filter(|r| r.target == "/healthz").count();
-    let first = probes();
+    let (first, t0) = (probes(), Instant::now());
     std::thread::sleep(Duration::from_millis(2000));
-    let n = probes() - first;
-    // Ten intervals: ten probes for the node (twenty if each of the two workers probed).
-    assert!((8..=12).contains(&n), "{n} probes in 2 s at one per 200 ms");
+    let (n, secs) = (probes() - first, t0.elapsed().as_secs_f64());
+    // One probe per 200 ms for the node: about 5 a second (10 if each of the two workers
+    // probed). Rounds of decisions that run late may skip one now and then, never add any.
+    let per_interval = secs / 0.2;
+    assert!(
+        n as f64 <= per_interval + 2.0 && n as f64 >= per_interval * 0.6,
+        "{n} probes in {secs:.2} s at one per 200 ms"
+    );
     let probe = a.requests().into_iter().find(|r| r.target == "/healthz").unwrap();
     assert_eq!(probe.method, "GET");
     assert_eq!(probe.header("user-agent"), Some("ringway-health"));
