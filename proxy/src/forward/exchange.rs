@@ -164,9 +164,13 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     let now = Instant::now();
     let head_at = now.duration_since(attempt.started());
     conn.rec.upstream_head = Some(now.duration_since(started));
-    attempt.answered(status_of(&ubuf[..head_len]), head_at);
+    let status = status_of(&ubuf[..head_len]);
     conn.upstream_buf = out;
-    relay_response(worker, conn, plan, up, head_len, ubuf, true).await
+    // The attempt is settled once its answer was relayed: a body the upstream broke off counts
+    // against the target, a client that went away does not.
+    let keep = relay_response(worker, conn, plan, up, head_len, ubuf, true).await;
+    attempt.ended(status, head_at, conn.rec.error_source == Some(Source::Upstream));
+    keep
 }
 
 /// Counts the connections of an attempt that is tried again elsewhere against its own target

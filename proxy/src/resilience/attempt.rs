@@ -19,7 +19,8 @@ pub enum Failed {
     Connect,
     /// A deadline ran out (connecting or waiting for the answer).
     Timeout,
-    /// The connection broke, or the upstream spoke nonsense, before its answer's head.
+    /// The connection broke, or the upstream spoke nonsense, before its answer's head (after
+    /// it: see [`Attempt::ended`]).
     Reset,
 }
 
@@ -81,6 +82,15 @@ impl<'a> Attempt<'a> {
         let breaker = self.settings.breaker.as_ref().is_some_and(|b| b.failure_statuses.contains(status));
         self.settle(Some(latency), Some((passive, breaker)));
         passive || breaker
+    }
+
+    /// The target's answer (`status`, its head after `latency`) was relayed to its end:
+    /// `broke` when the upstream failed on the way (a malformed head, a reset or a stall in the
+    /// body), which counts as a failure whatever the status.
+    pub fn ended(mut self, status: u16, latency: Duration, broke: bool) {
+        let passive = broke || self.settings.passive.as_ref().is_some_and(|p| p.failure_statuses.contains(status));
+        let breaker = broke || self.settings.breaker.as_ref().is_some_and(|b| b.failure_statuses.contains(status));
+        self.settle(Some(latency), Some((passive, breaker)));
     }
 
     /// The attempt failed on the upstream's side.

@@ -432,3 +432,28 @@ fn a_config_change_keeps_the_state_of_the_targets_it_keeps() {
     put(&[bad.addr, good.addr, other.addr]);
     assert_eq!(state_of(&gw, bad.addr), "healthy");
 }
+
+/// A target that sends a good head and then breaks its body off fails as surely as one that
+/// answers 502: the attempt is settled once the answer was relayed.
+#[test]
+fn a_body_broken_off_counts_against_the_target() {
+    let bad = Upstream::start("bad", |_| {
+        Reply::RawThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b".to_vec())
+    });
+    let good = Upstream::echo("good");
+    let extra = "    health_checks: {passive: {consecutive_failures: 2, base_ejection: \"30s\"}}";
+    let gw = Gateway::start_with(
+        &single(&[bad.addr, good.addr], extra, ""),
+        &ringway_tests::gateway::default_driver(),
+        &["--workers", "1"],
+    );
+    let mut broken = 0;
+    while broken < 2 {
+        let mut c = Client::connect(gw.addr);
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        if c.try_read_response(false).is_none() {
+            broken += 1;
+        }
+    }
+    wait_state(&gw, bad.addr, "ejected", Duration::from_secs(5));
+}
