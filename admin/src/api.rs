@@ -292,6 +292,12 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                 "destination": t.destination(),
                 "dropped": t.log_dropped(),
             })),
+            "log_shipping": ctx.telemetry.as_ref().and_then(|t| t.shipping()).map(|(to, shipped, dropped, failed)| json!({
+                "endpoint": to,
+                "shipped": shipped,
+                "dropped": dropped,
+                "failed_batches": failed,
+            })),
         }),
     )
 }

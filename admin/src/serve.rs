@@ -278,6 +278,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     telemetry
         .configure(snapshot.access_log.as_ref())
         .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;
+    telemetry.ship(snapshot.log_shipping.as_ref());
     // A gateway started for tests may have its wall clock moved through the admin API.
     let (clock, clock_hand) = if args.test_clock {
         let (clock, hand) = ringway_proxy::clock::Clock::movable();
@@ -406,6 +407,9 @@ fn admin_thread(
                 };
                 if let Some(Err(e)) = ctx.telemetry.as_ref().map(|t| t.configure(state.snapshot().access_log.as_ref())) {
                     log::error!("access log: {e}");
+                }
+                if let Some(t) = ctx.telemetry.as_ref() {
+                    t.ship(state.snapshot().log_shipping.as_ref());
                 }
                 let _ = job.reply.send(resp);
             }

@@ -27,6 +27,7 @@ pub const GLOBAL_ID: &str = "default";
 /// Settings of the document besides resources: one resource each, of this kind.
 pub const SETTINGS: &str = "settings";
 pub const ACCESS_LOG: &str = "access_log";
+pub const LOG_SHIPPING: &str = "log_shipping";
 
 /// An answer the API turns into an HTTP error.
 #[derive(Debug)]
@@ -85,6 +86,8 @@ pub enum ResourceChange {
     Global(Option<Box<PoliciesSpec>>),
     /// The document's `access_log` (`None`: not set).
     AccessLog(Option<String>),
+    /// The document's `log_shipping` (`None`: not set).
+    LogShipping(Option<Box<ringway_proxy::shipping::LogShippingSpec>>),
 }
 
 impl ResourceChange {
@@ -94,6 +97,7 @@ impl ResourceChange {
             ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
             ResourceChange::Global(v) => Edit::Global(v.as_deref()),
             ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
+            ResourceChange::LogShipping(v) => Edit::LogShipping(v.as_deref()),
         }
     }
 }
@@ -125,6 +129,9 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     }
     if old.access_log != new.access_log {
         out.push(ResourceChange::AccessLog(new.access_log));
+    }
+    if old.log_shipping != new.log_shipping {
+        out.push(ResourceChange::LogShipping(new.log_shipping.map(Box::new)));
     }
     out
 }
@@ -177,6 +184,9 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             ResourceChange::AccessLog(v) => {
                 one(SETTINGS, ACCESS_LOG, v.as_ref(), spec.access_log.as_ref(), &mut d.settings, &mut ops)
             }
+            ResourceChange::LogShipping(v) => {
+                one(SETTINGS, LOG_SHIPPING, v.as_deref(), spec.log_shipping.as_ref(), &mut d.settings, &mut ops)
+            }
         })
         .collect();
     for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies, &mut d.settings] {
@@ -201,6 +211,7 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             }
             GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
+            SETTINGS if id == LOG_SHIPPING => spec.log_shipping = serde_json::from_slice(bytes).map_err(bad)?,
             other => return Err(format!("stored resource of unknown kind {other:?}")),
         }
     }
@@ -357,6 +368,7 @@ impl AdminState {
                 }
                 ResourceChange::Global(v) => self.spec.global_policies = v.map(|b| *b).unwrap_or_default(),
                 ResourceChange::AccessLog(v) => self.spec.access_log = v,
+                ResourceChange::LogShipping(v) => self.spec.log_shipping = v.map(|b| *b),
             }
         }
         self.revision = rev;

@@ -47,6 +47,23 @@ impl Telemetry {
         }
     }
 
+    /// Ships the records as the configuration says (`None`: stop shipping).
+    pub fn ship(&self, to: Option<&ringway_proxy::shipping::Shipping>) {
+        if let Some(log) = self.log.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            log.ship(to.cloned());
+        }
+    }
+
+    /// The shipper's figures: where to, lines shipped, dropped, failed batches.
+    pub fn shipping(&self) -> Option<(String, u64, u64, u64)> {
+        let log = self.log.lock().ok()?;
+        let log = log.as_ref()?;
+        let c = &log.shipped;
+        let to = log.shipping().map(|s| format!("http://{}{}", s.host, s.path))?;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Some((to, get(&c.shipped), get(&c.dropped), get(&c.failed_batches)))
+    }
+
     /// Whether `--access-log` decides where the log goes.
     pub fn flag_set(&self) -> bool {
         self.flag.is_some()
@@ -78,6 +95,26 @@ impl Telemetry {
     pub fn render(&self, out: &mut String) {
         if let Ok(mut r) = self.registry.lock() {
             r.render(out);
+        }
+        let counts = self.log.lock().ok().and_then(|l| l.as_ref().map(|l| l.shipped.clone()));
+        if let Some(c) = counts {
+            use std::fmt::Write;
+            use std::sync::atomic::Ordering::Relaxed;
+            for (name, help, v) in [
+                ("ringway_log_shipping_shipped_total", "Access-log records the collector accepted.", &c.shipped),
+                (
+                    "ringway_log_shipping_dropped_total",
+                    "Access-log records dropped on the shipper's full queue.",
+                    &c.dropped,
+                ),
+                (
+                    "ringway_log_shipping_failed_batches_total",
+                    "Batches the collector refused or did not take (each is sent again).",
+                    &c.failed_batches,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::metrics::WorkerGauges;
 use crate::record::{push_hex, Record};
+use crate::shipping::{Shipper, Shipping, ShippingCounts};
 
 /// Where access-log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ impl LogQueue {
 enum Order {
     /// Write to this destination from now on; says on the channel once it is open (or off).
     Set(Option<Destination>, crossbeam_channel::Sender<()>),
+    /// Ship lines with these settings from now on (`None`: stop shipping); says when done.
+    Ship(Option<Shipping>, crossbeam_channel::Sender<()>),
     Reopen,
     Stop,
 }
@@ -92,6 +95,9 @@ pub struct AccessLog {
     destination: Option<Destination>,
     /// Lines drained but not written (the destination failing).
     lost: Arc<AtomicU64>,
+    shipping: Option<Shipping>,
+    /// The shipper's figures (kept across its restarts).
+    pub shipped: Arc<ShippingCounts>,
 }
 
 /// How often the log thread looks at the rings when they held little.
@@ -115,10 +121,12 @@ impl AccessLog {
         }
         let (orders, rx) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicU64::new(0));
-        let shared = (enabled.clone(), lost.clone());
+        let shipped = Arc::new(ShippingCounts::default());
+        let shared = (enabled.clone(), lost.clone(), shipped.clone());
         let thread =
             std::thread::Builder::new().name("access-log".into()).spawn(move || log_thread(consumers, rx, shared))?;
-        Ok((AccessLog { orders, enabled, lost, thread: Some(thread), destination: None }, queues))
+        let log = AccessLog { orders, enabled, lost, thread: Some(thread), destination: None, shipping: None, shipped };
+        Ok((log, queues))
     }
 
     /// Sends lines to `to` from now on (`None`: off). Checks first that the destination opens.
@@ -141,6 +149,21 @@ impl AccessLog {
         let _ = self.orders.send(Order::Set(to, tx));
         let _ = rx.recv_timeout(Duration::from_secs(5));
         Ok(())
+    }
+
+    /// Ships lines to a collector with `to` from now on (`None`: stop shipping).
+    pub fn ship(&mut self, to: Option<Shipping>) {
+        if to == self.shipping {
+            return;
+        }
+        self.shipping = to.clone();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.orders.send(Order::Ship(to, tx));
+        let _ = rx.recv_timeout(Duration::from_secs(15));
+    }
+
+    pub fn shipping(&self) -> Option<&Shipping> {
+        self.shipping.as_ref()
     }
 
     pub fn destination(&self) -> Option<&Destination> {
@@ -170,8 +193,11 @@ impl AccessLog {
 fn log_thread(
     mut rings: Vec<rtrb::Consumer<u8>>,
     orders: crossbeam_channel::Receiver<Order>,
-    (enabled, lost): (Arc<AtomicBool>, Arc<AtomicU64>),
+    (enabled, lost, counts): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<ShippingCounts>),
 ) {
+    let mut shipper: Option<Shipper> = None;
+    // A line split across the end of a ring (its start at the end, its rest at the start).
+    let mut carry: Vec<u8> = Vec::new();
     let capacity = rings.first().map_or(0, |r| r.buffer().capacity());
     let mut destination: Option<Destination> = None;
     let mut out: Option<std::io::BufWriter<Box<dyn Write + Send>>> = None;
@@ -193,8 +219,21 @@ fn log_thread(
                         let _ = w.flush();
                     }
                     out = d.as_ref().and_then(open);
-                    enabled.store(out.is_some(), Ordering::Relaxed);
+                    enabled.store(out.is_some() || shipper.is_some(), Ordering::Relaxed);
                     destination = d;
+                    let _ = done.send(());
+                }
+                Order::Ship(settings, done) => {
+                    // The old shipper sends what it holds, then the new one takes over.
+                    drop(shipper.take());
+                    shipper = settings.and_then(|s| match Shipper::start(s, counts.clone()) {
+                        Ok(sh) => Some(sh),
+                        Err(e) => {
+                            log::error!("log shipping: cannot start its thread: {e}");
+                            None
+                        }
+                    });
+                    enabled.store(out.is_some() || shipper.is_some(), Ordering::Relaxed);
                     let _ = done.send(());
                 }
                 Order::Reopen => {
@@ -217,9 +256,27 @@ fn log_thread(
             }
             let Ok(chunk) = ring.read_chunk(n) else { continue };
             let (a, b) = chunk.as_slices();
+            if let Some(sh) = &shipper {
+                // Whole lines, in the order the worker wrote them.
+                for part in [a, b] {
+                    let mut rest = part;
+                    while let Some(i) = memchr::memchr(b'\n', rest) {
+                        if carry.is_empty() {
+                            sh.offer(&rest[..i]);
+                        } else {
+                            carry.extend_from_slice(&rest[..i]);
+                            sh.offer(&carry);
+                            carry.clear();
+                        }
+                        rest = &rest[i + 1..];
+                    }
+                    carry.extend_from_slice(rest);
+                }
+            }
             let written = match out.as_mut() {
                 Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),
-                None => false,
+                // Shipping only: nothing to write, nothing lost.
+                None => shipper.is_some(),
             };
             if !written {
                 // Whole lines only reach the rings: count them as lost.

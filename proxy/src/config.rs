@@ -25,6 +25,9 @@ pub struct ConfigSpec {
     /// `--access-log` wins over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
+    /// Where the access-log records are shipped (see [`crate::shipping`]); off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_shipping: Option<crate::shipping::LogShippingSpec>,
 }
 
 /// One upstream service: where requests go and how they are balanced.

@@ -28,6 +28,7 @@ pub mod respond;
 pub mod router;
 pub mod run;
 pub mod session;
+pub mod shipping;
 pub mod snapshot;
 pub mod spares;
 pub mod stream;

@@ -109,6 +109,8 @@ pub enum Edit<'a> {
     Global(Option<&'a PoliciesSpec>),
     /// The document's `access_log` (`None`: not set).
     AccessLog(Option<&'a str>),
+    /// The document's `log_shipping` (`None`: not set).
+    LogShipping(Option<&'a crate::shipping::LogShippingSpec>),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -127,6 +129,8 @@ pub struct Snapshot {
     pub path_normalization: PathNormalization,
     /// The document's `access_log`: where the access log goes (`None`: off or not set).
     pub access_log: Option<crate::access_log::Destination>,
+    /// The document's `log_shipping` (`None`: not shipping).
+    pub log_shipping: Option<crate::shipping::Shipping>,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -143,7 +147,8 @@ impl Snapshot {
             .map(|(id, u)| Edit::Upstream(id, Some(u)))
             .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))))
             .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))))
-            .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())));
+            .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())))
+            .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -196,6 +201,10 @@ impl Snapshot {
                     }
                     false
                 }
+                Edit::LogShipping(l) => {
+                    next.log_shipping = l.and_then(|spec| crate::shipping::Shipping::compile(spec, &mut errors));
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
@@ -214,7 +223,7 @@ impl Snapshot {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
-                Edit::Global(_) | Edit::AccessLog(_) => continue,
+                Edit::Global(_) | Edit::AccessLog(_) | Edit::LogShipping(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

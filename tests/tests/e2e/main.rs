@@ -19,6 +19,7 @@ mod metrics;
 mod paths;
 mod resilience;
 mod routing;
+mod shipping;
 mod upstream_errors;
 
 use std::net::SocketAddr;

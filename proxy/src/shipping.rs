@@ -1,0 +1,367 @@
+//! Log shipping: the access-log lines (one JSON record per request) sent in batches to a
+//! collector over HTTP, from a `log-shipper` thread, never from a worker.
+//!
+//! The log thread, which drains the workers' rings, hands every line to the shipper's bounded
+//! queue ([`Shipper::offer`]); a full queue drops the line and counts it. The shipper takes up
+//! to `batch_max` lines (or what came within `flush_every`), POSTs them as NDJSON (gzipped when
+//! asked) and, when the collector is down or answers an error, tries the same batch again with
+//! a growing backoff, on a new connection. So lines go out in the order each worker wrote them,
+//! a batch is sent again only after a failure and never twice on one connection, and memory
+//! is bounded by the queue while the collector is away.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+
+use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration, ConfigErrors};
+
+/// `log_shipping` in the document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogShippingSpec {
+    /// `http://host:port/path`.
+    pub endpoint: String,
+    /// `ndjson` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Lines per batch at most (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max: Option<u32>,
+    /// A batch leaves at least this often when lines wait (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_every: Option<String>,
+    /// Gzip the batches (`Content-Encoding: gzip`; default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<bool>,
+    /// Lines waiting at most (default 100000); past it, lines are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max: Option<u32>,
+    /// Header fields sent with every batch (an API key for the collector, say).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Checked shipping settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shipping {
+    /// The collector's address, its `Host` and the path posted to.
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub batch_max: usize,
+    pub flush_every: Duration,
+    pub gzip: bool,
+    pub queue_max: usize,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Shipping {
+    /// Checks `spec` (paths under `log_shipping`).
+    pub fn compile(spec: &LogShippingSpec, errors: &mut ConfigErrors) -> Option<Shipping> {
+        let before = errors.0.len();
+        let p = "log_shipping";
+        match spec.format.as_deref() {
+            None | Some("ndjson") => {}
+            Some("otlp") => errors.push(format!("{p}.format"), "otlp is not supported yet: use ndjson"),
+            Some(other) => errors.push(format!("{p}.format"), format!("{other:?}: expected \"ndjson\"")),
+        }
+        let endpoint = parse_endpoint(&spec.endpoint).map_err(|e| errors.push(format!("{p}.endpoint"), e)).ok();
+        let count = |v: Option<u32>, default: u32, max: u32, name: &str, errors: &mut ConfigErrors| {
+            let v = v.unwrap_or(default);
+            if v == 0 || v > max {
+                errors.push(format!("{p}.{name}"), format!("{v} is out of range: 1 to {max}"));
+            }
+            v as usize
+        };
+        let batch_max = count(spec.batch_max, 1000, 100_000, "batch_max", errors);
+        let queue_max = count(spec.queue_max, 100_000, 10_000_000, "queue_max", errors);
+        let flush_every = match spec.flush_every.as_deref().map(parse_duration) {
+            None => Duration::from_secs(1),
+            Some(Ok(d)) if !d.is_zero() && d <= Duration::from_secs(60) => d,
+            Some(Ok(_)) => {
+                errors.push(format!("{p}.flush_every"), "must be between 1ms and 60s");
+                Duration::from_secs(1)
+            }
+            Some(Err(e)) => {
+                errors.push(format!("{p}.flush_every"), e);
+                Duration::from_secs(1)
+            }
+        };
+        for (n, v) in &spec.headers {
+            if !is_valid_header_name(n) || matches!(n.to_ascii_lowercase().as_str(), "content-length" | "host") {
+                errors.push(format!("{p}.headers.{n}"), "not a header field that can be set here");
+            } else if !is_valid_header_value(v.as_bytes()) {
+                errors.push(format!("{p}.headers.{n}"), "invalid header value");
+            }
+        }
+        let (addr, host, path) = endpoint?;
+        (errors.0.len() == before).then(|| Shipping {
+            addr,
+            host,
+            path,
+            batch_max,
+            flush_every,
+            gzip: spec.gzip.unwrap_or(false),
+            queue_max,
+            headers: spec.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        })
+    }
+}
+
+/// `http://host:port/path` into its address, `Host` and path.
+fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        if url.starts_with("https://") {
+            format!("{url:?}: https is not supported yet")
+        } else {
+            format!("{url:?}: expected http://host:port/path")
+        }
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("{url:?}: expected http://host:port/path"));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+    Ok((addr, authority.to_string(), path.to_string()))
+}
+
+/// Figures of the shipper, for the metrics and the status.
+#[derive(Debug, Default)]
+pub struct ShippingCounts {
+    /// Lines sent and acknowledged by the collector.
+    pub shipped: AtomicU64,
+    /// Lines dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Batches that failed (each is tried again).
+    pub failed_batches: AtomicU64,
+}
+
+/// The log thread's handle on the shipper thread.
+pub struct Shipper {
+    lines: Sender<Vec<u8>>,
+    counts: Arc<ShippingCounts>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Starts the `log-shipper` thread; `counts` carry over from a shipper this one replaces.
+    pub fn start(settings: Shipping, counts: Arc<ShippingCounts>) -> std::io::Result<Shipper> {
+        let (lines, rx) = crossbeam_channel::bounded(settings.queue_max);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (counts.clone(), stop.clone());
+        let thread =
+            std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &s))?;
+        Ok(Shipper { lines, counts, stop, thread: Some(thread) })
+    }
+
+    /// Queues one line (without its newline); a full queue drops it and counts it.
+    pub fn offer(&self, line: &[u8]) {
+        match self.lines.try_send(line.to_vec()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Shipper {
+    /// Stops the thread: what is queued gets one more try at going out, then it ends.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (dead, _) = crossbeam_channel::bounded(1);
+        drop(std::mem::replace(&mut self.lines, dead));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The shipper thread: batches, sends, retries.
+fn ship(s: Shipping, rx: Receiver<Vec<u8>>, counts: &ShippingCounts, stop: &AtomicBool) {
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(s.batch_max);
+    let mut conn: Option<TcpStream> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut closed = false;
+    loop {
+        // Fill the batch: wait for a first line, then take what comes within flush_every.
+        if batch.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => batch.push(l),
+                Err(RecvTimeoutError::Timeout) => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let until = Instant::now() + s.flush_every;
+            while batch.len() < s.batch_max {
+                match rx.recv_deadline(until) {
+                    Ok(l) => batch.push(l),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        match send(&s, &mut conn, &batch) {
+            Ok(()) => {
+                counts.shipped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                backoff = Duration::from_millis(100);
+                if closed {
+                    return;
+                }
+            }
+            Err(e) => {
+                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
+                // Never the same batch twice on one connection.
+                conn = None;
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// POSTs one batch and reads the answer; a 2xx is success.
+fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut body = Vec::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
+    for l in batch {
+        body.extend_from_slice(l);
+        body.push(b'\n');
+    }
+    if s.gzip {
+        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        z.write_all(&body)?;
+        body = z.finish()?;
+    }
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nuser-agent: ringway-log-shipper\r\n",
+        s.path,
+        s.host,
+        body.len()
+    );
+    if s.gzip {
+        head.push_str("content-encoding: gzip\r\n");
+    }
+    for (n, v) in &s.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if conn.is_none() {
+        let c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let _ = c.set_nodelay(true);
+        *conn = Some(c);
+    }
+    let c = conn.as_mut().expect("connected above");
+    c.write_all(head.as_bytes())?;
+    c.write_all(&body)?;
+    // The answer: its head, then its body (Content-Length), so the connection can carry the
+    // next batch.
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let (status, head_len, length, close) = loop {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the collector closed the connection"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut fields);
+        match r.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let field = |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+                let length = field("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+                let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+                break (r.code.unwrap_or(0), len, length, close);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+            _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer")),
+        }
+    };
+    match length {
+        Some(n) => {
+            let mut have = buf.len() - head_len;
+            while have < n {
+                let k = c.read(&mut chunk)?;
+                if k == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "answer cut short"));
+                }
+                have += k;
+            }
+        }
+        // No length: the body runs to the close; the connection is not kept.
+        None => *conn = None,
+    }
+    if close {
+        *conn = None;
+    }
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("the collector answered {status}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_with_their_paths() {
+        let mut errors = ConfigErrors::default();
+        let spec = LogShippingSpec {
+            endpoint: "https://x/".into(),
+            format: Some("otlp".into()),
+            batch_max: Some(0),
+            flush_every: Some("2m".into()),
+            headers: [("bad name".to_string(), "v".to_string())].into(),
+            ..LogShippingSpec::default()
+        };
+        assert!(Shipping::compile(&spec, &mut errors).is_none());
+        let paths: Vec<_> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "log_shipping.format",
+            "log_shipping.endpoint",
+            "log_shipping.batch_max",
+            "log_shipping.flush_every",
+            "log_shipping.headers.bad name",
+        ] {
+            assert!(paths.contains(&want), "{want} not in {paths:?}");
+        }
+        let mut errors = ConfigErrors::default();
+        let ok = LogShippingSpec { endpoint: "http://127.0.0.1:4318/v1/logs".into(), ..LogShippingSpec::default() };
+        let s = Shipping::compile(&ok, &mut errors).expect("valid");
+        assert_eq!((s.addr.port(), s.host.as_str(), s.path.as_str()), (4318, "127.0.0.1:4318", "/v1/logs"));
+        assert_eq!((s.batch_max, s.queue_max, s.flush_every), (1000, 100_000, Duration::from_secs(1)));
+    }
+}
