@@ -107,6 +107,17 @@ pub fn ringway(origin: SocketAddr, extra_routes: usize, policies: &str, upstream
     out
 }
 
+/// The document's `log_shipping` for a scenario (empty when off).
+pub fn shipping(origin: SocketAddr, s: crate::scenarios::Shipping) -> String {
+    use crate::scenarios::Shipping;
+    match s {
+        Shipping::Off => String::new(),
+        Shipping::ToOrigin => format!("log_shipping: {{endpoint: \"http://{origin}/ingest\"}}\n"),
+        // Port 1 on loopback: nothing listens, every batch is refused.
+        Shipping::Down => "log_shipping: {endpoint: \"http://127.0.0.1:1/ingest\"}\n".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,12 +154,13 @@ impl Contender {
                     _ => {}
                 }
                 let file = dir.join(format!("ringway-{}.yaml", scenario.name));
-                let yaml = config_files::ringway(
+                let mut yaml = config_files::ringway(
                     origin,
                     scenario.extra_routes,
                     scenario.ringway_policies,
                     scenario.ringway_upstream,
                 );
+                yaml.push_str(&config_files::shipping(origin, scenario.ringway_shipping));
                 std::fs::write(&file, yaml)?;
                 cmd.arg("--config").arg(&file).arg("--listen").arg(listen.to_string()).arg("--workers").arg("1");
                 // A fresh store per start, so no configuration survives from an earlier run.

@@ -28,6 +28,17 @@ pub struct Scenario {
     pub ringway_policies: &'static str,
     /// More settings of ringway's upstream, as YAML lines indented by four spaces.
     pub ringway_upstream: &'static str,
+    /// Ringway ships its access-log records: to the origin (which accepts any POST), or to a
+    /// port where nothing listens (the collector down for the whole run).
+    pub ringway_shipping: Shipping,
+}
+
+/// Where ringway ships its records in a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shipping {
+    Off,
+    ToOrigin,
+    Down,
 }
 
 /// A small GET over keep-alive, the baseline all others are read against.
@@ -42,6 +53,7 @@ const BASE: Scenario = Scenario {
     extra_routes: 0,
     ringway_policies: "",
     ringway_upstream: "",
+    ringway_shipping: Shipping::Off,
 };
 
 /// Every scenario, in report order.
@@ -83,6 +95,18 @@ pub const SCENARIOS: &[Scenario] = &[
                            max_ejected_percent: 50}, active: {path: /, interval: 2s, timeout: 1s}}\n    \
                            circuit_breaker: {failure_ratio: 0.5, min_requests: 20, window: 10s, open_for: 15s, \
                            half_open_requests: 3}\n",
+        ..BASE
+    },
+    Scenario {
+        name: "shipped",
+        description: "GET with every record shipped to a collector (the origin; ringway only)",
+        ringway_shipping: Shipping::ToOrigin,
+        ..BASE
+    },
+    Scenario {
+        name: "shipped_down",
+        description: "GET with log shipping on and the collector down the whole run (ringway only)",
+        ringway_shipping: Shipping::Down,
         ..BASE
     },
     Scenario {
