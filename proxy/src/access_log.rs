@@ -256,7 +256,7 @@ fn log_thread(
             }
             let Ok(chunk) = ring.read_chunk(n) else { continue };
             let (a, b) = chunk.as_slices();
-            if let Some(sh) = &shipper {
+            if let Some(sh) = shipper.as_mut() {
                 // Whole lines, in the order the worker wrote them.
                 for part in [a, b] {
                     let mut rest = part;
@@ -289,6 +289,9 @@ fn log_thread(
             }
             fullest = fullest.max(n);
             chunk.commit_all();
+        }
+        if let Some(sh) = shipper.as_mut() {
+            sh.hand_over();
         }
         // A ring a quarter full is drained again at once; otherwise the thread waits a poll
         // interval, so a steady trickle of lines costs a hundred wakeups a second, not a busy

@@ -1,8 +1,9 @@
 //! Log shipping: the access-log lines (one JSON record per request) sent in batches to a
 //! collector over HTTP, from a `log-shipper` thread, never from a worker.
 //!
-//! The log thread, which drains the workers' rings, hands every line to the shipper's bounded
-//! queue ([`Shipper::offer`]); a full queue drops the line and counts it. The shipper takes up
+//! The log thread, which drains the workers' rings, gathers their lines ([`Shipper::offer`])
+//! and hands them over once per round ([`Shipper::hand_over`]) to the shipper's queue, bounded
+//! in lines: past `queue_max`, the newest lines are dropped and counted. The shipper takes up
 //! to `batch_max` lines (or what came within `flush_every`), POSTs them as NDJSON (gzipped when
 //! asked) and, when the collector is down or answers an error, tries the same batch again with
 //! a growing backoff, on a new connection. So lines go out in the order each worker wrote them,
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration, ConfigErrors};
@@ -153,9 +154,20 @@ pub struct ShippingCounts {
     pub failed_batches: AtomicU64,
 }
 
+/// Lines handed over at once: each ends with a newline.
+struct Chunk {
+    data: Vec<u8>,
+    lines: usize,
+}
+
 /// The log thread's handle on the shipper thread.
 pub struct Shipper {
-    lines: Sender<Vec<u8>>,
+    chunks: Sender<Chunk>,
+    /// Lines queued or in the batch in hand, not yet shipped.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queue_max: usize,
+    /// Lines gathered by the log thread since its last hand-over.
+    pending: Chunk,
     counts: Arc<ShippingCounts>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -164,21 +176,47 @@ pub struct Shipper {
 impl Shipper {
     /// Starts the `log-shipper` thread; `counts` carry over from a shipper this one replaces.
     pub fn start(settings: Shipping, counts: Arc<ShippingCounts>) -> std::io::Result<Shipper> {
-        let (lines, rx) = crossbeam_channel::bounded(settings.queue_max);
+        let (chunks, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (counts.clone(), stop.clone());
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queue_max = settings.queue_max;
+        let (c, st, q) = (counts.clone(), stop.clone(), queued.clone());
         let thread =
-            std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &s))?;
-        Ok(Shipper { lines, counts, stop, thread: Some(thread) })
+            std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &st, &q))?;
+        let pending = Chunk { data: Vec::with_capacity(64 * 1024), lines: 0 };
+        Ok(Shipper { chunks, queued, queue_max, pending, counts, stop, thread: Some(thread) })
     }
 
-    /// Queues one line (without its newline); a full queue drops it and counts it.
-    pub fn offer(&self, line: &[u8]) {
-        match self.lines.try_send(line.to_vec()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Gathers one line (without its newline) for the next hand-over.
+    pub fn offer(&mut self, line: &[u8]) {
+        self.pending.data.extend_from_slice(line);
+        self.pending.data.push(b'\n');
+        self.pending.lines += 1;
+    }
+
+    /// Hands what was gathered to the shipper: as many lines as the queue has room for, the
+    /// oldest first; the others are dropped and counted.
+    pub fn hand_over(&mut self) {
+        if self.pending.lines == 0 {
+            return;
+        }
+        let room = self.queue_max.saturating_sub(self.queued.load(Ordering::Relaxed));
+        let mut chunk = std::mem::replace(&mut self.pending, Chunk { data: Vec::with_capacity(64 * 1024), lines: 0 });
+        if chunk.lines > room {
+            let cut = memchr::memchr_iter(b'\n', &chunk.data).nth(room.wrapping_sub(1)).map_or(0, |i| i + 1);
+            let cut = if room == 0 { 0 } else { cut };
+            chunk.data.truncate(cut);
+            self.counts.dropped.fetch_add((chunk.lines - room) as u64, Ordering::Relaxed);
+            chunk.lines = room;
+        }
+        if chunk.lines == 0 {
+            return;
+        }
+        self.queued.fetch_add(chunk.lines, Ordering::Relaxed);
+        let lines = chunk.lines;
+        if self.chunks.send(chunk).is_err() {
+            self.queued.fetch_sub(lines, Ordering::Relaxed);
+            self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
         }
     }
 }
@@ -186,9 +224,10 @@ impl Shipper {
 impl Drop for Shipper {
     /// Stops the thread: what is queued gets one more try at going out, then it ends.
     fn drop(&mut self) {
+        self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
-        let (dead, _) = crossbeam_channel::bounded(1);
-        drop(std::mem::replace(&mut self.lines, dead));
+        let (dead, _) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.chunks, dead));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -196,28 +235,54 @@ impl Drop for Shipper {
 }
 
 /// The shipper thread: batches, sends, retries.
-fn ship(s: Shipping, rx: Receiver<Vec<u8>>, counts: &ShippingCounts, stop: &AtomicBool) {
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(s.batch_max);
+fn ship(
+    s: Shipping,
+    rx: Receiver<Chunk>,
+    counts: &ShippingCounts,
+    stop: &AtomicBool,
+    queued: &std::sync::atomic::AtomicUsize,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut lines = 0usize;
+    // Lines taken from the queue but beyond the batch in hand: they start the next one.
+    let mut rest: Option<Chunk> = None;
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(100);
     let mut closed = false;
+    // Moves up to a batch's worth of lines from `c` into the batch; keeps the others in `rest`.
+    let take = |c: Chunk, batch: &mut Vec<u8>, lines: &mut usize, rest: &mut Option<Chunk>| {
+        let room = s.batch_max - *lines;
+        if c.lines <= room {
+            batch.extend_from_slice(&c.data);
+            *lines += c.lines;
+        } else {
+            let cut = memchr::memchr_iter(b'\n', &c.data).nth(room - 1).map_or(c.data.len(), |i| i + 1);
+            batch.extend_from_slice(&c.data[..cut]);
+            *lines += room;
+            *rest = Some(Chunk { data: c.data[cut..].to_vec(), lines: c.lines - room });
+        }
+    };
     loop {
-        // Fill the batch: wait for a first line, then take what comes within flush_every.
-        if batch.is_empty() {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => batch.push(l),
-                Err(RecvTimeoutError::Timeout) => {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
+        // Fill the batch: what was left over, else wait for lines; then what comes within
+        // flush_every, up to batch_max.
+        if lines == 0 {
+            match rest.take() {
+                Some(c) => take(c, &mut batch, &mut lines, &mut rest),
+                None => match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(c) => take(c, &mut batch, &mut lines, &mut rest),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
             }
             let until = Instant::now() + s.flush_every;
-            while batch.len() < s.batch_max {
+            while lines < s.batch_max && rest.is_none() {
                 match rx.recv_deadline(until) {
-                    Ok(l) => batch.push(l),
+                    Ok(c) => take(c, &mut batch, &mut lines, &mut rest),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
                         closed = true;
@@ -228,10 +293,12 @@ fn ship(s: Shipping, rx: Receiver<Vec<u8>>, counts: &ShippingCounts, stop: &Atom
         }
         match send(&s, &mut conn, &batch) {
             Ok(()) => {
-                counts.shipped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
+                queued.fetch_sub(lines, Ordering::Relaxed);
                 batch.clear();
+                lines = 0;
                 backoff = Duration::from_millis(100);
-                if closed {
+                if closed && rest.is_none() {
                     return;
                 }
             }
@@ -251,17 +318,16 @@ fn ship(s: Shipping, rx: Receiver<Vec<u8>>, counts: &ShippingCounts, stop: &Atom
 }
 
 /// POSTs one batch and reads the answer; a 2xx is success.
-fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[Vec<u8>]) -> std::io::Result<()> {
-    let mut body = Vec::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
-    for l in batch {
-        body.extend_from_slice(l);
-        body.push(b'\n');
-    }
-    if s.gzip {
-        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-        z.write_all(&body)?;
-        body = z.finish()?;
-    }
+fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> std::io::Result<()> {
+    let zipped;
+    let body: &[u8] = if s.gzip {
+        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(batch.len() / 4), flate2::Compression::fast());
+        z.write_all(batch)?;
+        zipped = z.finish()?;
+        &zipped
+    } else {
+        batch
+    };
     let mut head = format!(
         "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nuser-agent: ringway-log-shipper\r\n",
         s.path,
@@ -284,7 +350,7 @@ fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[Vec<u8>]) -> std::i
     }
     let c = conn.as_mut().expect("connected above");
     c.write_all(head.as_bytes())?;
-    c.write_all(&body)?;
+    c.write_all(body)?;
     // The answer: its head, then its body (Content-Length), so the connection can carry the
     // next batch.
     let mut buf = Vec::with_capacity(1024);

@@ -67,6 +67,12 @@ fn every_record_reaches_the_collector_in_order_per_worker() {
     }
     let got = wait_records(&collector, records, total);
     assert_eq!(got.len(), total, "every record arrived, once");
+    // No batch holds more than batch_max lines.
+    for r in collector.requests() {
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&r.body[..]).read_to_end(&mut text).expect("gzip");
+        assert!(text.iter().filter(|b| **b == b'\n').count() <= 50, "a batch over batch_max");
+    }
     let first = &collector.requests()[0];
     assert_eq!(first.target, "/ingest");
     assert_eq!(first.header("x-api-key"), Some("secret"));
