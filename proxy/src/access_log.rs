@@ -140,7 +140,7 @@ impl AccessLog {
         self.destination = to.clone();
         // Workers start writing lines only once the thread has the destination open (it turns
         // `enabled` on itself); turning off stops them at once.
-        if to.is_none() {
+        if to.is_none() && self.shipping.is_none() {
             self.enabled.store(false, Ordering::Relaxed);
         }
         // The admin thread waits (briefly) until the log thread has it open, so the requests
@@ -272,6 +272,8 @@ fn log_thread(
                     }
                     carry.extend_from_slice(rest);
                 }
+                // Workers commit whole lines and a round takes all that is committed.
+                debug_assert!(carry.is_empty(), "a partial line at the end of a ring's round");
             }
             let written = match out.as_mut() {
                 Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),

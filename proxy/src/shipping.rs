@@ -94,7 +94,8 @@ impl Shipping {
             }
         };
         for (n, v) in &spec.headers {
-            if !is_valid_header_name(n) || matches!(n.to_ascii_lowercase().as_str(), "content-length" | "host") {
+            let own = ["content-length", "host", "transfer-encoding", "content-type", "content-encoding", "connection"];
+            if !is_valid_header_name(n) || own.contains(&n.to_ascii_lowercase().as_str()) {
                 errors.push(format!("{p}.headers.{n}"), "not a header field that can be set here");
             } else if !is_valid_header_value(v.as_bytes()) {
                 errors.push(format!("{p}.headers.{n}"), "invalid header value");
@@ -212,6 +213,8 @@ impl Shipper {
         if chunk.lines == 0 {
             return;
         }
+        // Queued chunks hold what they carry, not the gathering buffer's capacity.
+        chunk.data.shrink_to_fit();
         self.queued.fetch_add(chunk.lines, Ordering::Relaxed);
         let lines = chunk.lines;
         if self.chunks.send(chunk).is_err() {
@@ -222,15 +225,20 @@ impl Shipper {
 }
 
 impl Drop for Shipper {
-    /// Stops the thread: what is queued gets one more try at going out, then it ends.
+    /// Stops the thread: the batch being sent may still go out; what is queued is dropped and
+    /// counted.
     fn drop(&mut self) {
         self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
         let (dead, _) = crossbeam_channel::unbounded();
         drop(std::mem::replace(&mut self.chunks, dead));
         if let Some(t) = self.thread.take() {
+            // Bounded: the thread checks `stop` between batches and during its waits, and a
+            // send has one overall deadline.
             let _ = t.join();
         }
+        // What it did not ship is gone: counted as dropped.
+        self.counts.dropped.fetch_add(self.queued.swap(0, Ordering::Relaxed) as u64, Ordering::Relaxed);
     }
 }
 
@@ -291,34 +299,76 @@ fn ship(
                 }
             }
         }
-        match send(&s, &mut conn, &batch) {
+        let reused = conn.is_some();
+        let mut sent = send(&s, &mut conn, &batch);
+        if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
+            // A kept connection the collector closed while idle: once more at once, on a new one.
+            conn = None;
+            sent = send(&s, &mut conn, &batch);
+        }
+        match sent {
             Ok(()) => {
                 counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
                 queued.fetch_sub(lines, Ordering::Relaxed);
                 batch.clear();
                 lines = 0;
                 backoff = Duration::from_millis(100);
-                if closed && rest.is_none() {
+                if (closed && rest.is_none()) || stop.load(Ordering::Relaxed) {
                     return;
                 }
             }
-            Err(e) => {
+            Err(Sent::Refused(status)) => {
+                // The collector will never take this batch (400, 413, ...): dropped, counted,
+                // and the next one goes.
+                log::error!(
+                    "log shipping to {}: the collector refused a batch ({status}); {lines} records dropped",
+                    s.addr
+                );
+                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+                queued.fetch_sub(lines, Ordering::Relaxed);
+                batch.clear();
+                lines = 0;
+                conn = None;
+            }
+            Err(Sent::Failed(e)) => {
                 counts.failed_batches.fetch_add(1, Ordering::Relaxed);
                 log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
                 // Never the same batch twice on one connection.
                 conn = None;
-                if stop.load(Ordering::Relaxed) {
-                    return;
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
                 }
-                std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 }
 
+/// Why a batch did not go.
+enum Sent {
+    /// Not delivered (no connection, a 5xx, 408 or 429, no answer in time): send it again.
+    Failed(std::io::Error),
+    /// The collector refused it for good (another 4xx).
+    Refused(u16),
+}
+
+impl From<std::io::Error> for Sent {
+    fn from(e: std::io::Error) -> Self {
+        Sent::Failed(e)
+    }
+}
+
+/// The longest a batch takes to send and be answered.
+const SEND_DEADLINE: Duration = Duration::from_secs(5);
+
 /// POSTs one batch and reads the answer; a 2xx is success.
-fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> std::io::Result<()> {
+fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> Result<(), Sent> {
+    let deadline = Instant::now() + SEND_DEADLINE;
     let zipped;
     let body: &[u8] = if s.gzip {
         let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(batch.len() / 4), flate2::Compression::fast());
@@ -342,45 +392,74 @@ fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> std::io::Re
     }
     head.push_str("\r\n");
     if conn.is_none() {
-        let c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(5))?;
-        c.set_read_timeout(Some(Duration::from_secs(10)))?;
-        c.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(3))?;
+        c.set_write_timeout(Some(SEND_DEADLINE))?;
         let _ = c.set_nodelay(true);
         *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected above");
     c.write_all(head.as_bytes())?;
     c.write_all(body)?;
+    // Every read waits at most what is left of the deadline.
+    let left = |c: &TcpStream| -> std::io::Result<()> {
+        let l = deadline.saturating_duration_since(Instant::now());
+        if l.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        c.set_read_timeout(Some(l))
+    };
     // The answer: its head, then its body (Content-Length), so the connection can carry the
     // next batch.
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let (status, head_len, length, close) = loop {
+        // What the buffer holds so far: an interim answer to skip, the final head, or not
+        // enough yet.
+        let parsed = {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut fields);
+            match r.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = r.code.unwrap_or(0);
+                    let field =
+                        |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+                    let length = match status {
+                        204 | 304 => Some(0),
+                        _ => field("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
+                    };
+                    let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+                    Some((status, len, length, close))
+                }
+                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => None,
+                _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer").into()),
+            }
+        };
+        match parsed {
+            // An interim answer: the final one follows (perhaps already here).
+            Some((status, len, _, _)) if (100..200).contains(&status) => {
+                buf.drain(..len);
+                continue;
+            }
+            Some(done) => break done,
+            None => {}
+        }
+        left(c)?;
         let n = c.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the collector closed the connection"));
+            return Err(
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the collector closed the connection").into()
+            );
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut fields = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut fields);
-        match r.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let field = |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-                let length = field("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
-                let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
-                break (r.code.unwrap_or(0), len, length, close);
-            }
-            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
-            _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer")),
-        }
     };
     match length {
         Some(n) => {
             let mut have = buf.len() - head_len;
             while have < n {
+                left(c)?;
                 let k = c.read(&mut chunk)?;
                 if k == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "answer cut short"));
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "answer cut short").into());
                 }
                 have += k;
             }
@@ -391,16 +470,99 @@ fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> std::io::Re
     if close {
         *conn = None;
     }
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("the collector answered {status}")))
+    match status {
+        200..=299 => Ok(()),
+        400..=499 if status != 408 && status != 429 => Err(Sent::Refused(status)),
+        _ => Err(Sent::Failed(std::io::Error::other(format!("the collector answered {status}")))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector on a real socket that answers each POST with `answers` in turn (then 204),
+    /// and gives back the bodies it read.
+    fn collector(answers: Vec<&'static str>) -> (SocketAddr, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut bodies = Vec::new();
+            let mut answers = answers.into_iter();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                // One request: its head, then Content-Length bytes.
+                let (head_len, len) = loop {
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    let mut r = httparse::Request::new(&mut fields);
+                    if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
+                        let len = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")).unwrap();
+                        break (n, std::str::from_utf8(len.value).unwrap().parse::<usize>().unwrap());
+                    }
+                    match c.read(&mut chunk) {
+                        Ok(0) | Err(_) => return bodies,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                };
+                while buf.len() < head_len + len {
+                    let k = c.read(&mut chunk).unwrap();
+                    buf.extend_from_slice(&chunk[..k]);
+                }
+                bodies.push(buf[head_len..head_len + len].to_vec());
+                buf.drain(..head_len + len);
+                let answer = answers.next().unwrap_or("HTTP/1.1 204 No Content\r\n\r\n");
+                c.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (addr, t)
+    }
+
+    fn settings(addr: SocketAddr) -> Shipping {
+        let spec = LogShippingSpec { endpoint: format!("http://{addr}/in"), ..LogShippingSpec::default() };
+        Shipping::compile(&spec, &mut ConfigErrors::default()).unwrap()
+    }
+
+    #[test]
+    fn an_interim_answer_is_skipped_and_a_refusal_for_good_is_not_retried() {
+        let (addr, t) = collector(vec![
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n",
+        ]);
+        let s = settings(addr);
+        let mut conn = None;
+        assert!(send(&s, &mut conn, b"a\n").is_ok(), "100 then 200");
+        assert!(matches!(send(&s, &mut conn, b"b\n"), Err(Sent::Refused(413))));
+        assert!(matches!(send(&s, &mut conn, b"c\n"), Err(Sent::Failed(_))), "a 503 is tried again");
+        drop(conn);
+        assert_eq!(t.join().unwrap(), [b"a\n".to_vec(), b"b\n".to_vec(), b"c\n".to_vec()], "one connection");
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_newest_lines_and_counts_them() {
+        // Nothing listens: every batch fails, so nothing leaves the queue.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let counts = Arc::new(ShippingCounts::default());
+        let mut sh = Shipper::start(Shipping { queue_max: 5, ..settings(addr) }, counts.clone()).unwrap();
+        for i in 0..3 {
+            sh.offer(format!("line {i}").as_bytes());
+        }
+        sh.hand_over();
+        for i in 3..10 {
+            sh.offer(format!("line {i}").as_bytes());
+        }
+        sh.hand_over();
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 5, "3 + 2 fit in 5: the 5 newest go");
+        assert_eq!(sh.queued.load(Ordering::Relaxed), 5);
+        // Stopping drops what is left, counted.
+        drop(sh);
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 10);
+        assert_eq!(counts.shipped.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn settings_are_checked_with_their_paths() {

@@ -87,7 +87,15 @@ fn every_record_reaches_the_collector_in_order_per_worker() {
         let want: Vec<String> = (0..total / 3).map(|i| format!("/c{c}/r{i}")).collect();
         assert_eq!(paths, want, "records of one connection in order");
     }
-    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    // The collector saw the last batch a moment before the shipper read its answer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let st = gw.admin("GET", "/admin/v1/status", None).json();
+        if st["log_shipping"]["shipped"] == total as u64 || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status["log_shipping"]["shipped"], total as u64);
     assert_eq!(status["log_shipping"]["dropped"], 0);
 }
@@ -107,11 +115,17 @@ fn a_collector_that_recovers_gets_the_queue_and_a_full_queue_counts_what_it_drop
         assert_eq!(client.get(&format!("/r{i}")).status, 200);
     }
     // Down: the batch in hand is tried again and again; the queue holds 100; the rest drop.
-    std::thread::sleep(Duration::from_millis(300));
-    let status = gw.admin("GET", "/admin/v1/status", None).json();
-    let dropped = status["log_shipping"]["dropped"].as_u64().unwrap();
-    assert!(status["log_shipping"]["failed_batches"].as_u64().unwrap() > 0);
-    assert_eq!(status["log_shipping"]["shipped"], 0);
+    let figures = || {
+        let st = gw.admin("GET", "/admin/v1/status", None).json();
+        let get = |k: &str| st["log_shipping"][k].as_u64().unwrap();
+        (get("shipped"), get("dropped"), get("failed_batches"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while figures().2 == 0 || figures().1 == 0 {
+        assert!(Instant::now() < deadline, "no failed batch or no drop: {:?}", figures());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(figures().0, 0, "nothing shipped while the collector refuses");
     // Up again: what was queued arrives.
     answer.store(200, Ordering::Relaxed);
     let accepted = |c: &Upstream| -> Vec<Value> {
@@ -121,10 +135,10 @@ fn a_collector_that_recovers_gets_the_queue_and_a_full_queue_counts_what_it_drop
         records(c).into_iter().filter(|r| seen.insert(r["request_id"].as_str().unwrap().to_string())).collect()
     };
     let deadline = Instant::now() + Duration::from_secs(15);
-    let shipped = loop {
-        let s = gw.admin("GET", "/admin/v1/status", None).json()["log_shipping"]["shipped"].as_u64().unwrap();
-        if s as usize + dropped as usize >= total || Instant::now() > deadline {
-            break s;
+    let (shipped, dropped) = loop {
+        let (s, d, _) = figures();
+        if (s + d) as usize >= total || Instant::now() > deadline {
+            break (s, d);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
