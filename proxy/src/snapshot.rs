@@ -415,7 +415,13 @@ fn check_id(id: &str, path: &str, errors: &mut ConfigErrors) {
     }
 }
 
-fn duration_or(value: Option<&String>, default: Duration, path: String, errors: &mut ConfigErrors) -> Duration {
+/// A duration setting (`default` when absent); zero and malformed values are reported at `path`.
+pub(crate) fn duration_or(
+    value: Option<&String>,
+    default: Duration,
+    path: String,
+    errors: &mut ConfigErrors,
+) -> Duration {
     match value.map(|v| parse_duration(v)) {
         None => default,
         Some(Ok(d)) if d.is_zero() => {

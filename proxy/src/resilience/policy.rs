@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ringway_policy::{parse_duration, ConfigErrors};
+use ringway_policy::ConfigErrors;
+
+use crate::snapshot::duration_or as duration;
 
 use crate::config::{ActiveSpec, CircuitBreakerSpec, HealthChecksSpec, PassiveSpec, RetriesSpec, RetryOnSpec};
 
@@ -105,21 +107,6 @@ impl Settings {
     /// Whether targets can be out of rotation (so picks look at their state).
     pub fn checks_health(&self) -> bool {
         self.passive.is_some() || self.active.is_some()
-    }
-}
-
-fn duration(value: Option<&String>, default: Duration, path: String, errors: &mut ConfigErrors) -> Duration {
-    match value.map(|v| parse_duration(v)) {
-        None => default,
-        Some(Ok(d)) if d.is_zero() => {
-            errors.push(path, "must be greater than zero");
-            default
-        }
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            errors.push(path, e);
-            default
-        }
     }
 }
 
