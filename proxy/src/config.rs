@@ -4,8 +4,9 @@
 //! them into a [`crate::Snapshot`] that cannot be invalid.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use ringway_policy::PoliciesSpec;
+use ringway_policy::{ConfigErrors, PoliciesSpec};
 use serde::{Deserialize, Serialize};
 
 /// A whole configuration document.
@@ -272,3 +273,24 @@ fn is_default_policies(p: &PoliciesSpec) -> bool {
 }
 
 pub use ringway_policy::parse_duration;
+
+/// A duration setting (`default` when absent); zero and malformed values are reported at `path`.
+pub(crate) fn duration_or(
+    value: Option<&String>,
+    default: Duration,
+    path: String,
+    errors: &mut ConfigErrors,
+) -> Duration {
+    match value.map(|v| parse_duration(v)) {
+        None => default,
+        Some(Ok(d)) if d.is_zero() => {
+            errors.push(path, "must be greater than zero");
+            default
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.push(path, e);
+            default
+        }
+    }
+}

@@ -136,7 +136,7 @@ pub struct LbState {
     rng: u64,
     cursor: usize,
     /// This worker's retry budget for the upstream (see [`RetryBudget`]).
-    pub budget: crate::resilience::decide::RetryBudget,
+    pub budget: crate::resilience::budget::RetryBudget,
 }
 
 impl LbState {

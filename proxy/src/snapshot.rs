@@ -11,7 +11,7 @@ use ringway_policy::{
     is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PathNormalization, PoliciesSpec,
 };
 
-use crate::config::{parse_duration, ConfigSpec, RouteSpec, UpstreamSpec};
+use crate::config::{duration_or, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
 use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 
@@ -412,27 +412,6 @@ fn check_id(id: &str, path: &str, errors: &mut ConfigErrors) {
         || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
         errors.push(path, "an id is 1 to 128 letters, digits, '-', '_' or '.'");
-    }
-}
-
-/// A duration setting (`default` when absent); zero and malformed values are reported at `path`.
-pub(crate) fn duration_or(
-    value: Option<&String>,
-    default: Duration,
-    path: String,
-    errors: &mut ConfigErrors,
-) -> Duration {
-    match value.map(|v| parse_duration(v)) {
-        None => default,
-        Some(Ok(d)) if d.is_zero() => {
-            errors.push(path, "must be greater than zero");
-            default
-        }
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            errors.push(path, e);
-            default
-        }
     }
 }
 

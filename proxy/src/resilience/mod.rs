@@ -6,10 +6,12 @@
 //! - [`state`]: the live state every worker reads and reports to (flags and counters), carried
 //!   across config changes for the targets that stay.
 //! - [`attempt`]: one try on one target; its guard reports the outcome exactly once.
-//! - [`decide`]: the decisions, made by the health thread ([`HealthThread`]) a few times a
-//!   second, and the per-worker retry budget.
+//! - [`decide`]: the decisions, made by the health thread ([`HealthThread`]) 20 times a
+//!   second, which also runs the probes ([`crate::client::probe`]).
+//! - [`budget`]: the retry budget each worker keeps per upstream.
 
 pub mod attempt;
+pub mod budget;
 pub mod decide;
 pub mod policy;
 pub mod state;

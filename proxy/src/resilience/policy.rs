@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ringway_policy::ConfigErrors;
 
-use crate::snapshot::duration_or as duration;
+use crate::config::duration_or as duration;
 
 use crate::config::{ActiveSpec, CircuitBreakerSpec, HealthChecksSpec, PassiveSpec, RetriesSpec, RetryOnSpec};
 
