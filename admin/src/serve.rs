@@ -267,7 +267,10 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         log_query: args.access_log_query,
     };
     let caps = Arc::new(ringway_proxy::ConnectionCaps::new(args.max_connections, args.max_connections_per_ip));
-    ringway_policy::limits::set_bank_key_cap(args.rate_limit_keys.saturating_mul(count).saturating_mul(2));
+    // The node's limit bank: one for the gateway's life, handed to every worker (it tracks
+    // twice what all the workers do).
+    let limit_bank =
+        Arc::new(ringway_policy::limits::LimitBank::new(args.rate_limit_keys.saturating_mul(count).saturating_mul(2)));
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let (inv_tx, inv_rx) = unbounded::<Invalidate>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
@@ -300,6 +303,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             workers: count,
             cache_bytes: args.cache_size / count as u64,
             limit_keys: args.rate_limit_keys,
+            limit_bank: limit_bank.clone(),
             invalidations: inv_tx.clone(),
             caps: caps.clone(),
             metrics,

@@ -556,6 +556,7 @@ mod tests {
                 workers: count,
                 cache_bytes: 1 << 20,
                 limit_keys: 1000,
+                limit_bank: Arc::new(ringway_policy::limits::LimitBank::new(1024)),
                 invalidations: inv_tx.clone(),
                 caps: std::sync::Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
                 metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),

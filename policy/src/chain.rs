@@ -195,7 +195,11 @@ mod tests {
             Arc::new(Fixed(2000, "limit", true)),
         ]);
         let mut h = HeaderList::default();
-        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1, 16)));
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(
+            1,
+            16,
+            std::sync::Arc::new(crate::limits::LimitBank::new(1024)),
+        )));
         let v = chain.on_request(&info(), &mut h, &mut Context::new(state));
         let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
         assert_eq!(seen, ["identity", "limit"]);
@@ -212,7 +216,11 @@ mod tests {
     fn layered_runs_both_in_priority_order_and_the_route_overrides_by_name() {
         let global = Chain::new(vec![Arc::new(Fixed(2000, "limit", false)), Arc::new(Fixed(500, "late", false))]);
         let own = Chain::new(vec![Arc::new(Fixed(1000, "transform", false)), Arc::new(Fixed(3000, "identity", false))]);
-        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(1, 16)));
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(
+            1,
+            16,
+            std::sync::Arc::new(crate::limits::LimitBank::new(1024)),
+        )));
         let mut h = HeaderList::default();
         let l = Layered::new(&own, &global);
         assert!(matches!(l.on_request(&info(), &mut h, &mut Context::new(state.clone())), Verdict::Continue));

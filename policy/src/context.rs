@@ -44,9 +44,10 @@ pub struct WorkerPolicyState {
 }
 
 impl WorkerPolicyState {
-    /// State for one of `workers` workers, tracking at most `limit_keys` rate-limit keys.
-    pub fn new(workers: usize, limit_keys: usize) -> Self {
-        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys) }
+    /// State for one of `workers` workers, tracking at most `limit_keys` rate-limit keys, and
+    /// leasing from the node's `bank`.
+    pub fn new(workers: usize, limit_keys: usize, bank: std::sync::Arc<crate::limits::LimitBank>) -> Self {
+        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys, bank) }
     }
 }
 

@@ -37,6 +37,7 @@ pub mod worker;
 
 pub use admission::{ConnectionCaps, Network};
 pub use config::ConfigSpec;
+pub use ringway_policy::limits::LimitBank;
 pub use run::{run_worker, WorkerSetup};
 pub use snapshot::Snapshot;
 pub use worker::{Ack, Control, Invalidate, Purge, ServerLimits};

@@ -102,6 +102,8 @@ pub struct WorkerSetup {
     pub cache_bytes: u64,
     /// Rate-limit keys this worker tracks at most.
     pub limit_keys: usize,
+    /// The node's limit bank, shared by every worker.
+    pub limit_bank: Arc<ringway_policy::limits::LimitBank>,
     /// Where invalidations for the other workers go (the control thread relays them).
     pub invalidations: crossbeam_channel::Sender<Invalidate>,
     /// The node's connection caps.
@@ -126,6 +128,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         workers,
         cache_bytes,
         limit_keys,
+        limit_bank,
         invalidations,
         caps,
         metrics,
@@ -133,7 +136,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         clock,
     } = setup;
     let revision = snapshot.revision;
-    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, limit_keys, caps);
+    let mut worker = Worker::new(ctx, limits, snapshot, seed, workers, cache_bytes, (limit_keys, limit_bank), caps);
     worker.invalidations = Some(invalidations);
     worker.metrics = metrics;
     // Whichever setup this worker took, its counters carry its own id.

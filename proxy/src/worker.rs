@@ -252,7 +252,7 @@ impl Worker {
         seed: u64,
         workers: usize,
         cache_bytes: u64,
-        limit_keys: usize,
+        (limit_keys, limit_bank): (usize, Arc<ringway_policy::limits::LimitBank>),
         caps: Arc<ConnectionCaps>,
     ) -> Worker {
         let id_prefix = seed ^ ((ctx.id as u64) << 56);
@@ -268,7 +268,7 @@ impl Worker {
             caps,
             counters: Counters::default(),
             spares: Spares::default(),
-            policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys))),
+            policy_state: Rc::new(RefCell::new(WorkerPolicyState::new(workers, limit_keys, limit_bank))),
             cache: RefCell::new(WorkerCache::new(cache_bytes)),
             invalidations: None,
             idle: RefCell::new(FdSlots::default()),

@@ -3,7 +3,7 @@
 //! takes.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::mapref::one::RefMut;
@@ -14,12 +14,6 @@ use crate::limits::spec::RateLimit;
 
 /// Largest lease a worker takes at once.
 const MAX_BATCH: u64 = 64;
-
-/// Sets the bank's key cap (at start, from the per-worker cap and the worker count); past it
-/// the least recently used quarter goes.
-pub fn set_bank_key_cap(keys: usize) {
-    bank().cap.store(keys.max(1024), Ordering::Relaxed);
-}
 
 /// Bank entries tracked per stripe at least, whatever the cap: enough for a meaningful sample.
 const MIN_STRIPE_KEYS: usize = 64;
@@ -125,8 +119,10 @@ impl<V> Stripe<V> {
     }
 }
 
-/// The node-wide side: what every worker leases from.
-pub(super) struct Bank {
+/// The node-wide side of the limits: what every worker leases from. One per node, made by
+/// whoever starts the workers and handed to each of them (through
+/// [`crate::WorkerPolicyState::new`]); compiling a configuration never touches it.
+pub struct LimitBank {
     windows: Table<WindowEntry>,
     buckets: Table<BucketEntry>,
     /// Free concurrency slots by limit.
@@ -135,21 +131,28 @@ pub(super) struct Bank {
     cap: AtomicUsize,
 }
 
-impl Bank {
-    fn new(cap: usize, stripes: usize) -> Bank {
-        Bank {
+impl std::fmt::Debug for LimitBank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LimitBank")
+    }
+}
+
+impl LimitBank {
+    /// A bank tracking about `keys` keys in each of its tables (at least 1024); past it the
+    /// least recently used quarter goes.
+    pub fn new(keys: usize) -> LimitBank {
+        // Four stripes per core: the cap grows with the workers, a stripe's share of it does not.
+        LimitBank::with_stripes(keys.max(1024), std::thread::available_parallelism().map_or(1, usize::from) * 4)
+    }
+
+    fn with_stripes(cap: usize, stripes: usize) -> LimitBank {
+        LimitBank {
             windows: Table::new(stripes),
             buckets: Table::new(stripes),
             slots: DashMap::new(),
             cap: AtomicUsize::new(cap),
         }
     }
-}
-
-pub(super) fn bank() -> &'static Bank {
-    static B: OnceLock<Bank> = OnceLock::new();
-    // Four stripes per core: the cap grows with the workers, a stripe's share of it does not.
-    B.get_or_init(|| Bank::new(1 << 20, std::thread::available_parallelism().map_or(1, usize::from) * 4))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +182,7 @@ pub(super) struct Grant {
     pub(super) retry_at_ms: u64,
 }
 
-impl Bank {
+impl LimitBank {
     pub(super) fn batch(left: u64, workers: u64) -> u64 {
         (left / (4 * workers.max(1))).clamp(1, MAX_BATCH).min(left)
     }
@@ -223,7 +226,7 @@ impl Bank {
             e.seen_ms = e.seen_ms.max(retry);
             return Grant { granted: 0, left: 0, retry_at_ms: retry };
         }
-        let g = Bank::batch(left, workers);
+        let g = LimitBank::batch(left, workers);
         e.cur += g;
         Grant { granted: g, left: left - g, retry_at_ms: 0 }
     }
@@ -249,7 +252,7 @@ impl Bank {
             let wait = ((1.0 - t) / rate).ceil().max(1.0) as u64;
             return Grant { granted: 0, left: 0, retry_at_ms: now_ms + wait };
         }
-        let g = Bank::batch(left, workers);
+        let g = LimitBank::batch(left, workers);
         e.tokens -= g as f64;
         e.full_at_ms = now_ms.saturating_add(((burst as f64 - e.tokens) / rate).ceil() as u64);
         drop(e);
@@ -264,7 +267,7 @@ mod tests {
 
     #[test]
     fn spraying_keys_past_the_bank_cap_leaves_new_keys_their_own_counter() {
-        let bank = Bank::new(1024, 8);
+        let bank = LimitBank::with_stripes(1024, 8);
         let l = limit(3, "1m", None, None, "t.spray");
         let t0 = 50_000_000u64;
         let steady = u64::MAX - 1;
@@ -294,7 +297,7 @@ mod tests {
 
     #[test]
     fn keys_refused_until_one_time_outlive_evictions() {
-        let bank = Bank::new(1024, 1);
+        let bank = LimitBank::with_stripes(1024, 1);
         let l = limit(1, "1m", None, None, "t.ties");
         let t0 = 70_020_000u64; // the start of a window
         let granted = |k: u64, now: u64| bank.lease_window(&l, k, now, 1).granted;
@@ -326,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_bank_full_of_refused_keys_drops_no_more_than_a_quarter() {
-        let bank = Bank::new(1024, 1);
+        let bank = LimitBank::with_stripes(1024, 1);
         let l = limit(1, "1m", None, None, "t.all_refused");
         let t0 = 70_020_000u64;
         let granted = |k: u64, now: u64| bank.lease_window(&l, k, now, 1).granted;

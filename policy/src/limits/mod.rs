@@ -44,7 +44,7 @@ mod spec;
 pub(crate) mod worker;
 
 pub use crate::context::Permit;
-pub use bank::set_bank_key_cap;
+pub use bank::LimitBank;
 pub use policies::ip_key;
 pub use spec::{ConcurrencyLimit, ConcurrencyLimitSpec, RateLimit, RateLimitSpec};
 pub use worker::{RateDecision, WorkerLimits, DEFAULT_KEYS_PER_WORKER};

@@ -4,13 +4,11 @@
 //! keeps it.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
 
 use crate::context::{Context, Permit};
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
-use crate::limits::bank::bank;
+
 use crate::limits::spec::{keyed_hash, ConcurrencyLimit, ConcurrencyLimitSpec, KeyKind, RateLimit};
 use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
@@ -75,10 +73,10 @@ impl ConcurrencyLimit {
             errors.push(format!("{path}.max_in_flight"), "must be between 1 and 10000000");
             return None;
         }
+        // Its free slots live in the node's bank, made on first use by a worker: compiling
+        // changes nothing shared.
         let id = keyed_hash((path, spec.max_in_flight, "concurrency"));
-        let shared =
-            bank().slots.entry(id).or_insert_with(|| Arc::new(AtomicI64::new(spec.max_in_flight as i64))).clone();
-        Some(ConcurrencyLimit { id, max: spec.max_in_flight, shared })
+        Some(ConcurrencyLimit { id, max: spec.max_in_flight })
     }
 }
 

@@ -5,8 +5,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +73,6 @@ pub struct RateLimit {
 pub struct ConcurrencyLimit {
     pub(super) id: u64,
     pub(super) max: u64,
-    pub(super) shared: Arc<AtomicI64>,
 }
 
 fn hasher() -> &'static RandomState {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::limits::bank::{bank, Bank};
+use crate::limits::bank::LimitBank;
 use crate::limits::evict::Eviction;
 use crate::limits::spec::{Algorithm, ConcurrencyLimit, RateLimit};
 
@@ -55,6 +55,8 @@ struct LocalConc {
 /// One worker's shard of every limit.
 #[derive(Debug)]
 pub struct WorkerLimits {
+    /// The node's bank this worker leases from.
+    bank: Arc<LimitBank>,
     workers: u64,
     max_keys: usize,
     leases: FxHashMap<(u64, u64), Lease>,
@@ -66,9 +68,11 @@ fn secs_ceil(ms: u64) -> u64 {
 }
 
 impl WorkerLimits {
-    /// The shard of one of `workers` workers, tracking at most `max_keys` keys.
-    pub fn new(workers: usize, max_keys: usize) -> Self {
+    /// The shard of one of `workers` workers, tracking at most `max_keys` keys, leasing from
+    /// `bank`.
+    pub fn new(workers: usize, max_keys: usize, bank: Arc<LimitBank>) -> Self {
         WorkerLimits {
+            bank,
             workers: workers.max(1) as u64,
             max_keys: max_keys.max(16),
             leases: FxHashMap::default(),
@@ -127,8 +131,8 @@ impl WorkerLimits {
                 };
             }
             let g = match l.algorithm {
-                Algorithm::SlidingWindow => bank().lease_window(l, key, now_ms, workers),
-                Algorithm::TokenBucket { burst } => bank().lease_bucket(l, burst, key, now_ms, workers),
+                Algorithm::SlidingWindow => self.bank.lease_window(l, key, now_ms, workers),
+                Algorithm::TokenBucket { burst } => self.bank.lease_bucket(l, burst, key, now_ms, workers),
             };
             if g.granted == 0 {
                 lease.denied_until = g.retry_at_ms;
@@ -154,7 +158,7 @@ impl WorkerLimits {
     pub(super) fn acquire(&mut self, c: &ConcurrencyLimit) -> bool {
         let workers = self.workers;
         let local = self.conc.entry(c.id).or_insert_with(|| LocalConc {
-            shared: c.shared.clone(),
+            shared: self.bank.slots.entry(c.id).or_insert_with(|| Arc::new(AtomicI64::new(c.max as i64))).clone(),
             max: c.max,
             allowance: 0,
             in_flight: 0,
@@ -163,7 +167,7 @@ impl WorkerLimits {
             local.in_flight += 1;
             return true;
         }
-        let want = Bank::batch(local.max, workers) as i64;
+        let want = LimitBank::batch(local.max, workers) as i64;
         let mut cur = local.shared.load(Ordering::Acquire);
         loop {
             if cur <= 0 {
@@ -186,7 +190,7 @@ impl WorkerLimits {
         let workers = self.workers;
         if let Some(local) = self.conc.get_mut(&id) {
             local.in_flight = local.in_flight.saturating_sub(1);
-            let keep = Bank::batch(local.max, workers);
+            let keep = LimitBank::batch(local.max, workers);
             let spare = local.allowance - local.in_flight;
             if spare > keep {
                 let give = spare - keep;
@@ -204,10 +208,17 @@ mod tests {
     use crate::limits::spec::limit;
     use crate::limits::{ConcurrencyLimitSpec, RateLimitSpec};
 
+    /// A bank of its own for each test.
+    fn bank() -> Arc<LimitBank> {
+        Arc::new(LimitBank::new(1 << 20))
+    }
+
     #[test]
     fn sliding_window_admits_the_limit_per_window_across_workers() {
         let l = limit(1000, "1s", None, None, "t.sliding");
-        let mut workers: Vec<WorkerLimits> = (0..4).map(|_| WorkerLimits::new(4, DEFAULT_KEYS_PER_WORKER)).collect();
+        let node = bank();
+        let mut workers: Vec<WorkerLimits> =
+            (0..4).map(|_| WorkerLimits::new(4, DEFAULT_KEYS_PER_WORKER, node.clone())).collect();
         // 4 workers offer 3x the limit, round-robin, over 6 windows; count per fixed window.
         let mut admitted = [0u64; 7];
         let start = 10_000_000u64;
@@ -229,7 +240,7 @@ mod tests {
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {
         let l = limit(10, "1s", Some("token_bucket"), Some(50), "t.bucket");
-        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER, bank());
         let t0 = 20_000_000u64;
         let burst = (0..100).filter(|_| w.rate(&l, 0, t0).retry_after_s.is_none()).count();
         assert_eq!(burst, 50);
@@ -244,7 +255,7 @@ mod tests {
     #[test]
     fn refusals_say_when_to_come_back() {
         let l = limit(2, "10s", None, None, "t.refuse");
-        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER, bank());
         let t0 = 30_000_000u64;
         assert!(w.rate(&l, 0, t0).retry_after_s.is_none());
         let d = w.rate(&l, 0, t0);
@@ -258,7 +269,7 @@ mod tests {
     fn key_cap_evicts_the_stalest() {
         let spec = RateLimitSpec { limit: 5, window: "1m".into(), key: None, algorithm: None, burst: None };
         let l = RateLimit::compile(&spec, "t.cap", &mut ConfigErrors::default()).unwrap();
-        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER);
+        let mut w = WorkerLimits::new(1, DEFAULT_KEYS_PER_WORKER, bank());
         for k in 0..(DEFAULT_KEYS_PER_WORKER as u64 + 10) {
             w.rate(&l, k, 40_000_000 + k);
         }
@@ -269,7 +280,7 @@ mod tests {
     #[test]
     fn a_refused_key_outlives_a_spray_through_the_worker_cap() {
         let l = limit(2, "1m", None, None, "t.worker_spray");
-        let mut w = WorkerLimits::new(1, 64);
+        let mut w = WorkerLimits::new(1, 64, bank());
         let t0 = 60_000_000u64;
         let steady = u64::MAX - 3;
         let admitted = |w: &mut WorkerLimits, k: u64, now: u64| w.rate(&l, k, now).retry_after_s.is_none();
@@ -293,7 +304,7 @@ mod tests {
         for k in 40..64u64 {
             leases.insert((0, k), Lease { used_ms: 1_000 + k, ..Lease::default() });
         }
-        let mut w = WorkerLimits::new(1, 64);
+        let mut w = WorkerLimits::new(1, 64, bank());
         w.leases = leases;
         w.evict(2_000);
         assert!((0..40u64).all(|k| w.leases.contains_key(&(0, k))), "a refused lease was dropped");
@@ -304,8 +315,9 @@ mod tests {
     fn concurrency_never_exceeds_the_maximum() {
         let mut errors = ConfigErrors::default();
         let c = ConcurrencyLimit::compile(&ConcurrencyLimitSpec { max_in_flight: 10 }, "t.conc", &mut errors).unwrap();
-        let mut a = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER);
-        let mut b = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER);
+        let node = bank();
+        let mut a = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER, node.clone());
+        let mut b = WorkerLimits::new(2, DEFAULT_KEYS_PER_WORKER, node);
         let mut held = 0;
         for i in 0..40 {
             let w = if i % 2 == 0 { &mut a } else { &mut b };

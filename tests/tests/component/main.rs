@@ -45,6 +45,7 @@ impl Worker {
             workers: 1,
             cache_bytes: 1 << 20,
             limit_keys: 1000,
+            limit_bank: Arc::new(ringway_proxy::LimitBank::new(1 << 16)),
             invalidations,
             caps: Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
             metrics: halves.pop().unwrap(),
