@@ -14,8 +14,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringway_proxy::h1::head::{check_raw_head, BodyKind};
-use ringway_proxy::session::h1::{encode_head, Asked};
-use ringway_proxy::session::{Answer, BodyLen};
+use ringway_proxy::session::h1::encode_head;
+use ringway_proxy::session::{Answer, Asked, BodyLen};
 use ringway_proxy::spares::Spares;
 use ringway_proxy::upstream::response_head;
 
