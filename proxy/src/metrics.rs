@@ -196,7 +196,8 @@ impl Registry {
 }
 
 /// Label values escaped as the text format asks (backslash, double quote, line feed).
-struct Esc<'a>(&'a str);
+/// A Prometheus label value, escaped.
+pub(crate) struct Esc<'a>(pub(crate) &'a str);
 
 impl std::fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

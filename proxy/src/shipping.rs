@@ -11,7 +11,7 @@
 //! is bounded by the queue while the collector is away.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,11 +136,7 @@ fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), String> {
     } else {
         format!("{authority}:80")
     };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("{authority:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+    let addr = crate::config::resolve(&with_port)?;
     Ok((addr, authority.to_string(), path.to_string()))
 }
 

@@ -1,7 +1,7 @@
 //! The compiled, immutable configuration every worker serves from, and the compile step that
 //! turns a [`ConfigSpec`] into it, reporting every problem with its JSON path.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use ringway_policy::{
     is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PathNormalization, PoliciesSpec,
 };
 
-use crate::config::{duration_or, ConfigSpec, RouteSpec, UpstreamSpec};
+use crate::config::{duration_or, resolve, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
 use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 
@@ -518,19 +518,6 @@ fn compile_upstream(
         resilience,
         health,
     })
-}
-
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !addr.contains(':') {
-        return Err(format!("{addr:?} needs a port, as in \"host:port\""));
-    }
-    match addr.to_socket_addrs() {
-        Ok(mut it) => it.next().ok_or_else(|| format!("{addr:?} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {addr:?}: {e}")),
-    }
 }
 
 #[cfg(test)]

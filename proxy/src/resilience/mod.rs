@@ -248,7 +248,7 @@ fn start_probes(
 pub fn render_metrics(out: &mut String, snapshot: &Snapshot) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let esc = crate::metrics::Esc;
     let header = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };

@@ -17,7 +17,7 @@ use super::message::{Answer, Asked, BodyLen, HeadRead, Piece};
 use crate::h1::chunked::{Chunk, ChunkedDecoder};
 use crate::h1::framing::coding_bit;
 use crate::h1::head::{check_partial_head, BodyKind, HeadError};
-use crate::h1::write::{encode_chunk, format_dec, push_dec, push_header, push_status_line, reason};
+use crate::h1::write::{encode_chunk, format_dec, push_dec, push_framing, push_header, push_status_line, reason};
 use crate::io::{read_more, write_pair, write_range, Pair};
 use crate::respond::ProxyError;
 use crate::stream::Stream;
@@ -401,22 +401,14 @@ pub fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     push_extras(out, a.extras);
-    match a.body {
-        BodyLen::Known(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_dec(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyLen::Unknown if chunked => {
-            out.extend_from_slice(b"transfer-encoding: ");
-            if !a.codings.is_empty() {
-                out.extend_from_slice(a.codings);
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(b"chunked\r\n");
-        }
-        _ => {}
-    }
+    // The codec's framing rules: a length, or chunked (with the codings the body carries)
+    // unless the client speaks HTTP/1.0.
+    let kind = match a.body {
+        BodyLen::None => BodyKind::None,
+        BodyLen::Known(n) => BodyKind::Length(n),
+        BodyLen::Unknown => BodyKind::Chunked,
+    };
+    push_framing(out, kind, a.codings, http10);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10 {
