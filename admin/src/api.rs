@@ -103,6 +103,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
     let m = req.method.as_str();
     let result = match (m, parts.as_slice()) {
         ("GET", ["status"]) => Ok(status(state, ctx)),
+        ("GET", ["stats"]) => stats(ctx, req),
         ("GET", ["config"]) => Ok(get_config(state, req)),
         ("PUT", ["config"]) => put_config(state, req),
         ("GET", ["revisions"]) => revisions(state, req),
@@ -126,6 +127,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         (
             _,
             ["status"]
+            | ["stats"]
             | ["config"]
             | ["revisions"]
             | ["revisions", _, "rollback"]
@@ -300,6 +302,39 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
             })),
         }),
     )
+}
+
+/// `GET /admin/v1/stats?by=route|upstream|consumer|worker&window=5m[&series=false]`.
+fn stats(ctx: &ApiContext, req: &Request) -> Result<Response, ApiError> {
+    use ringway_proxy::stats::Dim;
+    let by = req.query_param("by").unwrap_or("route");
+    let dim = Dim::parse(by).ok_or_else(|| {
+        ApiError::new(400, "invalid_parameter", format!("by={by:?}: expected route, upstream, consumer or worker"))
+    })?;
+    let window_text = req.query_param("window").unwrap_or("5m");
+    let window = crate::stats::parse_window(window_text).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "invalid_parameter",
+            format!("window={window_text:?}: expected a duration such as 60s, 5m or 1h, at most 24h"),
+        )
+    })?;
+    let series = match req.query_param("series") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(ApiError::new(400, "invalid_parameter", format!("series={v:?}: expected true or false")))
+        }
+    };
+    let Some(store) = ctx.telemetry.as_ref().and_then(|t| t.stats.clone()) else {
+        return Err(ApiError::new(404, "stats_off", "this node keeps no statistics (it was started with --no-stats)"));
+    };
+    let mut v = match store.lock() {
+        Ok(s) => s.query(dim, window, series),
+        Err(_) => return Err(ApiError::new(500, "stats_unavailable", "the statistics store failed")),
+    };
+    v["window"] = json!(window_text);
+    Ok(Response::json(200, &v))
 }
 
 fn wants_yaml(req: &Request) -> bool {

@@ -169,6 +169,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 20)]
     pub access_log_buffer: usize,
 
+    /// Keep no per-API call statistics (`GET /admin/v1/stats` and the status page then have
+    /// none to show).
+    #[arg(long)]
+    pub no_stats: bool,
+
     /// For tests only: `POST /admin/v1/clock {"advance_ms": N}` moves the gateway's wall clock
     /// (cache freshness, limit windows, log times) forward.
     #[arg(long, hide = true)]

@@ -19,6 +19,7 @@ pub mod serve;
 mod server;
 mod slots;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 
 use std::process::ExitCode;

@@ -277,7 +277,8 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     // Listeners and mailboxes are interchangeable: each worker takes one setup at start.
     let (setup_tx, setup_rx) = crossbeam_channel::bounded::<WorkerSetup>(count);
     let base_seed = seed();
-    let (telemetry, mut each) = Telemetry::start(count, args.access_log_buffer, args.access_log.as_deref())?;
+    let (telemetry, mut each) =
+        Telemetry::start(count, args.access_log_buffer, args.access_log.as_deref(), !args.no_stats)?;
     telemetry
         .configure(snapshot.access_log.as_ref())
         .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;

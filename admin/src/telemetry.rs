@@ -12,6 +12,9 @@ pub struct Telemetry {
     log: Mutex<Option<AccessLog>>,
     /// The destination from `--access-log` (it wins over the configuration's `access_log`).
     flag: Option<Option<Destination>>,
+    /// The per-API statistics (`None` with `--no-stats`).
+    pub stats: Option<Arc<Mutex<crate::stats::StatsStore>>>,
+    stats_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What each worker is given.
@@ -21,17 +24,33 @@ pub struct WorkerTelemetry {
 }
 
 impl Telemetry {
-    /// Starts the log thread with `ring_bytes` per worker; `flag` is `--access-log` when given.
+    /// Starts the log thread with `ring_bytes` per worker, and with `stats` the statistics
+    /// thread; `flag` is `--access-log` when given.
     pub fn start(
         workers: usize,
         ring_bytes: usize,
         flag: Option<&str>,
+        stats: bool,
     ) -> anyhow::Result<(Arc<Telemetry>, Vec<WorkerTelemetry>)> {
         let flag = flag.map(Destination::parse).transpose().map_err(anyhow::Error::msg)?;
-        let (registry, halves) = Registry::new(workers, env!("CARGO_PKG_VERSION"));
+        // A few seconds of every worker's ticks may wait for the statistics thread.
+        let (tick_tx, tick_rx) = crossbeam_channel::bounded(workers.max(1) * 8);
+        let (store, stats_thread) = if stats {
+            let (store, join) = crate::stats::start(tick_rx)?;
+            (Some(store), Some(join))
+        } else {
+            (None, None)
+        };
+        let (registry, halves) = Registry::new(workers, env!("CARGO_PKG_VERSION"), stats.then_some(tick_tx));
         let (log, queues) = AccessLog::start(workers, ring_bytes)?;
         let each = halves.into_iter().zip(queues).map(|(metrics, log)| WorkerTelemetry { metrics, log: Some(log) });
-        let t = Telemetry { registry: Mutex::new(registry), log: Mutex::new(Some(log)), flag };
+        let t = Telemetry {
+            registry: Mutex::new(registry),
+            log: Mutex::new(Some(log)),
+            flag,
+            stats: store,
+            stats_thread: Mutex::new(stats_thread),
+        };
         Ok((Arc::new(t), each.collect()))
     }
 
@@ -118,10 +137,14 @@ impl Telemetry {
         }
     }
 
-    /// Writes what is queued and stops the log thread (after the workers stopped).
+    /// Writes what is queued and stops the log thread; waits for the statistics thread, which
+    /// ends with the workers' senders (after the workers stopped).
     pub fn stop(&self) {
         if let Some(log) = self.log.lock().ok().and_then(|mut l| l.take()) {
             log.stop();
+        }
+        if let Some(join) = self.stats_thread.lock().ok().and_then(|mut j| j.take()) {
+            let _ = join.join();
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod session;
 pub mod shipping;
 pub mod snapshot;
 pub mod spares;
+pub mod stats;
 pub mod stream;
 pub mod upstream;
 pub mod worker;

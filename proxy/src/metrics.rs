@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::record::{CacheStatus, LimitOutcome, Record, METHODS};
+use crate::stats::{Cell, Dim, Tick, TickSender};
 
 /// A counter with one writer.
 #[derive(Debug, Default)]
@@ -139,6 +140,10 @@ pub struct WorkerGauges {
     pub log_dropped: Counter,
     /// Access-log records queued.
     pub log_queued: Counter,
+    /// How late the worker's once-a-second timer last woke, in microseconds (event-loop lag).
+    pub loop_lag_us: Counter,
+    /// Seconds of statistics dropped because the statistics thread was behind.
+    pub stats_dropped: Counter,
 }
 
 /// One worker's half: the gauges, and the channel new series are announced on.
@@ -147,6 +152,8 @@ pub struct WorkerMetrics {
     pub id: usize,
     pub gauges: Arc<WorkerGauges>,
     announce: crossbeam_channel::Sender<Series>,
+    /// Where the per-API statistics go once a second (`None`: not kept).
+    stats: Option<TickSender>,
 }
 
 /// The scraper's half of one worker.
@@ -165,8 +172,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry and the halves for `workers` workers.
-    pub fn new(workers: usize, version: &'static str) -> (Registry, Vec<WorkerMetrics>) {
+    /// A registry and the halves for `workers` workers; with `stats`, the workers keep per-API
+    /// statistics and send them there.
+    pub fn new(workers: usize, version: &'static str, stats: Option<TickSender>) -> (Registry, Vec<WorkerMetrics>) {
         let mut views = Vec::with_capacity(workers);
         let mut halves = Vec::with_capacity(workers);
         for id in 0..workers {
@@ -174,7 +182,7 @@ impl Registry {
             let gauges = Arc::new(WorkerGauges::default());
             gauges.worker.set(id as u64);
             views.push(WorkerView { gauges: gauges.clone(), announced: rx, known: Vec::new() });
-            halves.push(WorkerMetrics { id, gauges, announce: tx });
+            halves.push(WorkerMetrics { id, gauges, announce: tx, stats: stats.clone() });
         }
         (Registry { workers: views, version }, halves)
     }
@@ -382,18 +390,21 @@ pub struct LocalSeries {
 struct LocalRoute {
     route: Arc<RouteSeries>,
     statuses: Vec<Arc<StatusSeries>>,
+    /// This second's statistics.
+    stats: Cell,
 }
 
 #[derive(Debug)]
 struct LocalUpstream {
     upstream: Arc<UpstreamSeries>,
     targets: Vec<Arc<TargetSeries>>,
+    stats: Cell,
 }
 
 impl WorkerMetrics {
     /// Counters nobody reads (a worker made without a registry).
     pub fn detached(id: usize) -> WorkerMetrics {
-        WorkerMetrics { id, gauges: Arc::default(), announce: crossbeam_channel::unbounded().0 }
+        WorkerMetrics { id, gauges: Arc::default(), announce: crossbeam_channel::unbounded().0, stats: None }
     }
 
     /// Counts one ended request.
@@ -421,7 +432,11 @@ impl WorkerMetrics {
                     concurrency_limited: Counter::default(),
                 });
                 let _ = self.announce.send(Series::Route(series.clone()));
-                local.routes.entry(Box::from(route)).or_insert(LocalRoute { route: series, statuses: Vec::new() })
+                local.routes.entry(Box::from(route)).or_insert(LocalRoute {
+                    route: series,
+                    statuses: Vec::new(),
+                    stats: Cell::default(),
+                })
             }
         };
         match r.statuses.iter().find(|s| s.status == rec.status && s.method == rec.method) {
@@ -437,6 +452,10 @@ impl WorkerMetrics {
                 let _ = self.announce.send(Series::Status(s.clone()));
                 r.statuses.push(s);
             }
+        }
+        let keep = self.stats.is_some();
+        if keep {
+            r.stats.observe(rec, total.as_micros().min(u128::from(u64::MAX)) as u64);
         }
         let rs = &r.route;
         rs.duration.observe(total);
@@ -461,14 +480,19 @@ impl WorkerMetrics {
             Some(u) => u,
             None => {
                 let series = Self::new_upstream_series(&self.announce, upstream);
-                local
-                    .upstreams
-                    .entry(Box::from(upstream))
-                    .or_insert(LocalUpstream { upstream: series, targets: Vec::new() })
+                local.upstreams.entry(Box::from(upstream)).or_insert(LocalUpstream {
+                    upstream: series,
+                    targets: Vec::new(),
+                    stats: Cell::default(),
+                })
             }
         };
         if let Some(d) = rec.upstream_head {
             u.upstream.head_time.observe(d);
+        }
+        if keep {
+            let took = rec.upstream_last.or(rec.upstream_head).unwrap_or(total);
+            u.stats.observe(rec, took.as_micros().min(u128::from(u64::MAX)) as u64);
         }
         if rec.attempts > 1 {
             u.upstream.retries.add(u64::from(rec.attempts - 1));
@@ -477,6 +501,25 @@ impl WorkerMetrics {
             u.upstream.budget_exhausted.add(1);
         }
         self.count_target_in(u, target, rec);
+    }
+
+    /// Hands this second's statistics to the statistics thread (once a second, from the
+    /// worker's sweeper): the cells that saw requests, emptied. A full channel drops them
+    /// (counted) rather than wait.
+    pub fn flush_stats(&self, local: &mut LocalSeries, unix_s: u64, loop_lag_us: u64) {
+        self.gauges.loop_lag_us.set(loop_lag_us);
+        let Some(tx) = &self.stats else { return };
+        let mut rows = Vec::new();
+        for r in local.routes.values_mut().filter(|r| r.stats.counts.calls > 0) {
+            rows.push((Dim::Route, r.route.route.clone(), r.stats.take()));
+        }
+        for u in local.upstreams.values_mut().filter(|u| u.stats.counts.calls > 0) {
+            rows.push((Dim::Upstream, u.upstream.upstream.clone(), u.stats.take()));
+        }
+        let tick = Tick { worker: self.id, unix_s, loop_lag_us, rows };
+        if tx.try_send(tick).is_err() {
+            self.gauges.stats_dropped.add(1);
+        }
     }
 
     /// Counts what the record says of the connections to `target` (new, failed, timed out,
@@ -516,7 +559,10 @@ impl WorkerMetrics {
     ) -> &'l mut LocalUpstream {
         if !local.upstreams.contains_key(upstream) {
             let series = Self::new_upstream_series(announce, upstream);
-            local.upstreams.insert(Box::from(upstream), LocalUpstream { upstream: series, targets: Vec::new() });
+            local.upstreams.insert(
+                Box::from(upstream),
+                LocalUpstream { upstream: series, targets: Vec::new(), stats: Cell::default() },
+            );
         }
         local.upstreams.get_mut(upstream).expect("just inserted")
     }

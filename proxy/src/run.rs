@@ -61,9 +61,13 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
 
 async fn sweeper(worker: Rc<Worker>) {
     loop {
+        let due = Instant::now() + Duration::from_secs(1);
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = Instant::now();
         worker.coarse_now.set(now);
+        // How late the timer woke: the time other work held the loop (its lag).
+        let lag = now.saturating_duration_since(due).as_micros().min(u128::from(u64::MAX)) as u64;
+        worker.metrics.flush_stats(&mut worker.series.borrow_mut(), worker.clock.unix_ms() / 1000, lag);
         worker.expire_writes(now);
         // Every second: idle upstream connections the origin closed or spoke on go at once.
         worker.pool.borrow_mut().sweep(now);

@@ -33,7 +33,7 @@ impl Worker {
         let (control, rx) = mailbox();
         let (acks, ack_rx) = crossbeam_channel::unbounded::<Ack>();
         let (invalidations, _) = crossbeam_channel::unbounded();
-        let (registry, mut halves) = Registry::new(1, "test");
+        let (registry, mut halves) = Registry::new(1, "test", None);
         let (clock, hand) = Clock::movable();
         let setup = std::sync::Mutex::new(Some(WorkerSetup {
             listener,

@@ -20,6 +20,7 @@ mod paths;
 mod resilience;
 mod routing;
 mod shipping;
+mod stats;
 mod upstream_errors;
 
 use std::net::SocketAddr;
