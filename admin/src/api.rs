@@ -87,6 +87,18 @@ fn err(e: ApiError) -> Response {
 
 /// Handles one request.
 pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Response {
+    // The status page and its scripts hold no data: served without the token, which the page
+    // then sends with every API call it makes.
+    if let Some(page) = crate::page::asset(&req.path) {
+        if !matches!(req.method.as_str(), "GET" | "HEAD") {
+            return Response::error(
+                405,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method, req.path),
+            );
+        }
+        return page;
+    }
     if !authorized(ctx, req) {
         return Response::error(401, "unauthorized", "a valid admin token is required (Authorization: Bearer TOKEN)");
     }

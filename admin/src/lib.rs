@@ -14,6 +14,7 @@ mod gate;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+mod page;
 pub mod parse;
 pub mod serve;
 mod server;

@@ -269,6 +269,16 @@ fn reply(r: Response, close: bool, conn: &ConnInfo) -> hyper::Response<Answer> {
     h.insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if r.content_type.starts_with("text/html") {
+        // The status page: its own scripts only, never framed.
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+        );
+        h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    }
     if close {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -201,8 +201,11 @@ impl StatsStore {
         buckets.sort_by_key(|b| b.t);
         let mut keys: FxHashMap<&str, KeyStats> = FxHashMap::default();
         let mut total = (Counts::default(), latency());
+        let mut total_points = Vec::new();
         for b in &buckets {
             let t = b.t.unwrap_or(0);
+            let mut bucket = (Counts::default(), latency());
+            let mut seen = false;
             for ((d, k), agg) in b.rows.iter().filter(|((d, _), _)| *d == dim) {
                 let _ = d;
                 let e = keys.entry(k).or_insert_with(|| (Counts::default(), latency(), Vec::new()));
@@ -211,23 +214,16 @@ impl StatsStore {
                 agg.hist.add_to(&mut h);
                 let _ = e.1.add(&h);
                 if series {
-                    let c = &agg.counts;
-                    e.2.push(json!([
-                        t,
-                        c.calls,
-                        c.status_4xx,
-                        c.status_5xx,
-                        ms(h.value_at_quantile(0.5), &h),
-                        ms(h.value_at_quantile(0.99), &h),
-                        c.bytes_out,
-                        c.cache_hits,
-                        c.cache_lookups,
-                        c.limited,
-                        c.loop_lag_us as f64 / 1e3,
-                    ]));
+                    e.2.push(point(t, &agg.counts, &h));
+                    seen = true;
+                    bucket.0.add(&agg.counts);
+                    let _ = bucket.1.add(&h);
                 }
                 total.0.add(&agg.counts);
                 let _ = total.1.add(&h);
+            }
+            if series && seen {
+                total_points.push(point(t, &bucket.0, &bucket.1));
             }
         }
         let mut items: Vec<(&str, KeyStats)> = keys.into_iter().collect();
@@ -252,6 +248,7 @@ impl StatsStore {
             "items": items,
         });
         if series {
+            out["total"]["series"] = Value::Array(total_points);
             out["columns"] = json!([
                 "t",
                 "calls",
@@ -268,6 +265,23 @@ impl StatsStore {
         }
         out
     }
+}
+
+/// One bucket's point of a series, in the order of the answer's `columns`.
+fn point(t: u64, c: &Counts, h: &Latency) -> Value {
+    json!([
+        t,
+        c.calls,
+        c.status_4xx,
+        c.status_5xx,
+        ms(h.value_at_quantile(0.5), h),
+        ms(h.value_at_quantile(0.99), h),
+        c.bytes_out,
+        c.cache_hits,
+        c.cache_lookups,
+        c.limited,
+        c.loop_lag_us as f64 / 1e3,
+    ])
 }
 
 /// One key's counts, latencies and series points over a window.

@@ -21,6 +21,7 @@ mod resilience;
 mod routing;
 mod shipping;
 mod stats;
+mod status_page;
 mod upstream_errors;
 
 use std::net::SocketAddr;
