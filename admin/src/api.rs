@@ -306,6 +306,16 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                 "destination": t.destination(),
                 "dropped": t.log_dropped(),
             })),
+            "tracing": ctx.telemetry.as_ref().and_then(|t| t.tracing().map(|s| (s, t.trace_counts.clone()))).map(|(s, c)| {
+                let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                json!({
+                    "endpoint": format!("http://{}{}", s.post.host, s.post.path),
+                    "sample_ratio": s.ratio,
+                    "exported": get(&c.exported),
+                    "dropped": get(&c.dropped),
+                    "failed_exports": get(&c.failed_exports),
+                })
+            }),
             "log_shipping": ctx.telemetry.as_ref().and_then(|t| t.shipping()).map(|(to, shipped, dropped, failed)| json!({
                 "endpoint": to,
                 "shipped": shipped,

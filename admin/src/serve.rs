@@ -283,6 +283,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         .configure(snapshot.access_log.as_ref())
         .with_context(|| format!("cannot open the access log {:?}", args.access_log))?;
     telemetry.ship(snapshot.log_shipping.as_ref());
+    telemetry.trace(snapshot.tracing.as_ref());
     // A gateway started for tests may have its wall clock moved through the admin API.
     let (clock, clock_hand) = if args.test_clock {
         let (clock, hand) = ringway_proxy::clock::Clock::movable();
@@ -291,7 +292,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         (ringway_proxy::clock::Clock::real(), None)
     };
     for (i, listener) in listeners.into_iter().enumerate() {
-        let WorkerTelemetry { metrics, log } = each.remove(0);
+        let WorkerTelemetry { metrics, log, traces } = each.remove(0);
         let (tx, rx) = mailbox();
         senders.push(tx);
         let _ = setup_tx.send(WorkerSetup {
@@ -309,6 +310,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             caps: caps.clone(),
             metrics,
             log,
+            traces: Some(traces),
             clock: clock.clone(),
         });
     }
@@ -415,6 +417,7 @@ fn admin_thread(
                 }
                 if let Some(t) = ctx.telemetry.as_ref() {
                     t.ship(state.snapshot().log_shipping.as_ref());
+                    t.trace(state.snapshot().tracing.as_ref());
                 }
                 let _ = job.reply.send(resp);
             }

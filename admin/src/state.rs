@@ -28,6 +28,7 @@ pub const GLOBAL_ID: &str = "default";
 pub const SETTINGS: &str = "settings";
 pub const ACCESS_LOG: &str = "access_log";
 pub const LOG_SHIPPING: &str = "log_shipping";
+pub const TRACING: &str = "tracing";
 
 /// An answer the API turns into an HTTP error.
 #[derive(Debug)]
@@ -88,6 +89,8 @@ pub enum ResourceChange {
     AccessLog(Option<String>),
     /// The document's `log_shipping` (`None`: not set).
     LogShipping(Option<Box<ringway_proxy::shipping::LogShippingSpec>>),
+    /// The document's `tracing` (`None`: not set).
+    Tracing(Option<Box<ringway_proxy::traces::TracingSpec>>),
 }
 
 impl ResourceChange {
@@ -98,6 +101,7 @@ impl ResourceChange {
             ResourceChange::Global(v) => Edit::Global(v.as_deref()),
             ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
             ResourceChange::LogShipping(v) => Edit::LogShipping(v.as_deref()),
+            ResourceChange::Tracing(v) => Edit::Tracing(v.as_deref()),
         }
     }
 }
@@ -132,6 +136,9 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     }
     if old.log_shipping != new.log_shipping {
         out.push(ResourceChange::LogShipping(new.log_shipping.map(Box::new)));
+    }
+    if old.tracing != new.tracing {
+        out.push(ResourceChange::Tracing(new.tracing.map(Box::new)));
     }
     out
 }
@@ -187,6 +194,9 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             ResourceChange::LogShipping(v) => {
                 one(SETTINGS, LOG_SHIPPING, v.as_deref(), spec.log_shipping.as_ref(), &mut d.settings, &mut ops)
             }
+            ResourceChange::Tracing(v) => {
+                one(SETTINGS, TRACING, v.as_deref(), spec.tracing.as_ref(), &mut d.settings, &mut ops)
+            }
         })
         .collect();
     for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies, &mut d.settings] {
@@ -212,6 +222,7 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == LOG_SHIPPING => spec.log_shipping = serde_json::from_slice(bytes).map_err(bad)?,
+            SETTINGS if id == TRACING => spec.tracing = serde_json::from_slice(bytes).map_err(bad)?,
             other => return Err(format!("stored resource of unknown kind {other:?}")),
         }
     }
@@ -369,6 +380,7 @@ impl AdminState {
                 ResourceChange::Global(v) => self.spec.global_policies = v.map(|b| *b).unwrap_or_default(),
                 ResourceChange::AccessLog(v) => self.spec.access_log = v,
                 ResourceChange::LogShipping(v) => self.spec.log_shipping = v.map(|b| *b),
+                ResourceChange::Tracing(v) => self.spec.tracing = v.map(|b| *b),
             }
         }
         self.revision = rev;
@@ -561,6 +573,7 @@ mod tests {
                 caps: std::sync::Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
                 metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),
                 log: None,
+                traces: None,
                 clock: ringway_proxy::clock::Clock::real(),
             });
         }

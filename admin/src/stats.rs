@@ -343,20 +343,43 @@ pub fn parse_window(s: &str) -> Option<u64> {
     (secs <= MINUTES * 60).then_some(secs)
 }
 
-/// Starts the `ringway-stats` thread; it ends when every worker's sender is gone.
-pub fn start(
-    ticks: crossbeam_channel::Receiver<Tick>,
-) -> std::io::Result<(Arc<Mutex<StatsStore>>, std::thread::JoinHandle<()>)> {
+/// The statistics thread's handle: its store, and how to end it.
+pub struct StatsThread {
+    pub store: Arc<Mutex<StatsStore>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatsThread {
+    /// Ends the thread (it checks every 200 ms) and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Starts the `ringway-stats` thread; it ends when stopped or when every worker's sender is
+/// gone.
+pub fn start(ticks: crossbeam_channel::Receiver<Tick>) -> std::io::Result<StatsThread> {
     let store = Arc::new(Mutex::new(StatsStore::default()));
-    let s = store.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, st) = (store.clone(), stop.clone());
     let join = std::thread::Builder::new().name("ringway-stats".into()).spawn(move || {
-        while let Ok(tick) = ticks.recv() {
-            if let Ok(mut st) = s.lock() {
-                st.add(&tick);
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            match ticks.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(tick) => {
+                    if let Ok(mut store) = s.lock() {
+                        store.add(&tick);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
         }
     })?;
-    Ok((store, join))
+    Ok(StatsThread { store, stop, join: Some(join) })
 }
 
 #[cfg(test)]

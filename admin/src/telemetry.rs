@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use ringway_proxy::access_log::{AccessLog, Destination, LogQueue};
 use ringway_proxy::metrics::{Registry, WorkerMetrics};
+use ringway_proxy::traces::{Exporter, SpanSender, TraceCounts, Tracing};
 
 /// Shared by the admin thread, the admin API and the signal thread.
 pub struct Telemetry {
@@ -14,13 +15,18 @@ pub struct Telemetry {
     flag: Option<Option<Destination>>,
     /// The per-API statistics (`None` with `--no-stats`).
     pub stats: Option<Arc<Mutex<crate::stats::StatsStore>>>,
-    stats_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats_thread: Mutex<Option<crate::stats::StatsThread>>,
+    /// The trace exporter and the settings it was last given.
+    traces: Mutex<(Exporter, Option<Tracing>)>,
+    pub trace_counts: Arc<TraceCounts>,
 }
 
 /// What each worker is given.
 pub struct WorkerTelemetry {
     pub metrics: WorkerMetrics,
     pub log: Option<LogQueue>,
+    /// Where sampled requests' spans go.
+    pub traces: SpanSender,
 }
 
 impl Telemetry {
@@ -35,21 +41,24 @@ impl Telemetry {
         let flag = flag.map(Destination::parse).transpose().map_err(anyhow::Error::msg)?;
         // A few seconds of every worker's ticks may wait for the statistics thread.
         let (tick_tx, tick_rx) = crossbeam_channel::bounded(workers.max(1) * 8);
-        let (store, stats_thread) = if stats {
-            let (store, join) = crate::stats::start(tick_rx)?;
-            (Some(store), Some(join))
-        } else {
-            (None, None)
-        };
+        let stats_thread = if stats { Some(crate::stats::start(tick_rx)?) } else { None };
+        let store = stats_thread.as_ref().map(|t| t.store.clone());
         let (registry, halves) = Registry::new(workers, env!("CARGO_PKG_VERSION"), stats.then_some(tick_tx));
         let (log, queues) = AccessLog::start(workers, ring_bytes)?;
-        let each = halves.into_iter().zip(queues).map(|(metrics, log)| WorkerTelemetry { metrics, log: Some(log) });
+        let (exporter, spans) = Exporter::start()?;
+        let each = halves.into_iter().zip(queues).map(|(metrics, log)| WorkerTelemetry {
+            metrics,
+            log: Some(log),
+            traces: spans.clone(),
+        });
         let t = Telemetry {
             registry: Mutex::new(registry),
             log: Mutex::new(Some(log)),
             flag,
             stats: store,
             stats_thread: Mutex::new(stats_thread),
+            trace_counts: exporter.counts.clone(),
+            traces: Mutex::new((exporter, None)),
         };
         Ok((Arc::new(t), each.collect()))
     }
@@ -71,6 +80,21 @@ impl Telemetry {
         if let Some(log) = self.log.lock().ok().as_deref_mut().and_then(Option::as_mut) {
             log.ship(to.cloned());
         }
+    }
+
+    /// Exports spans as the configuration says (`None`: not tracing); a no-op when unchanged.
+    pub fn trace(&self, to: Option<&Tracing>) {
+        if let Ok(mut t) = self.traces.lock() {
+            if t.1.as_ref() != to {
+                t.0.configure(to);
+                t.1 = to.cloned();
+            }
+        }
+    }
+
+    /// Where spans go, when tracing.
+    pub fn tracing(&self) -> Option<Tracing> {
+        self.traces.lock().ok()?.1.clone()
     }
 
     /// The shipper's figures: where to, lines shipped, dropped, failed batches.
@@ -135,6 +159,20 @@ impl Telemetry {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
             }
         }
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.trace_counts;
+        for (name, help, v) in [
+            ("ringway_trace_spans_exported_total", "Spans the trace collector accepted.", &c.exported),
+            ("ringway_trace_spans_dropped_total", "Spans dropped on a full queue or a refused export.", &c.dropped),
+            (
+                "ringway_trace_failed_exports_total",
+                "Trace exports that failed (each is tried again).",
+                &c.failed_exports,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+        }
     }
 
     /// Writes what is queued and stops the log thread; waits for the statistics thread, which
@@ -143,8 +181,11 @@ impl Telemetry {
         if let Some(log) = self.log.lock().ok().and_then(|mut l| l.take()) {
             log.stop();
         }
-        if let Some(join) = self.stats_thread.lock().ok().and_then(|mut j| j.take()) {
-            let _ = join.join();
+        if let Some(mut t) = self.stats_thread.lock().ok().and_then(|mut j| j.take()) {
+            t.stop();
+        }
+        if let Ok(mut t) = self.traces.lock() {
+            t.0.stop();
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct ConfigSpec {
     /// Where the access-log records are shipped (see [`crate::shipping`]); off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_shipping: Option<crate::shipping::LogShippingSpec>,
+    /// OpenTelemetry traces: where they go and how many are sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::traces::TracingSpec>,
 }
 
 /// One upstream service: where requests go and how they are balanced.

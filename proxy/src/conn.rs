@@ -27,6 +27,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, truste
         rec: Record::new(Instant::now()),
         text: RequestText::default(),
         upstream_buf: Vec::new(),
+        spans: Vec::new(),
     };
     let mut first = true;
     loop {

@@ -21,6 +21,7 @@ pub mod h1;
 pub mod io;
 pub mod lb;
 pub mod metrics;
+pub mod otlp;
 pub mod pool;
 pub mod record;
 pub mod resilience;
@@ -33,6 +34,7 @@ pub mod snapshot;
 pub mod spares;
 pub mod stats;
 pub mod stream;
+pub mod traces;
 pub mod upstream;
 pub mod worker;
 

@@ -140,9 +140,14 @@ impl RequestId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Trace {
     pub trace_id: [u8; 16],
-    /// The span id the gateway passes upstream as the parent.
+    /// The span id the gateway passes upstream as the parent (its first attempt's client
+    /// span when the request is sampled).
     pub span_id: [u8; 8],
     pub flags: u8,
+    /// The client's span, when the trace came with the request (else zero).
+    pub parent_id: [u8; 8],
+    /// The gateway's server span, when the request is sampled (else zero).
+    pub server_id: [u8; 8],
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -199,7 +204,7 @@ impl Trace {
         if trace_id == [0; 16] || parent == [0; 8] {
             return None;
         }
-        Some(Trace { trace_id, span_id: [0; 8], flags: flags[0] })
+        Some(Trace { trace_id, span_id: [0; 8], flags: flags[0], parent_id: parent, server_id: [0; 8] })
     }
 
     /// The `traceparent` value that names the gateway's span as the parent.

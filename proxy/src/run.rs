@@ -116,6 +116,8 @@ pub struct WorkerSetup {
     pub metrics: WorkerMetrics,
     /// This worker's access-log queue.
     pub log: Option<LogQueue>,
+    /// Where sampled requests' spans go (`None`: nowhere).
+    pub traces: Option<crate::traces::SpanSender>,
     /// The gateway's clock (movable only in a gateway started for tests).
     pub clock: Clock,
 }
@@ -137,6 +139,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         caps,
         metrics,
         log,
+        traces,
         clock,
     } = setup;
     let revision = snapshot.revision;
@@ -147,6 +150,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     worker.metrics.gauges.worker.set(ctx.id as u64);
     worker.metrics.gauges.revision.set(revision);
     worker.log = log;
+    worker.traces = traces;
     worker.clock = clock;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {

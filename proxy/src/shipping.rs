@@ -116,7 +116,7 @@ impl Shipping {
 }
 
 /// `http://host:port/path` into its address, `Host` and path.
-fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), String> {
+pub(crate) fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
         if url.starts_with("https://") {
             format!("{url:?}: https is not supported yet")
@@ -296,11 +296,11 @@ fn ship(
             }
         }
         let reused = conn.is_some();
-        let mut sent = send(&s, &mut conn, &batch);
+        let mut sent = send(&s, &mut conn, &batch, NDJSON);
         if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
             // A kept connection the collector closed while idle: once more at once, on a new one.
             conn = None;
-            sent = send(&s, &mut conn, &batch);
+            sent = send(&s, &mut conn, &batch, NDJSON);
         }
         match sent {
             Ok(()) => {
@@ -345,8 +345,10 @@ fn ship(
     }
 }
 
+const NDJSON: &str = "application/x-ndjson";
+
 /// Why a batch did not go.
-enum Sent {
+pub(crate) enum Sent {
     /// Not delivered (no connection, a 5xx, 408 or 429, no answer in time): send it again.
     Failed(std::io::Error),
     /// The collector refused it for good (another 4xx).
@@ -362,8 +364,8 @@ impl From<std::io::Error> for Sent {
 /// The longest a batch takes to send and be answered.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
-/// POSTs one batch and reads the answer; a 2xx is success.
-fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> Result<(), Sent> {
+/// POSTs one batch of `content_type` and reads the answer; a 2xx is success.
+pub(crate) fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8], content_type: &str) -> Result<(), Sent> {
     let deadline = Instant::now() + SEND_DEADLINE;
     let zipped;
     let body: &[u8] = if s.gzip {
@@ -375,10 +377,11 @@ fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8]) -> Result<(), 
         batch
     };
     let mut head = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nuser-agent: ringway-log-shipper\r\n",
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nuser-agent: ringway/{}\r\n",
         s.path,
         s.host,
-        body.len()
+        body.len(),
+        env!("CARGO_PKG_VERSION")
     );
     if s.gzip {
         head.push_str("content-encoding: gzip\r\n");
@@ -529,9 +532,9 @@ mod tests {
         ]);
         let s = settings(addr);
         let mut conn = None;
-        assert!(send(&s, &mut conn, b"a\n").is_ok(), "100 then 200");
-        assert!(matches!(send(&s, &mut conn, b"b\n"), Err(Sent::Refused(413))));
-        assert!(matches!(send(&s, &mut conn, b"c\n"), Err(Sent::Failed(_))), "a 503 is tried again");
+        assert!(send(&s, &mut conn, b"a\n", NDJSON).is_ok(), "100 then 200");
+        assert!(matches!(send(&s, &mut conn, b"b\n", NDJSON), Err(Sent::Refused(413))));
+        assert!(matches!(send(&s, &mut conn, b"c\n", NDJSON), Err(Sent::Failed(_))), "a 503 is tried again");
         drop(conn);
         assert_eq!(t.join().unwrap(), [b"a\n".to_vec(), b"b\n".to_vec(), b"c\n".to_vec()], "one connection");
     }

@@ -111,6 +111,8 @@ pub enum Edit<'a> {
     AccessLog(Option<&'a str>),
     /// The document's `log_shipping` (`None`: not set).
     LogShipping(Option<&'a crate::shipping::LogShippingSpec>),
+    /// The document's `tracing` (`None`: not set).
+    Tracing(Option<&'a crate::traces::TracingSpec>),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -131,6 +133,8 @@ pub struct Snapshot {
     pub access_log: Option<crate::access_log::Destination>,
     /// The document's `log_shipping` (`None`: not shipping).
     pub log_shipping: Option<crate::shipping::Shipping>,
+    /// The document's `tracing` (`None`: no spans are recorded).
+    pub tracing: Option<crate::traces::Tracing>,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -148,7 +152,8 @@ impl Snapshot {
             .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))))
             .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))))
             .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())))
-            .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())));
+            .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())))
+            .chain(std::iter::once(Edit::Tracing(spec.tracing.as_ref())));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -205,6 +210,10 @@ impl Snapshot {
                     next.log_shipping = l.and_then(|spec| crate::shipping::Shipping::compile(spec, &mut errors));
                     false
                 }
+                Edit::Tracing(t) => {
+                    next.tracing = t.and_then(|spec| crate::traces::Tracing::compile(spec, &mut errors));
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
@@ -223,7 +232,7 @@ impl Snapshot {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
-                Edit::Global(_) | Edit::AccessLog(_) | Edit::LogShipping(_) => continue,
+                Edit::Global(_) | Edit::AccessLog(_) | Edit::LogShipping(_) | Edit::Tracing(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

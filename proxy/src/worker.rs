@@ -190,6 +190,8 @@ pub struct Worker {
     pub series: RefCell<LocalSeries>,
     /// The worker's access-log queue.
     pub log: Option<LogQueue>,
+    /// Where sampled requests' spans go.
+    pub traces: Option<crate::traces::SpanSender>,
     /// Wall time for the cache, the limits and the log.
     pub clock: Clock,
 }
@@ -280,6 +282,7 @@ impl Worker {
             metrics: WorkerMetrics::detached(ctx.id),
             series: RefCell::new(LocalSeries::default()),
             log: None,
+            traces: None,
             clock: Clock::real(),
         }
     }

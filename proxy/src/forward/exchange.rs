@@ -3,6 +3,7 @@
 //!
 //! Hot path.
 
+use super::spans;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -97,6 +98,9 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
         tried |= 1u64.checked_shl(plan.target as u32).unwrap_or(0);
         // The first attempt starts with the exchange: one clock read.
         let at = if conn.rec.attempts == 1 { started } else { Instant::now() };
+        if spans::sampled(conn) {
+            spans::attempt_started(worker, conn, &mut out[..head_end], upstream.targets[plan.target], at);
+        }
         let attempt =
             Attempt::start(&plan.lb, &upstream.lb, plan.target, &upstream.health, settings, worker.ctx.id, trial, at);
         trial = false;
@@ -112,6 +116,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                 }
                 // A status worth another try: this answer is dropped (and its connection).
                 attempt.answered(status, at.elapsed());
+                spans::attempt_ended(conn, status, None);
                 drop(up);
                 count_attempt(worker, conn, plan);
                 if backoff(worker, conn, plan, tried).await {
@@ -128,6 +133,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
                 let status = status_of(&ubuf[..head_len]);
                 let now = Instant::now();
                 attempt.answered(status, now.duration_since(at));
+                spans::attempt_ended(conn, status, None);
                 conn.rec.upstream_head = Some(now.duration_since(started));
                 conn.upstream_buf = out;
                 relay_response(worker, conn, plan, up, head_len, ubuf, false).await;
@@ -142,6 +148,7 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
             }
         };
         attempt.failed(how);
+        spans::attempt_ended(conn, 0, Some(failure.error.status_and_code().1));
         let wanted = settings.retries.as_ref().is_some_and(|r| match how {
             Failed::Connect => r.on_connect_failure,
             Failed::Timeout => r.on_timeout,
@@ -169,7 +176,9 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     // The attempt is settled once its answer was relayed: a body the upstream broke off counts
     // against the target, a client that went away does not.
     let keep = relay_response(worker, conn, plan, up, head_len, ubuf, true).await;
-    attempt.ended(status, head_at, conn.rec.error_source == Some(Source::Upstream));
+    let upstream_failed = conn.rec.error_source == Some(Source::Upstream);
+    attempt.ended(status, head_at, upstream_failed);
+    spans::attempt_ended(conn, status, if upstream_failed { conn.rec.error } else { None });
     keep
 }
 

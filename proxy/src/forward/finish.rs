@@ -25,6 +25,11 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
     let target = target.filter(|_| rec.attempts > 0).map(|(u, i)| (u.id.as_str(), u.targets[i]));
     let route_id = route.map(|r| r.id.as_str());
     worker.metrics.observe(&mut worker.series.borrow_mut(), rec, total, route_id.unwrap_or(""), target);
+    if super::spans::sampled(conn) {
+        let upstream = target.map(|t| t.0);
+        super::spans::export(worker, conn, route_id, upstream, now);
+    }
+    let rec = &conn.rec;
     if let Some(log) = worker.log.as_ref().filter(|l| l.enabled()) {
         let entry = Entry {
             rec,

@@ -18,6 +18,7 @@ mod cached;
 mod exchange;
 mod finish;
 mod plan;
+mod spans;
 
 use self::cached::{serve_stored, Inflight, SentNames};
 use self::exchange::exchange;

@@ -52,7 +52,9 @@ pub(super) fn prepare<'g>(
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let scratch = Scratch { storage: &mut storage, fields: &mut fields, lower: &mut lower };
-    let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, text) else {
+    // The request's text is kept for the access log and for spans.
+    let keep_text = generation.snapshot.tracing.is_some() || worker.log.as_ref().is_some_and(|l| l.enabled());
+    let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, (text, keep_text)) else {
         return Err(Box::new(early));
     };
     let snapshot = &generation.snapshot;
@@ -95,6 +97,9 @@ pub(super) fn prepare<'g>(
     let mut list = worker.spares.headers();
     let sent = (&request_id, inbound_xff, body_here);
     let expect_continue = upstream_headers(worker, conn, &p, rule.map(|r| &**r), sent, rec, &mut list);
+    if let Some(t) = &snapshot.tracing {
+        super::spans::sample(worker, rec, t.threshold);
+    }
     traceparent.copy_from_slice(&rec.trace.traceparent());
     list.push("traceparent", &traceparent[..]);
 
@@ -204,7 +209,7 @@ fn parse<'h>(
     Scratch { storage, fields, lower }: Scratch<'h>,
     early: &mut Early<'_>,
     rec: &mut Record,
-    text: &mut RequestText,
+    (text, keep_text): (&mut RequestText, bool),
 ) -> Step<Parsed<'h>> {
     let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
     // The codec's own step: the head's bytes are HTTP/1 (an HTTP/2 session hands over fields).
@@ -228,7 +233,7 @@ fn parse<'h>(
         Ok(t) => t,
         Err(e) => return fail(early, e),
     };
-    if worker.log.as_ref().is_some_and(|l| l.enabled()) {
+    if keep_text {
         let host = authority.map(str::as_bytes).or(req.host).unwrap_or(b"");
         text.set(req.method, host, raw_path, query.filter(|_| worker.limits.log_query));
     }

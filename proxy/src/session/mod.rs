@@ -211,6 +211,8 @@ pub struct Conn {
     /// The buffer the upstream request was built in, parked here until the request ends (then
     /// it goes back to the worker's spares).
     pub upstream_buf: Vec<u8>,
+    /// The client spans of the current request's attempts, when it is sampled.
+    pub spans: Vec<crate::traces::AttemptSpan>,
 }
 
 /// Whole answers: a reply of the gateway's, a stored response.

@@ -50,6 +50,7 @@ impl Worker {
             caps: Arc::new(ringway_proxy::ConnectionCaps::new(1000, 0)),
             metrics: halves.pop().unwrap(),
             log: None,
+            traces: None,
             clock,
         }));
         let opts = WorkerOptions { count: 1, driver: driver.parse().unwrap(), pin: false, defer_taskrun: false };

@@ -22,6 +22,7 @@ mod routing;
 mod shipping;
 mod stats;
 mod status_page;
+mod tracing;
 mod upstream_errors;
 
 use std::net::SocketAddr;
