@@ -161,6 +161,8 @@ impl Contender {
                     scenario.ringway_upstream,
                 );
                 yaml.push_str(&config_files::shipping(origin, scenario.ringway_shipping));
+                yaml.push_str(&scenario.ringway_document.replace("{origin}", &origin.to_string()));
+                cmd.args(scenario.ringway_args);
                 std::fs::write(&file, yaml)?;
                 cmd.arg("--config").arg(&file).arg("--listen").arg(listen.to_string()).arg("--workers").arg("1");
                 // A fresh store per start, so no configuration survives from an earlier run.

@@ -31,6 +31,10 @@ pub struct Scenario {
     /// Ringway ships its access-log records: to the origin (which accepts any POST), or to a
     /// port where nothing listens (the collector down for the whole run).
     pub ringway_shipping: Shipping,
+    /// More of ringway's document, as YAML lines (`{origin}` stands for the origin's address).
+    pub ringway_document: &'static str,
+    /// More flags for ringway.
+    pub ringway_args: &'static [&'static str],
 }
 
 /// Where ringway ships its records in a scenario.
@@ -54,6 +58,8 @@ const BASE: Scenario = Scenario {
     ringway_policies: "",
     ringway_upstream: "",
     ringway_shipping: Shipping::Off,
+    ringway_document: "",
+    ringway_args: &[],
 };
 
 /// Every scenario, in report order.
@@ -107,6 +113,24 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "shipped_down",
         description: "GET with log shipping on and the collector down the whole run (ringway only)",
         ringway_shipping: Shipping::Down,
+        ..BASE
+    },
+    Scenario {
+        name: "monitor_off",
+        description: "GET with per-API statistics off (--no-stats): the base of the monitoring costs (ringway only)",
+        ringway_args: &["--no-stats"],
+        ..BASE
+    },
+    Scenario {
+        name: "traced",
+        description: "GET with OpenTelemetry traces sampled at 1% and exported to a collector (the origin; ringway only)",
+        ringway_document: "tracing: {otlp_endpoint: \"http://{origin}/v1/traces\", sample_ratio: 0.01}\n",
+        ..BASE
+    },
+    Scenario {
+        name: "traced_down",
+        description: "GET with traces sampled at 1% and the collector down the whole run (ringway only)",
+        ringway_document: "tracing: {otlp_endpoint: \"http://127.0.0.1:1/v1/traces\", sample_ratio: 0.01}\n",
         ..BASE
     },
     Scenario {
