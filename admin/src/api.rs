@@ -309,7 +309,7 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
             "tracing": ctx.telemetry.as_ref().and_then(|t| t.tracing().map(|s| (s, t.trace_counts.clone()))).map(|(s, c)| {
                 let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 json!({
-                    "endpoint": format!("http://{}{}", s.post.host, s.post.path),
+                    "endpoint": format!("{}://{}{}", if s.post.tls.is_some() { "https" } else { "http" }, s.post.host, s.post.path),
                     "sample_ratio": s.ratio,
                     "exported": get(&c.exported),
                     "dropped": get(&c.dropped),

@@ -102,7 +102,9 @@ impl Telemetry {
         let log = self.log.lock().ok()?;
         let log = log.as_ref()?;
         let c = &log.shipped;
-        let to = log.shipping().map(|s| format!("http://{}{}", s.host, s.path))?;
+        let to = log
+            .shipping()
+            .map(|s| format!("{}://{}{}", if s.tls.is_some() { "https" } else { "http" }, s.host, s.path))?;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         Some((to, get(&c.shipped), get(&c.dropped), get(&c.failed_batches)))
     }

@@ -123,7 +123,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "traced",
-        description: "GET with OpenTelemetry traces sampled at 1% and exported to a collector (the origin; ringway only)",
+        description:
+            "GET with OpenTelemetry traces sampled at 1% and exported to a collector (the origin; ringway only)",
         ringway_document: "tracing: {otlp_endpoint: \"http://{origin}/v1/traces\", sample_ratio: 0.01}\n",
         ..BASE
     },

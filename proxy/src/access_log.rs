@@ -82,7 +82,7 @@ enum Order {
     /// Write to this destination from now on; says on the channel once it is open (or off).
     Set(Option<Destination>, crossbeam_channel::Sender<()>),
     /// Ship lines with these settings from now on (`None`: stop shipping); says when done.
-    Ship(Option<Shipping>, crossbeam_channel::Sender<()>),
+    Ship(Option<Box<Shipping>>, crossbeam_channel::Sender<()>),
     Reopen,
     Stop,
 }
@@ -158,7 +158,7 @@ impl AccessLog {
         }
         self.shipping = to.clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = self.orders.send(Order::Ship(to, tx));
+        let _ = self.orders.send(Order::Ship(to.map(Box::new), tx));
         let _ = rx.recv_timeout(Duration::from_secs(15));
     }
 
@@ -226,7 +226,7 @@ fn log_thread(
                 Order::Ship(settings, done) => {
                     // The old shipper sends what it holds, then the new one takes over.
                     drop(shipper.take());
-                    shipper = settings.and_then(|s| match Shipper::start(s, counts.clone()) {
+                    shipper = settings.and_then(|s| match Shipper::start(*s, counts.clone()) {
                         Ok(sh) => Some(sh),
                         Err(e) => {
                             log::error!("log shipping: cannot start its thread: {e}");
@@ -327,11 +327,13 @@ pub struct Entry<'a> {
     pub target: Option<SocketAddr>,
     /// Method, host and path, when the head was understood.
     pub text: Option<(&'a [u8], &'a [u8], &'a [u8])>,
+    /// What a capturing route kept of the request and response.
+    pub capture: Option<&'a crate::capture::Captured>,
 }
 
 /// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
 /// ASCII are escaped, so any input gives valid JSON.
-fn push_str(out: &mut Vec<u8>, v: &[u8]) {
+pub(crate) fn push_str(out: &mut Vec<u8>, v: &[u8]) {
     let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
     out.push(b'"');
     let mut rest = v;
@@ -529,6 +531,9 @@ impl Entry<'_> {
         match r.client_ip {
             IpAddr::V4(v) if v.is_unspecified() => out.extend_from_slice(b"null"),
             ip => push_addr(out, ip, None),
+        }
+        if let Some(c) = self.capture {
+            c.write_json(out, r.bytes_in, r.bytes_out);
         }
         out.extend_from_slice(b"}\n");
     }

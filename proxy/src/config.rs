@@ -270,6 +270,9 @@ pub struct RouteSpec {
     /// Policies by name.
     #[serde(default, skip_serializing_if = "is_default_policies")]
     pub policies: PoliciesSpec,
+    /// Capture requests and responses (headers redacted, bodies capped) into the access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::capture::CaptureSpec>,
 }
 
 fn is_default_policies(p: &PoliciesSpec) -> bool {

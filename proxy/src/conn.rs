@@ -28,6 +28,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, truste
         text: RequestText::default(),
         upstream_buf: Vec::new(),
         spans: Vec::new(),
+        captured: None,
     };
     let mut first = true;
     loop {

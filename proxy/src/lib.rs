@@ -11,8 +11,10 @@
 pub mod access_log;
 pub mod admission;
 pub mod cache;
+pub mod capture;
 pub mod client;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod conn;
 pub mod event;
@@ -22,6 +24,7 @@ pub mod io;
 pub mod lb;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_logs;
 pub mod pool;
 pub mod record;
 pub mod resilience;

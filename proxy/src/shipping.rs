@@ -12,6 +12,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use crate::collector::Conn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,11 +27,17 @@ use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogShippingSpec {
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://host:port/path`.
     pub endpoint: String,
-    /// `ndjson` (the default).
+    /// TLS settings of an `https://` endpoint (default: verified against the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::collector::TlsSpec>,
+    /// `ndjson` (the default: the log's JSON lines) or `otlp` (OTLP/HTTP protobuf logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// `service.name` of OTLP log records (default `ringway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
     /// Lines per batch at most (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_max: Option<u32>,
@@ -59,6 +67,10 @@ pub struct Shipping {
     pub gzip: bool,
     pub queue_max: usize,
     pub headers: Vec<(String, String)>,
+    /// TLS to the collector (`https://` endpoints).
+    pub tls: Option<crate::collector::TlsClient>,
+    /// `Some(service name)`: batches go as OTLP logs; `None`: as JSON lines.
+    pub otlp: Option<String>,
 }
 
 impl Shipping {
@@ -66,10 +78,17 @@ impl Shipping {
     pub fn compile(spec: &LogShippingSpec, errors: &mut ConfigErrors) -> Option<Shipping> {
         let before = errors.0.len();
         let p = "log_shipping";
-        match spec.format.as_deref() {
-            None | Some("ndjson") => {}
-            Some("otlp") => errors.push(format!("{p}.format"), "otlp is not supported yet: use ndjson"),
-            Some(other) => errors.push(format!("{p}.format"), format!("{other:?}: expected \"ndjson\"")),
+        let otlp = match spec.format.as_deref() {
+            None | Some("ndjson") => false,
+            Some("otlp") => true,
+            Some(other) => {
+                errors.push(format!("{p}.format"), format!("{other:?}: expected \"ndjson\" or \"otlp\""));
+                false
+            }
+        };
+        let service = spec.service_name.clone().unwrap_or_else(|| "ringway".into());
+        if service.is_empty() || service.len() > 256 {
+            errors.push(format!("{p}.service_name"), "must be 1 to 256 characters");
         }
         let endpoint = parse_endpoint(&spec.endpoint).map_err(|e| errors.push(format!("{p}.endpoint"), e)).ok();
         let count = |v: Option<u32>, default: u32, max: u32, name: &str, errors: &mut ConfigErrors| {
@@ -101,7 +120,19 @@ impl Shipping {
                 errors.push(format!("{p}.headers.{n}"), "invalid header value");
             }
         }
-        let (addr, host, path) = endpoint?;
+        let (addr, host, path, https) = endpoint?;
+        let tls = match (https, &spec.tls) {
+            (true, t) => {
+                let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                let name = if host.starts_with('[') { host.split(']').next().unwrap_or("") } else { name };
+                crate::collector::TlsClient::compile(&t.clone().unwrap_or_default(), name, &format!("{p}.tls"), errors)
+            }
+            (false, Some(_)) => {
+                errors.push(format!("{p}.tls"), "TLS settings need an https:// endpoint");
+                None
+            }
+            (false, None) => None,
+        };
         (errors.0.len() == before).then(|| Shipping {
             addr,
             host,
@@ -111,19 +142,19 @@ impl Shipping {
             gzip: spec.gzip.unwrap_or(false),
             queue_max,
             headers: spec.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+            otlp: otlp.then_some(service),
+            tls,
         })
     }
 }
 
-/// `http://host:port/path` into its address, `Host` and path.
-pub(crate) fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            format!("{url:?}: https is not supported yet")
-        } else {
-            format!("{url:?}: expected http://host:port/path")
-        }
-    })?;
+/// `http[s]://host:port/path` into its address, `Host`, path and whether it is `https`.
+pub(crate) fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url:?}: expected http://host:port/path or https://host:port/path")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -134,10 +165,10 @@ pub(crate) fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String), 
     let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
     };
     let addr = crate::config::resolve(&with_port)?;
-    Ok((addr, authority.to_string(), path.to_string()))
+    Ok((addr, authority.to_string(), path.to_string(), https))
 }
 
 /// Figures of the shipper, for the metrics and the status.
@@ -250,9 +281,11 @@ fn ship(
     let mut lines = 0usize;
     // Lines taken from the queue but beyond the batch in hand: they start the next one.
     let mut rest: Option<Chunk> = None;
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(100);
     let mut closed = false;
+    let mut encoded: Option<Vec<u8>> = None;
+    let node = crate::otlp::node_name();
     // Moves up to a batch's worth of lines from `c` into the batch; keeps the others in `rest`.
     let take = |c: Chunk, batch: &mut Vec<u8>, lines: &mut usize, rest: &mut Option<Chunk>| {
         let room = s.batch_max - *lines;
@@ -295,12 +328,23 @@ fn ship(
                 }
             }
         }
+        // OTLP: the lines become one export request, made once per batch (not per try).
+        if let (Some(service), None) = (&s.otlp, &encoded) {
+            encoded = Some(crate::otlp_logs::encode(&batch, service, &node));
+        }
+        let (body, kind) = match &encoded {
+            Some(e) => (&e[..], PROTOBUF),
+            None => (&batch[..], NDJSON),
+        };
         let reused = conn.is_some();
-        let mut sent = send(&s, &mut conn, &batch, NDJSON);
+        let mut sent = send(&s, &mut conn, body, kind);
         if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
             // A kept connection the collector closed while idle: once more at once, on a new one.
             conn = None;
-            sent = send(&s, &mut conn, &batch, NDJSON);
+            sent = send(&s, &mut conn, body, kind);
+        }
+        if !matches!(sent, Err(Sent::Failed(_))) {
+            encoded = None;
         }
         match sent {
             Ok(()) => {
@@ -346,6 +390,7 @@ fn ship(
 }
 
 const NDJSON: &str = "application/x-ndjson";
+const PROTOBUF: &str = "application/x-protobuf";
 
 /// Why a batch did not go.
 pub(crate) enum Sent {
@@ -365,7 +410,7 @@ impl From<std::io::Error> for Sent {
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// POSTs one batch of `content_type` and reads the answer; a 2xx is success.
-pub(crate) fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8], content_type: &str) -> Result<(), Sent> {
+pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, batch: &[u8], content_type: &str) -> Result<(), Sent> {
     let deadline = Instant::now() + SEND_DEADLINE;
     let zipped;
     let body: &[u8] = if s.gzip {
@@ -394,18 +439,21 @@ pub(crate) fn send(s: &Shipping, conn: &mut Option<TcpStream>, batch: &[u8], con
         let c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(3))?;
         c.set_write_timeout(Some(SEND_DEADLINE))?;
         let _ = c.set_nodelay(true);
-        *conn = Some(c);
+        // The TLS handshake waits for the same deadline as the answer.
+        c.set_read_timeout(Some(SEND_DEADLINE))?;
+        *conn = Some(Conn::new(c, s.tls.as_ref())?);
     }
     let c = conn.as_mut().expect("connected above");
     c.write_all(head.as_bytes())?;
     c.write_all(body)?;
+    c.flush()?;
     // Every read waits at most what is left of the deadline.
-    let left = |c: &TcpStream| -> std::io::Result<()> {
+    let left = |c: &Conn| -> std::io::Result<()> {
         let l = deadline.saturating_duration_since(Instant::now());
         if l.is_zero() {
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
         }
-        c.set_read_timeout(Some(l))
+        c.socket().set_read_timeout(Some(l))
     };
     // The answer: its head, then its body (Content-Length), so the connection can carry the
     // next batch.

@@ -38,6 +38,8 @@ pub struct Route {
     pub path_normalization: Option<PathNormalization>,
     /// Where the route sits in the routing index.
     pub key: RouteKey,
+    /// What of its requests is captured into the access log.
+    pub capture: Option<Arc<crate::capture::CaptureRule>>,
 }
 
 impl Indexed for Arc<Route> {
@@ -396,6 +398,8 @@ fn compile_route(
         );
     }
     let chain = ringway_policy::compile(&r.policies, &format!("{path}.policies"), errors);
+    let capture =
+        r.capture.as_ref().and_then(|c| crate::capture::CaptureRule::compile(c, &format!("{path}.capture"), errors));
     let upstream = upstream?;
     if errors.0.len() != before {
         return None;
@@ -412,6 +416,7 @@ fn compile_route(
         chain,
         path_normalization: r.policies.path_normalization,
         key: RouteKey { hosts, paths, priority: r.priority, constraints },
+        capture,
     })
 }
 

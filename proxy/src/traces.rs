@@ -47,6 +47,9 @@ pub struct TracingSpec {
     /// Header fields sent with every export.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// TLS settings of an `https://` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::collector::TlsSpec>,
 }
 
 /// Checked tracing settings.
@@ -77,6 +80,8 @@ impl Tracing {
         let as_shipping = LogShippingSpec {
             endpoint: spec.otlp_endpoint.clone(),
             format: None,
+            service_name: None,
+            tls: spec.tls.clone(),
             batch_max: Some(spec.batch_max.unwrap_or(512)),
             flush_every: spec.flush_every.clone(),
             gzip: spec.gzip,

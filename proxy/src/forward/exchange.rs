@@ -83,6 +83,11 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     }
     // The whole request is in `out`: a failed attempt can be made again safely.
     let replayable = conn.down.body_done();
+    if let Some(rule) = &plan.route.capture {
+        // The head ends at its empty line; what follows is the body at hand.
+        let head = memchr::memmem::find(&out, b"\r\n\r\n").map_or(out.len(), |i| i + 4);
+        conn.captured = Some(crate::capture::Captured::request(rule, &out[..head], &out[head..]));
+    }
     let started = Instant::now();
     conn.rec.upstream_started = Some(started);
     let settings = &upstream.resilience;
@@ -420,6 +425,9 @@ fn start_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, raw: &[u8],
         Err(e) => return Start::Fail(Failure::at(e, Phase::ResponseHead, target, false)),
     };
     conn.rec.status = resp.status;
+    if let Some(c) = conn.captured.as_mut() {
+        c.response_head(raw);
+    }
     cached::after_unsafe(worker, plan, resp.status);
     if resp.status >= 500 {
         if let Some(stale) = usable_stale(worker, plan) {
@@ -484,6 +492,9 @@ async fn relay_response(
             if let Some(c) = capture.as_mut() {
                 c.push(&ubuf[start..start + take]);
             }
+            if let Some(c) = conn.captured.as_mut() {
+                c.response_body(&ubuf[start..start + take]);
+            }
             let (r, b) = conn.down.send_body(worker, ubuf, start..start + take).await;
             ubuf = b;
             if r.is_err() {
@@ -505,6 +516,9 @@ async fn relay_response(
                         match d.decode(data, &mut pos) {
                             Ok(Chunk::Data(r)) => {
                                 conn.rec.bytes_out += r.len() as u64;
+                                if let Some(c) = conn.captured.as_mut() {
+                                    c.response_body(&data[r.clone()]);
+                                }
                                 conn.down.write_body(&data[r]);
                             }
                             Ok(Chunk::NeedMore) => break,
@@ -528,6 +542,9 @@ async fn relay_response(
                 // A body delimited by the close (a sized one went whole above).
                 (None, _) => {
                     conn.rec.bytes_out += data.len() as u64;
+                    if let Some(c) = conn.captured.as_mut() {
+                        c.response_body(data);
+                    }
                     conn.down.write_body(data);
                 }
             }

@@ -40,9 +40,11 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
             upstream: target.map(|t| t.0),
             target: target.map(|t| t.1),
             text: conn.text.parts(),
+            capture: conn.captured.as_deref(),
         };
         log.push(&entry, &worker.metrics.gauges);
     }
+    conn.captured = None;
 }
 
 /// Ends a request whose head was refused before it could be read in full (too large, too slow,

@@ -213,6 +213,8 @@ pub struct Conn {
     pub upstream_buf: Vec<u8>,
     /// The client spans of the current request's attempts, when it is sampled.
     pub spans: Vec<crate::traces::AttemptSpan>,
+    /// What the current request captured, on a route that captures.
+    pub captured: Option<Box<crate::capture::Captured>>,
 }
 
 /// Whole answers: a reply of the gateway's, a stored response.

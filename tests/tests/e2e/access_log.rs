@@ -345,3 +345,61 @@ fn refused_heads_are_logged_with_their_sender_and_tracestate_goes_only_with_its_
     assert_eq!(seen[0].header("tracestate"), Some("vendor=1"), "the state of a continued trace goes on");
     assert_eq!(seen[1].header("tracestate"), None, "the state of a replaced trace does not");
 }
+
+#[test]
+fn a_capturing_route_logs_headers_redacted_and_bodies_capped() {
+    let up = Upstream::start("u", |r| {
+        let body = if r.target.ends_with("/big") { vec![b'z'; 5000] } else { b"pong".to_vec() };
+        Reply::Full(
+            200,
+            vec![("set-cookie".into(), "sid=secret-session".into()), ("x-kind".into(), "demo".into())],
+            body,
+        )
+    });
+    let extra =
+        "  plain:\n    paths: [\"/plain/*\"]\n    upstream: u\n  cap:\n    paths: [\"/cap/*\"]\n    upstream: u\n    \
+                 capture: {max_bytes: 16, redact_headers: [x-private]}\n";
+    let (gw, log) = start_logged(&config(&up.addr.to_string(), extra), &crate::default_driver(), &[]);
+    let mut c = Client::connect(gw.addr);
+    let headers = [
+        ("Authorization", "Bearer top-secret-token"),
+        ("Cookie", "sid=client-cookie"),
+        ("apikey", "key-123"),
+        ("X-Private", "hidden"),
+        ("X-Visible", "shown"),
+    ];
+    assert_eq!(c.request("POST", "/cap/a", &headers, b"hello capture body that is long").status, 200);
+    assert_eq!(c.request("GET", "/cap/big", &[], b"").status, 200);
+    assert_eq!(c.request("GET", "/plain/x", &headers, b"").status, 200);
+    let all = lines(&log, 3);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in ["top-secret-token", "client-cookie", "key-123", "hidden", "secret-session"] {
+        assert!(!text.contains(secret), "{secret} reached the log:\n{text}");
+    }
+    let cap = &all[0]["capture"];
+    let has =
+        |list: &Value, name: &str, value: &str| list.as_array().unwrap().iter().any(|p| p[0] == name && p[1] == value);
+    assert!(has(&cap["request_headers"], "authorization", "[redacted]"), "{cap}");
+    assert!(has(&cap["request_headers"], "cookie", "[redacted]"));
+    assert!(has(&cap["request_headers"], "apikey", "[redacted]"));
+    assert!(has(&cap["request_headers"], "x-private", "[redacted]"));
+    assert!(has(&cap["request_headers"], "x-visible", "shown"));
+    assert_eq!(cap["request_body"], "hello capture bo");
+    assert_eq!(cap["request_body_truncated"], true);
+    assert!(has(&cap["response_headers"], "set-cookie", "[redacted]"));
+    assert!(has(&cap["response_headers"], "x-kind", "demo"));
+    assert_eq!(cap["response_body"], "pong");
+    assert_eq!(cap["response_body_truncated"], false);
+    let big = &all[1]["capture"];
+    assert_eq!(big["response_body"], "z".repeat(16));
+    assert_eq!(big["response_body_truncated"], true);
+    assert!(all[2].get("capture").is_none(), "a route without capture logs none");
+    // A bad rule is refused with its path.
+    let r = gw.admin(
+        "PUT",
+        "/admin/v1/routes/bad",
+        Some(r#"{"paths": ["/b"], "upstream": "u", "capture": {"max_bytes": 0}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("routes.bad.capture.max_bytes"), "{}", r.text());
+}

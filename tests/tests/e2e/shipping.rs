@@ -170,3 +170,195 @@ fn bad_shipping_settings_are_refused_with_their_paths() {
         assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
     }
 }
+
+#[test]
+fn otlp_format_ships_log_records_that_decode_with_the_opentelemetry_definitions() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+
+    let origin = Upstream::echo("o");
+    let collector = Upstream::start("c", |_| Reply::Full(200, vec![], vec![]));
+    let cfg = shipping_config(origin.addr, collector.addr, ", format: otlp, service_name: edge-7, gzip: true");
+    let gw = Gateway::start_with(&cfg, &ringway_tests::gateway::default_driver(), &["--workers", "1"]);
+    let mut client = Client::connect(gw.addr);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for i in 0..40 {
+        let r = client.request("GET", &format!("/otlp/{i}"), &[("traceparent", parent)], b"");
+        assert_eq!(r.status, 200);
+    }
+    let decode = |c: &Upstream| {
+        let mut out = Vec::new();
+        for r in c.requests() {
+            assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+            let mut body = Vec::new();
+            flate2::read::GzDecoder::new(&r.body[..]).read_to_end(&mut body).expect("gzip");
+            let req = ExportLogsServiceRequest::decode(&body[..]).expect("an OTLP logs export");
+            for rl in req.resource_logs {
+                let res = rl.resource.unwrap();
+                assert!(res.attributes.iter().any(|kv| kv.key == "service.name"
+                    && matches!(&kv.value.as_ref().unwrap().value, Some(Any::StringValue(s)) if s == "edge-7")));
+                for sl in rl.scope_logs {
+                    out.extend(sl.log_records);
+                }
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = decode(&collector);
+    while got.len() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        got = decode(&collector);
+    }
+    assert_eq!(got.len(), 40, "every record, once");
+    let attr = |r: &opentelemetry_proto::tonic::logs::v1::LogRecord, k: &str| {
+        r.attributes.iter().find(|kv| kv.key == k).and_then(|kv| match &kv.value.as_ref()?.value {
+            Some(Any::StringValue(s)) => Some(s.clone()),
+            Some(Any::IntValue(i)) => Some(i.to_string()),
+            _ => None,
+        })
+    };
+    // One worker, one connection: in order.
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(attr(r, "url.path"), Some(format!("/otlp/{i}")));
+        assert_eq!(attr(r, "http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(r.severity_number, 9);
+        assert_eq!(r.trace_id.len(), 16);
+        assert!(r.time_unix_nano > 1_600_000_000_000_000_000, "a real time: {}", r.time_unix_nano);
+    }
+    assert_eq!(got[0].trace_id[..4], [0x0a, 0xf7, 0x65, 0x19]);
+}
+
+/// A collector over TLS (a certificate for 127.0.0.1 from a CA made here): the bodies it got.
+fn tls_collector(
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::Write;
+    let chain = vec![cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = got.clone();
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            let (config, bodies) = (config.clone(), bodies.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    // One request: head, then Content-Length bytes.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    bodies.lock().unwrap().push(buf[end + 4..end + 4 + len].to_vec());
+                    buf.drain(..end + 4 + len);
+                    if tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn records_reach_a_collector_over_verified_tls_and_not_one_with_an_unknown_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let (addr, bodies) = tls_collector(&server, &server_key);
+    let indent = |pem: String| pem.lines().map(|l| format!("      {l}\n")).collect::<String>();
+
+    let origin = Upstream::echo("o");
+    let cfg = format!(
+        "{}log_shipping:\n  endpoint: \"https://{addr}/ingest\"\n  flush_every: 50ms\n  tls:\n    ca: |\n{}",
+        crate::single(&[origin.addr], "", ""),
+        indent(ca.pem())
+    );
+    let gw = Gateway::start_with(&cfg, &ringway_tests::gateway::default_driver(), &["--workers", "1"]);
+    let mut c = Client::connect(gw.addr);
+    for i in 0..20 {
+        assert_eq!(c.get(&format!("/tls/{i}")).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let count = || bodies.lock().unwrap().iter().map(|b| b.iter().filter(|x| **x == b'\n').count()).sum::<usize>();
+    while count() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(), 20, "every record arrived over TLS");
+    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    assert!(status["log_shipping"]["endpoint"].as_str().unwrap().starts_with("https://"));
+    drop(gw);
+
+    // A collector whose certificate the configured CA did not sign gets nothing.
+    let other_key = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other_ca = other_params.self_signed(&other_key).unwrap();
+    let cfg = format!(
+        "{}log_shipping:\n  endpoint: \"https://{addr}/ingest\"\n  flush_every: 50ms\n  tls:\n    ca: |\n{}",
+        crate::single(&[origin.addr], "", ""),
+        indent(other_ca.pem())
+    );
+    let before = count();
+    let gw = Gateway::start_with(&cfg, &ringway_tests::gateway::default_driver(), &["--workers", "1"]);
+    assert_eq!(Client::connect(gw.addr).get("/x").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = gw.admin("GET", "/admin/v1/status", None).json();
+        if status["log_shipping"]["failed_batches"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed batch: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), before, "nothing was delivered to an unverified collector");
+    // TLS settings on a plain endpoint are refused with their path.
+    let r = gw.admin(
+        "PUT",
+        "/admin/v1/config",
+        Some(&format!(
+            r#"{{"upstreams": {{"u": {{"targets": [{{"addr": "{}"}}]}}}}, "log_shipping": {{"endpoint": "http://{addr}/x", "tls": {{}}}}}}"#,
+            origin.addr
+        )),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("log_shipping.tls"), "{}", r.text());
+}
