@@ -1,38 +1,15 @@
-//! The part of the OpenTelemetry protocol (OTLP v1) the gateway sends: trace and log export
-//! requests, as protobuf messages with the field numbers and types of the
-//! `opentelemetry-proto` definitions (only the fields the gateway fills are declared; a
-//! receiver reads the rest as absent).
+//! The part of the OpenTelemetry protocol (OTLP v1) the gateway sends, with the field numbers
+//! and types of the `opentelemetry-proto` definitions: log export requests as prost messages
+//! (only the fields the gateway fills are declared; a receiver reads the rest as absent), and
+//! a writer ([`pb`]) the trace exporter uses to write spans without building messages first.
 
 use prost::Message;
-
-/// `opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ExportTraceServiceRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub resource_spans: Vec<ResourceSpans>,
-}
 
 /// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest`.
 #[derive(Clone, PartialEq, Message)]
 pub struct ExportLogsServiceRequest {
     #[prost(message, repeated, tag = "1")]
     pub resource_logs: Vec<ResourceLogs>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ResourceSpans {
-    #[prost(message, optional, tag = "1")]
-    pub resource: Option<Resource>,
-    #[prost(message, repeated, tag = "2")]
-    pub scope_spans: Vec<ScopeSpans>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ScopeSpans {
-    #[prost(message, optional, tag = "1")]
-    pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub spans: Vec<Span>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -51,52 +28,14 @@ pub struct ScopeLogs {
     pub log_records: Vec<LogRecord>,
 }
 
-/// `opentelemetry.proto.trace.v1.Span`.
-#[derive(Clone, PartialEq, Message)]
-pub struct Span {
-    #[prost(bytes = "vec", tag = "1")]
-    pub trace_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub span_id: Vec<u8>,
-    #[prost(string, tag = "3")]
-    pub trace_state: String,
-    /// Empty for a root span.
-    #[prost(bytes = "vec", tag = "4")]
-    pub parent_span_id: Vec<u8>,
-    #[prost(string, tag = "5")]
-    pub name: String,
-    /// [`SPAN_KIND_SERVER`] or [`SPAN_KIND_CLIENT`].
-    #[prost(int32, tag = "6")]
-    pub kind: i32,
-    #[prost(fixed64, tag = "7")]
-    pub start_time_unix_nano: u64,
-    #[prost(fixed64, tag = "8")]
-    pub end_time_unix_nano: u64,
-    #[prost(message, repeated, tag = "9")]
-    pub attributes: Vec<KeyValue>,
-    #[prost(message, optional, tag = "15")]
-    pub status: Option<Status>,
-    /// The W3C trace flags in the low byte; 0x100 and 0x200 say whether the parent is remote.
-    #[prost(fixed32, tag = "16")]
-    pub flags: u32,
-}
-
+/// `Span.kind`.
 pub const SPAN_KIND_SERVER: i32 = 2;
 pub const SPAN_KIND_CLIENT: i32 = 3;
 /// `Span.flags`: whether the parent is remote is known (0x100), and it is (0x200).
 pub const FLAG_PARENT_KNOWN: u32 = 0x100;
 pub const FLAG_PARENT_REMOTE: u32 = 0x200;
 
-/// `opentelemetry.proto.trace.v1.Status`.
-#[derive(Clone, PartialEq, Message)]
-pub struct Status {
-    #[prost(string, tag = "2")]
-    pub message: String,
-    /// 0 unset, 1 ok, 2 error.
-    #[prost(int32, tag = "3")]
-    pub code: i32,
-}
-
+/// `Status.code`: 0 unset, 1 ok, 2 error.
 pub const STATUS_ERROR: i32 = 2;
 
 /// `opentelemetry.proto.logs.v1.LogRecord`.
@@ -199,5 +138,92 @@ pub fn node_name() -> String {
         String::from_utf8_lossy(&buf[..len]).into_owned()
     } else {
         "unknown".into()
+    }
+}
+
+/// A protobuf writer for the trace export, field by field into one buffer (a nested message is
+/// written in place, then its length put in front of it).
+pub mod pb {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(out, u64::from(field) << 3 | u64::from(wire));
+    }
+
+    /// A length-delimited field of raw bytes.
+    pub fn bytes(out: &mut Vec<u8>, field: u32, v: &[u8]) {
+        key(out, field, 2);
+        varint(out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+
+    pub fn string(out: &mut Vec<u8>, field: u32, v: &str) {
+        bytes(out, field, v.as_bytes());
+    }
+
+    /// A varint field (int32, int64 and enums).
+    pub fn int(out: &mut Vec<u8>, field: u32, v: i64) {
+        key(out, field, 0);
+        varint(out, v as u64);
+    }
+
+    pub fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+        key(out, field, 1);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
+        key(out, field, 5);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A message field: what `body` writes, with its length in front.
+    pub fn nested(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+        key(out, field, 2);
+        let start = out.len();
+        body(out);
+        let len = (out.len() - start) as u64;
+        let mut n = [0u8; 10];
+        let mut i = 0;
+        let mut v = len;
+        while v >= 0x80 {
+            n[i] = v as u8 | 0x80;
+            v >>= 7;
+            i += 1;
+        }
+        n[i] = v as u8;
+        out.splice(start..start, n[..=i].iter().copied());
+    }
+
+    /// A `KeyValue` with a string value, as field `field` (attributes).
+    pub fn attr_str(out: &mut Vec<u8>, field: u32, k: &str, v: &str) {
+        nested(out, field, |o| {
+            string(o, 1, k);
+            nested(o, 2, |o| string(o, 1, v));
+        });
+    }
+
+    /// A `KeyValue` with an integer value.
+    pub fn attr_int(out: &mut Vec<u8>, field: u32, k: &str, v: i64) {
+        nested(out, field, |o| {
+            string(o, 1, k);
+            nested(o, 2, |o| int(o, 3, v));
+        });
+    }
+
+    /// `Span.status = 15`: an error with `message`.
+    pub fn status_error(out: &mut Vec<u8>, message: &str) {
+        nested(out, 15, |o| {
+            if !message.is_empty() {
+                string(o, 2, message);
+            }
+            int(o, 3, i64::from(super::STATUS_ERROR));
+        });
     }
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use ringway_policy::ConfigErrors;
@@ -214,6 +213,7 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
     let mut batch: Vec<Finished> = Vec::new();
     let mut conn = None;
     let mut body = Vec::with_capacity(64 * 1024);
+    let mut scratch = String::with_capacity(256);
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -268,7 +268,7 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
             }
         }
         body.clear();
-        encode(&batch, t, node).encode(&mut body).expect("a Vec grows");
+        encode(&batch, t, node, &mut body, &mut scratch);
         match crate::shipping::send(&t.post, &mut conn, &body, "application/x-protobuf") {
             Ok(()) => {
                 counts.exported.fetch_add(spans_in(&batch), Ordering::Relaxed);
@@ -303,107 +303,135 @@ fn spans_in(batch: &[Finished]) -> u64 {
     batch.iter().map(|f| 1 + f.attempts.len() as u64).sum()
 }
 
-/// The export request for `batch`: one resource (the service on this node), one scope.
-pub fn encode(batch: &[Finished], t: &Tracing, node: &str) -> otlp::ExportTraceServiceRequest {
-    let mut spans = Vec::with_capacity(batch.len() * 2);
-    for f in batch {
-        server_span(f, &mut spans);
-    }
-    otlp::ExportTraceServiceRequest {
-        resource_spans: vec![otlp::ResourceSpans {
-            resource: Some(otlp::resource(&t.service_name, node)),
-            scope_spans: vec![otlp::ScopeSpans { scope: Some(otlp::scope()), spans }],
-        }],
+/// Writes the export request for `batch` into `out`: one resource (the service on this node),
+/// one scope. Written field by field (OTLP's `ExportTraceServiceRequest` wire format), with
+/// no allocation per span but the scratch text it reuses.
+pub fn encode(batch: &[Finished], t: &Tracing, node: &str, out: &mut Vec<u8>, scratch: &mut String) {
+    use crate::otlp::pb;
+    // ExportTraceServiceRequest.resource_spans = 1
+    pb::nested(out, 1, |o| {
+        // ResourceSpans.resource = 1
+        pb::nested(o, 1, |o| {
+            pb::attr_str(o, 1, "service.name", &t.service_name);
+            pb::attr_str(o, 1, "host.name", node);
+            pb::attr_str(o, 1, "service.instance.id", node);
+        });
+        // ResourceSpans.scope_spans = 2
+        pb::nested(o, 2, |o| {
+            pb::nested(o, 1, |o| {
+                pb::string(o, 1, "ringway");
+                pb::string(o, 2, env!("CARGO_PKG_VERSION"));
+            });
+            for f in batch {
+                spans(f, o, scratch);
+            }
+        });
+    });
+}
+
+/// The server span of `f` and its client spans (`ScopeSpans.spans = 2`), per the HTTP
+/// semantic conventions.
+fn spans(f: &Finished, o: &mut Vec<u8>, scratch: &mut String) {
+    use crate::otlp::pb;
+    use std::fmt::Write;
+    let path = f.target.split_once('?').map_or(&*f.target, |(p, _)| p);
+    let version = if f.http10 { "1.0" } else { "1.1" };
+    // Server spans: only a 5xx (or no answer at all) is an error.
+    let failed = f.status >= 500 || (f.status == 0 && f.error.is_some());
+    let flags =
+        u32::from(f.flags) | otlp::FLAG_PARENT_KNOWN | if f.parent_id.is_some() { otlp::FLAG_PARENT_REMOTE } else { 0 };
+    pb::nested(o, 2, |o| {
+        pb::bytes(o, 1, &f.trace_id);
+        pb::bytes(o, 2, &f.server_id);
+        if let Some(ts) = f.tracestate.as_deref() {
+            pb::string(o, 3, ts);
+        }
+        if let Some(p) = &f.parent_id {
+            pb::bytes(o, 4, p);
+        }
+        pb::string(o, 5, f.method);
+        pb::int(o, 6, i64::from(otlp::SPAN_KIND_SERVER));
+        pb::fixed64(o, 7, f.start_unix_ns);
+        pb::fixed64(o, 8, f.end_unix_ns);
+        pb::attr_str(o, 9, "http.request.method", f.method);
+        pb::attr_str(o, 9, "url.path", path);
+        pb::attr_str(o, 9, "url.scheme", "http");
+        pb::attr_str(o, 9, "network.protocol.version", version);
+        scratch.clear();
+        let _ = write!(scratch, "{}", f.client);
+        pb::attr_str(o, 9, "client.address", scratch);
+        if !f.host.is_empty() {
+            let (host, port) = split_host(&f.host);
+            pb::attr_str(o, 9, "server.address", host);
+            if let Some(p) = port {
+                pb::attr_int(o, 9, "server.port", i64::from(p));
+            }
+        }
+        if f.status != 0 {
+            pb::attr_int(o, 9, "http.response.status_code", i64::from(f.status));
+        }
+        if let Some(r) = &f.route {
+            pb::attr_str(o, 9, "ringway.route", r);
+        }
+        if let Some(u) = &f.upstream {
+            pb::attr_str(o, 9, "ringway.upstream", u);
+        }
+        if failed {
+            error_type(o, f.error, f.status, scratch);
+            pb::status_error(o, f.error.unwrap_or(""));
+        }
+        pb::fixed32(o, 16, flags);
+    });
+    for (i, (a, start, end)) in f.attempts.iter().enumerate() {
+        // Client spans: a 4xx or 5xx, or no answer, is an error.
+        let failed = a.status >= 400 || (a.status == 0 && a.error.is_some());
+        pb::nested(o, 2, |o| {
+            pb::bytes(o, 1, &f.trace_id);
+            pb::bytes(o, 2, &a.span_id);
+            if let Some(ts) = f.tracestate.as_deref() {
+                pb::string(o, 3, ts);
+            }
+            pb::bytes(o, 4, &f.server_id);
+            pb::string(o, 5, f.method);
+            pb::int(o, 6, i64::from(otlp::SPAN_KIND_CLIENT));
+            pb::fixed64(o, 7, *start);
+            pb::fixed64(o, 8, *end);
+            pb::attr_str(o, 9, "http.request.method", f.method);
+            scratch.clear();
+            let _ = write!(scratch, "{}", a.target.ip());
+            pb::attr_str(o, 9, "server.address", scratch);
+            pb::attr_int(o, 9, "server.port", i64::from(a.target.port()));
+            scratch.clear();
+            let _ = write!(scratch, "http://{}{}", a.target, f.target);
+            pb::attr_str(o, 9, "url.full", scratch);
+            pb::attr_str(o, 9, "network.protocol.version", "1.1");
+            if i > 0 {
+                pb::attr_int(o, 9, "http.request.resend_count", i as i64);
+            }
+            if a.status != 0 {
+                pb::attr_int(o, 9, "http.response.status_code", i64::from(a.status));
+            }
+            if failed {
+                error_type(o, a.error, a.status, scratch);
+                pb::status_error(o, a.error.unwrap_or(""));
+            }
+            pb::fixed32(o, 16, u32::from(f.flags) | otlp::FLAG_PARENT_KNOWN);
+        });
     }
 }
 
-/// The server span of `f` and its client spans, per the HTTP semantic conventions.
-fn server_span(f: &Finished, out: &mut Vec<otlp::Span>) {
-    use otlp::{int, text};
-    let (path, query) = match f.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (&*f.target, None),
+/// `error.type`: the gateway's error code, else the status code.
+fn error_type(o: &mut Vec<u8>, error: Option<&str>, status: u16, scratch: &mut String) {
+    use std::fmt::Write;
+    let v = match error {
+        Some(e) => e,
+        None => {
+            scratch.clear();
+            let _ = write!(scratch, "{status}");
+            scratch.as_str()
+        }
     };
-    let version = if f.http10 { "1.0" } else { "1.1" };
-    let mut attrs = vec![
-        text("http.request.method", f.method),
-        text("url.path", path),
-        text("url.scheme", "http"),
-        text("network.protocol.version", version),
-        text("client.address", f.client.to_string()),
-    ];
-    if let Some(q) = query {
-        attrs.push(text("url.query", q));
-    }
-    if !f.host.is_empty() {
-        let (host, port) = split_host(&f.host);
-        attrs.push(text("server.address", host));
-        if let Some(p) = port {
-            attrs.push(int("server.port", i64::from(p)));
-        }
-    }
-    if f.status != 0 {
-        attrs.push(int("http.response.status_code", i64::from(f.status)));
-    }
-    if let Some(r) = &f.route {
-        attrs.push(text("ringway.route", &**r));
-    }
-    if let Some(u) = &f.upstream {
-        attrs.push(text("ringway.upstream", &**u));
-    }
-    // Server spans: only a 5xx (or no answer at all) is an error.
-    let failed = f.status >= 500 || (f.status == 0 && f.error.is_some());
-    if failed {
-        attrs.push(text("error.type", f.error.map_or_else(|| f.status.to_string(), str::to_string)));
-    }
-    let flags =
-        u32::from(f.flags) | otlp::FLAG_PARENT_KNOWN | if f.parent_id.is_some() { otlp::FLAG_PARENT_REMOTE } else { 0 };
-    out.push(otlp::Span {
-        trace_id: f.trace_id.to_vec(),
-        span_id: f.server_id.to_vec(),
-        trace_state: f.tracestate.as_deref().unwrap_or("").to_string(),
-        parent_span_id: f.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: f.method.to_string(),
-        kind: otlp::SPAN_KIND_SERVER,
-        start_time_unix_nano: f.start_unix_ns,
-        end_time_unix_nano: f.end_unix_ns,
-        attributes: attrs,
-        status: failed.then(|| otlp::Status { message: f.error.unwrap_or("").into(), code: otlp::STATUS_ERROR }),
-        flags,
-    });
-    for (i, (a, start, end)) in f.attempts.iter().enumerate() {
-        let mut attrs = vec![
-            text("http.request.method", f.method),
-            text("server.address", a.target.ip().to_string()),
-            int("server.port", i64::from(a.target.port())),
-            text("url.full", format!("http://{}{}", a.target, f.target)),
-            text("network.protocol.version", "1.1"),
-        ];
-        if i > 0 {
-            attrs.push(int("http.request.resend_count", i as i64));
-        }
-        if a.status != 0 {
-            attrs.push(int("http.response.status_code", i64::from(a.status)));
-        }
-        // Client spans: a 4xx or 5xx, or no answer, is an error.
-        let failed = a.status >= 400 || (a.status == 0 && a.error.is_some());
-        if failed {
-            attrs.push(text("error.type", a.error.map_or_else(|| a.status.to_string(), str::to_string)));
-        }
-        out.push(otlp::Span {
-            trace_id: f.trace_id.to_vec(),
-            span_id: a.span_id.to_vec(),
-            trace_state: f.tracestate.as_deref().unwrap_or("").to_string(),
-            parent_span_id: f.server_id.to_vec(),
-            name: f.method.to_string(),
-            kind: otlp::SPAN_KIND_CLIENT,
-            start_time_unix_nano: *start,
-            end_time_unix_nano: *end,
-            attributes: attrs,
-            status: failed.then(|| otlp::Status { message: a.error.unwrap_or("").into(), code: otlp::STATUS_ERROR }),
-            flags: u32::from(f.flags) | otlp::FLAG_PARENT_KNOWN,
-        });
-    }
+    crate::otlp::pb::attr_str(o, 9, "error.type", v);
 }
 
 /// `host[:port]` (or `[v6]:port`) into its parts.

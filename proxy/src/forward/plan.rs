@@ -52,8 +52,8 @@ pub(super) fn prepare<'g>(
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let scratch = Scratch { storage: &mut storage, fields: &mut fields, lower: &mut lower };
-    // The request's text is kept for the access log and for spans.
-    let keep_text = generation.snapshot.tracing.is_some() || worker.log.as_ref().is_some_and(|l| l.enabled());
+    // The request's text is kept for the access log (and for a sampled request's spans, below).
+    let keep_text = worker.log.as_ref().is_some_and(|l| l.enabled());
     let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, (text, keep_text)) else {
         return Err(Box::new(early));
     };
@@ -98,7 +98,9 @@ pub(super) fn prepare<'g>(
     let sent = (&request_id, inbound_xff, body_here);
     let expect_continue = upstream_headers(worker, conn, &p, rule.map(|r| &**r), sent, rec, &mut list);
     if let Some(t) = &snapshot.tracing {
-        super::spans::sample(worker, rec, t.threshold);
+        if super::spans::sample(worker, rec, t.threshold) && text.parts().is_none() {
+            text.set(p.method, p.host.unwrap_or(b""), p.raw_path, None);
+        }
     }
     traceparent.copy_from_slice(&rec.trace.traceparent());
     list.push("traceparent", &traceparent[..]);

@@ -14,15 +14,16 @@ use crate::worker::Worker;
 /// Decides whether the request is recorded: a trace that came with the request follows its
 /// sampled flag, a new one is sampled below `threshold`. A sampled request gets a server span.
 #[inline]
-pub(super) fn sample(worker: &Worker, rec: &mut Record, threshold: u64) {
+pub(super) fn sample(worker: &Worker, rec: &mut Record, threshold: u64) -> bool {
     if worker.traces.is_none() {
-        return;
+        return false;
     }
     let sampled = if rec.trace_inbound { rec.trace.flags & 1 == 1 } else { worker.random() < threshold };
     if sampled {
         rec.trace.flags |= 1;
         rec.trace.server_id = worker.random().to_be_bytes();
     }
+    sampled
 }
 
 /// Whether the request's spans are recorded.
