@@ -102,12 +102,16 @@ fn record(line: &[u8], observed: u64) -> Option<LogRecord> {
     Some(r)
 }
 
-/// A batch of JSON lines as one OTLP logs export request, encoded.
-pub fn encode(batch: &[u8], service: &str, node: &str) -> Vec<u8> {
+/// A batch of JSON lines (in chunks of whole lines) as one OTLP logs export request, encoded.
+pub fn encode(batch: &[Vec<u8>], service: &str, node: &str) -> Vec<u8> {
     let observed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    let log_records =
-        batch.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| record(l, observed)).collect();
+    let log_records = batch
+        .iter()
+        .flat_map(|c| c.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| record(l, observed))
+        .collect();
     let req = otlp::ExportLogsServiceRequest {
         resource_logs: vec![otlp::ResourceLogs {
             resource: Some(otlp::resource(service, node)),

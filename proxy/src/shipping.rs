@@ -277,7 +277,8 @@ fn ship(
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicUsize,
 ) {
-    let mut batch: Vec<u8> = Vec::with_capacity(256 * 1024);
+    // The batch in hand: the chunks as they came (never copied together), each whole lines.
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut lines = 0usize;
     // Lines taken from the queue but beyond the batch in hand: they start the next one.
     let mut rest: Option<Chunk> = None;
@@ -287,16 +288,18 @@ fn ship(
     let mut encoded: Option<Vec<u8>> = None;
     let node = crate::otlp::node_name();
     // Moves up to a batch's worth of lines from `c` into the batch; keeps the others in `rest`.
-    let take = |c: Chunk, batch: &mut Vec<u8>, lines: &mut usize, rest: &mut Option<Chunk>| {
+    let take = |mut c: Chunk, batch: &mut Vec<Vec<u8>>, lines: &mut usize, rest: &mut Option<Chunk>| {
         let room = s.batch_max - *lines;
         if c.lines <= room {
-            batch.extend_from_slice(&c.data);
             *lines += c.lines;
+            batch.push(c.data);
         } else {
+            // Only the lines past the batch are copied out.
             let cut = memchr::memchr_iter(b'\n', &c.data).nth(room - 1).map_or(c.data.len(), |i| i + 1);
-            batch.extend_from_slice(&c.data[..cut]);
-            *lines += room;
             *rest = Some(Chunk { data: c.data[cut..].to_vec(), lines: c.lines - room });
+            c.data.truncate(cut);
+            *lines += room;
+            batch.push(c.data);
         }
     };
     loop {
@@ -332,17 +335,18 @@ fn ship(
         if let (Some(service), None) = (&s.otlp, &encoded) {
             encoded = Some(crate::otlp_logs::encode(&batch, service, &node));
         }
-        let (body, kind) = match &encoded {
-            Some(e) => (&e[..], PROTOBUF),
-            None => (&batch[..], NDJSON),
+        let (body, kind): (Vec<&[u8]>, _) = match &encoded {
+            Some(e) => (vec![&e[..]], PROTOBUF),
+            None => (batch.iter().map(|c| &c[..]).collect(), NDJSON),
         };
         let reused = conn.is_some();
-        let mut sent = send(&s, &mut conn, body, kind);
+        let mut sent = send(&s, &mut conn, &body, kind);
         if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
             // A kept connection the collector closed while idle: once more at once, on a new one.
             conn = None;
-            sent = send(&s, &mut conn, body, kind);
+            sent = send(&s, &mut conn, &body, kind);
         }
+        drop(body);
         if !matches!(sent, Err(Sent::Failed(_))) {
             encoded = None;
         }
@@ -409,23 +413,30 @@ impl From<std::io::Error> for Sent {
 /// The longest a batch takes to send and be answered.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
-/// POSTs one batch of `content_type` and reads the answer; a 2xx is success.
-pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, batch: &[u8], content_type: &str) -> Result<(), Sent> {
+/// POSTs one batch of `content_type`, the concatenation of `parts`, and reads the answer; a 2xx
+/// is success.
+pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, parts: &[&[u8]], content_type: &str) -> Result<(), Sent> {
     let deadline = Instant::now() + SEND_DEADLINE;
-    let zipped;
-    let body: &[u8] = if s.gzip {
-        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(batch.len() / 4), flate2::Compression::fast());
-        z.write_all(batch)?;
-        zipped = z.finish()?;
-        &zipped
+    let size: usize = parts.iter().map(|p| p.len()).sum();
+    let zipped: [Vec<u8>; 1];
+    let zipped_part: [&[u8]; 1];
+    let body: &[&[u8]] = if s.gzip {
+        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(size / 4), flate2::Compression::fast());
+        for p in parts {
+            z.write_all(p)?;
+        }
+        zipped = [z.finish()?];
+        zipped_part = [&zipped[0][..]];
+        &zipped_part
     } else {
-        batch
+        parts
     };
+    let body_len: usize = body.iter().map(|p| p.len()).sum();
     let mut head = format!(
         "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nuser-agent: ringway/{}\r\n",
         s.path,
         s.host,
-        body.len(),
+        body_len,
         env!("CARGO_PKG_VERSION")
     );
     if s.gzip {
@@ -445,7 +456,9 @@ pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, batch: &[u8], content_
     }
     let c = conn.as_mut().expect("connected above");
     c.write_all(head.as_bytes())?;
-    c.write_all(body)?;
+    for p in body {
+        c.write_all(p)?;
+    }
     c.flush()?;
     // Every read waits at most what is left of the deadline.
     let left = |c: &Conn| -> std::io::Result<()> {
@@ -580,9 +593,9 @@ mod tests {
         ]);
         let s = settings(addr);
         let mut conn = None;
-        assert!(send(&s, &mut conn, b"a\n", NDJSON).is_ok(), "100 then 200");
-        assert!(matches!(send(&s, &mut conn, b"b\n", NDJSON), Err(Sent::Refused(413))));
-        assert!(matches!(send(&s, &mut conn, b"c\n", NDJSON), Err(Sent::Failed(_))), "a 503 is tried again");
+        assert!(send(&s, &mut conn, &[b"a\n"], NDJSON).is_ok(), "100 then 200");
+        assert!(matches!(send(&s, &mut conn, &[b"b\n"], NDJSON), Err(Sent::Refused(413))));
+        assert!(matches!(send(&s, &mut conn, &[b"c\n"], NDJSON), Err(Sent::Failed(_))), "a 503 is tried again");
         drop(conn);
         assert_eq!(t.join().unwrap(), [b"a\n".to_vec(), b"b\n".to_vec(), b"c\n".to_vec()], "one connection");
     }
@@ -615,8 +628,8 @@ mod tests {
     fn settings_are_checked_with_their_paths() {
         let mut errors = ConfigErrors::default();
         let spec = LogShippingSpec {
-            endpoint: "https://x/".into(),
-            format: Some("otlp".into()),
+            endpoint: "ftp://x/".into(),
+            format: Some("xml".into()),
             batch_max: Some(0),
             flush_every: Some("2m".into()),
             headers: [("bad name".to_string(), "v".to_string())].into(),

@@ -269,7 +269,7 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
         }
         body.clear();
         encode(&batch, t, node, &mut body, &mut scratch);
-        match crate::shipping::send(&t.post, &mut conn, &body, "application/x-protobuf") {
+        match crate::shipping::send(&t.post, &mut conn, &[&body[..]], "application/x-protobuf") {
             Ok(()) => {
                 counts.exported.fetch_add(spans_in(&batch), Ordering::Relaxed);
                 batch.clear();
