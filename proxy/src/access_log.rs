@@ -196,8 +196,6 @@ fn log_thread(
     (enabled, lost, counts): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<ShippingCounts>),
 ) {
     let mut shipper: Option<Shipper> = None;
-    // A line split across the end of a ring (its start at the end, its rest at the start).
-    let mut carry: Vec<u8> = Vec::new();
     let capacity = rings.first().map_or(0, |r| r.buffer().capacity());
     let mut destination: Option<Destination> = None;
     let mut out: Option<std::io::BufWriter<Box<dyn Write + Send>>> = None;
@@ -257,23 +255,11 @@ fn log_thread(
             let Ok(chunk) = ring.read_chunk(n) else { continue };
             let (a, b) = chunk.as_slices();
             if let Some(sh) = shipper.as_mut() {
-                // Whole lines, in the order the worker wrote them.
-                for part in [a, b] {
-                    let mut rest = part;
-                    while let Some(i) = memchr::memchr(b'\n', rest) {
-                        if carry.is_empty() {
-                            sh.offer(&rest[..i]);
-                        } else {
-                            carry.extend_from_slice(&rest[..i]);
-                            sh.offer(&carry);
-                            carry.clear();
-                        }
-                        rest = &rest[i + 1..];
-                    }
-                    carry.extend_from_slice(rest);
-                }
-                // Workers commit whole lines and a round takes all that is committed.
-                debug_assert!(carry.is_empty(), "a partial line at the end of a ring's round");
+                // Workers commit whole lines and a round takes all that is committed: the two
+                // halves of the ring together are whole lines, in the order the worker wrote
+                // them.
+                sh.offer_lines(a);
+                sh.offer_lines(b);
             }
             let written = match out.as_mut() {
                 Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),

@@ -222,6 +222,13 @@ impl Shipper {
         self.pending.lines += 1;
     }
 
+    /// Gathers bytes that are lines ending with their newlines (the last one may go on in the
+    /// next call, as long as what is handed over is whole lines).
+    pub fn offer_lines(&mut self, bytes: &[u8]) {
+        self.pending.data.extend_from_slice(bytes);
+        self.pending.lines += memchr::memchr_iter(b'\n', bytes).count();
+    }
+
     /// Hands what was gathered to the shipper: as many lines as the queue has room for, the
     /// oldest first; the others are dropped and counted.
     pub fn hand_over(&mut self) {
