@@ -258,8 +258,7 @@ fn log_thread(
                 // Workers commit whole lines and a round takes all that is committed: the two
                 // halves of the ring together are whole lines, in the order the worker wrote
                 // them.
-                sh.offer_lines(a);
-                sh.offer_lines(b);
+                sh.offer_lines(a, b);
             }
             let written = match out.as_mut() {
                 Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),

@@ -222,11 +222,21 @@ impl Shipper {
         self.pending.lines += 1;
     }
 
-    /// Gathers bytes that are lines ending with their newlines (the last one may go on in the
-    /// next call, as long as what is handed over is whole lines).
-    pub fn offer_lines(&mut self, bytes: &[u8]) {
-        self.pending.data.extend_from_slice(bytes);
-        self.pending.lines += memchr::memchr_iter(b'\n', bytes).count();
+    /// Gathers whole lines, `a` then `b` (a ring's two halves: a line may run from one into
+    /// the other). What does not fit the gathering buffer goes after a hand-over of what is
+    /// there, never into a grown (copied) buffer.
+    pub fn offer_lines(&mut self, a: &[u8], b: &[u8]) {
+        let len = a.len() + b.len();
+        let p = &mut self.pending.data;
+        if p.len() + len > p.capacity() {
+            if !p.is_empty() {
+                self.hand_over();
+            }
+            self.pending.data.reserve_exact(len.max(64 * 1024));
+        }
+        self.pending.data.extend_from_slice(a);
+        self.pending.data.extend_from_slice(b);
+        self.pending.lines += memchr::memchr_iter(b'\n', a).count() + memchr::memchr_iter(b'\n', b).count();
     }
 
     /// Hands what was gathered to the shipper: as many lines as the queue has room for, the
