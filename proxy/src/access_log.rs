@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::json::push_str;
 use crate::metrics::WorkerGauges;
 use crate::record::{push_hex, Record};
 use crate::shipping::{Shipper, Shipping, ShippingCounts};
@@ -314,30 +315,6 @@ pub struct Entry<'a> {
     pub text: Option<(&'a [u8], &'a [u8], &'a [u8])>,
     /// What a capturing route kept of the request and response.
     pub capture: Option<&'a crate::capture::Captured>,
-}
-
-/// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
-/// ASCII are escaped, so any input gives valid JSON.
-pub(crate) fn push_str(out: &mut Vec<u8>, v: &[u8]) {
-    let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
-    out.push(b'"');
-    let mut rest = v;
-    // Runs of plain bytes are copied whole; only the rare byte that needs escaping is written
-    // on its own.
-    while let Some(i) = rest.iter().position(|b| !plain(b)) {
-        out.extend_from_slice(&rest[..i]);
-        match rest[i] {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b => {
-                out.extend_from_slice(b"\\u00");
-                push_hex(out, &[b]);
-            }
-        }
-        rest = &rest[i + 1..];
-    }
-    out.extend_from_slice(rest);
-    out.push(b'"');
 }
 
 /// Appends an IP address: IPv4 by hand (the common case, without the formatter), IPv6 through

@@ -133,7 +133,7 @@ impl Captured {
         push_list(out, &self.request_headers);
         if self.rule.request_body {
             out.extend_from_slice(b",\"request_body\":");
-            crate::access_log::push_str(out, &self.request_body);
+            crate::json::push_str(out, &self.request_body);
             out.extend_from_slice(b",\"request_body_truncated\":");
             out.extend_from_slice(if bytes_in > self.request_body.len() as u64 { b"true" } else { b"false" });
         }
@@ -141,7 +141,7 @@ impl Captured {
         push_list(out, &self.response_headers);
         if self.rule.response_body {
             out.extend_from_slice(b",\"response_body\":");
-            crate::access_log::push_str(out, &self.response_body);
+            crate::json::push_str(out, &self.response_body);
             out.extend_from_slice(b",\"response_body_truncated\":");
             out.extend_from_slice(if bytes_out > self.response_body.len() as u64 { b"true" } else { b"false" });
         }
@@ -171,12 +171,12 @@ fn fields_json(out: &mut Vec<u8>, head: &[u8], rule: &CaptureRule) {
         }
         first = false;
         out.push(b'[');
-        crate::access_log::push_str(out, &name.to_ascii_lowercase());
+        crate::json::push_str(out, &name.to_ascii_lowercase());
         out.push(b',');
         if rule.redacts(name) {
             out.extend_from_slice(b"\"[redacted]\"");
         } else {
-            crate::access_log::push_str(out, value);
+            crate::json::push_str(out, value);
         }
         out.push(b']');
     }

@@ -4,7 +4,6 @@
 //! them into a [`crate::Snapshot`] that cannot be invalid.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use ringway_policy::{ConfigErrors, PoliciesSpec};
@@ -299,19 +298,5 @@ pub(crate) fn duration_or(
             errors.push(path, e);
             default
         }
-    }
-}
-
-/// An address `host:port` (an IP address, or a name resolved now): the first it gives.
-pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !addr.contains(':') {
-        return Err(format!("{addr:?} needs a port, as in \"host:port\""));
-    }
-    match addr.to_socket_addrs() {
-        Ok(mut it) => it.next().ok_or_else(|| format!("{addr:?} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {addr:?}: {e}")),
     }
 }

@@ -9,6 +9,7 @@
 //! only in [`respond`]. Hot-path files say so at the top.
 
 pub mod access_log;
+pub mod addr;
 pub mod admission;
 pub mod cache;
 pub mod capture;
@@ -21,6 +22,7 @@ pub mod event;
 pub mod forward;
 pub mod h1;
 pub mod io;
+pub mod json;
 pub mod lb;
 pub mod metrics;
 pub mod otlp;

@@ -167,7 +167,7 @@ pub(crate) fn parse_endpoint(url: &str) -> Result<(SocketAddr, String, String, b
     } else {
         format!("{authority}:{}", if https { 443 } else { 80 })
     };
-    let addr = crate::config::resolve(&with_port)?;
+    let addr = crate::addr::resolve(&with_port)?;
     Ok((addr, authority.to_string(), path.to_string(), https))
 }
 

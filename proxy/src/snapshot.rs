@@ -11,7 +11,8 @@ use ringway_policy::{
     is_valid_header_name, is_valid_header_value, Chain, ConfigErrors, Layered, PathNormalization, PoliciesSpec,
 };
 
-use crate::config::{duration_or, resolve, ConfigSpec, RouteSpec, UpstreamSpec};
+use crate::addr::resolve;
+use crate::config::{duration_or, ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::lb::{hash64, HashOn, HashRing, LbKind};
 use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 

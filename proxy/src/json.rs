@@ -1,0 +1,27 @@
+//! JSON text written by hand on the request path (the access log's lines, captures).
+
+use crate::record::push_hex;
+
+/// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
+/// ASCII are escaped, so any input gives valid JSON.
+pub fn push_str(out: &mut Vec<u8>, v: &[u8]) {
+    let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
+    out.push(b'"');
+    let mut rest = v;
+    // Runs of plain bytes are copied whole; only the rare byte that needs escaping is written
+    // on its own.
+    while let Some(i) = rest.iter().position(|b| !plain(b)) {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b => {
+                out.extend_from_slice(b"\\u00");
+                push_hex(out, &[b]);
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
