@@ -63,7 +63,11 @@ impl Hist {
 }
 
 fn unpack(bytes: &[u8]) -> Latency {
-    hdrhistogram::serialization::Deserializer::new().deserialize(&mut &bytes[..]).unwrap_or_else(|_| latency())
+    let mut h: Latency =
+        hdrhistogram::serialization::Deserializer::new().deserialize(&mut &bytes[..]).unwrap_or_else(|_| latency());
+    // A deserialized histogram does not grow by itself; a late tick may bring a larger value.
+    h.auto(true);
+    h
 }
 
 #[derive(Debug)]
@@ -123,8 +127,9 @@ impl Ring {
         Ring { width, buckets: (0..len).map(|_| Bucket::default()).collect(), newest: None }
     }
 
-    /// The bucket for second `unix_s`, or `None` when it is older than the ring.
-    fn bucket(&mut self, unix_s: u64) -> Option<&mut Bucket> {
+    /// The bucket for second `unix_s` and whether it is the newest (a late tick's older
+    /// bucket is packed again once added to), or `None` when it is older than the ring.
+    fn bucket(&mut self, unix_s: u64) -> Option<(&mut Bucket, bool)> {
         let t = unix_s / self.width * self.width;
         let len = self.buckets.len() as u64;
         if let Some(n) = self.newest {
@@ -139,11 +144,12 @@ impl Ring {
         } else {
             self.newest = Some(t);
         }
+        let newest = self.newest == Some(t);
         let b = &mut self.buckets[(t / self.width % len) as usize];
         if b.t != Some(t) {
             b.reset(t);
         }
-        Some(b)
+        Some((b, newest))
     }
 }
 
@@ -178,12 +184,15 @@ impl StatsStore {
         }
         let worker_key: Arc<str> = Arc::from(tick.worker.to_string());
         for ring in [&mut self.seconds, &mut self.minutes] {
-            let Some(b) = ring.bucket(tick.unix_s) else { continue };
+            let Some((b, newest)) = ring.bucket(tick.unix_s) else { continue };
             for (dim, key, cell) in &tick.rows {
                 let key = if key.is_empty() { &Arc::from(UNROUTED) } else { key };
                 b.add(*dim, key, &cell.counts, Some(&cell.latency));
             }
             b.add(Dim::Worker, &worker_key, &worker, Some(&worker_hist));
+            if !newest {
+                b.pack();
+            }
         }
     }
 
@@ -422,6 +431,21 @@ mod tests {
         // A tick older than the ring is ignored.
         st.add(&tick(0, T - 90_000, "old", 1, 100));
         assert_eq!(st.query(Dim::Route, 86_400, false)["total"]["calls"], 11);
+    }
+
+    #[test]
+    fn a_late_tick_with_a_larger_latency_is_kept_and_its_bucket_packed_again() {
+        let mut st = StatsStore::default();
+        st.add(&tick(0, 7_000, "a", 1, 100));
+        st.add(&tick(0, 7_001, "a", 1, 100));
+        // The first second is packed now; a late worker's tick brings a far larger latency.
+        st.add(&tick(1, 7_000, "a", 1, 9_000_000));
+        let v = st.query(Dim::Route, 60, false);
+        assert_eq!(v["total"]["calls"], 3);
+        let max = v["items"][0]["latency_ms"]["max"].as_f64().unwrap();
+        assert!(max > 8_900.0, "{max}");
+        let old = st.seconds.buckets.iter().find(|b| b.t == Some(7_000)).unwrap();
+        assert!(old.rows.values().all(|a| matches!(a.hist, Hist::Packed(_))), "packed again");
     }
 
     #[test]

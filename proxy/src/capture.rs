@@ -11,25 +11,30 @@ use serde::{Deserialize, Serialize};
 use ringway_policy::{is_valid_header_name, ConfigErrors};
 
 /// Header fields whose values are always redacted.
-pub const ALWAYS_REDACTED: [&str; 8] = [
+pub const ALWAYS_REDACTED: [&str; 13] = [
     "authorization",
     "proxy-authorization",
     "cookie",
     "set-cookie",
     "x-api-key",
     "apikey",
+    "api-key",
     "x-auth-token",
     "x-admin-token",
+    "x-goog-api-key",
+    "x-amz-security-token",
+    "x-csrf-token",
+    "x-xsrf-token",
 ];
 
-/// The most body bytes kept per direction.
-pub const MAX_BYTES: u32 = 64 * 1024;
+/// The most body bytes kept per direction (escaped, a byte may take six in the log line).
+pub const MAX_BYTES: u32 = 16 * 1024;
 
 /// `capture` on a route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureSpec {
-    /// Body bytes kept per direction (default 4096, at most 65536).
+    /// Body bytes kept per direction (default 4096, at most 16384).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u32>,
     /// Keep the request body (default true).

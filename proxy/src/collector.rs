@@ -61,8 +61,12 @@ impl TlsClient {
         let mut roots = rustls::RootCertStore::empty();
         match &spec.ca {
             Some(pem) => {
-                let certs: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect();
+                let certs: Result<Vec<CertificateDer<'static>>, _> =
+                    CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+                let certs = certs.unwrap_or_else(|e| {
+                    errors.push(format!("{path}.ca"), format!("malformed PEM: {e}"));
+                    Vec::new()
+                });
                 if certs.is_empty() {
                     errors.push(format!("{path}.ca"), "no PEM certificate found");
                 }
@@ -96,7 +100,13 @@ impl TlsClient {
             (None, None) => Some(builder.with_no_client_auth()),
             (Some(cert), Some(key)) => {
                 let chain: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(cert.as_bytes()).filter_map(Result::ok).collect();
+                    match CertificateDer::pem_slice_iter(cert.as_bytes()).collect() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            errors.push(format!("{path}.client_cert"), format!("malformed PEM: {e}"));
+                            Vec::new()
+                        }
+                    };
                 let key = PrivateKeyDer::from_pem_slice(key.as_bytes());
                 match (chain.is_empty(), key) {
                     (false, Ok(key)) => builder

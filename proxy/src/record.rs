@@ -283,6 +283,8 @@ pub struct Record {
     /// Whether `trace` came from the client (else it was made here).
     pub trace_inbound: bool,
     pub method: u8,
+    /// The request came as HTTP/1.0.
+    pub http10: bool,
     pub client_ip: IpAddr,
     /// The status sent to the client (0: none was sent).
     pub status: u16,
@@ -324,6 +326,7 @@ impl Record {
             trace: Trace::default(),
             trace_inbound: false,
             method: 9,
+            http10: false,
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             status: 0,
             bytes_in: 0,

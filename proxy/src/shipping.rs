@@ -120,7 +120,11 @@ impl Shipping {
                 errors.push(format!("{p}.headers.{n}"), "invalid header value");
             }
         }
-        let (addr, host, path, https) = endpoint?;
+        let (addr, host, mut path, https) = endpoint?;
+        // OTLP without a path posts where OTLP/HTTP collectors take logs.
+        if otlp && path == "/" {
+            path = "/v1/logs".into();
+        }
         let tls = match (https, &spec.tls) {
             (true, t) => {
                 let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);

@@ -97,7 +97,11 @@ impl Tracing {
             );
             errors.0.push(p);
         }
-        let post = post?;
+        let mut post = post?;
+        // An endpoint without a path posts where OTLP/HTTP collectors take traces.
+        if post.path == "/" {
+            post.path = "/v1/traces".into();
+        }
         let threshold = if ratio >= 1.0 { u64::MAX } else { (ratio * u64::MAX as f64) as u64 };
         (errors.0.len() == before).then_some(Tracing { post, threshold, ratio, service_name })
     }

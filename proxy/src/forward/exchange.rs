@@ -83,7 +83,8 @@ async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     }
     // The whole request is in `out`: a failed attempt can be made again safely.
     let replayable = conn.down.body_done();
-    if let Some(rule) = &plan.route.capture {
+    // Only when the request leaves a record to carry it.
+    if let Some(rule) = plan.route.capture.as_ref().filter(|_| worker.log.as_ref().is_some_and(|l| l.enabled())) {
         // The head ends at its empty line; what follows is the body at hand.
         let head = memchr::memmem::find(&out, b"\r\n\r\n").map_or(out.len(), |i| i + 4);
         conn.captured = Some(crate::capture::Captured::request(rule, &out[..head], &out[head..]));

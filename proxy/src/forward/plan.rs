@@ -225,6 +225,7 @@ fn parse<'h>(
     };
     early.is_head = req.method == "HEAD";
     early.http10 = req.http10;
+    rec.http10 = req.http10;
     early.body = req.body;
     early.keep_alive = req.keep_alive;
     rec.method = method_index(req.method);

@@ -66,7 +66,13 @@ fn rewrite_parent(out: &mut [u8], id: &[u8; 8]) {
     const NAME: &[u8] = b"\r\ntraceparent: ";
     let Some(at) = memchr::memmem::find(out, NAME) else { return };
     // `00-` + 32 hex digits of the trace id + `-`, then the parent id.
-    let start = at + NAME.len() + 36;
+    let value = at + NAME.len();
+    // Only a value of the shape the gateway writes: `00-`, the trace id, `-`, the parent id, `-`.
+    let shaped = out.get(value..value + 55).is_some_and(|v| v.starts_with(b"00-") && v[35] == b'-' && v[52] == b'-');
+    if !shaped {
+        return;
+    }
+    let start = value + 36;
     if let Some(slot) = out.get_mut(start..start + 16) {
         let mut hex = Vec::with_capacity(16);
         push_hex(&mut hex, id);
@@ -109,7 +115,7 @@ pub(super) fn export(worker: &Worker, conn: &mut Conn, route: Option<&str>, upst
         method,
         host: String::from_utf8_lossy(host).into(),
         target: String::from_utf8_lossy(target).into(),
-        http10: false,
+        http10: rec.http10,
         route: route.map(Into::into),
         upstream: upstream.map(Into::into),
         status: rec.status,
