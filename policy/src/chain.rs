@@ -142,6 +142,11 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
             policies.push(Arc::new(p));
         }
     }
+    if let Some(i) = &spec.ip_restriction {
+        if let Some(p) = crate::ip::IpRestriction::compile(i, &format!("{path}.ip_restriction"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
     if let Some(r) = &spec.rate_limit {
         if let Some(p) = RateLimit::compile(r, &format!("{path}.rate_limit"), errors) {
             policies.push(Arc::new(p));

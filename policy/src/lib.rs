@@ -21,6 +21,7 @@ mod error;
 mod headers;
 mod headers_policy;
 mod http;
+mod ip;
 pub mod limits;
 mod seam;
 mod spec;
@@ -33,6 +34,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
 pub use http::{Field, RequestHead, ResponseHead, Version};
+pub use ip::{IpRestriction, IpRestrictionSpec, Network};
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
 pub use seam::{Policy, Reply, RequestInfo, Verdict};
 pub use spec::{

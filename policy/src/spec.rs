@@ -14,6 +14,9 @@ pub struct PoliciesSpec {
     /// Header transforms on the request to the upstream and the response to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersPolicySpec>,
+    /// Allow and deny lists on the client address (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_restriction: Option<crate::ip::IpRestrictionSpec>,
     /// Node-wide rate limit of the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,

@@ -383,6 +383,8 @@ fn upstream_headers<'a>(
             }
             // `tracestate` belongs to the inbound trace: it goes on only with it (below).
             Known::Other if h.name.eq_ignore_ascii_case("tracestate") => {}
+            // Identity fields are the gateway's to set: a client's never go upstream.
+            Known::Other if is_identity_field(h.name) => {}
             Known::Other => {
                 let keyed = rule.is_some_and(|r| r.keyed.iter().any(|k| k.eq_ignore_ascii_case(h.name)));
                 // A keyed header always goes (whatever `Connection` says), so the key is what
@@ -570,4 +572,14 @@ fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net:
         .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
         .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
         .unwrap_or(peer)
+}
+
+/// `X-Consumer-Id`, `X-Consumer-Groups`, `X-Credential-Id`: what the gateway tells upstreams
+/// of an authenticated caller, so never what a client says.
+#[inline]
+fn is_identity_field(name: &str) -> bool {
+    matches!(name.len(), 13 | 15 | 17)
+        && (name.eq_ignore_ascii_case("x-consumer-id")
+            || name.eq_ignore_ascii_case("x-credential-id")
+            || name.eq_ignore_ascii_case("x-consumer-groups"))
 }

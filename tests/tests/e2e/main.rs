@@ -12,6 +12,7 @@ mod cache;
 mod framing;
 mod hardening;
 mod headers;
+mod identity;
 mod lb;
 mod lifecycle;
 mod limits;
