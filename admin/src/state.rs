@@ -29,6 +29,7 @@ pub const SETTINGS: &str = "settings";
 pub const ACCESS_LOG: &str = "access_log";
 pub const LOG_SHIPPING: &str = "log_shipping";
 pub const TRACING: &str = "tracing";
+pub const TRUSTED_PROXIES: &str = "trusted_proxies";
 
 /// An answer the API turns into an HTTP error.
 #[derive(Debug)]
@@ -91,6 +92,8 @@ pub enum ResourceChange {
     LogShipping(Option<Box<ringway_proxy::shipping::LogShippingSpec>>),
     /// The document's `tracing` (`None`: not set).
     Tracing(Option<Box<ringway_proxy::traces::TracingSpec>>),
+    /// The document's `trusted_proxies` (empty: none).
+    TrustedProxies(Vec<String>),
 }
 
 impl ResourceChange {
@@ -102,6 +105,7 @@ impl ResourceChange {
             ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
             ResourceChange::LogShipping(v) => Edit::LogShipping(v.as_deref()),
             ResourceChange::Tracing(v) => Edit::Tracing(v.as_deref()),
+            ResourceChange::TrustedProxies(v) => Edit::TrustedProxies(v),
         }
     }
 }
@@ -139,6 +143,9 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     }
     if old.tracing != new.tracing {
         out.push(ResourceChange::Tracing(new.tracing.map(Box::new)));
+    }
+    if old.trusted_proxies != new.trusted_proxies {
+        out.push(ResourceChange::TrustedProxies(new.trusted_proxies));
     }
     out
 }
@@ -197,6 +204,11 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             ResourceChange::Tracing(v) => {
                 one(SETTINGS, TRACING, v.as_deref(), spec.tracing.as_ref(), &mut d.settings, &mut ops)
             }
+            ResourceChange::TrustedProxies(v) => {
+                let new = Some(v).filter(|v| !v.is_empty());
+                let old = Some(&spec.trusted_proxies).filter(|v| !v.is_empty());
+                one(SETTINGS, TRUSTED_PROXIES, new, old, &mut d.settings, &mut ops)
+            }
         })
         .collect();
     for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies, &mut d.settings] {
@@ -223,6 +235,7 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == LOG_SHIPPING => spec.log_shipping = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == TRACING => spec.tracing = serde_json::from_slice(bytes).map_err(bad)?,
+            SETTINGS if id == TRUSTED_PROXIES => spec.trusted_proxies = serde_json::from_slice(bytes).map_err(bad)?,
             other => return Err(format!("stored resource of unknown kind {other:?}")),
         }
     }
@@ -381,6 +394,7 @@ impl AdminState {
                 ResourceChange::AccessLog(v) => self.spec.access_log = v,
                 ResourceChange::LogShipping(v) => self.spec.log_shipping = v.map(|b| *b),
                 ResourceChange::Tracing(v) => self.spec.tracing = v.map(|b| *b),
+                ResourceChange::TrustedProxies(v) => self.spec.trusted_proxies = v,
             }
         }
         self.revision = rev;

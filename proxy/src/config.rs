@@ -32,6 +32,10 @@ pub struct ConfigSpec {
     /// OpenTelemetry traces: where they go and how many are sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::traces::TracingSpec>,
+    /// Proxies in front of the gateway (CIDR networks): behind them the client is the nearest
+    /// `X-Forwarded-For` entry outside the list, for every IP-based policy, limit key and log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// One upstream service: where requests go and how they are balanced.

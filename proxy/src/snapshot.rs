@@ -116,6 +116,8 @@ pub enum Edit<'a> {
     LogShipping(Option<&'a crate::shipping::LogShippingSpec>),
     /// The document's `tracing` (`None`: not set).
     Tracing(Option<&'a crate::traces::TracingSpec>),
+    /// The document's `trusted_proxies` (empty: none).
+    TrustedProxies(&'a [String]),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -138,6 +140,8 @@ pub struct Snapshot {
     pub log_shipping: Option<crate::shipping::Shipping>,
     /// The document's `tracing` (`None`: no spans are recorded).
     pub tracing: Option<crate::traces::Tracing>,
+    /// The document's `trusted_proxies`.
+    pub trusted_proxies: Arc<[ringway_policy::Network]>,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -156,7 +160,8 @@ impl Snapshot {
             .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))))
             .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())))
             .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())))
-            .chain(std::iter::once(Edit::Tracing(spec.tracing.as_ref())));
+            .chain(std::iter::once(Edit::Tracing(spec.tracing.as_ref())))
+            .chain(std::iter::once(Edit::TrustedProxies(&spec.trusted_proxies)));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -217,6 +222,15 @@ impl Snapshot {
                     next.tracing = t.and_then(|spec| crate::traces::Tracing::compile(spec, &mut errors));
                     false
                 }
+                Edit::TrustedProxies(list) => {
+                    let nets = list.iter().enumerate().filter_map(|(i, s)| {
+                        ringway_policy::Network::parse(s)
+                            .map_err(|e| errors.push(format!("trusted_proxies[{i}]"), e))
+                            .ok()
+                    });
+                    next.trusted_proxies = nets.collect();
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
@@ -235,7 +249,11 @@ impl Snapshot {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
-                Edit::Global(_) | Edit::AccessLog(_) | Edit::LogShipping(_) | Edit::Tracing(_) => continue,
+                Edit::Global(_)
+                | Edit::AccessLog(_)
+                | Edit::LogShipping(_)
+                | Edit::Tracing(_)
+                | Edit::TrustedProxies(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

@@ -54,7 +54,8 @@ pub(super) fn prepare<'g>(
     let scratch = Scratch { storage: &mut storage, fields: &mut fields, lower: &mut lower };
     // The request's text is kept for the access log (and for a sampled request's spans, below).
     let keep_text = worker.log.as_ref().is_some_and(|l| l.enabled());
-    let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, (text, keep_text)) else {
+    let doc_trusted = &generation.snapshot.trusted_proxies;
+    let Ok(mut p) = parse(worker, conn, head_len, scratch, &mut early, rec, (text, keep_text, doc_trusted)) else {
         return Err(Box::new(early));
     };
     let snapshot = &generation.snapshot;
@@ -211,7 +212,8 @@ fn parse<'h>(
     Scratch { storage, fields, lower }: Scratch<'h>,
     early: &mut Early<'_>,
     rec: &mut Record,
-    (text, keep_text): (&mut RequestText, bool),
+    // The request's text (kept when asked), and the document's trusted proxies.
+    (text, keep_text, doc_trusted): (&mut RequestText, bool, &[ringway_policy::Network]),
 ) -> Step<Parsed<'h>> {
     let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
     // The codec's own step: the head's bytes are HTTP/1 (an HTTP/2 session hands over fields).
@@ -268,8 +270,11 @@ fn parse<'h>(
     // Inbound X-Forwarded-For lines, joined in order; kept only when proxies in front are
     // trusted (otherwise the client's claim is replaced).
     let trusted_hops = if conn.trusted { worker.limits.trusted_hops } else { 0 };
+    // The document's `trusted_proxies`, when the peer is one of them, say instead which hops
+    // to believe.
+    let by_doc = !doc_trusted.is_empty() && doc_trusted.iter().any(|n| n.contains(conn.peer.ip()));
     let mut inbound_xff: Option<Vec<u8>> = None;
-    if trusted_hops > 0 {
+    if trusted_hops > 0 || by_doc {
         for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
             if !h.value.trim_ascii().is_empty() {
                 let joined = inbound_xff.get_or_insert_with(Vec::new);
@@ -281,6 +286,7 @@ fn parse<'h>(
         }
     }
     let client_ip = match &inbound_xff {
+        Some(list) if by_doc => client_behind(list, conn.peer.ip(), doc_trusted),
         Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
         None => conn.peer.ip(),
     };
@@ -572,6 +578,28 @@ fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net:
         .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
         .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
         .unwrap_or(peer)
+}
+
+/// The client behind proxies in `trusted`: walking the inbound `X-Forwarded-For` list from the
+/// right (from the peer, itself trusted), the first address outside `trusted`. An entry that is
+/// not an address stops the walk at the last trusted hop; a list of trusted hops only gives its
+/// leftmost.
+fn client_behind(xff: &[u8], peer: std::net::IpAddr, trusted: &[ringway_policy::Network]) -> std::net::IpAddr {
+    let Ok(list) = std::str::from_utf8(xff) else { return peer };
+    let mut hop = peer;
+    for entry in list.rsplit(',') {
+        let entry = entry.trim();
+        let parsed = entry
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+            .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>());
+        let Ok(ip) = parsed else { return hop };
+        if !trusted.iter().any(|n| n.contains(ip)) {
+            return ip;
+        }
+        hop = ip;
+    }
+    hop
 }
 
 /// `X-Consumer-Id`, `X-Consumer-Groups`, `X-Credential-Id`: what the gateway tells upstreams

@@ -75,3 +75,35 @@ fn identity_fields_a_client_sends_never_reach_the_upstream() {
     }
     assert_eq!(seen.header("x-consumer-idx"), Some("kept"), "only the identity fields are removed");
 }
+
+#[test]
+fn the_documents_trusted_proxies_say_which_hops_to_believe() {
+    let up = Upstream::echo("a");
+    let route = "    policies:\n      ip_restriction: {allow: [\"192.0.2.0/24\"]}\n";
+    let base = single(&[up.addr], "", route);
+    let cfg = format!("{base}trusted_proxies: [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n");
+    let gw = Gateway::start(&cfg);
+    let get = |xff: &str| Client::connect(gw.addr).request("GET", "/x", &[("X-Forwarded-For", xff)], b"").status;
+    assert_eq!(get("192.0.2.7"), 200, "one trusted hop: the peer");
+    assert_eq!(get("192.0.2.7, 10.0.0.5"), 200, "two hops inside the list");
+    assert_eq!(get("192.0.2.7, 198.51.100.9, 10.0.0.5"), 403, "the nearest untrusted entry is the client");
+    assert_eq!(get("198.51.100.9, 192.0.2.7"), 200, "what the client wrote further left counts for nothing");
+    // The list goes upstream with the peer appended.
+    let seen = up.requests().last().cloned().unwrap();
+    assert_eq!(seen.header_all("x-forwarded-for"), ["198.51.100.9, 192.0.2.7, 127.0.0.1"]);
+
+    // Without the list, the peer is the client again (a live change, no restart).
+    let doc = serde_json::json!({
+        "upstreams": {"u": {"targets": [{"addr": up.addr.to_string()}]}},
+        "routes": {"all": {"paths": ["/*"], "upstream": "u", "policies": {"ip_restriction": {"allow": ["192.0.2.0/24"]}}}},
+    });
+    assert_eq!(gw.admin("PUT", "/admin/v1/config", Some(&doc.to_string())).status, 200);
+    assert_eq!(get("192.0.2.7"), 403);
+    // A bad entry is refused with its path; nothing is lost.
+    let mut bad = doc.clone();
+    bad["trusted_proxies"] = serde_json::json!(["10.0.0.0/8", "nope"]);
+    let r = gw.admin("PUT", "/admin/v1/config", Some(&bad.to_string()));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("trusted_proxies[1]"), "{}", r.text());
+    assert_eq!(get("192.0.2.7"), 403, "the refused change changed nothing");
+}
