@@ -235,15 +235,29 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
             }
         }
         let Some(t) = current.as_ref() else {
-            // Not exporting: whatever arrives is dropped, counted.
+            // Not exporting: wait for settings or spans. A span that arrives is kept when
+            // settings came first (both may be waiting), else dropped and counted.
             counts.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
             batch.clear();
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(_) => {
-                    counts.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            crossbeam_channel::select! {
+                recv(settings) -> s => match s {
+                    Ok(s) => current = s,
+                    Err(_) => return,
+                },
+                recv(rx) -> f => match f {
+                    Ok(f) => {
+                        while let Ok(s) = settings.try_recv() {
+                            current = s;
+                        }
+                        if current.is_some() {
+                            batch.push(f);
+                        } else {
+                            counts.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => return,
+                },
+                default(Duration::from_millis(200)) => {}
             }
             continue;
         };
