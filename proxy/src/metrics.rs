@@ -359,16 +359,29 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
         }
     }
 
-    type Gauge = fn(&WorkerGauges) -> u64;
-    let per_worker: [(&str, &str, &str, Gauge); 4] = [
-        ("ringway_open_connections", "gauge", "Client connections open, by worker.", |g| g.open_connections.get()),
-        ("ringway_inflight_requests", "gauge", "Requests in progress, by worker.", |g| g.inflight.get()),
-        ("ringway_config_revision", "gauge", "The configuration revision each worker serves.", |g| g.revision.get()),
+    type Gauge = fn(&WorkerGauges) -> f64;
+    let per_worker: [(&str, &str, &str, Gauge); 6] = [
+        ("ringway_open_connections", "gauge", "Client connections open, by worker.", |g| {
+            g.open_connections.get() as f64
+        }),
+        ("ringway_inflight_requests", "gauge", "Requests in progress, by worker.", |g| g.inflight.get() as f64),
+        ("ringway_config_revision", "gauge", "The configuration revision each worker serves.", |g| {
+            g.revision.get() as f64
+        }),
         (
             "ringway_access_log_dropped_total",
             "counter",
             "Access-log records dropped because a worker's log queue was full.",
-            |g| g.log_dropped.get(),
+            |g| g.log_dropped.get() as f64,
+        ),
+        ("ringway_event_loop_lag_seconds", "gauge", "How late the worker's once-a-second timer last woke.", |g| {
+            g.loop_lag_us.get() as f64 / 1e6
+        }),
+        (
+            "ringway_stats_dropped_total",
+            "counter",
+            "Seconds of per-API statistics a worker dropped because the statistics thread was behind.",
+            |g| g.stats_dropped.get() as f64,
         ),
     ];
     for (name, kind, help, get) in per_worker {

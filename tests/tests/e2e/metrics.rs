@@ -218,6 +218,9 @@ fn scraped_counts_match_the_requests_sent_exactly() {
     for w in 0..2 {
         assert_eq!(s.get(&format!("ringway_config_revision{{worker=\"{w}\"}}")), revision);
         assert_eq!(s.get(&format!("ringway_access_log_dropped_total{{worker=\"{w}\"}}")), 0.0);
+        assert_eq!(s.get(&format!("ringway_stats_dropped_total{{worker=\"{w}\"}}")), 0.0);
+        let lag = s.get(&format!("ringway_event_loop_lag_seconds{{worker=\"{w}\"}}"));
+        assert!((0.0..1.0).contains(&lag), "loop lag {lag}");
     }
     assert_eq!(s.sum("ringway_inflight_requests", &[]), 0.0);
     drop(clients);
