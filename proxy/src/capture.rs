@@ -134,30 +134,37 @@ impl Captured {
 
     /// Appends `,"capture":{...}`; `bytes_in` and `bytes_out` are the bodies' whole sizes.
     pub fn write_json(&self, out: &mut Vec<u8>, bytes_in: u64, bytes_out: u64) {
-        out.extend_from_slice(b",\"capture\":{\"request_headers\":");
-        push_list(out, &self.request_headers);
-        if self.rule.request_body {
-            out.extend_from_slice(b",\"request_body\":");
-            crate::json::push_str(out, &self.request_body);
-            out.extend_from_slice(b",\"request_body_truncated\":");
-            out.extend_from_slice(if bytes_in > self.request_body.len() as u64 { b"true" } else { b"false" });
-        }
-        out.extend_from_slice(b",\"response_headers\":");
-        push_list(out, &self.response_headers);
-        if self.rule.response_body {
-            out.extend_from_slice(b",\"response_body\":");
-            crate::json::push_str(out, &self.response_body);
-            out.extend_from_slice(b",\"response_body_truncated\":");
-            out.extend_from_slice(if bytes_out > self.response_body.len() as u64 { b"true" } else { b"false" });
-        }
+        out.extend_from_slice(b",\"capture\":{");
+        let request = self.rule.request_body.then_some((&self.request_body, bytes_in));
+        push_side(out, "request", &self.request_headers, request);
+        out.push(b',');
+        let response = self.rule.response_body.then_some((&self.response_body, bytes_out));
+        push_side(out, "response", &self.response_headers, response);
         out.push(b'}');
     }
 }
 
-fn push_list(out: &mut Vec<u8>, items: &[u8]) {
+/// `"{side}_headers":[...]`, then with a body `,"{side}_body":"...","{side}_body_truncated":b`
+/// (`total` is the body's whole size).
+fn push_side(out: &mut Vec<u8>, side: &str, headers: &[u8], body: Option<(&Vec<u8>, u64)>) {
+    let field = |out: &mut Vec<u8>, name: &[u8]| {
+        out.push(b'"');
+        out.extend_from_slice(side.as_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\":");
+    };
+    field(out, b"_headers");
     out.push(b'[');
-    out.extend_from_slice(items);
+    out.extend_from_slice(headers);
     out.push(b']');
+    if let Some((bytes, total)) = body {
+        out.push(b',');
+        field(out, b"_body");
+        crate::json::push_str(out, bytes);
+        out.push(b',');
+        field(out, b"_body_truncated");
+        out.extend_from_slice(if total > bytes.len() as u64 { b"true" } else { b"false" });
+    }
 }
 
 /// The fields of an HTTP/1 head (its first line skipped) as `["name","value"]` items,

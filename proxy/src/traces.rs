@@ -127,7 +127,6 @@ pub struct Finished {
     /// The client's span, when the trace came in with the request.
     pub parent_id: Option<[u8; 8]>,
     pub flags: u8,
-    pub tracestate: Option<Box<str>>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub method: &'static str,
@@ -195,8 +194,8 @@ impl Exporter {
         Ok((Exporter { settings, counts: counts.clone(), thread: Some(thread) }, SpanSender { tx, counts }))
     }
 
-    /// Exports to where `to` says from now on (`None`: spans are dropped... but workers sample
-    /// none then, as the snapshot has no tracing).
+    /// Exports to where `to` says from now on (`None`: nothing is exported; the workers then
+    /// sample nothing either, their snapshot having no tracing).
     pub fn configure(&self, to: Option<&Tracing>) {
         let _ = self.settings.send(to.cloned());
     }
@@ -361,9 +360,6 @@ fn spans(f: &Finished, o: &mut Vec<u8>, scratch: &mut String) {
     pb::nested(o, 2, |o| {
         pb::bytes(o, 1, &f.trace_id);
         pb::bytes(o, 2, &f.server_id);
-        if let Some(ts) = f.tracestate.as_deref() {
-            pb::string(o, 3, ts);
-        }
         if let Some(p) = &f.parent_id {
             pb::bytes(o, 4, p);
         }
@@ -406,9 +402,6 @@ fn spans(f: &Finished, o: &mut Vec<u8>, scratch: &mut String) {
         pb::nested(o, 2, |o| {
             pb::bytes(o, 1, &f.trace_id);
             pb::bytes(o, 2, &a.span_id);
-            if let Some(ts) = f.tracestate.as_deref() {
-                pb::string(o, 3, ts);
-            }
             pb::bytes(o, 4, &f.server_id);
             pb::string(o, 5, f.method);
             pb::int(o, 6, i64::from(otlp::SPAN_KIND_CLIENT));

@@ -3,7 +3,6 @@
 //!
 //! Hot path.
 
-use super::spans;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use monoio::time::Instant;
 use super::body::{stream_request_body, take_buffered_body, BUFFERED_BODY};
 use super::cached::{self, serve_stale, usable_stale};
 use super::plan::pick_target;
+use super::spans;
 use super::Plan;
 use crate::client::{connect, status_of};
 use crate::h1::chunked::{Chunk, ChunkedDecoder};

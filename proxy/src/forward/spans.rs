@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use monoio::time::Instant;
 
-use crate::record::{push_hex, Record, METHODS};
+use crate::record::{Record, Trace, METHODS};
 use crate::session::Conn;
 use crate::traces::{AttemptSpan, Finished};
 use crate::worker::Worker;
@@ -45,14 +45,14 @@ pub(super) fn attempt_started(
         conn.rec.trace.span_id
     } else {
         let id = worker.random().to_be_bytes();
-        rewrite_parent(out, &id);
+        rewrite_traceparent(out, &Trace { span_id: id, ..conn.rec.trace });
         id
     };
     conn.spans.push(AttemptSpan { span_id, target, started: at, ended: None, status: 0, error: None });
 }
 
-#[inline]
 /// The current attempt ended with the upstream's `status` (0: none) or an error.
+#[inline]
 pub(super) fn attempt_ended(conn: &mut Conn, status: u16, error: Option<&'static str>) {
     if let Some(a) = conn.spans.last_mut().filter(|a| a.ended.is_none()) {
         a.ended = Some(Instant::now());
@@ -61,22 +61,15 @@ pub(super) fn attempt_ended(conn: &mut Conn, status: u16, error: Option<&'static
     }
 }
 
-/// Writes `id` as the parent id of the `traceparent` field in the request head in `out`.
-fn rewrite_parent(out: &mut [u8], id: &[u8; 8]) {
+/// Writes `trace` over the value of the `traceparent` field in the request head in `out`
+/// (only a value of the shape the gateway writes: same length, nothing else moves).
+fn rewrite_traceparent(out: &mut [u8], trace: &Trace) {
     const NAME: &[u8] = b"\r\ntraceparent: ";
     let Some(at) = memchr::memmem::find(out, NAME) else { return };
-    // `00-` + 32 hex digits of the trace id + `-`, then the parent id.
     let value = at + NAME.len();
-    // Only a value of the shape the gateway writes: `00-`, the trace id, `-`, the parent id, `-`.
-    let shaped = out.get(value..value + 55).is_some_and(|v| v.starts_with(b"00-") && v[35] == b'-' && v[52] == b'-');
-    if !shaped {
-        return;
-    }
-    let start = value + 36;
-    if let Some(slot) = out.get_mut(start..start + 16) {
-        let mut hex = Vec::with_capacity(16);
-        push_hex(&mut hex, id);
-        slot.copy_from_slice(&hex);
+    if let Some(v) = out.get_mut(value..value + 55).filter(|v| v.starts_with(b"00-") && v[35] == b'-' && v[52] == b'-')
+    {
+        v.copy_from_slice(&trace.traceparent());
     }
 }
 
@@ -109,7 +102,6 @@ pub(super) fn export(worker: &Worker, conn: &mut Conn, route: Option<&str>, upst
         server_id: rec.trace.server_id,
         parent_id: rec.trace_inbound.then_some(rec.trace.parent_id),
         flags: rec.trace.flags,
-        tracestate: None,
         start_unix_ns: unix(rec.started),
         end_unix_ns: now_ns,
         method,
