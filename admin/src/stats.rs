@@ -85,7 +85,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn add(&mut self, dim: Dim, key: &Arc<str>, counts: &Counts, hist: Option<&Latency>) {
+    fn add(&mut self, dim: Dim, key: &Arc<str>, counts: &Counts, hist: &Latency) {
         let full = self.keys[dim as usize] >= MAX_KEYS;
         let k = if full && !self.rows.contains_key(&(dim, key.clone())) { Arc::from(OTHER) } else { key.clone() };
         let keys = &mut self.keys[dim as usize];
@@ -94,9 +94,7 @@ impl Bucket {
             Agg { counts: Counts::default(), hist: Hist::Live(latency()) }
         });
         agg.counts.add(counts);
-        if let Some(h) = hist {
-            let _ = agg.hist.live().add(h);
-        }
+        let _ = agg.hist.live().add(hist);
     }
 
     fn reset(&mut self, t: u64) {
@@ -158,27 +156,23 @@ impl Ring {
 pub struct StatsStore {
     seconds: Ring,
     minutes: Ring,
-    /// Ticks taken.
-    pub ticks: u64,
 }
 
 impl Default for StatsStore {
     fn default() -> Self {
-        StatsStore { seconds: Ring::new(1, SECONDS), minutes: Ring::new(60, MINUTES), ticks: 0 }
+        StatsStore { seconds: Ring::new(1, SECONDS), minutes: Ring::new(60, MINUTES) }
     }
 }
 
 impl StatsStore {
     /// Adds one worker's second.
     pub fn add(&mut self, tick: &Tick) {
-        self.ticks += 1;
         let mut worker = Counts { loop_lag_us: tick.loop_lag_us, ..Counts::default() };
         let mut worker_hist = latency();
         for (dim, _, cell) in &tick.rows {
             if *dim == Dim::Route {
-                let lag = worker.loop_lag_us;
+                // Cells carry no lag: the worker's stays (lags merge by their maximum).
                 worker.add(&cell.counts);
-                worker.loop_lag_us = lag;
                 let _ = worker_hist.add(&cell.latency);
             }
         }
@@ -187,9 +181,9 @@ impl StatsStore {
             let Some((b, newest)) = ring.bucket(tick.unix_s) else { continue };
             for (dim, key, cell) in &tick.rows {
                 let key = if key.is_empty() { &Arc::from(UNROUTED) } else { key };
-                b.add(*dim, key, &cell.counts, Some(&cell.latency));
+                b.add(*dim, key, &cell.counts, &cell.latency);
             }
-            b.add(Dim::Worker, &worker_key, &worker, Some(&worker_hist));
+            b.add(Dim::Worker, &worker_key, &worker, &worker_hist);
             if !newest {
                 b.pack();
             }
@@ -215,8 +209,7 @@ impl StatsStore {
             let t = b.t.unwrap_or(0);
             let mut bucket = (Counts::default(), latency());
             let mut seen = false;
-            for ((d, k), agg) in b.rows.iter().filter(|((d, _), _)| *d == dim) {
-                let _ = d;
+            for ((_, k), agg) in b.rows.iter().filter(|((d, _), _)| *d == dim) {
                 let e = keys.entry(k).or_insert_with(|| (Counts::default(), latency(), Vec::new()));
                 e.0.add(&agg.counts);
                 let mut h = latency();
