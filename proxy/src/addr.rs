@@ -15,3 +15,19 @@ pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, String> {
         Err(e) => Err(format!("cannot resolve {addr:?}: {e}")),
     }
 }
+
+/// `host[:port]` (or `[v6]:port`) into its parts.
+pub fn split_host(h: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        if let Some((ip, tail)) = rest.split_once(']') {
+            return (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (h, None),
+        },
+        _ => (h, None),
+    }
+}

@@ -85,8 +85,7 @@ impl TlsClient {
                 }
             }
         }
-        let name_text =
-            spec.server_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_string());
+        let name_text = spec.server_name.clone().unwrap_or_else(|| host.to_string());
         let name = ServerName::try_from(name_text.clone())
             .map_err(|_| {
                 errors.push(format!("{path}.server_name"), format!("{name_text:?} is not a DNS name or IP address"))

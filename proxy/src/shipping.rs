@@ -127,8 +127,7 @@ impl Shipping {
         }
         let tls = match (https, &spec.tls) {
             (true, t) => {
-                let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-                let name = if host.starts_with('[') { host.split(']').next().unwrap_or("") } else { name };
+                let name = crate::addr::split_host(&host).0;
                 crate::collector::TlsClient::compile(&t.clone().unwrap_or_default(), name, &format!("{p}.tls"), errors)
             }
             (false, Some(_)) => {
@@ -217,13 +216,6 @@ impl Shipper {
             std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &st, &q))?;
         let pending = Chunk { data: Vec::with_capacity(64 * 1024), lines: 0 };
         Ok(Shipper { chunks, queued, queue_max, pending, counts, stop, thread: Some(thread) })
-    }
-
-    /// Gathers one line (without its newline) for the next hand-over.
-    pub fn offer(&mut self, line: &[u8]) {
-        self.pending.data.extend_from_slice(line);
-        self.pending.data.push(b'\n');
-        self.pending.lines += 1;
     }
 
     /// Gathers whole lines, `a` then `b` (a ring's two halves: a line may run from one into
@@ -630,11 +622,11 @@ mod tests {
         let counts = Arc::new(ShippingCounts::default());
         let mut sh = Shipper::start(Shipping { queue_max: 5, ..settings(addr) }, counts.clone()).unwrap();
         for i in 0..3 {
-            sh.offer(format!("line {i}").as_bytes());
+            sh.offer_lines(format!("line {i}\n").as_bytes(), b"");
         }
         sh.hand_over();
         for i in 3..10 {
-            sh.offer(format!("line {i}").as_bytes());
+            sh.offer_lines(format!("line {i}\n").as_bytes(), b"");
         }
         sh.hand_over();
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 5, "3 + 2 fit in 5: the 5 newest go");

@@ -375,7 +375,7 @@ fn spans(f: &Finished, o: &mut Vec<u8>, scratch: &mut String) {
         let _ = write!(scratch, "{}", f.client);
         pb::attr_str(o, 9, "client.address", scratch);
         if !f.host.is_empty() {
-            let (host, port) = split_host(&f.host);
+            let (host, port) = crate::addr::split_host(&f.host);
             pb::attr_str(o, 9, "server.address", host);
             if let Some(p) = port {
                 pb::attr_int(o, 9, "server.port", i64::from(p));
@@ -443,20 +443,4 @@ fn error_type(o: &mut Vec<u8>, error: Option<&str>, status: u16, scratch: &mut S
         }
     };
     crate::otlp::pb::attr_str(o, 9, "error.type", v);
-}
-
-/// `host[:port]` (or `[v6]:port`) into its parts.
-fn split_host(h: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = h.strip_prefix('[') {
-        if let Some((ip, tail)) = rest.split_once(']') {
-            return (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(p) => (host, Some(p)),
-            Err(_) => (h, None),
-        },
-        _ => (h, None),
-    }
 }
