@@ -12,7 +12,7 @@ use ringway_proxy::ConfigSpec;
 use crate::http::{syntax_of, Request, Response};
 use crate::metrics::{self, MetricsSource};
 use crate::parse::{self, DocError, Syntax};
-use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, GLOBAL, ROUTES, UPSTREAMS};
+use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, CONSUMERS, GLOBAL, ROUTES, UPSTREAMS};
 
 /// What the API needs besides the state.
 pub struct ApiContext {
@@ -282,7 +282,7 @@ fn upstream_health(state: &mut AdminState, id: &str) -> Result<Response, ApiErro
 }
 
 fn is_kind(k: &str) -> bool {
-    k == UPSTREAMS || k == ROUTES
+    k == UPSTREAMS || k == ROUTES || k == CONSUMERS
 }
 
 fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
@@ -364,11 +364,12 @@ fn wants_yaml(req: &Request) -> bool {
 }
 
 fn get_config(state: &AdminState, req: &Request) -> Response {
+    // Consumers' sealed secrets never leave the node: the export names keys by fingerprint.
+    let mut v = crate::secrets::public_document(state.spec());
     if wants_yaml(req) {
-        let body = serde_norway::to_string(state.spec()).unwrap_or_default().into_bytes();
+        let body = serde_norway::to_string(&v).unwrap_or_default().into_bytes();
         return Response { status: 200, content_type: "application/yaml", body };
     }
-    let mut v = serde_json::to_value(state.spec()).unwrap_or(Value::Null);
     v["revision"] = json!(state.revision());
     // `revision` is informational: PUT ignores it.
     Response::json(200, &v)
@@ -419,9 +420,10 @@ fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiErro
     if let Some(o) = value.as_object_mut() {
         o.remove("revision");
     }
-    let spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::invalid(ConfigErrors(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]))
     })?;
+    crate::secrets::seal_document(&mut spec, state.spec())?;
     if let Some(a) = spec.access_log.as_deref() {
         // A log file that cannot be opened is refused now rather than lost later.
         if let Ok(Some(d)) = ringway_proxy::access_log::Destination::parse(a) {
@@ -464,15 +466,31 @@ fn rollback(state: &mut AdminState, rev: &str) -> Result<Response, ApiError> {
 fn list(state: &AdminState, kind: &str) -> Response {
     let items: Vec<Value> = match kind {
         UPSTREAMS => state.spec().upstreams.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
+        CONSUMERS => state
+            .spec()
+            .consumers
+            .iter()
+            .map(|(id, v)| json!({"id": id, "value": crate::secrets::public_consumer(v)}))
+            .collect(),
         _ => state.spec().routes.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
     };
     Response::json(200, &json!({"revision": state.revision(), "items": items}))
 }
 
-fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
+/// A resource as stored (a consumer's secrets sealed, not stripped): what a PATCH merges over.
+fn stored(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
     match kind {
         UPSTREAMS => state.spec().upstreams.get(id).and_then(|v| serde_json::to_value(v).ok()),
+        CONSUMERS => state.spec().consumers.get(id).and_then(|v| serde_json::to_value(v).ok()),
         _ => state.spec().routes.get(id).and_then(|v| serde_json::to_value(v).ok()),
+    }
+}
+
+/// A resource as shown: a consumer without its sealed secrets.
+fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
+    match kind {
+        CONSUMERS => state.spec().consumers.get(id).map(crate::secrets::public_consumer),
+        _ => stored(state, kind, id),
     }
 }
 
@@ -483,10 +501,10 @@ fn get_one(state: &AdminState, kind: &str, id: &str) -> Result<Response, ApiErro
 }
 
 fn singular(kind: &str) -> &'static str {
-    if kind == UPSTREAMS {
-        "upstream"
-    } else {
-        "route"
+    match kind {
+        UPSTREAMS => "upstream",
+        CONSUMERS => "consumer",
+        _ => "route",
     }
 }
 
@@ -522,7 +540,7 @@ fn typed<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
 fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: bool) -> Result<Response, ApiError> {
     let prefix = format!("{kind}.{id}");
     let body: Value = parse_body(req, &prefix, Documents::JsonOnly)?;
-    let existed = current(state, kind, id);
+    let existed = stored(state, kind, id);
     let value = if patch {
         let mut base = existed
             .clone()
@@ -534,6 +552,12 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
     };
     let change = match kind {
         UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
+        CONSUMERS => {
+            let mut c: ringway_policy::ConsumerSpec = typed(value, &prefix)?;
+            crate::secrets::seal(id, &mut c, state.spec().consumers.get(id)).map_err(ApiError::invalid)?;
+            crate::secrets::check_owners(id, &c, &state.snapshot().consumers)?;
+            ResourceChange::Consumer(id.to_string(), Some(Box::new(c)))
+        }
         _ => ResourceChange::Route(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
     };
     let verb = if patch {
@@ -563,6 +587,8 @@ fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, 
             ));
         }
         ResourceChange::Upstream(id.to_string(), None)
+    } else if kind == CONSUMERS {
+        ResourceChange::Consumer(id.to_string(), None)
     } else {
         ResourceChange::Route(id.to_string(), None)
     };

@@ -30,7 +30,15 @@ pub fn load_file(path: &Path, revision: u64) -> Result<(ConfigSpec, Snapshot), C
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![ConfigError::new("$", format!("cannot read {}: {e}", path.display()))]))?;
     let json = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("json"));
-    let spec = parse_document_as(&text, if json { Syntax::Json } else { Syntax::Yaml })?;
+    let mut spec = parse_document_as(&text, if json { Syntax::Json } else { Syntax::Yaml })?;
+    // Keys and passwords in the file are sealed before anything is stored.
+    crate::secrets::seal_document(&mut spec, &ConfigSpec::default()).map_err(|e| {
+        let mut errors = ConfigErrors(e.problems);
+        if errors.is_empty() {
+            errors.push("consumers", e.message);
+        }
+        errors
+    })?;
     let snapshot = Snapshot::compile(&spec, revision)?;
     Ok((spec, snapshot))
 }

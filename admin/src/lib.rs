@@ -16,6 +16,7 @@ pub mod listen;
 pub mod metrics;
 mod page;
 pub mod parse;
+pub mod secrets;
 pub mod serve;
 mod server;
 mod slots;

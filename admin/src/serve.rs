@@ -271,6 +271,9 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     // twice what all the workers do).
     let limit_bank =
         Arc::new(ringway_policy::limits::LimitBank::new(args.rate_limit_keys.saturating_mul(count).saturating_mul(2)));
+    // Password checks (argon2) run on a few threads of their own, never on a worker.
+    let verifier = ringway_proxy::verify::Verifier::start((count / 2).clamp(1, 4))
+        .context("cannot start the password-check threads")?;
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let (inv_tx, inv_rx) = unbounded::<Invalidate>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
@@ -311,6 +314,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             metrics,
             log,
             traces: Some(traces),
+            verifier: Some(verifier.clone()),
             clock: clock.clone(),
         });
     }

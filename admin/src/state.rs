@@ -21,6 +21,7 @@ use serde::Serialize;
 /// Resource kinds the store holds, as named in the API and the document.
 pub const UPSTREAMS: &str = "upstreams";
 pub const ROUTES: &str = "routes";
+pub const CONSUMERS: &str = "consumers";
 /// The global policies: one resource of this kind, with the id [`GLOBAL_ID`].
 pub const GLOBAL: &str = "global_policies";
 pub const GLOBAL_ID: &str = "default";
@@ -67,6 +68,7 @@ pub struct KindDiff {
 pub struct Diff {
     pub upstreams: KindDiff,
     pub routes: KindDiff,
+    pub consumers: KindDiff,
     pub global_policies: KindDiff,
     pub settings: KindDiff,
 }
@@ -84,6 +86,8 @@ pub enum ResourceChange {
     Upstream(String, Option<Box<UpstreamSpec>>),
     /// Boxed: a route's spec is several times the size of an upstream's.
     Route(String, Option<Box<RouteSpec>>),
+    /// A consumer, its secrets sealed.
+    Consumer(String, Option<Box<ringway_policy::ConsumerSpec>>),
     /// The global policies (`None`, or empty: none).
     Global(Option<Box<PoliciesSpec>>),
     /// The document's `access_log` (`None`: not set).
@@ -101,6 +105,7 @@ impl ResourceChange {
         match self {
             ResourceChange::Upstream(id, v) => Edit::Upstream(id, v.as_deref()),
             ResourceChange::Route(id, v) => Edit::Route(id, v.as_deref()),
+            ResourceChange::Consumer(id, v) => Edit::Consumer(id, v.as_deref()),
             ResourceChange::Global(v) => Edit::Global(v.as_deref()),
             ResourceChange::AccessLog(v) => Edit::AccessLog(v.as_deref()),
             ResourceChange::LogShipping(v) => Edit::LogShipping(v.as_deref()),
@@ -131,6 +136,7 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     let mut out = Vec::new();
     diff_map(&old.upstreams, new.upstreams, |id, v| ResourceChange::Upstream(id, v.map(Box::new)), &mut out);
     diff_map(&old.routes, new.routes, |id, v| ResourceChange::Route(id, v.map(Box::new)), &mut out);
+    diff_map(&old.consumers, new.consumers, |id, v| ResourceChange::Consumer(id, v.map(Box::new)), &mut out);
     if old.global_policies != new.global_policies {
         let g = new.global_policies;
         out.push(ResourceChange::Global((g != PoliciesSpec::default()).then(|| Box::new(g))));
@@ -190,6 +196,9 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
                 one(UPSTREAMS, id, v.as_deref(), spec.upstreams.get(id), &mut d.upstreams, &mut ops)
             }
             ResourceChange::Route(id, v) => one(ROUTES, id, v.as_deref(), spec.routes.get(id), &mut d.routes, &mut ops),
+            ResourceChange::Consumer(id, v) => {
+                one(CONSUMERS, id, v.as_deref(), spec.consumers.get(id), &mut d.consumers, &mut ops)
+            }
             ResourceChange::Global(v) => {
                 let old = Some(&spec.global_policies).filter(|g| **g != PoliciesSpec::default());
                 let new = v.as_deref().filter(|g| **g != PoliciesSpec::default());
@@ -211,7 +220,7 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             }
         })
         .collect();
-    for k in [&mut d.upstreams, &mut d.routes, &mut d.global_policies, &mut d.settings] {
+    for k in [&mut d.upstreams, &mut d.routes, &mut d.consumers, &mut d.global_policies, &mut d.settings] {
         k.added.sort();
         k.changed.sort();
         k.removed.sort();
@@ -230,6 +239,9 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             }
             ROUTES => {
                 spec.routes.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
+            }
+            CONSUMERS => {
+                spec.consumers.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
             }
             GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
@@ -389,6 +401,12 @@ impl AdminState {
                 }
                 ResourceChange::Route(id, None) => {
                     self.spec.routes.remove(&id);
+                }
+                ResourceChange::Consumer(id, Some(v)) => {
+                    self.spec.consumers.insert(id, *v);
+                }
+                ResourceChange::Consumer(id, None) => {
+                    self.spec.consumers.remove(&id);
                 }
                 ResourceChange::Global(v) => self.spec.global_policies = v.map(|b| *b).unwrap_or_default(),
                 ResourceChange::AccessLog(v) => self.spec.access_log = v,
@@ -588,6 +606,7 @@ mod tests {
                 metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),
                 log: None,
                 traces: None,
+                verifier: None,
                 clock: ringway_proxy::clock::Clock::real(),
             });
         }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::cache::CacheRule;
+use crate::consumer::Consumers;
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
@@ -17,6 +18,8 @@ use crate::spec::PoliciesSpec;
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     policies: Vec<Arc<dyn Policy>>,
+    /// Whether a policy has a completion hook.
+    completes: bool,
     /// The route's cache rules; the engine does the caching.
     cache: Option<Arc<CacheRule>>,
 }
@@ -25,7 +28,8 @@ impl Chain {
     pub fn new(mut policies: Vec<Arc<dyn Policy>>) -> Self {
         // Stable: equal priorities keep the order of the built-in list, never config order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority()));
-        Self { policies, cache: None }
+        let completes = policies.iter().any(|p| p.completes());
+        Self { policies, completes, cache: None }
     }
 
     /// Whether there is nothing to run (no policy and no cache).
@@ -44,9 +48,8 @@ impl Chain {
     /// Runs the request side; the first `Respond` wins.
     pub fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
         for p in &self.policies {
-            if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
-                cx.answered_by = Some(p.name());
-                return Verdict::Respond(r);
+            if let Step::Stop(v) = run(p, req, headers, cx) {
+                return v;
             }
         }
         Verdict::Continue
@@ -64,17 +67,36 @@ impl Chain {
     }
 }
 
-/// A route's chain over the global one: both run, in one priority order; a policy the route
-/// sets itself replaces the global policy of the same name.
+/// A route's chain over the global one, and the consumer's own once the identity band has
+/// named one: all run, in one priority order; a policy of the consumer's replaces the route's
+/// of the same name, and a policy the route sets itself replaces the global one.
 #[derive(Debug, Clone, Copy)]
 pub struct Layered<'a> {
     pub own: &'a Chain,
     pub global: &'a Chain,
+    pub consumers: &'a Consumers,
+}
+
+/// What running one policy came to.
+enum Step {
+    Next,
+    Stop(Verdict),
+}
+
+fn run<'h>(p: &'h Arc<dyn Policy>, req: &RequestInfo<'_>, headers: &mut HeaderList<'h>, cx: &mut Context) -> Step {
+    match p.on_request(req, headers, cx) {
+        Verdict::Continue => Step::Next,
+        Verdict::Respond(r) => {
+            cx.answered_by = Some(p.name());
+            Step::Stop(Verdict::Respond(r))
+        }
+        call @ Verdict::Call(_) => Step::Stop(call),
+    }
 }
 
 impl<'a> Layered<'a> {
-    pub fn new(own: &'a Chain, global: &'a Chain) -> Self {
-        Layered { own, global }
+    pub fn new(own: &'a Chain, global: &'a Chain, consumers: &'a Consumers) -> Self {
+        Layered { own, global, consumers }
     }
 
     /// The policies that run, highest priority first.
@@ -98,18 +120,80 @@ impl<'a> Layered<'a> {
         self.own.cache().or(self.global.cache())
     }
 
-    /// Runs the request side; the first `Respond` wins.
+    /// The end of the identity band: a request an authentication policy tried and none
+    /// authenticated gets a 401; one that has a consumer brings its policies in.
+    fn identified(&self, cx: &mut Context) -> Result<Option<&'a Chain>, Verdict> {
+        match cx.identity {
+            None if cx.authenticating => {
+                cx.answered_by = Some("authentication");
+                Err(Verdict::Respond(crate::auth::unauthorized(cx)))
+            }
+            None => Ok(None),
+            Some(id) => {
+                Ok(id.consumer.and_then(|s| self.consumers.get(s)).map(|c| &c.chain).filter(|c| !c.policies.is_empty()))
+            }
+        }
+    }
+
+    /// Runs the request side; the first `Respond` (or `Call`) wins.
     pub fn on_request<'h>(&self, req: &RequestInfo<'_>, headers: &mut HeaderList<'h>, cx: &mut Context) -> Verdict
     where
         'a: 'h,
     {
+        let mut consumer: Option<&'a Chain> = None;
+        let mut next = 0;
+        let mut identified = false;
         for p in self.policies() {
-            if let Verdict::Respond(r) = p.on_request(req, headers, cx) {
-                cx.answered_by = Some(p.name());
-                return Verdict::Respond(r);
+            let priority = p.priority();
+            if !identified && priority < crate::auth::IDENTITY_PRIORITY {
+                identified = true;
+                match self.identified(cx) {
+                    Ok(c) => consumer = c,
+                    Err(v) => return v,
+                }
+            }
+            if let Some(c) = consumer {
+                while let Some(q) = c.policies.get(next).filter(|q| q.priority() >= priority) {
+                    next += 1;
+                    if let Step::Stop(v) = run(q, req, headers, cx) {
+                        return v;
+                    }
+                }
+                if c.policies.iter().any(|q| q.name() == p.name()) {
+                    continue;
+                }
+            }
+            if let Step::Stop(v) = run(p, req, headers, cx) {
+                return v;
+            }
+        }
+        if !identified {
+            match self.identified(cx) {
+                Ok(c) => consumer = c,
+                Err(v) => return v,
+            }
+        }
+        for q in consumer.map_or(&[][..], |c| &c.policies[next..]) {
+            if let Step::Stop(v) = run(q, req, headers, cx) {
+                return v;
             }
         }
         Verdict::Continue
+    }
+
+    /// Runs the completion hooks of the policies that have one, once, when the request ends.
+    pub fn on_complete(&self, cx: &Context, status: u16) {
+        if self.own.completes || self.global.completes {
+            for p in self.policies().filter(|p| p.completes()) {
+                p.on_complete(cx, status);
+            }
+        }
+        let consumer = cx.identity.and_then(|i| i.consumer).and_then(|s| self.consumers.get(s));
+        if let Some(c) = consumer.filter(|c| c.chain.completes) {
+            for p in c.chain.policies.iter().filter(|p| p.completes()) {
+                p.on_complete(cx, status);
+            }
+        }
     }
 
     /// Runs the response side, in reverse priority order.
@@ -137,6 +221,21 @@ impl<'a> Layered<'a> {
 /// Compiles a route's policies; `path` is the JSON path of the `policies` object.
 pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Chain {
     let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
+    if let Some(k) = &spec.key_auth {
+        if let Some(p) = crate::auth::KeyAuth::compile(k, &format!("{path}.key_auth"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
+    if let Some(b) = &spec.basic_auth {
+        if let Some(p) = crate::auth::BasicAuth::compile(b, &format!("{path}.basic_auth"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
+    if let Some(a) = &spec.acl {
+        if let Some(p) = crate::auth::Acl::compile(a, &format!("{path}.acl"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
     if let Some(h) = &spec.headers {
         if let Some(p) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors) {
             policies.push(Arc::new(p));
@@ -188,8 +287,10 @@ mod tests {
         }
     }
 
+    static NONE: std::sync::LazyLock<Consumers> = std::sync::LazyLock::new(Consumers::default);
+
     fn info() -> RequestInfo<'static> {
-        RequestInfo { head: &crate::http::EXAMPLE, client_ip: [127, 0, 0, 1].into(), route_id: "r" }
+        RequestInfo { head: &crate::http::EXAMPLE, client_ip: [127, 0, 0, 1].into(), route_id: "r", consumers: &NONE }
     }
 
     #[test]
@@ -213,7 +314,7 @@ mod tests {
                 assert_eq!(r.status, 403);
                 assert_eq!(r.body, br#"{"error":"denied","message":"limit","status":403}"#);
             }
-            Verdict::Continue => panic!("expected a reply"),
+            Verdict::Continue | Verdict::Call(_) => panic!("expected a reply"),
         }
     }
 
@@ -227,14 +328,14 @@ mod tests {
             std::sync::Arc::new(crate::limits::LimitBank::new(1024)),
         )));
         let mut h = HeaderList::default();
-        let l = Layered::new(&own, &global);
+        let l = Layered::new(&own, &global, &NONE);
         assert!(matches!(l.on_request(&info(), &mut h, &mut Context::new(state.clone())), Verdict::Continue));
         let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
         assert_eq!(seen, ["identity", "limit", "transform", "late"]);
         // A route policy with the global one's name replaces it.
         let own = Chain::new(vec![Arc::new(Fixed(2000, "limit", true))]);
         let mut h = HeaderList::default();
-        let v = Layered::new(&own, &global).on_request(&info(), &mut h, &mut Context::new(state));
+        let v = Layered::new(&own, &global, &NONE).on_request(&info(), &mut h, &mut Context::new(state));
         assert!(matches!(v, Verdict::Respond(_)));
         assert_eq!(h.len(), 1);
     }

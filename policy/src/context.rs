@@ -1,12 +1,16 @@
 //! What the engine hands a policy besides the request: the time, the worker's own policy
-//! state, and where to put response headers and held permits (a concurrency limit's slot,
-//! freed when the request ends).
+//! state, the identity the authentication policies found, the answer of an outbound call, and
+//! where to put response headers and held permits (a concurrency limit's slot, freed when the
+//! request ends).
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::limits::worker::WorkerLimits;
+use crate::seam::Answer;
 
 /// Headers with numeric values that policies add to whatever answer the request gets (the
 /// upstream's response or a reply of the engine's). Fixed capacity: no allocation.
@@ -36,20 +40,57 @@ impl ResponseExtras {
     }
 }
 
-/// The state a worker keeps for its policies (limit shards, leases). One per worker thread;
-/// never shared across threads.
+/// The state a worker keeps for its policies: the limit shards and leases, and one value of
+/// each type a policy asks for (its caches), made on first use. One per worker thread; never
+/// shared across threads.
 #[derive(Debug)]
 pub struct WorkerPolicyState {
     pub limits: WorkerLimits,
+    typed: Vec<(TypeId, Box<dyn Any>)>,
 }
 
 impl WorkerPolicyState {
     /// State for one of `workers` workers, tracking at most `limit_keys` rate-limit keys, and
     /// leasing from the node's `bank`.
     pub fn new(workers: usize, limit_keys: usize, bank: std::sync::Arc<crate::limits::LimitBank>) -> Self {
-        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys, bank) }
+        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys, bank), typed: Vec::new() }
+    }
+
+    /// This worker's value of type `T` (a policy's cache), made with `T::default()` on first
+    /// use. A handful of types: found by a short scan.
+    pub fn typed<T: Default + 'static>(&mut self) -> &mut T {
+        let id = TypeId::of::<T>();
+        let at = match self.typed.iter().position(|(t, _)| *t == id) {
+            Some(i) => i,
+            None => {
+                self.typed.push((id, Box::new(T::default())));
+                self.typed.len() - 1
+            }
+        };
+        // The entry at `at` holds a `T`: it was filed under `T`'s id.
+        self.typed[at].1.downcast_mut::<T>().expect("typed state filed under its own type")
     }
 }
+
+/// Who the authentication policies found the caller to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The consumer's slot in the snapshot's consumers (`None`: authenticated without one).
+    pub consumer: Option<u32>,
+    pub credential: Credential,
+}
+
+/// Which credential authenticated the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The consumer's `key_auth[i]`.
+    Key(u16),
+    /// The consumer's `basic_auth`.
+    Basic,
+}
+
+/// Up to this many authentication policies' challenges are kept for a 401.
+const CHALLENGES: usize = 4;
 
 /// Everything a policy may use besides the request itself.
 pub struct Context {
@@ -63,6 +104,19 @@ pub struct Context {
     pub permits: [Option<Permit>; 2],
     /// The policy that answered the request, when one did.
     pub answered_by: Option<&'static str>,
+    /// Who the caller is, once an authentication policy said so.
+    pub identity: Option<Identity>,
+    /// Whether an authentication policy ran (without one, a request needs no identity).
+    pub authenticating: bool,
+    /// The `WWW-Authenticate` values of the authentication policies that did not authenticate
+    /// the request, for a 401.
+    pub(crate) challenges: [Option<Arc<str>>; CHALLENGES],
+    /// The answer to the outbound call a policy asked for, handed back when the request is
+    /// planned again (see [`crate::Verdict::Call`]).
+    pub answer: Option<Answer>,
+    /// A query parameter that carried a credential: always kept out of the log, and removed
+    /// from the upstream request too when the flag is set (`hide_credentials`).
+    pub query_credential: Option<(Arc<str>, bool)>,
 }
 
 impl Context {
@@ -74,7 +128,26 @@ impl Context {
             extras: ResponseExtras::default(),
             permits: [None, None],
             answered_by: None,
+            identity: None,
+            authenticating: false,
+            challenges: Default::default(),
+            answer: None,
+            query_credential: None,
         }
+    }
+
+    /// Notes that an authentication policy ran without authenticating the request, and what
+    /// it would have the client send (`WWW-Authenticate`).
+    pub fn challenge(&mut self, value: &Arc<str>) {
+        self.authenticating = true;
+        if let Some(slot) = self.challenges.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(value.clone());
+        }
+    }
+
+    /// The answer to this request's outbound call, when there is one.
+    pub fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
     }
 
     /// A context on a clock `skew_ms` ahead of the system's.

@@ -13,8 +13,10 @@
 //! limits lease from a shared bank in batches, see [`limits`]); time comes from the caller's
 //! [`Context`].
 
+mod auth;
 mod cache;
 mod chain;
+pub mod consumer;
 mod context;
 mod duration;
 mod error;
@@ -26,9 +28,11 @@ pub mod limits;
 mod seam;
 mod spec;
 
+pub use auth::{AclSpec, BasicAuthSpec, KeyAuthSpec, IDENTITY_PRIORITY};
 pub use cache::{CacheRule, CacheSpec};
 pub use chain::{compile, Chain, Layered};
-pub use context::{Context, ResponseExtras, WorkerPolicyState};
+pub use consumer::{ConsumerSpec, Consumers};
+pub use context::{Context, Credential, Identity, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
@@ -36,7 +40,7 @@ pub use headers_policy::HeadersPolicy;
 pub use http::{Field, RequestHead, ResponseHead, Version};
 pub use ip::{IpRestriction, IpRestrictionSpec, Network};
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
-pub use seam::{Policy, Reply, RequestInfo, Verdict};
+pub use seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
 pub use spec::{
     DotSegments, EscapedSlashes, HeaderOpsSpec, HeadersPolicySpec, PathNormalization, PoliciesSpec, Semicolons,
     TrailingSlash,

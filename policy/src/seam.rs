@@ -3,7 +3,9 @@
 
 use std::fmt::Debug;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use crate::consumer::Consumers;
 use crate::context::Context;
 use crate::headers::HeaderList;
 use crate::http::{RequestHead, ResponseHead};
@@ -17,6 +19,8 @@ pub struct RequestInfo<'r> {
     pub client_ip: IpAddr,
     /// The id of the route that matched.
     pub route_id: &'r str,
+    /// The node's consumers, as of the snapshot serving the request.
+    pub consumers: &'r Consumers,
 }
 
 /// A response produced by a policy (or by the engine for an error).
@@ -58,6 +62,27 @@ pub enum Verdict {
     Continue,
     /// Answer the client now; later policies and the upstream are skipped.
     Respond(Reply),
+    /// Make this call, then plan the request again with its answer in
+    /// [`Context::answer`](crate::Context): the policy that asked resumes from it. Policies
+    /// that ran before it must leave nothing behind (the identity band asks; the limits, which
+    /// spend, run after it).
+    Call(Outbound),
+}
+
+/// A call a policy asks the engine to make for it: the policy crate never touches a socket or
+/// a thread.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Check `password` against the PHC string `hash`, off the workers; `None`: against a
+    /// decoy (an unknown username costs what a wrong password does).
+    VerifyPassword { hash: Option<Arc<str>>, password: Box<[u8]> },
+}
+
+/// What an outbound call came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Whether the password matched; `None`: the check could not be made (busy, stopped).
+    Password(Option<bool>),
 }
 
 /// One step of the per-request chain. Every hook has a default that does nothing.
@@ -79,4 +104,13 @@ pub trait Policy: Send + Sync + Debug {
     /// Runs once the upstream response head is read (or a reply was produced), before it is
     /// written to the client. `head.headers` are the response headers that will be sent.
     fn on_response<'a>(&'a self, _head: &mut ResponseHead<'a>) {}
+
+    /// Whether [`Policy::on_complete`] does anything (a chain skips the calls otherwise).
+    fn completes(&self) -> bool {
+        false
+    }
+
+    /// Runs once when the request ends, however it ended, with the status the client got (0:
+    /// none was sent).
+    fn on_complete(&self, _cx: &Context, _status: u16) {}
 }

@@ -11,6 +11,15 @@ use crate::limits::{ConcurrencyLimitSpec, RateLimitSpec};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoliciesSpec {
+    /// Authentication by API key (a consumer's `key_auth` credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_auth: Option<crate::auth::KeyAuthSpec>,
+    /// Authentication by username and password (a consumer's `basic_auth` credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<crate::auth::BasicAuthSpec>,
+    /// Authorisation by the consumer's groups (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<crate::auth::AclSpec>,
     /// Header transforms on the request to the upstream and the response to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersPolicySpec>,
@@ -31,6 +40,12 @@ pub struct PoliciesSpec {
     /// `h1::path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_normalization: Option<PathNormalization>,
+}
+
+impl PoliciesSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == PoliciesSpec::default()
+    }
 }
 
 /// `path_normalization: {...}`: each field has a default, so `{}` means the defaults.

@@ -309,6 +309,8 @@ pub struct Entry<'a> {
     pub total: Duration,
     pub worker: usize,
     pub route: Option<&'a str>,
+    /// The authenticated consumer's id.
+    pub consumer: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub target: Option<SocketAddr>,
     /// Method, host and path, when the head was understood.
@@ -428,6 +430,10 @@ impl Entry<'_> {
         push_u64(out, self.worker as u64);
         out.extend_from_slice(b",\"route\":");
         push_opt_str(out, self.route.map(str::as_bytes));
+        if let Some(c) = self.consumer {
+            out.extend_from_slice(b",\"consumer\":");
+            push_str(out, c.as_bytes());
+        }
         out.extend_from_slice(b",\"upstream\":");
         push_opt_str(out, self.upstream.map(str::as_bytes));
         out.extend_from_slice(b",\"target\":");

@@ -19,6 +19,9 @@ pub struct ConfigSpec {
     /// Routes by id.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteSpec>,
+    /// Consumers by id: who calls, with their groups, credentials (sealed) and own policies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, ringway_policy::ConsumerSpec>,
     /// Policies for every route; a route's own policy of the same name replaces the global one.
     #[serde(default, skip_serializing_if = "is_default_policies")]
     pub global_policies: PoliciesSpec,

@@ -41,6 +41,7 @@ pub mod stats;
 pub mod stream;
 pub mod traces;
 pub mod upstream;
+pub mod verify;
 pub mod worker;
 
 pub use admission::{ConnectionCaps, Network};

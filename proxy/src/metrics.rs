@@ -397,6 +397,9 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
 pub struct LocalSeries {
     routes: FxHashMap<Box<str>, LocalRoute>,
     upstreams: FxHashMap<Box<str>, LocalUpstream>,
+    /// This second's statistics by consumer: only those that called since the last flush
+    /// (however many consumers the node has).
+    consumers: FxHashMap<Arc<str>, Cell>,
 }
 
 #[derive(Debug)]
@@ -426,7 +429,7 @@ impl WorkerMetrics {
         local: &mut LocalSeries,
         rec: &Record,
         total: std::time::Duration,
-        route: &str,
+        (route, consumer): (&str, Option<&str>),
         upstream: Option<(&str, SocketAddr)>,
     ) {
         let r = match local.routes.get_mut(route) {
@@ -468,7 +471,15 @@ impl WorkerMetrics {
         }
         let keep = self.stats.is_some();
         if keep {
-            r.stats.observe(rec, total.as_micros().min(u128::from(u64::MAX)) as u64);
+            let micros = total.as_micros().min(u128::from(u64::MAX)) as u64;
+            r.stats.observe(rec, micros);
+            if let Some(c) = consumer {
+                let cell = match local.consumers.get_mut(c) {
+                    Some(cell) => cell,
+                    None => local.consumers.entry(Arc::from(c)).or_default(),
+                };
+                cell.observe(rec, micros);
+            }
         }
         let rs = &r.route;
         rs.duration.observe(total);
@@ -528,6 +539,9 @@ impl WorkerMetrics {
         }
         for u in local.upstreams.values_mut().filter(|u| u.stats.counts.calls > 0) {
             rows.push((Dim::Upstream, u.upstream.upstream.clone(), u.stats.take()));
+        }
+        for (id, cell) in local.consumers.drain() {
+            rows.push((Dim::Consumer, id, cell));
         }
         let tick = Tick { worker: self.id, unix_s, loop_lag_us, rows };
         if tx.try_send(tick).is_err() {

@@ -316,6 +316,8 @@ pub struct Record {
     /// Who caused the error, and in which phase.
     pub error_source: Option<Source>,
     pub error_phase: Option<Phase>,
+    /// The authenticated consumer's slot in the request's snapshot.
+    pub consumer: Option<u32>,
 }
 
 impl Record {
@@ -347,6 +349,7 @@ impl Record {
             error: None,
             error_source: None,
             error_phase: None,
+            consumer: None,
         }
     }
 

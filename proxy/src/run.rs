@@ -118,6 +118,8 @@ pub struct WorkerSetup {
     pub log: Option<LogQueue>,
     /// Where sampled requests' spans go (`None`: nowhere).
     pub traces: Option<crate::traces::SpanSender>,
+    /// The password-check pool.
+    pub verifier: Option<crate::verify::Verifier>,
     /// The gateway's clock (movable only in a gateway started for tests).
     pub clock: Clock,
 }
@@ -140,6 +142,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         metrics,
         log,
         traces,
+        verifier,
         clock,
     } = setup;
     let revision = snapshot.revision;
@@ -151,6 +154,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     worker.metrics.gauges.revision.set(revision);
     worker.log = log;
     worker.traces = traces;
+    worker.verifier = verifier;
     worker.clock = clock;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {

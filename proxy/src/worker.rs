@@ -192,6 +192,8 @@ pub struct Worker {
     pub log: Option<LogQueue>,
     /// Where sampled requests' spans go.
     pub traces: Option<crate::traces::SpanSender>,
+    /// Where password checks go (`None`: nowhere; they fail).
+    pub verifier: Option<crate::verify::Verifier>,
     /// Wall time for the cache, the limits and the log.
     pub clock: Clock,
 }
@@ -283,6 +285,7 @@ impl Worker {
             series: RefCell::new(LocalSeries::default()),
             log: None,
             traces: None,
+            verifier: None,
             clock: Clock::real(),
         }
     }

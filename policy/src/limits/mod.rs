@@ -46,5 +46,5 @@ pub(crate) mod worker;
 pub use crate::context::Permit;
 pub use bank::LimitBank;
 pub use policies::ip_key;
-pub use spec::{ConcurrencyLimit, ConcurrencyLimitSpec, RateLimit, RateLimitSpec};
+pub use spec::{consumer_key, ConcurrencyLimit, ConcurrencyLimitSpec, RateLimit, RateLimitSpec};
 pub use worker::{RateDecision, WorkerLimits, DEFAULT_KEYS_PER_WORKER};

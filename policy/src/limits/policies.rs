@@ -23,8 +23,12 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 }
 
 impl RateLimit {
-    fn key_hash(&self, req: &RequestInfo<'_>) -> u64 {
+    fn key_hash(&self, req: &RequestInfo<'_>, cx: &Context) -> u64 {
         match &self.key {
+            KeyKind::Consumer => match cx.identity.and_then(|i| i.consumer).and_then(|s| req.consumers.get(s)) {
+                Some(c) => c.limit_key,
+                None => keyed_hash(ip_key(req.client_ip)),
+            },
             KeyKind::Route => 0,
             KeyKind::Ip => keyed_hash(ip_key(req.client_ip)),
             // The client's own header: on a cached route the upstream list holds fewer.
@@ -46,7 +50,7 @@ impl Policy for RateLimit {
     }
 
     fn on_request<'a>(&'a self, req: &RequestInfo<'_>, _headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
-        let key = self.key_hash(req);
+        let key = self.key_hash(req, cx);
         let now = cx.now_ms();
         let decision = cx.state().borrow_mut().limits.rate(self, key, now);
         cx.extras.push("ratelimit-limit", self.limit);
@@ -111,8 +115,19 @@ mod tests {
     use crate::limits::RateLimitSpec;
 
     fn ip_hash(l: &RateLimit, ip: &str) -> u64 {
-        let req = RequestInfo { head: &crate::http::EXAMPLE, client_ip: ip.parse().unwrap(), route_id: "r" };
-        l.key_hash(&req)
+        let consumers = crate::consumer::Consumers::default();
+        let req = RequestInfo {
+            head: &crate::http::EXAMPLE,
+            client_ip: ip.parse().unwrap(),
+            route_id: "r",
+            consumers: &consumers,
+        };
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(
+            1,
+            16,
+            std::sync::Arc::new(crate::limits::LimitBank::new(64)),
+        )));
+        l.key_hash(&req, &Context::new(state))
     }
 
     #[test]

@@ -21,8 +21,7 @@ pub struct RateLimitSpec {
     pub limit: u64,
     /// The window, as a duration (`"1s"`, `"1m"`, `"1h"`...).
     pub window: String,
-    /// What is counted separately: `ip` (the default), `route`, `header:NAME`; `consumer`
-    /// once identities exist.
+    /// What is counted separately: `ip` (the default), `route`, `header:NAME` or `consumer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// `sliding_window` (the default) or `token_bucket`.
@@ -48,6 +47,8 @@ pub(super) enum KeyKind {
     Route,
     /// Lower-case header name; requests without it are counted by client address.
     Header(String),
+    /// The authenticated consumer; requests without one are counted by client address.
+    Consumer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,11 @@ pub(super) fn keyed_hash(v: impl Hash) -> u64 {
     hasher().hash_one(v)
 }
 
+/// What a `key: consumer` limit counts consumer `id` under.
+pub fn consumer_key(id: &str) -> u64 {
+    keyed_hash(("consumer", id))
+}
+
 impl RateLimit {
     pub fn compile(spec: &RateLimitSpec, path: &str, errors: &mut ConfigErrors) -> Option<RateLimit> {
         let before = errors.0.len();
@@ -104,13 +110,7 @@ impl RateLimit {
         let key = match spec.key.as_deref().unwrap_or("ip") {
             "ip" => KeyKind::Ip,
             "route" => KeyKind::Route,
-            "consumer" => {
-                errors.push(
-                    format!("{path}.key"),
-                    "\"consumer\" needs consumer identities, which this version does not have yet; use ip, route or header:NAME",
-                );
-                KeyKind::Ip
-            }
+            "consumer" => KeyKind::Consumer,
             other => match other.strip_prefix("header:") {
                 Some(name) if is_valid_header_name(name) => KeyKind::Header(name.to_ascii_lowercase()),
                 _ => {
@@ -172,7 +172,7 @@ mod tests {
         let spec = RateLimitSpec {
             limit: 0,
             window: "soon".into(),
-            key: Some("consumer".into()),
+            key: Some("user".into()),
             algorithm: Some("leaky".into()),
             burst: None,
         };

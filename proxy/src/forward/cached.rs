@@ -84,7 +84,9 @@ pub(super) fn lookup<'g>(
     let no_store = head.headers("cache-control").any(|v| has_token(v, "no-store"));
     let no_cache = head.headers("cache-control").any(|v| has_token(v, "no-cache"))
         || head.headers("pragma").any(|v| has_token(v, "no-cache"));
-    let auth = head.header("authorization").is_some();
+    // An authenticated request is stored only where `Authorization` would be: the response
+    // may be the caller's own.
+    let auth = head.header("authorization").is_some() || cx.as_ref().is_some_and(|c| c.identity.is_some());
     let keyed = rule.keyed.iter().flat_map(|n| {
         sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
     });

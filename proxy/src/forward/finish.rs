@@ -12,8 +12,15 @@ use crate::session::Conn;
 use crate::snapshot::{Route, Upstream};
 use crate::worker::Worker;
 
-/// Ends a request: `route` when one matched, `target` when an upstream target was picked.
-pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, target: Option<(&Upstream, usize)>) {
+/// Ends a request: `route` when one matched, `target` when an upstream target was picked,
+/// `consumer` when one was authenticated.
+pub(super) fn finish(
+    worker: &Worker,
+    conn: &mut Conn,
+    route: Option<&Route>,
+    target: Option<(&Upstream, usize)>,
+    consumer: Option<&str>,
+) {
     let now = Instant::now();
     let rec = &mut conn.rec;
     let total = now.saturating_duration_since(rec.started);
@@ -24,7 +31,8 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
     // An upstream and target are named only when one was tried.
     let target = target.filter(|_| rec.attempts > 0).map(|(u, i)| (u.id.as_str(), u.targets[i]));
     let route_id = route.map(|r| r.id.as_str());
-    worker.metrics.observe(&mut worker.series.borrow_mut(), rec, total, route_id.unwrap_or(""), target);
+    let series = &mut worker.series.borrow_mut();
+    worker.metrics.observe(series, rec, total, (route_id.unwrap_or(""), consumer), target);
     if super::spans::sampled(conn) {
         let upstream = target.map(|t| t.0);
         super::spans::export(worker, conn, route_id, upstream, now);
@@ -37,6 +45,7 @@ pub(super) fn finish(worker: &Worker, conn: &mut Conn, route: Option<&Route>, ta
             total,
             worker: worker.ctx.id,
             route: route_id,
+            consumer,
             upstream: target.map(|t| t.0),
             target: target.map(|t| t.1),
             text: conn.text.parts(),
@@ -60,5 +69,5 @@ pub fn finish_unparsed(worker: &Worker, conn: &mut Conn, e: ProxyError, request_
         conn.rec.unsent();
     }
     conn.text.clear();
-    finish(worker, conn, None, None);
+    finish(worker, conn, None, None, None);
 }

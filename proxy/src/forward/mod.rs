@@ -104,6 +104,8 @@ pub(super) struct Early<'g> {
     cx: Option<Context>,
     /// A fresh stored response that answers the request.
     cached: Option<Rc<Stored>>,
+    /// A call a policy asked for: made, then the request is planned again with its answer.
+    call: Option<ringway_policy::Outbound>,
 }
 
 impl Early<'_> {
@@ -120,6 +122,7 @@ impl Early<'_> {
             request_id,
             cx: None,
             cached: None,
+            call: None,
         }
     }
 }
@@ -145,15 +148,42 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
     let mut text = std::mem::take(&mut conn.text);
     text.clear();
-    let prepared = plan::prepare(worker, &generation, conn, head_len, &mut out, &mut rec, &mut text);
+    let mut answer = None;
+    let mut calls = 0;
+    let prepared = loop {
+        let prepared = plan::prepare(worker, &generation, conn, (head_len, answer), &mut out, &mut rec, &mut text);
+        match prepared {
+            Err(mut early) if early.call.is_some() => {
+                let call = early.call.take();
+                calls += 1;
+                if calls > MAX_CALLS {
+                    early.reply = Some(unavailable());
+                    break Err(early);
+                }
+                drop(early);
+                // The request is planned again from its head (still in the receive buffer),
+                // with the answer: policies have no state across the pause.
+                answer = match call {
+                    Some(c) => Some(outbound(worker, c).await),
+                    None => None,
+                };
+                out.clear();
+            }
+            prepared => break prepared,
+        }
+    };
     conn.rec = rec;
     conn.text = text;
+    let consumer = conn.rec.consumer.and_then(|s| generation.snapshot.consumers.get(s)).map(|c| c.id.as_str());
     let (keep, route, target) = match prepared {
         Ok(mut plan) => {
             let asked = Asked { http10: plan.http10, te_accepts: plan.te_accepts, head_only: plan.is_head };
             conn.down.begin(head_len, asked, plan.body);
             conn.rec.request_id = plan.request_id;
             let keep = go_upstream(worker, conn, &mut plan, out).await;
+            if let Some(cx) = &plan.cx {
+                plan.chains.on_complete(cx, conn.rec.status);
+            }
             if plan.trial {
                 // A half-open breaker's trial that never reached the upstream (answered from
                 // the cache, or the request ended first): its permit goes back.
@@ -167,10 +197,43 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             (answer_early(worker, conn, *early, head_len, out).await, route, None)
         }
     };
-    finish(worker, conn, route, target);
+    finish(worker, conn, route, target, consumer);
     worker.spares.give_buf(std::mem::take(&mut conn.upstream_buf));
     keep
 }
+
+/// Outbound calls one request may make before it is refused (each policy makes one at most).
+const MAX_CALLS: u32 = 4;
+
+fn unavailable() -> ringway_policy::Reply {
+    ringway_policy::Reply::json_error(
+        503,
+        "unavailable",
+        "the request cannot be authorized right now; try again shortly",
+    )
+}
+
+/// Makes a call a policy asked for, and gives its answer.
+fn outbound(
+    worker: &Worker,
+    call: ringway_policy::Outbound,
+) -> impl std::future::Future<Output = ringway_policy::Answer> {
+    let checking = match call {
+        ringway_policy::Outbound::VerifyPassword { hash, password } => {
+            worker.verifier.as_ref().map(|v| v.verify(hash, password))
+        }
+    };
+    async move {
+        let ok = match checking {
+            Some(check) => monoio::time::timeout(CALL_TIMEOUT, check).await.ok().flatten(),
+            None => None,
+        };
+        ringway_policy::Answer::Password(ok)
+    }
+}
+
+/// How long a request waits for a password check.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A planned request: answered by a fetch of the same key under way, or sent upstream.
 async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
@@ -227,7 +290,11 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     if let (Some(stored), Some(chains)) = (&early.cached, early.chains) {
         let extras = early.cx.as_ref().map(|c| &c.extras);
         let info = (early.request_id.as_bytes(), early.is_head, keep);
-        return serve_stored(worker, conn, stored, info, chains, extras).await;
+        let keep = serve_stored(worker, conn, stored, info, chains, extras).await;
+        if let Some(cx) = &early.cx {
+            chains.on_complete(cx, conn.rec.status);
+        }
+        return keep;
     }
     let reply = match (early.reply, error) {
         (Some(r), _) => r,
@@ -248,6 +315,9 @@ async fn answer_early(worker: &Worker, conn: &mut Conn, early: Early<'_>, head_l
     }
     if r.is_err() {
         conn.rec.unsent();
+    }
+    if let (Some(cx), Some(chains)) = (&early.cx, early.chains) {
+        chains.on_complete(cx, conn.rec.status);
     }
     !close && r.is_ok()
 }

@@ -39,7 +39,9 @@ pub(super) fn prepare<'g>(
     worker: &Worker,
     generation: &'g Generation,
     conn: &Conn,
-    head_len: usize,
+    // The head's length in the receive buffer, and the answer to the call a policy asked for
+    // when the request was planned before.
+    (head_len, answer): (usize, Option<ringway_policy::Answer>),
     out: &mut Vec<u8>,
     rec: &mut Record,
     text: &mut RequestText,
@@ -116,10 +118,23 @@ pub(super) fn prepare<'g>(
         version: if p.http10 { Version::Http10 } else { Version::Http11 },
         fields: p.fields,
     };
-    let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id };
-    let Ok(mut cx) = request_policies(worker, chains, &info, &mut list, rec, &mut early) else {
+    let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id, consumers: &snapshot.consumers };
+    let Ok(mut cx) = request_policies(worker, chains, &info, (&mut list, answer), rec, &mut early) else {
         return Err(Box::new(early));
     };
+    // A credential in the query stays out of the log, and out of the upstream request when
+    // hidden.
+    let mut query = p.query;
+    let unhidden;
+    if let Some((name, hide)) = cx.as_ref().and_then(|c| c.query_credential.as_ref()) {
+        unhidden = p.query.map(|q| without_param(q, name));
+        if keep_text && worker.limits.log_query {
+            text.set(p.method, text_host(&p), p.raw_path, unhidden.as_deref());
+        }
+        if *hide {
+            query = unhidden.as_deref().filter(|q| !q.is_empty());
+        }
+    }
     let mut cache = None;
     if let Some(rule) = chains.cache().and(rule) {
         let found = cached::lookup(worker, rule, (route, &head, &filed), &list, cx.as_mut(), rec);
@@ -145,7 +160,7 @@ pub(super) fn prepare<'g>(
             None => list.push("host", upstream.targets[target].to_string().into_bytes()),
         }
     }
-    let forward = RequestHead { path: route.forward_path(path), ..head };
+    let forward = RequestHead { path: route.forward_path(path), query, ..head };
     upstream::encode_request(out, &forward, &list, p.body);
     worker.spares.give_headers(list);
     Ok(Plan {
@@ -445,13 +460,14 @@ fn upstream_headers<'a>(
     expect_continue
 }
 
-/// Phase `request policies`: the route's chain over the global one. `Ok(None)`: the route has
-/// no policies.
+/// Phase `request policies`: the route's chain over the global one (and the consumer's once
+/// one is known), then the identity headers. `Ok(None)`: the route has no policies. `answer`:
+/// the answer to the outbound call the chain asked for when the request was planned before.
 fn request_policies<'a>(
     worker: &Worker,
     chains: Layered<'a>,
     info: &RequestInfo<'_>,
-    list: &mut HeaderList<'a>,
+    (list, answer): (&mut HeaderList<'a>, Option<ringway_policy::Answer>),
     rec: &mut Record,
     early: &mut Early<'_>,
 ) -> Step<Option<Context>> {
@@ -459,18 +475,63 @@ fn request_policies<'a>(
         return Ok(None);
     }
     let mut cx = Context::with_skew(worker.policy_state.clone(), worker.clock.skew_ms());
-    if let Verdict::Respond(r) = chains.on_request(info, list, &mut cx) {
-        rec.end = End::Policy;
-        rec.limit = match cx.answered_by {
-            Some("rate_limit") => LimitOutcome::RateLimited,
-            Some("concurrency_limit") => LimitOutcome::ConcurrencyLimited,
-            _ => LimitOutcome::Passed,
-        };
-        early.reply = Some(r);
-        early.cx = Some(cx);
-        return Err(());
+    cx.answer = answer;
+    match chains.on_request(info, list, &mut cx) {
+        Verdict::Continue => {}
+        Verdict::Respond(r) => {
+            rec.end = End::Policy;
+            rec.limit = match cx.answered_by {
+                Some("rate_limit") => LimitOutcome::RateLimited,
+                Some("concurrency_limit") => LimitOutcome::ConcurrencyLimited,
+                _ => LimitOutcome::Passed,
+            };
+            early.reply = Some(r);
+            early.cx = Some(cx);
+            return Err(());
+        }
+        Verdict::Call(call) => {
+            early.call = Some(call);
+            return Err(());
+        }
+    }
+    if let Some(id) = cx.identity {
+        identity_headers(chains, id, list, rec);
     }
     Ok(Some(cx))
+}
+
+/// `X-Consumer-Id`, `X-Consumer-Groups` and `X-Credential-Id` (a key's fingerprint, never the
+/// key) for the upstream; the client's own were never copied.
+fn identity_headers<'a>(
+    chains: Layered<'a>,
+    id: ringway_policy::Identity,
+    list: &mut HeaderList<'a>,
+    rec: &mut Record,
+) {
+    let Some(c) = id.consumer.and_then(|s| chains.consumers.get(s)) else { return };
+    list.push("x-consumer-id", c.id.as_bytes());
+    if !c.groups_header.is_empty() {
+        list.push("x-consumer-groups", c.groups_header.as_bytes());
+    }
+    let credential = match id.credential {
+        ringway_policy::Credential::Key(i) => c.key_fingerprints.get(usize::from(i)).map(String::as_str),
+        ringway_policy::Credential::Basic => c.basic.as_ref().map(|b| b.username.as_str()),
+    };
+    if let Some(cred) = credential {
+        list.push("x-credential-id", cred.as_bytes());
+    }
+    rec.consumer = Some(c.slot);
+}
+
+/// The host a request's log line shows.
+fn text_host<'h>(p: &Parsed<'h>) -> &'h [u8] {
+    p.host.unwrap_or(b"")
+}
+
+/// `query` without parameter `name` (every occurrence).
+fn without_param(query: &str, name: &str) -> String {
+    let kept = query.split('&').filter(|p| !(p.starts_with(name) && p[name.len()..].starts_with('=')) && *p != name);
+    kept.collect::<Vec<_>>().join("&")
 }
 
 /// What the pick phase chose.

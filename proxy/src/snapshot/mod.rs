@@ -79,6 +79,7 @@ impl Route {
 pub enum Edit<'a> {
     Upstream(&'a str, Option<&'a UpstreamSpec>),
     Route(&'a str, Option<&'a RouteSpec>),
+    Consumer(&'a str, Option<&'a ringway_policy::ConsumerSpec>),
     /// The global policies (`None`: none).
     Global(Option<&'a PoliciesSpec>),
     /// The document's `access_log` (`None`: not set).
@@ -113,6 +114,8 @@ pub struct Snapshot {
     pub tracing: Option<crate::traces::Tracing>,
     /// The document's `trusted_proxies`.
     pub trusted_proxies: Arc<[ringway_policy::Network]>,
+    /// The consumers, indexed by credential.
+    pub consumers: ringway_policy::Consumers,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -128,6 +131,7 @@ impl Snapshot {
             .iter()
             .map(|(id, u)| Edit::Upstream(id, Some(u)))
             .chain(spec.routes.iter().map(|(id, r)| Edit::Route(id, Some(r))))
+            .chain(spec.consumers.iter().map(|(id, c)| Edit::Consumer(id, Some(c))))
             .chain(std::iter::once(Edit::Global(Some(&spec.global_policies))))
             .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())))
             .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())))
@@ -149,7 +153,7 @@ impl Snapshot {
     /// A route's policies over the global ones.
     #[inline]
     pub fn chains<'s>(&'s self, route: &'s Route) -> Layered<'s> {
-        Layered::new(&route.chain, &self.global)
+        Layered::new(&route.chain, &self.global, &self.consumers)
     }
 
     /// The path normalisation that applies to `route`: its own, else the global one.
@@ -171,6 +175,7 @@ impl Snapshot {
         next.revision = revision;
         let mut errors = ConfigErrors::default();
         let mut globals = Vec::new();
+        let mut consumers = Vec::new();
         let (ups, routes): (Vec<_>, Vec<_>) = edits
             .into_iter()
             .filter(|e| match e {
@@ -202,6 +207,10 @@ impl Snapshot {
                     next.trusted_proxies = nets.collect();
                     false
                 }
+                Edit::Consumer(id, c) => {
+                    consumers.push((*id, *c));
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
@@ -216,11 +225,27 @@ impl Snapshot {
             next.path_normalization = g.and_then(|spec| spec.path_normalization).unwrap_or_default();
         }
         let mut seen = std::collections::HashSet::new();
+        for (id, _) in &consumers {
+            if !seen.insert(("consumers", *id)) {
+                errors.push(format!("consumers.{id}"), "changed twice in one change");
+            }
+        }
+        // Every changed consumer leaves the index before any comes back, so a key or a username
+        // may move from one consumer to another in one change.
+        for (id, _) in &consumers {
+            next.consumers.edit(id, None, &mut errors);
+        }
+        for (id, c) in &consumers {
+            if let Some(c) = c {
+                next.consumers.edit(id, Some(c), &mut errors);
+            }
+        }
         for e in ups.iter().chain(&routes) {
             let (kind, id) = match e {
                 Edit::Upstream(id, _) => ("upstreams", *id),
                 Edit::Route(id, _) => ("routes", *id),
-                Edit::Global(_)
+                Edit::Consumer(..)
+                | Edit::Global(_)
                 | Edit::AccessLog(_)
                 | Edit::LogShipping(_)
                 | Edit::Tracing(_)

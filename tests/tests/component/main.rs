@@ -51,6 +51,7 @@ impl Worker {
             metrics: halves.pop().unwrap(),
             log: None,
             traces: None,
+            verifier: None,
             clock,
         }));
         let opts = WorkerOptions { count: 1, driver: driver.parse().unwrap(), pin: false, defer_taskrun: false };

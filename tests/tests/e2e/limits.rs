@@ -138,7 +138,7 @@ fn limits_are_validated_with_their_paths() {
     let up = Upstream::echo("a");
     let gw = Gateway::start(&single(&[up.addr], "", ""));
     let body = r#"{"paths": ["/x"], "upstream": "u", "policies": {
-        "rate_limit": {"limit": 0, "window": "soon", "key": "consumer", "algorithm": "sliding_window", "burst": 3},
+        "rate_limit": {"limit": 0, "window": "soon", "key": "user", "algorithm": "sliding_window", "burst": 3},
         "concurrency_limit": {"max_in_flight": 0}}}"#;
     let r = gw.admin("PUT", "/admin/v1/routes/bad", Some(body));
     assert_eq!(r.status, 400, "{}", r.text());

@@ -1,0 +1,412 @@
+//! Consumers: who calls the APIs, with their groups, credentials and own policies. The specs
+//! as stored (secrets sealed: API keys as SHA-256 digests, passwords as argon2id hashes), the
+//! compiled [`Consumer`], and [`Consumers`], the persistent index a snapshot serves lookups
+//! from: by key digest and by username in O(1) whatever the number of consumers, edited in
+//! O(change).
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use imbl::shared_ptr::DefaultSharedPtr;
+use imbl::{GenericHashMap, OrdMap, Vector};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::chain::{compile, Chain};
+use crate::error::ConfigErrors;
+use crate::spec::PoliciesSpec;
+
+/// `consumers.{id}` as stored: secrets only in sealed form (see the admin API, which seals
+/// what users send).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "CredentialsSpec::is_empty")]
+    pub credentials: CredentialsSpec,
+    /// The consumer's own policies, applied to its requests over the route's and the global
+    /// ones (limits, IP rules, header transforms).
+    #[serde(default, skip_serializing_if = "PoliciesSpec::is_empty")]
+    pub policies: PoliciesSpec,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_auth: Vec<KeyCredentialSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicCredentialSpec>,
+}
+
+impl CredentialsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.key_auth.is_empty() && self.basic_auth.is_none()
+    }
+}
+
+/// An API key: `key` as users send it; `digest` and `fingerprint` once sealed (the key itself
+/// is never kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCredentialSpec {
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+    /// Hex SHA-256 of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// A short name of the key, safe to show (see [`fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// A username and password: `password` as users send it; `password_hash` (argon2id, PHC
+/// string) once sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredentialSpec {
+    pub username: String,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+/// The SHA-256 of an API key: what a key is stored and looked up as.
+#[derive(Clone, Copy)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    pub fn of(key: &[u8]) -> KeyDigest {
+        KeyDigest(Sha256::digest(key).into())
+    }
+
+    pub fn parse_hex(s: &str) -> Option<KeyDigest> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            out[i] = hex(pair[0])? << 4 | hex(pair[1])?;
+        }
+        Some(KeyDigest(out))
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Equality in constant time: how long a lookup takes says nothing of how much of a digest
+/// matched.
+impl PartialEq for KeyDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for KeyDigest {}
+
+impl std::hash::Hash for KeyDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default()));
+    }
+}
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyDigest({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+/// The short name of a key shown by the API and sent upstream as `X-Credential-Id`: 12 hex
+/// digits of a hash of the key kept apart from its digest (knowing it does not help to find
+/// the key or its digest).
+pub fn fingerprint(key: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"ringway key fingerprint\0");
+    h.update(key);
+    h.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An argon2id hash of `password` (PHC string), with the recommended cost (19 MiB, 2 passes).
+pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    random_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches the PHC string `hash` (argon2id; compared in constant time).
+/// Costs tens of milliseconds: never on a worker.
+pub fn verify_password(hash: &str, password: &[u8]) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password, &h).is_ok())
+}
+
+/// A well-formed argon2id hash of nothing anyone knows: unknown usernames are checked against
+/// it, so they take as long as a wrong password.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut pw = [0u8; 32];
+        random_bytes(&mut pw);
+        hash_password(&pw).unwrap_or_default()
+    })
+}
+
+pub(crate) fn random_bytes(out: &mut [u8]) {
+    use std::io::Read;
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(out)).is_ok();
+    assert!(filled, "/dev/urandom is unreadable");
+}
+
+/// Whether `hash` is an argon2id PHC string.
+pub fn is_argon2id(hash: &str) -> bool {
+    argon2::password_hash::PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str() == "argon2id")
+}
+
+/// A compiled consumer.
+#[derive(Debug)]
+pub struct Consumer {
+    pub id: String,
+    pub slot: u32,
+    pub groups: Vec<String>,
+    /// `X-Consumer-Groups` as sent upstream (the groups joined with ", ").
+    pub groups_header: String,
+    /// The fingerprints of its keys, by index.
+    pub key_fingerprints: Vec<String>,
+    key_digests: Vec<KeyDigest>,
+    pub basic: Option<BasicCredential>,
+    /// The consumer's own policies.
+    pub chain: Chain,
+    /// What a `key: consumer` rate limit counts it under (a hash of its id).
+    pub limit_key: u64,
+}
+
+#[derive(Debug)]
+pub struct BasicCredential {
+    pub username: String,
+    /// The argon2id PHC string.
+    pub hash: Arc<str>,
+    /// Names this hash (salt included): a worker's checked passwords hold for it only.
+    pub tag: u64,
+}
+
+/// Hashes a key digest by its first eight bytes (a digest is already uniform).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DigestHasher;
+
+impl BuildHasher for DigestHasher {
+    type Hasher = DigestHash;
+    fn build_hasher(&self) -> DigestHash {
+        DigestHash(0)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DigestHash(u64);
+
+impl Hasher for DigestHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// Where a credential belongs: the consumer's slot and the key's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub slot: u32,
+    pub index: u16,
+}
+
+type ByDigest = GenericHashMap<KeyDigest, KeyOwner, DigestHasher, DefaultSharedPtr>;
+type ByName = GenericHashMap<Arc<str>, u32, rustc_hash::FxBuildHasher, DefaultSharedPtr>;
+
+/// Every consumer of the node, indexed for the request path. Persistent: a clone shares all
+/// of it, and an edit costs O(log n) per changed consumer.
+#[derive(Debug, Clone, Default)]
+pub struct Consumers {
+    by_id: OrdMap<String, Arc<Consumer>>,
+    slots: Vector<Option<Arc<Consumer>>>,
+    free: Vector<u32>,
+    keys: ByDigest,
+    users: ByName,
+}
+
+impl Consumers {
+    /// The consumer in `slot`.
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<&Consumer> {
+        self.slots.get(slot as usize).and_then(|c| c.as_deref())
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Consumer> {
+        self.by_id.get(id).map(|c| &**c)
+    }
+
+    /// Who holds the key with this digest.
+    #[inline]
+    pub fn key(&self, digest: &KeyDigest) -> Option<KeyOwner> {
+        self.keys.get(digest).copied()
+    }
+
+    /// Who has this basic-auth username.
+    #[inline]
+    pub fn user(&self, name: &str) -> Option<u32> {
+        self.users.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Puts (`Some`) or deletes (`None`) consumer `id`, reporting problems into `errors`; a
+    /// consumer with problems is left as it was. Callers edit a clone and drop it when anything
+    /// failed.
+    pub fn edit(&mut self, id: &str, spec: Option<&ConsumerSpec>, errors: &mut ConfigErrors) {
+        let old = self.by_id.remove(id);
+        let slot = match &old {
+            Some(old) => {
+                self.unindex(old);
+                old.slot
+            }
+            None => match self.free.pop_back() {
+                Some(s) => s,
+                None => {
+                    self.slots.push_back(None);
+                    (self.slots.len() - 1) as u32
+                }
+            },
+        };
+        let Some(spec) = spec else {
+            self.slots.set(slot as usize, None);
+            self.free.push_back(slot);
+            return;
+        };
+        let before = errors.0.len();
+        let path = format!("consumers.{id}");
+        let mut digests = Vec::new();
+        for (i, k) in spec.credentials.key_auth.iter().enumerate() {
+            let at = format!("{path}.credentials.key_auth[{i}]");
+            if k.key.is_some() {
+                errors.push(at, "a key must be sealed (stored as its digest) before it is compiled");
+                continue;
+            }
+            match k.digest.as_deref().and_then(KeyDigest::parse_hex) {
+                Some(d) => match self.keys.get(&d) {
+                    Some(_) => errors.push(at, "this key belongs to another consumer"),
+                    None if digests.iter().any(|(x, _)| *x == d) => errors.push(at, "the same key twice"),
+                    None => digests.push((d, k.fingerprint.clone().unwrap_or_default())),
+                },
+                None => errors.push(at, "give the key"),
+            }
+        }
+        let basic = match &spec.credentials.basic_auth {
+            None => None,
+            Some(b) => {
+                let at = format!("{path}.credentials.basic_auth");
+                if b.username.is_empty() || b.username.contains(':') || b.username.chars().any(char::is_control) {
+                    errors.push(format!("{at}.username"), "a username is not empty and has no ':'");
+                } else if self.users.contains_key(b.username.as_str()) {
+                    errors.push(format!("{at}.username"), "this username belongs to another consumer");
+                }
+                match b.password_hash.as_deref().filter(|h| is_argon2id(h) && b.password.is_none()) {
+                    Some(h) => {
+                        let tag = u64::from_le_bytes(KeyDigest::of(h.as_bytes()).0[..8].try_into().unwrap_or_default());
+                        Some(BasicCredential { username: b.username.clone(), hash: h.into(), tag })
+                    }
+                    None => {
+                        errors.push(format!("{at}.password"), "give the password");
+                        None
+                    }
+                }
+            }
+        };
+        for (i, g) in spec.groups.iter().enumerate() {
+            if g.is_empty() || g.contains(',') || !crate::headers::is_valid_header_value(g.as_bytes()) {
+                errors.push(format!("{path}.groups[{i}]"), "a group is a non-empty name without ','");
+            }
+        }
+        let p = &spec.policies;
+        if p.cache.is_some() || p.path_normalization.is_some() {
+            errors.push(format!("{path}.policies"), "a consumer's policies cannot cache or normalize paths");
+        }
+        if p.headers.as_ref().is_some_and(|h| h.response.is_some()) {
+            errors.push(format!("{path}.policies.headers.response"), "a consumer's policies edit requests only");
+        }
+        if p.key_auth.is_some() || p.basic_auth.is_some() || p.acl.is_some() {
+            errors.push(format!("{path}.policies"), "a consumer's policies cannot authenticate or authorize");
+        }
+        let chain = compile(p, &format!("{path}.policies"), errors);
+        if id.is_empty()
+            || id.len() > 128
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        {
+            errors.push(path.clone(), "an id is 1 to 128 letters, digits, '-', '_', '.' or '@'");
+        }
+        if errors.0.len() != before {
+            // Put back what was there: the caller throws the whole edit away anyway, but the
+            // index stays whole for the errors that follow.
+            match old {
+                Some(old) => self.index(old),
+                None => {
+                    self.slots.set(slot as usize, None);
+                    self.free.push_back(slot);
+                }
+            }
+            return;
+        }
+        let consumer = Arc::new(Consumer {
+            id: id.to_string(),
+            slot,
+            groups: spec.groups.clone(),
+            groups_header: spec.groups.join(", "),
+            key_fingerprints: digests.iter().map(|(_, f)| f.clone()).collect(),
+            key_digests: digests.iter().map(|(d, _)| *d).collect(),
+            basic,
+            chain,
+            limit_key: crate::limits::consumer_key(id),
+        });
+        self.index(consumer);
+    }
+
+    fn index(&mut self, c: Arc<Consumer>) {
+        for (i, d) in c.key_digests.iter().enumerate() {
+            self.keys.insert(*d, KeyOwner { slot: c.slot, index: i as u16 });
+        }
+        if let Some(b) = &c.basic {
+            self.users.insert(b.username.as_str().into(), c.slot);
+        }
+        self.slots.set(c.slot as usize, Some(c.clone()));
+        self.by_id.insert(c.id.clone(), c);
+    }
+
+    fn unindex(&mut self, c: &Consumer) {
+        for d in &c.key_digests {
+            self.keys.remove(d);
+        }
+        if let Some(b) = &c.basic {
+            self.users.remove(b.username.as_str());
+        }
+    }
+}
