@@ -271,9 +271,16 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     // twice what all the workers do).
     let limit_bank =
         Arc::new(ringway_policy::limits::LimitBank::new(args.rate_limit_keys.saturating_mul(count).saturating_mul(2)));
-    // Password checks (argon2) run on a few threads of their own, never on a worker.
-    let verifier = ringway_proxy::verify::Verifier::start((count / 2).clamp(1, 4))
-        .context("cannot start the password-check threads")?;
+    // Password checks (argon2) run on a few threads of their own, never on a worker; token
+    // issuers' keys are fetched by another into the store every worker reads.
+    let keys = Arc::new(ringway_policy::keys::KeyStore::default());
+    let identity = ringway_proxy::calls::IdentityCalls {
+        verifier: ringway_proxy::verify::Verifier::start((count / 2).clamp(1, 4))
+            .context("cannot start the password-check threads")?,
+        keys: ringway_proxy::jwks::KeyFetcher::start(keys.clone()).context("cannot start the key-fetch thread")?,
+        introspect: ringway_proxy::introspect::Introspector::start(2)
+            .context("cannot start the introspection threads")?,
+    };
     let (ack_tx, ack_rx) = unbounded::<Ack>();
     let (inv_tx, inv_rx) = unbounded::<Invalidate>();
     let mut senders: Vec<MailboxSender<Control>> = Vec::with_capacity(count);
@@ -314,7 +321,8 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
             metrics,
             log,
             traces: Some(traces),
-            verifier: Some(verifier.clone()),
+            identity: Some(identity.clone()),
+            keys: keys.clone(),
             clock: clock.clone(),
         });
     }

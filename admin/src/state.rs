@@ -606,7 +606,8 @@ mod tests {
                 metrics: ringway_proxy::metrics::WorkerMetrics::detached(0),
                 log: None,
                 traces: None,
-                verifier: None,
+                identity: None,
+                keys: Default::default(),
                 clock: ringway_proxy::clock::Clock::real(),
             });
         }

@@ -390,6 +390,9 @@ fn run_load(bench: &Bench<'_>, scenario: &Scenario, url: &str, seconds: f64) -> 
     if scenario.new_connection {
         cmd.arg("--new-connection-per-request");
     }
+    for h in scenario.headers {
+        cmd.arg("--header").arg(h);
+    }
     if let Some(rate) = bench.args.rate {
         cmd.arg("--rate").arg(rate.to_string());
     }

@@ -107,6 +107,26 @@ pub fn ringway(origin: SocketAddr, extra_routes: usize, policies: &str, upstream
     out
 }
 
+/// The key of consumer `i` in [`consumers`]; the load sends consumer 0's.
+pub fn consumer_key(i: usize) -> String {
+    format!("bench-key-{i:08}-0123456789abcdef")
+}
+
+/// `n` consumers (`c00000000`...), each with one API key; the first also has the basic-auth
+/// credential `bench:bench password`.
+pub fn consumers(n: usize) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    let mut out = String::with_capacity(n * 96);
+    out.push_str("consumers:\n");
+    for i in 0..n {
+        let basic = if i == 0 { ", basic_auth: {username: bench, password: \"bench password\"}" } else { "" };
+        let _ = writeln!(out, "  c{i:08}: {{credentials: {{key_auth: [{{key: \"{}\"}}]{basic}}}}}", consumer_key(i));
+    }
+    out
+}
+
 /// The document's `log_shipping` for a scenario (empty when off).
 pub fn shipping(origin: SocketAddr, s: crate::scenarios::Shipping) -> String {
     use crate::scenarios::Shipping;

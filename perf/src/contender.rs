@@ -161,6 +161,7 @@ impl Contender {
                     scenario.ringway_upstream,
                 );
                 yaml.push_str(&config_files::shipping(origin, scenario.ringway_shipping));
+                yaml.push_str(&config_files::consumers(scenario.consumers));
                 yaml.push_str(&scenario.ringway_document.replace("{origin}", &origin.to_string()));
                 cmd.args(scenario.ringway_args);
                 std::fs::write(&file, yaml)?;

@@ -64,6 +64,9 @@ pub struct LoadArgs {
     /// Open a new connection for every request (and ask the server to close it).
     #[arg(long)]
     pub new_connection_per_request: bool,
+    /// A header line sent with every request (`Name: value`); repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
     /// Longest wait for one response, in milliseconds; slower ones count as errors.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -124,6 +127,10 @@ pub fn build_request(target: &Target, args: &LoadArgs) -> Vec<u8> {
     }
     if args.new_connection_per_request {
         head.push_str("Connection: close\r\n");
+    }
+    for h in &args.headers {
+        head.push_str(h.trim());
+        head.push_str("\r\n");
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();

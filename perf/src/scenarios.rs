@@ -35,7 +35,16 @@ pub struct Scenario {
     pub ringway_document: &'static str,
     /// More flags for ringway.
     pub ringway_args: &'static [&'static str],
+    /// Consumers in ringway's document (see `config_files::consumers`).
+    pub consumers: usize,
+    /// Header lines every request carries (to every contender).
+    pub headers: &'static [&'static str],
 }
+
+/// The API key of the first generated consumer, as the load sends it.
+const BENCH_KEY: &str = "apikey: bench-key-00000000-0123456789abcdef";
+/// `bench:bench password`.
+const BENCH_BASIC: &str = "Authorization: Basic YmVuY2g6YmVuY2ggcGFzc3dvcmQ=";
 
 /// Where ringway ships its records in a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +69,8 @@ const BASE: Scenario = Scenario {
     ringway_shipping: Shipping::Off,
     ringway_document: "",
     ringway_args: &[],
+    consumers: 0,
+    headers: &[],
 };
 
 /// Every scenario, in report order.
@@ -132,6 +143,38 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "traced_down",
         description: "GET with traces sampled at 1% and the collector down the whole run (ringway only)",
         ringway_document: "tracing: {otlp_endpoint: \"http://127.0.0.1:1/v1/traces\", sample_ratio: 0.01}\n",
+        ..BASE
+    },
+    Scenario {
+        name: "keyed_open",
+        description:
+            "GET carrying an API key, 10 consumers, no authentication: the base of the identity costs (ringway only)",
+        consumers: 10,
+        headers: &[BENCH_KEY],
+        ..BASE
+    },
+    Scenario {
+        name: "key_auth",
+        description: "GET authenticated by key-auth, 10 consumers (ringway only)",
+        ringway_policies: "{key_auth: {}}",
+        consumers: 10,
+        headers: &[BENCH_KEY],
+        ..BASE
+    },
+    Scenario {
+        name: "key_auth_100k",
+        description: "GET authenticated by key-auth among 100,000 consumers (ringway only)",
+        ringway_policies: "{key_auth: {}}",
+        consumers: 100_000,
+        headers: &[BENCH_KEY],
+        ..BASE
+    },
+    Scenario {
+        name: "basic_auth",
+        description: "GET authenticated by basic auth, the worker's cache of checked passwords warm (ringway only)",
+        ringway_policies: "{basic_auth: {}}",
+        consumers: 10,
+        headers: &[BENCH_BASIC],
         ..BASE
     },
     Scenario {

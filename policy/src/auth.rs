@@ -275,21 +275,23 @@ impl Policy for BasicAuth {
         let known = cache.entries.get(&key).filter(|c| c.until_ms > now && c.against == against).map(|c| c.ok);
         let ok = match known {
             Some(ok) => ok,
-            None => match cx.take_answer() {
+            None => match cx.answer {
                 Some(Answer::Password(Some(ok))) => {
+                    cx.answer = None;
                     let ok = ok && against.is_some();
                     let ttl = if ok { VERIFIED_TTL_MS } else { REFUSED_TTL_MS };
                     cache.put(key, Checked { against, ok, until_ms: now + ttl }, now);
                     ok
                 }
                 Some(Answer::Password(None)) => {
+                    cx.answer = None;
                     return Verdict::Respond(Reply::json_error(
                         503,
                         "unavailable",
                         "credentials cannot be checked right now; try again shortly",
-                    ))
+                    ));
                 }
-                None => {
+                _ => {
                     let hash = basic.map(|b| b.hash.clone());
                     return Verdict::Call(Outbound::VerifyPassword { hash, password: password.into() });
                 }

@@ -231,6 +231,17 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
             policies.push(Arc::new(p));
         }
     }
+    if let Some(j) = &spec.jwt_auth {
+        if let Some(p) = crate::jwt::JwtAuth::compile(j, &format!("{path}.jwt_auth"), errors) {
+            policies.push(Arc::new(p));
+        }
+    }
+    if let Some(i) = &spec.oauth2_introspection {
+        let at = format!("{path}.oauth2_introspection");
+        if let Some(p) = crate::introspect::Introspection::compile(i, &at, errors) {
+            policies.push(Arc::new(p));
+        }
+    }
     if let Some(a) = &spec.acl {
         if let Some(p) = crate::auth::Acl::compile(a, &format!("{path}.acl"), errors) {
             policies.push(Arc::new(p));

@@ -42,12 +42,29 @@ pub struct CredentialsSpec {
     pub key_auth: Vec<KeyCredentialSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicCredentialSpec>,
+    /// Keys for tokens the consumer signs itself (`kid` names the key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<JwtCredentialSpec>,
 }
 
 impl CredentialsSpec {
     pub fn is_empty(&self) -> bool {
-        self.key_auth.is_empty() && self.basic_auth.is_none()
+        self.key_auth.is_empty() && self.basic_auth.is_none() && self.jwt.is_empty()
     }
+}
+
+/// `{key_id, algorithm, public_key}`: a public key is no secret, and is stored and shown as
+/// given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredentialSpec {
+    pub key_id: String,
+    pub algorithm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// An HMAC secret: refused (a shared secret cannot be kept sealed and still verify).
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
 }
 
 /// An API key: `key` as users send it; `digest` and `fingerprint` once sealed (the key itself
@@ -119,6 +136,14 @@ impl std::hash::Hash for KeyDigest {
     }
 }
 
+impl std::fmt::Debug for JwtKeysDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, a, _)| (k, a))).finish()
+    }
+}
+
+struct JwtKeysDebug<'a>(&'a [(String, jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)]);
+
 impl std::fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyDigest({:02x}{:02x}..)", self.0[0], self.0[1])
@@ -174,7 +199,6 @@ pub fn is_argon2id(hash: &str) -> bool {
 }
 
 /// A compiled consumer.
-#[derive(Debug)]
 pub struct Consumer {
     pub id: String,
     pub slot: u32,
@@ -185,10 +209,26 @@ pub struct Consumer {
     pub key_fingerprints: Vec<String>,
     key_digests: Vec<KeyDigest>,
     pub basic: Option<BasicCredential>,
+    /// Keys of the tokens it signs itself, by `kid`.
+    pub jwt_keys: Vec<(String, jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)>,
+    /// Names its keys as they stand: a worker's verified tokens hold for them only.
+    pub jwt_tag: u64,
     /// The consumer's own policies.
     pub chain: Chain,
     /// What a `key: consumer` rate limit counts it under (a hash of its id).
     pub limit_key: u64,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("id", &self.id)
+            .field("slot", &self.slot)
+            .field("groups", &self.groups)
+            .field("keys", &self.key_fingerprints)
+            .field("jwt_keys", &JwtKeysDebug(&self.jwt_keys))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -247,6 +287,8 @@ pub struct Consumers {
     free: Vector<u32>,
     keys: ByDigest,
     users: ByName,
+    /// Consumers' own token keys, by `kid`.
+    kids: ByName,
 }
 
 impl Consumers {
@@ -264,6 +306,12 @@ impl Consumers {
     #[inline]
     pub fn key(&self, digest: &KeyDigest) -> Option<KeyOwner> {
         self.keys.get(digest).copied()
+    }
+
+    /// Who holds the token key `kid`.
+    #[inline]
+    pub fn kid(&self, kid: &str) -> Option<u32> {
+        self.kids.get(kid).copied()
     }
 
     /// Who has this basic-auth username.
@@ -342,6 +390,33 @@ impl Consumers {
                 }
             }
         };
+        let mut jwt_keys = Vec::new();
+        for (i, j) in spec.credentials.jwt.iter().enumerate() {
+            let at = format!("{path}.credentials.jwt[{i}]");
+            if j.key_id.is_empty() || j.key_id.len() > 256 {
+                errors.push(format!("{at}.key_id"), "a key id is 1 to 256 characters");
+            } else if self.kids.contains_key(j.key_id.as_str()) || jwt_keys.iter().any(|(k, _, _)| *k == j.key_id) {
+                errors.push(format!("{at}.key_id"), "this key id belongs to another key");
+            }
+            let Some(alg) = crate::keys::algorithm(&j.algorithm) else {
+                errors.push(
+                    format!("{at}.algorithm"),
+                    "one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA",
+                );
+                continue;
+            };
+            if j.secret.is_some() {
+                errors.push(
+                    format!("{at}.secret"),
+                    "shared secrets are not accepted: they cannot be stored sealed and still verify; use an RS, PS, ES or EdDSA public_key",
+                );
+                continue;
+            }
+            match crate::keys::consumer_key(alg, None, j.public_key.as_deref()) {
+                Ok(k) => jwt_keys.push((j.key_id.clone(), alg, k)),
+                Err(e) => errors.push(format!("{at}.public_key"), e),
+            }
+        }
         for (i, g) in spec.groups.iter().enumerate() {
             if g.is_empty() || g.contains(',') || !crate::headers::is_valid_header_value(g.as_bytes()) {
                 errors.push(format!("{path}.groups[{i}]"), "a group is a non-empty name without ','");
@@ -354,7 +429,12 @@ impl Consumers {
         if p.headers.as_ref().is_some_and(|h| h.response.is_some()) {
             errors.push(format!("{path}.policies.headers.response"), "a consumer's policies edit requests only");
         }
-        if p.key_auth.is_some() || p.basic_auth.is_some() || p.acl.is_some() {
+        if p.key_auth.is_some()
+            || p.basic_auth.is_some()
+            || p.jwt_auth.is_some()
+            || p.oauth2_introspection.is_some()
+            || p.acl.is_some()
+        {
             errors.push(format!("{path}.policies"), "a consumer's policies cannot authenticate or authorize");
         }
         let chain = compile(p, &format!("{path}.policies"), errors);
@@ -384,6 +464,16 @@ impl Consumers {
             key_fingerprints: digests.iter().map(|(_, f)| f.clone()).collect(),
             key_digests: digests.iter().map(|(d, _)| *d).collect(),
             basic,
+            jwt_tag: {
+                let mut h = Sha256::new();
+                for j in &spec.credentials.jwt {
+                    h.update(j.key_id.as_bytes());
+                    h.update([0]);
+                    h.update(j.public_key.as_deref().unwrap_or("").as_bytes());
+                }
+                u64::from_le_bytes(h.finalize()[..8].try_into().unwrap_or_default())
+            },
+            jwt_keys,
             chain,
             limit_key: crate::limits::consumer_key(id),
         });
@@ -397,6 +487,9 @@ impl Consumers {
         if let Some(b) = &c.basic {
             self.users.insert(b.username.as_str().into(), c.slot);
         }
+        for (kid, _, _) in &c.jwt_keys {
+            self.kids.insert(kid.as_str().into(), c.slot);
+        }
         self.slots.set(c.slot as usize, Some(c.clone()));
         self.by_id.insert(c.id.clone(), c);
     }
@@ -407,6 +500,9 @@ impl Consumers {
         }
         if let Some(b) = &c.basic {
             self.users.remove(b.username.as_str());
+        }
+        for (kid, _, _) in &c.jwt_keys {
+            self.kids.remove(kid.as_str());
         }
     }
 }

@@ -46,6 +46,8 @@ impl ResponseExtras {
 #[derive(Debug)]
 pub struct WorkerPolicyState {
     pub limits: WorkerLimits,
+    /// The node's token-signing keys (shared by every worker).
+    pub keys: Arc<crate::keys::KeyStore>,
     typed: Vec<(TypeId, Box<dyn Any>)>,
 }
 
@@ -53,7 +55,11 @@ impl WorkerPolicyState {
     /// State for one of `workers` workers, tracking at most `limit_keys` rate-limit keys, and
     /// leasing from the node's `bank`.
     pub fn new(workers: usize, limit_keys: usize, bank: std::sync::Arc<crate::limits::LimitBank>) -> Self {
-        WorkerPolicyState { limits: WorkerLimits::new(workers, limit_keys, bank), typed: Vec::new() }
+        WorkerPolicyState {
+            limits: WorkerLimits::new(workers, limit_keys, bank),
+            keys: Arc::default(),
+            typed: Vec::new(),
+        }
     }
 
     /// This worker's value of type `T` (a policy's cache), made with `T::default()` on first
@@ -87,6 +93,10 @@ pub enum Credential {
     Key(u16),
     /// The consumer's `basic_auth`.
     Basic,
+    /// A token `jwt_auth` verified.
+    Jwt,
+    /// A token an introspection endpoint said is active.
+    Token,
 }
 
 /// Up to this many authentication policies' challenges are kept for a 401.

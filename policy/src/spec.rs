@@ -17,6 +17,12 @@ pub struct PoliciesSpec {
     /// Authentication by username and password (a consumer's `basic_auth` credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<crate::auth::BasicAuthSpec>,
+    /// Authentication by bearer token (JWT): issuers' keys from their JWKS, consumers' own keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_auth: Option<crate::jwt::JwtAuthSpec>,
+    /// Authentication by opaque bearer token, asked of an introspection endpoint (RFC 7662).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_introspection: Option<crate::introspect::IntrospectionSpec>,
     /// Authorisation by the consumer's groups (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<crate::auth::AclSpec>,

@@ -118,8 +118,10 @@ pub struct WorkerSetup {
     pub log: Option<LogQueue>,
     /// Where sampled requests' spans go (`None`: nowhere).
     pub traces: Option<crate::traces::SpanSender>,
-    /// The password-check pool.
-    pub verifier: Option<crate::verify::Verifier>,
+    /// The identity threads (password checks, key fetches).
+    pub identity: Option<crate::calls::IdentityCalls>,
+    /// The node's token-signing keys.
+    pub keys: Arc<ringway_policy::keys::KeyStore>,
     /// The gateway's clock (movable only in a gateway started for tests).
     pub clock: Clock,
 }
@@ -142,7 +144,8 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         metrics,
         log,
         traces,
-        verifier,
+        identity,
+        keys,
         clock,
     } = setup;
     let revision = snapshot.revision;
@@ -154,7 +157,8 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     worker.metrics.gauges.revision.set(revision);
     worker.log = log;
     worker.traces = traces;
-    worker.verifier = verifier;
+    worker.identity = identity;
+    worker.policy_state.borrow_mut().keys = keys;
     worker.clock = clock;
     let worker = Rc::new(worker);
     let listener = match TcpListener::from_std(listener) {

@@ -3,45 +3,20 @@
 //! (`password-check-N`) and awaits its answer; a full queue answers "cannot check now" at
 //! once instead of queueing without end.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::calls::{reply, Replier, Reply};
 
 /// Checks waiting at most (all workers together).
 pub const QUEUE: usize = 1024;
-
-const PENDING: u8 = 0;
-const NO: u8 = 1;
-const YES: u8 = 2;
-const FAILED: u8 = 3;
-
-/// Where one check's answer lands.
-#[derive(Default)]
-struct Slot {
-    state: AtomicU8,
-    waker: AtomicWaker,
-}
 
 struct Job {
     /// `None`: the decoy.
     hash: Option<Arc<str>>,
     password: Box<[u8]>,
-    slot: Arc<Slot>,
-}
-
-impl Drop for Job {
-    /// A check that never ran (the pool stopped) still answers.
-    fn drop(&mut self) {
-        if self.slot.state.load(Ordering::Acquire) == PENDING {
-            self.slot.state.store(FAILED, Ordering::Release);
-            self.slot.waker.wake();
-        }
-    }
+    replier: Replier,
 }
 
 /// A worker's handle on the pool.
@@ -71,46 +46,15 @@ impl Verifier {
 
     /// Whether `password` matches `hash`; `None` when the check cannot be made now (the queue
     /// is full, or the pool stopped).
-    pub fn verify(&self, hash: Option<Arc<str>>, password: Box<[u8]>) -> impl Future<Output = Option<bool>> {
-        let slot = Arc::new(Slot::default());
-        let queued = match self.tx.try_send(Job { hash, password, slot: slot.clone() }) {
-            Ok(()) => true,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                // Its answer is "failed": nothing to wait for.
-                drop(job);
-                false
-            }
-        };
-        Answer { slot, queued }
-    }
-}
-
-struct Answer {
-    slot: Arc<Slot>,
-    queued: bool,
-}
-
-impl Future for Answer {
-    type Output = Option<bool>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<bool>> {
-        let read = |s: &Slot| match s.state.load(Ordering::Acquire) {
-            PENDING => None,
-            YES => Some(Some(true)),
-            NO => Some(Some(false)),
-            _ => Some(None),
-        };
-        if !self.queued {
-            return Poll::Ready(None);
+    pub fn verify(&self, hash: Option<Arc<str>>, password: Box<[u8]>) -> Reply {
+        let (replier, answer) = reply();
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.tx.try_send(Job { hash, password, replier })
+        {
+            // Dropped unanswered: its answer is "cannot check now".
+            drop(job);
         }
-        if let Some(a) = read(&self.slot) {
-            return Poll::Ready(a);
-        }
-        self.slot.waker.register(cx.waker());
-        match read(&self.slot) {
-            Some(a) => Poll::Ready(a),
-            None => Poll::Pending,
-        }
+        answer
     }
 }
 
@@ -119,7 +63,6 @@ fn check(rx: Receiver<Job>) {
         let hash = job.hash.as_deref().unwrap_or_else(|| ringway_policy::consumer::decoy_hash());
         // A decoy never matches, whatever the password.
         let ok = ringway_policy::consumer::verify_password(hash, &job.password) && job.hash.is_some();
-        job.slot.state.store(if ok { YES } else { NO }, Ordering::Release);
-        job.slot.waker.wake();
+        job.replier.send(ok);
     }
 }

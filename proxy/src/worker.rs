@@ -192,8 +192,10 @@ pub struct Worker {
     pub log: Option<LogQueue>,
     /// Where sampled requests' spans go.
     pub traces: Option<crate::traces::SpanSender>,
-    /// Where password checks go (`None`: nowhere; they fail).
-    pub verifier: Option<crate::verify::Verifier>,
+    /// Where the policies' calls go: password checks, key fetches (`None`: nowhere; they fail).
+    pub identity: Option<crate::calls::IdentityCalls>,
+    /// Introspection calls under way, which requests with the same token wait for.
+    pub calls: crate::calls::InFlight,
     /// Wall time for the cache, the limits and the log.
     pub clock: Clock,
 }
@@ -285,7 +287,8 @@ impl Worker {
             series: RefCell::new(LocalSeries::default()),
             log: None,
             traces: None,
-            verifier: None,
+            identity: None,
+            calls: Default::default(),
             clock: Clock::real(),
         }
     }

@@ -164,7 +164,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
                 // The request is planned again from its head (still in the receive buffer),
                 // with the answer: policies have no state across the pause.
                 answer = match call {
-                    Some(c) => Some(outbound(worker, c).await),
+                    Some(c) => Some(crate::calls::make(worker.identity.as_ref(), &worker.calls, c).await),
                     None => None,
                 };
                 out.clear();
@@ -212,28 +212,6 @@ fn unavailable() -> ringway_policy::Reply {
         "the request cannot be authorized right now; try again shortly",
     )
 }
-
-/// Makes a call a policy asked for, and gives its answer.
-fn outbound(
-    worker: &Worker,
-    call: ringway_policy::Outbound,
-) -> impl std::future::Future<Output = ringway_policy::Answer> {
-    let checking = match call {
-        ringway_policy::Outbound::VerifyPassword { hash, password } => {
-            worker.verifier.as_ref().map(|v| v.verify(hash, password))
-        }
-    };
-    async move {
-        let ok = match checking {
-            Some(check) => monoio::time::timeout(CALL_TIMEOUT, check).await.ok().flatten(),
-            None => None,
-        };
-        ringway_policy::Answer::Password(ok)
-    }
-}
-
-/// How long a request waits for a password check.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A planned request: answered by a fetch of the same key under way, or sent upstream.
 async fn go_upstream(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {

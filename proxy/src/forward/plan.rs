@@ -516,6 +516,7 @@ fn identity_headers<'a>(
     let credential = match id.credential {
         ringway_policy::Credential::Key(i) => c.key_fingerprints.get(usize::from(i)).map(String::as_str),
         ringway_policy::Credential::Basic => c.basic.as_ref().map(|b| b.username.as_str()),
+        ringway_policy::Credential::Jwt | ringway_policy::Credential::Token => None,
     };
     if let Some(cred) = credential {
         list.push("x-credential-id", cred.as_bytes());

@@ -51,7 +51,8 @@ impl Worker {
             metrics: halves.pop().unwrap(),
             log: None,
             traces: None,
-            verifier: None,
+            identity: None,
+            keys: Default::default(),
             clock,
         }));
         let opts = WorkerOptions { count: 1, driver: driver.parse().unwrap(), pin: false, defer_taskrun: false };

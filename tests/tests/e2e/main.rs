@@ -15,6 +15,8 @@ mod framing;
 mod hardening;
 mod headers;
 mod identity;
+mod introspection;
+mod jwt;
 mod lb;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,219 @@
+//! `oauth2_introspection`: opaque bearer tokens checked with the authorisation server (RFC
+//! 7662) through a call the engine makes off the workers. A worker keeps the answers: an
+//! active token until the smaller of `cache_ttl` and its `exp`, an inactive one for
+//! `negative_ttl`; concurrent requests with one token on a worker share one call (the engine
+//! coalesces them). An endpoint that cannot be reached answers 503: nothing passes unchecked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::IDENTITY_PRIORITY;
+use crate::context::{Context, Credential, Identity};
+use crate::error::ConfigErrors;
+use crate::headers::HeaderList;
+use crate::seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
+
+/// `oauth2_introspection: {...}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSpec {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
+    /// The answer's field naming the consumer (default `client_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hide_credentials: bool,
+}
+
+/// The compiled `oauth2_introspection`.
+#[derive(Debug)]
+pub struct Introspection {
+    endpoint: Arc<str>,
+    /// `Authorization: Basic ...` for the endpoint.
+    client_auth: Arc<str>,
+    timeout_ms: u64,
+    cache_ttl_ms: u64,
+    negative_ttl_ms: u64,
+    required_scopes: Vec<String>,
+    consumer_claim: String,
+    hide: bool,
+    missing: Arc<str>,
+    invalid: Arc<str>,
+}
+
+impl Introspection {
+    pub fn compile(spec: &IntrospectionSpec, path: &str, errors: &mut ConfigErrors) -> Option<Introspection> {
+        use base64::Engine as _;
+        let before = errors.0.len();
+        if !(spec.endpoint.starts_with("http://") || spec.endpoint.starts_with("https://")) {
+            errors.push(format!("{path}.endpoint"), "an http:// or https:// URL");
+        }
+        if spec.client_id.is_empty() || spec.client_id.contains(':') {
+            errors.push(format!("{path}.client_id"), "a client id, without ':'");
+        }
+        let mut dur = |v: &Option<String>, name: &str, default: u64| match v {
+            None => default,
+            Some(d) => match crate::duration::parse_duration(d) {
+                Ok(d) => d.as_millis() as u64,
+                Err(e) => {
+                    errors.push(format!("{path}.{name}"), e);
+                    default
+                }
+            },
+        };
+        let timeout_ms = dur(&spec.timeout, "timeout", 1000);
+        let cache_ttl_ms = dur(&spec.cache_ttl, "cache_ttl", 60_000);
+        let negative_ttl_ms = dur(&spec.negative_ttl, "negative_ttl", 5000);
+        let credentials = format!("{}:{}", spec.client_id, spec.client_secret);
+        let client_auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
+        (errors.0.len() == before).then(|| Introspection {
+            endpoint: spec.endpoint.as_str().into(),
+            client_auth: client_auth.into(),
+            timeout_ms: timeout_ms.clamp(10, 30_000),
+            cache_ttl_ms,
+            negative_ttl_ms,
+            required_scopes: spec.required_scopes.clone(),
+            consumer_claim: spec.consumer_claim.clone().unwrap_or_else(|| "client_id".into()),
+            hide: spec.hide_credentials,
+            missing: "Bearer realm=\"ringway\"".into(),
+            invalid: "Bearer realm=\"ringway\", error=\"invalid_token\"".into(),
+        })
+    }
+}
+
+/// A worker's introspected tokens, at most this many.
+const KEPT_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    until_ms: u64,
+    /// Active, with the required scopes; the consumer (slot, limit key) it names.
+    pass: bool,
+    consumer: Option<(u32, u64)>,
+}
+
+/// An endpoint and a token.
+type Asked = (Arc<str>, Box<[u8]>);
+
+/// A worker's answers from introspection endpoints, by endpoint and token.
+#[derive(Debug, Default)]
+pub struct IntrospectedTokens {
+    entries: HashMap<Asked, Known, FxBuildHasher>,
+}
+
+/// The bearer token of a request.
+pub(crate) fn bearer<'h>(req: &RequestInfo<'h>) -> Option<&'h [u8]> {
+    let v = req.head.header("authorization")?.trim_ascii();
+    (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii()).filter(|t| !t.is_empty())
+}
+
+impl Policy for Introspection {
+    fn name(&self) -> &'static str {
+        "oauth2_introspection"
+    }
+
+    fn priority(&self) -> u32 {
+        IDENTITY_PRIORITY
+    }
+
+    fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        if cx.identity.is_some() {
+            return Verdict::Continue;
+        }
+        let Some(token) = bearer(req).filter(|t| t.len() <= 8192) else {
+            cx.challenge(&self.missing);
+            return Verdict::Continue;
+        };
+        let now = cx.now_ms();
+        let state = cx.state().clone();
+        let key = (self.endpoint.clone(), Box::<[u8]>::from(token));
+        let known = {
+            let mut st = state.borrow_mut();
+            st.typed::<IntrospectedTokens>().entries.get(&key).filter(|k| k.until_ms > now).copied()
+        };
+        let known = match known {
+            Some(k) => k,
+            None => match cx.answer.take() {
+                Some(Answer::Introspected(Some(body))) => {
+                    let k = self.read(&body, req, now);
+                    let mut st = state.borrow_mut();
+                    let kept = &mut st.typed::<IntrospectedTokens>().entries;
+                    if kept.len() >= KEPT_MAX {
+                        kept.retain(|_, e| e.until_ms > now);
+                        if kept.len() >= KEPT_MAX {
+                            kept.clear();
+                        }
+                    }
+                    kept.insert(key, k);
+                    k
+                }
+                Some(Answer::Introspected(None)) => {
+                    return Verdict::Respond(Reply::json_error(
+                        503,
+                        "introspection_unavailable",
+                        "the token cannot be checked right now; try again shortly",
+                    ))
+                }
+                other => {
+                    cx.answer = other;
+                    return Verdict::Call(Outbound::Introspect {
+                        endpoint: self.endpoint.clone(),
+                        client_auth: self.client_auth.clone(),
+                        token: token.into(),
+                        timeout_ms: self.timeout_ms,
+                    });
+                }
+            },
+        };
+        // A consumer removed since: its tokens name no one.
+        let consumer = known.consumer.filter(|(slot, k)| req.consumers.get(*slot).is_some_and(|c| c.limit_key == *k));
+        if !known.pass {
+            cx.challenge(&self.invalid);
+            return Verdict::Continue;
+        }
+        cx.identity = Some(Identity { consumer: consumer.map(|c| c.0), credential: Credential::Token });
+        cx.authenticating = true;
+        if self.hide {
+            headers.remove("authorization");
+        }
+        Verdict::Continue
+    }
+}
+
+impl Introspection {
+    /// What an endpoint's answer says of the token, and until when to believe it.
+    fn read(&self, body: &[u8], req: &RequestInfo<'_>, now: u64) -> Known {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let active = v.get("active").and_then(Value::as_bool).unwrap_or(false);
+        let exp_ms = v.get("exp").and_then(Value::as_u64).map(|e| e.saturating_mul(1000));
+        let scopes: Vec<&str> = v.get("scope").and_then(Value::as_str).map_or(Vec::new(), |s| s.split(' ').collect());
+        let scoped = self.required_scopes.iter().all(|r| scopes.contains(&r.as_str()));
+        let live = exp_ms.is_none_or(|e| e > now);
+        let pass = active && scoped && live;
+        let consumer = v
+            .get(&self.consumer_claim)
+            .and_then(Value::as_str)
+            .and_then(|id| req.consumers.by_id(id))
+            .map(|c| (c.slot, c.limit_key));
+        let until_ms = if active && live {
+            (now + self.cache_ttl_ms).min(exp_ms.unwrap_or(u64::MAX))
+        } else {
+            now + self.negative_ttl_ms
+        };
+        Known { until_ms, pass, consumer }
+    }
+}
