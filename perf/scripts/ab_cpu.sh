@@ -4,7 +4,8 @@
 # alike. Prints the CPU ticks (1/100 s, user + system, from /proc) each one spent per segment.
 #
 # Usage: A_CONFIG=a.yaml A_FLAGS="..." B_CONFIG=b.yaml B_FLAGS="..." \
-#        perf/scripts/ab_cpu.sh RINGWAY_BIN PERF_BIN [ROUNDS] [REQUESTS]
+#        [LOAD_ARGS="--header 'apikey: ...'"] perf/scripts/ab_cpu.sh RINGWAY_BIN PERF_BIN [ROUNDS] [REQUESTS]
+# LOAD_ARGS go to every load run (both sides get the same requests).
 # The origin must listen where the configs point (e.g. `ringway-perf origin --listen
 # 127.0.0.1:18081 --body-size 13 --threads 1`, pinned to core 1); the path is /bench/x.
 set -euo pipefail
@@ -24,7 +25,9 @@ for r in $(seq 1 "$rounds"); do
   for side in a b; do
     if [ $side = a ]; then pid=$pa; port=18095; else pid=$pb; port=18096; fi
     c0=$(cpu $pid)
-    taskset -c 1 "$perf" load --url "http://127.0.0.1:$port/bench/x" --connections 50 --requests "$requests" > /dev/null
+    # shellcheck disable=SC2086
+    eval taskset -c 1 "$perf" load --url "http://127.0.0.1:$port/bench/x" --connections 50 --requests "$requests" \
+      "${LOAD_ARGS:-}" > /dev/null
     c1=$(cpu $pid)
     echo "$r $side $((c1 - c0))"
   done

@@ -157,7 +157,7 @@ impl Contender {
                 let mut yaml = config_files::ringway(
                     origin,
                     scenario.extra_routes,
-                    scenario.ringway_policies,
+                    &scenario.ringway_policies.replace("{origin}", &origin.to_string()),
                     scenario.ringway_upstream,
                 );
                 yaml.push_str(&config_files::shipping(origin, scenario.ringway_shipping));

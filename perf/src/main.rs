@@ -8,7 +8,9 @@ mod config_files;
 mod conn;
 mod contender;
 mod http;
+mod identity;
 mod idle;
+mod jwt_fixtures;
 mod load;
 mod origin;
 mod process;
@@ -49,6 +51,12 @@ enum Command {
     Churn(churn::ChurnArgs),
     /// Memory per idle client keep-alive connection, with 10,000 of them open.
     Idle(idle::IdleArgs),
+    /// JWT cold-verification cost per algorithm; consumer lookup and memory, 10 and 100,000.
+    Identity {
+        /// Verifications per algorithm.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,5 +79,9 @@ fn main() -> Result<()> {
         }
         Command::Churn(args) => churn::run(&args),
         Command::Idle(args) => idle::run(&args),
+        Command::Identity { rounds } => {
+            identity::run(rounds);
+            Ok(())
+        }
     }
 }

@@ -37,6 +37,8 @@ pub struct OriginArgs {
 /// Pre-built response bytes shared by the connections of one thread.
 struct Responses {
     keep_alive: Rc<Vec<u8>>,
+    /// The answer to a token introspection (`POST /introspect`): an active token.
+    introspection: Rc<Vec<u8>>,
     close: Rc<Vec<u8>>,
     delay: Option<Duration>,
 }
@@ -88,6 +90,13 @@ fn serve_thread(addr: SocketAddr, args: &OriginArgs, ready: mpsc::Sender<Result<
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     let responses = Rc::new(Responses {
         keep_alive: Rc::new(build_response(args.body_size, "keep-alive")),
+        introspection: Rc::new(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{INTROSPECTION}",
+                INTROSPECTION.len()
+            )
+            .into_bytes(),
+        ),
         close: Rc::new(build_response(args.body_size, "close")),
         delay: (args.delay_ms > 0).then(|| Duration::from_millis(args.delay_ms)),
     });
@@ -129,7 +138,7 @@ async fn serve_conn(mut conn: Conn, responses: &Responses) -> Result<()> {
     let continue_bytes = Rc::new(CONTINUE.to_vec());
     loop {
         let head = conn.read_head(parse_request).await?;
-        let Some(info) = head else {
+        let Some((info, introspection)) = head else {
             return Ok(());
         };
         let decoder = BodyDecoder::new(info.framing);
@@ -140,7 +149,9 @@ async fn serve_conn(mut conn: Conn, responses: &Responses) -> Result<()> {
         if let Some(delay) = responses.delay {
             monoio::time::sleep(delay).await;
         }
-        if info.keep_alive {
+        if introspection {
+            conn.write_all(responses.introspection.clone()).await?;
+        } else if info.keep_alive {
             conn.write_all(responses.keep_alive.clone()).await?;
         } else {
             conn.write_all(responses.close.clone()).await?;
@@ -149,12 +160,18 @@ async fn serve_conn(mut conn: Conn, responses: &Responses) -> Result<()> {
     }
 }
 
-/// Parses a request head; `Ok(None)` while incomplete.
-fn parse_request(data: &[u8]) -> Result<Option<(usize, HeadInfo)>> {
+/// What `/introspect` answers (a gateway's token introspection, for the benchmarks).
+const INTROSPECTION: &str = r#"{"active":true,"client_id":"c00000000","scope":"read"}"#;
+
+/// Parses a request head, and whether it asks `/introspect`; `Ok(None)` while incomplete.
+fn parse_request(data: &[u8]) -> Result<Option<(usize, (HeadInfo, bool))>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(data)? {
         httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(len) => Ok(Some((len, request_head(&req)?))),
+        httparse::Status::Complete(len) => {
+            let introspection = req.path.is_some_and(|p| p.starts_with("/introspect"));
+            Ok(Some((len, (request_head(&req)?, introspection))))
+        }
     }
 }

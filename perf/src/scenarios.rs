@@ -178,6 +178,38 @@ pub const SCENARIOS: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "jwt_rs256",
+        description: "GET with an RS256 token, the worker's verified-token cache warm (ringway only)",
+        ringway_policies: "{jwt_auth: {}}",
+        ringway_document: crate::jwt_fixtures::RS256_CONSUMER,
+        headers: &[crate::jwt_fixtures::RS256_BEARER],
+        ..BASE
+    },
+    Scenario {
+        name: "jwt_es256",
+        description: "GET with an ES256 token, the worker's verified-token cache warm (ringway only)",
+        ringway_policies: "{jwt_auth: {}}",
+        ringway_document: crate::jwt_fixtures::ES256_CONSUMER,
+        headers: &[crate::jwt_fixtures::ES256_BEARER],
+        ..BASE
+    },
+    Scenario {
+        name: "bearer_open",
+        description:
+            "GET carrying an ES256 bearer token, no authentication: the base of the token costs (ringway only)",
+        headers: &[crate::jwt_fixtures::ES256_BEARER],
+        ..BASE
+    },
+    Scenario {
+        name: "introspected",
+        description: "GET with an opaque token, the worker's introspection cache warm (ringway only)",
+        ringway_policies:
+            "{oauth2_introspection: {endpoint: \"http://{origin}/introspect\", client_id: bench, client_secret: bench}}",
+        consumers: 10,
+        headers: &["Authorization: Bearer opaque-bench-token-0123456789"],
+        ..BASE
+    },
+    Scenario {
         name: "cache_hit",
         description: "GET answered from ringway's response cache (nginx and HAProxy proxy it)",
         ringway_policies: "{cache: {ttl: 3600s}}",
