@@ -121,7 +121,7 @@ pub fn handle(state: &mut AdminState, ctx: &ApiContext, req: &Request) -> Respon
         ("GET", ["revisions"]) => revisions(state, req),
         ("DELETE", ["cache"]) => purge(state, req),
         ("GET", ["global_policies"]) => {
-            Ok(Response::json(200, &json!({"revision": state.revision(), "value": state.spec().global_policies})))
+            Ok(Response::json(200, &json!({"revision": state.revision(), "value": global_shown(state)})))
         }
         ("PUT", ["global_policies"]) => put_global(state, req, false),
         ("PATCH", ["global_policies"]) => put_global(state, req, true),
@@ -173,11 +173,20 @@ fn put_global(state: &mut AdminState, req: &Request, patch: bool) -> Result<Resp
     } else {
         body
     };
-    let spec: ringway_policy::PoliciesSpec = typed(value, GLOBAL)?;
+    let mut spec: ringway_policy::PoliciesSpec = typed(value, GLOBAL)?;
+    let old = &state.spec().global_policies;
+    crate::secrets::seal_policies(GLOBAL, &mut spec, Some(old), &state.secrets).map_err(ApiError::invalid)?;
     let verb = if patch { "patch" } else { "replace" };
     let (rev, _) = state
         .apply_changes(vec![ResourceChange::Global(Some(Box::new(spec)))], format!("{verb} the global policies"))?;
-    Ok(Response::json(200, &json!({"revision": rev, "value": state.spec().global_policies})))
+    Ok(Response::json(200, &json!({"revision": rev, "value": global_shown(state)})))
+}
+
+/// The global policies as shown: no sealed secret.
+fn global_shown(state: &AdminState) -> Value {
+    let mut v = serde_json::to_value(&state.spec().global_policies).unwrap_or(Value::Null);
+    crate::secrets::strip_policies(&mut v);
+    v
 }
 
 /// Decodes `%XX` escapes (and `+` as a space) in a query value.
@@ -423,7 +432,7 @@ fn put_config(state: &mut AdminState, req: &Request) -> Result<Response, ApiErro
     let mut spec: ConfigSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::invalid(ConfigErrors(vec![ConfigError::new(e.path().to_string(), e.into_inner().to_string())]))
     })?;
-    crate::secrets::seal_document(&mut spec, state.spec())?;
+    crate::secrets::seal_document(&mut spec, state.spec(), &state.secrets)?;
     if let Some(a) = spec.access_log.as_deref() {
         // A log file that cannot be opened is refused now rather than lost later.
         if let Ok(Some(d)) = ringway_proxy::access_log::Destination::parse(a) {
@@ -458,7 +467,8 @@ fn rollback(state: &mut AdminState, rev: &str) -> Result<Response, ApiError> {
         }
         other => ApiError::new(500, "store_failed", other.to_string()),
     })?;
-    let spec = spec_from_state(&past).map_err(|e| ApiError::new(500, "store_failed", e))?;
+    let mut spec = spec_from_state(&past).map_err(|e| ApiError::new(500, "store_failed", e))?;
+    crate::secrets::open_document(&mut spec, &state.secrets).map_err(|e| ApiError::new(500, "store_failed", e))?;
     let (new_rev, d) = state.apply(spec, format!("rollback to revision {target}"))?;
     Ok(Response::json(200, &json!({"revision": new_rev, "rolled_back_to": target, "diff": d})))
 }
@@ -472,7 +482,12 @@ fn list(state: &AdminState, kind: &str) -> Response {
             .iter()
             .map(|(id, v)| json!({"id": id, "value": crate::secrets::public_consumer(v)}))
             .collect(),
-        _ => state.spec().routes.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
+        _ => state
+            .spec()
+            .routes
+            .iter()
+            .map(|(id, v)| json!({"id": id, "value": crate::secrets::public_route(v)}))
+            .collect(),
     };
     Response::json(200, &json!({"revision": state.revision(), "items": items}))
 }
@@ -486,10 +501,11 @@ fn stored(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
     }
 }
 
-/// A resource as shown: a consumer without its sealed secrets.
+/// A resource as shown: a consumer or a route without its sealed secrets.
 fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
     match kind {
         CONSUMERS => state.spec().consumers.get(id).map(crate::secrets::public_consumer),
+        ROUTES => state.spec().routes.get(id).map(crate::secrets::public_route),
         _ => stored(state, kind, id),
     }
 }
@@ -554,11 +570,18 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
         UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
         CONSUMERS => {
             let mut c: ringway_policy::ConsumerSpec = typed(value, &prefix)?;
-            crate::secrets::seal(id, &mut c, state.spec().consumers.get(id)).map_err(ApiError::invalid)?;
+            crate::secrets::seal(id, &mut c, state.spec().consumers.get(id), &state.secrets)
+                .map_err(ApiError::invalid)?;
             crate::secrets::check_owners(id, &c, &state.snapshot().consumers)?;
             ResourceChange::Consumer(id.to_string(), Some(Box::new(c)))
         }
-        _ => ResourceChange::Route(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
+        _ => {
+            let mut r: ringway_proxy::config::RouteSpec = typed(value, &prefix)?;
+            let old = state.spec().routes.get(id).map(|o| &o.policies);
+            let at = format!("{prefix}.policies");
+            crate::secrets::seal_policies(&at, &mut r.policies, old, &state.secrets).map_err(ApiError::invalid)?;
+            ResourceChange::Route(id.to_string(), Some(Box::new(r)))
+        }
     };
     let verb = if patch {
         "patch"

@@ -26,13 +26,17 @@ pub fn parse_document(text: &str) -> Result<ConfigSpec, ConfigErrors> {
 }
 
 /// Reads, parses and compiles a configuration file (JSON when its name ends in `.json`).
-pub fn load_file(path: &Path, revision: u64) -> Result<(ConfigSpec, Snapshot), ConfigErrors> {
+pub fn load_file(
+    path: &Path,
+    revision: u64,
+    secrets: &crate::secrets::SecretBox,
+) -> Result<(ConfigSpec, Snapshot), ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![ConfigError::new("$", format!("cannot read {}: {e}", path.display()))]))?;
     let json = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("json"));
     let mut spec = parse_document_as(&text, if json { Syntax::Json } else { Syntax::Yaml })?;
     // Keys and passwords in the file are sealed before anything is stored.
-    crate::secrets::seal_document(&mut spec, &ConfigSpec::default()).map_err(|e| {
+    crate::secrets::seal_document(&mut spec, &ConfigSpec::default(), secrets).map_err(|e| {
         let mut errors = ConfigErrors(e.problems);
         if errors.is_empty() {
             errors.push("consumers", e.message);

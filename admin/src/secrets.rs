@@ -4,9 +4,18 @@
 //!
 //! What a client may send for a credential it does not change: a key's `fingerprint` alone
 //! (or the stored form a PATCH merges over), a `basic_auth` with its `username` and no
-//! password. Both keep the stored secret of the same consumer.
+//! password, a `jwt` key with its `key_id` and algorithm and no secret. Each keeps the stored
+//! secret of the same consumer.
+//!
+//! HMAC secrets of consumers' JWT keys must verify, so they cannot be hashed: they are
+//! encrypted (AES-256-GCM) with the node's key, a file beside the store's directory
+//! ([`SecretBox`]), and opened in memory when the store is read.
 
 use std::collections::HashMap;
+use std::path::Path;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use base64::Engine as _;
 
 use ringway_policy::consumer::{fingerprint, hash_password, KeyDigest};
 use ringway_policy::{ConfigError, ConfigErrors, ConsumerSpec};
@@ -20,8 +29,157 @@ const MAX_SECRET: usize = 1024;
 /// Shortest key accepted: a digest of a shorter one is too easy to reverse.
 const MIN_KEY: usize = 16;
 
+/// The node's key for secrets that must be opened again (consumers' HMAC secrets).
+pub struct SecretBox {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox(..)")
+    }
+}
+
+impl SecretBox {
+    /// The key in `path`, made (32 random bytes, mode 0600) when there is none.
+    pub fn open_or_create(path: &Path) -> std::io::Result<SecretBox> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut key = [0u8; 32];
+                random(&mut key)?;
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+                key.to_vec()
+            }
+            Err(e) => return Err(e),
+        };
+        Self::from_bytes(&bytes)
+            .ok_or_else(|| std::io::Error::other(format!("{} is not a 32-byte key", path.display())))
+    }
+
+    /// A key of this process only (tests, and gateways that keep no store).
+    pub fn ephemeral() -> SecretBox {
+        let mut key = [0u8; 32];
+        random(&mut key).expect("/dev/urandom is readable");
+        Self::from_bytes(&key).expect("a 32-byte key")
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<SecretBox> {
+        let key = UnboundKey::new(&AES_256_GCM, b).ok()?;
+        (b.len() == 32).then(|| SecretBox { key: LessSafeKey::new(key) })
+    }
+
+    /// `v1.` and the base64url of nonce, ciphertext and tag.
+    pub fn seal(&self, plain: &[u8]) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        random(&mut nonce).expect("/dev/urandom is readable");
+        let mut data = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+            .expect("AES-GCM seals any length");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        format!("v1.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+    }
+
+    pub fn open(&self, sealed: &str) -> Option<Vec<u8>> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sealed.strip_prefix("v1.")?).ok()?;
+        if raw.len() < NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = rest.to_vec();
+        let plain = self.key.open_in_place(nonce, Aad::empty(), &mut data).ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn random(out: &mut [u8]) -> std::io::Result<()> {
+    aws_lc_rs::rand::fill(out).map_err(|_| std::io::Error::other("no random bytes"))
+}
+
+/// Seals the introspection client secret of `policies` at `path`; `old`: the policies as stored
+/// now (a secret left out is kept when the endpoint and client are the same).
+pub fn seal_policies(
+    path: &str,
+    policies: &mut ringway_policy::PoliciesSpec,
+    old: Option<&ringway_policy::PoliciesSpec>,
+    secrets: &SecretBox,
+) -> Result<(), ConfigErrors> {
+    let Some(i) = &mut policies.oauth2_introspection else { return Ok(()) };
+    let mut errors = ConfigErrors::default();
+    let at = format!("{path}.oauth2_introspection");
+    match i.client_secret.clone() {
+        Some(s) if s.is_empty() || s.len() > MAX_SECRET => {
+            errors.push(format!("{at}.client_secret"), format!("a secret is 1 to {MAX_SECRET} bytes"));
+        }
+        Some(s) => i.client_secret_sealed = Some(secrets.seal(s.as_bytes())),
+        None => {
+            let kept = old.and_then(|o| o.oauth2_introspection.as_ref()).filter(|o| {
+                o.endpoint == i.endpoint
+                    && o.client_id == i.client_id
+                    && (i.client_secret_sealed.is_none() || i.client_secret_sealed == o.client_secret_sealed)
+            });
+            match kept {
+                Some(o) => {
+                    i.client_secret.clone_from(&o.client_secret);
+                    i.client_secret_sealed.clone_from(&o.client_secret_sealed);
+                }
+                None => errors.push(format!("{at}.client_secret"), "give the client secret"),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn open_policies(path: &str, p: &mut ringway_policy::PoliciesSpec, secrets: &SecretBox) -> Result<(), String> {
+    if let Some(i) = &mut p.oauth2_introspection {
+        if let Some(sealed) = &i.client_secret_sealed {
+            let plain = secrets
+                .open(sealed)
+                .ok_or_else(|| format!("{path}: the client secret cannot be opened with this node's key"))?;
+            i.client_secret = Some(String::from_utf8(plain).map_err(|_| format!("{path}: a secret is not text"))?);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the sealed secrets of `spec` (a document read from the store): consumers' HMAC
+/// secrets, introspection client secrets.
+pub fn open_document(spec: &mut ConfigSpec, secrets: &SecretBox) -> Result<(), String> {
+    for (id, r) in spec.routes.iter_mut() {
+        open_policies(&format!("routes.{id}.policies"), &mut r.policies, secrets)?;
+    }
+    open_policies("global_policies", &mut spec.global_policies, secrets)?;
+    for (id, c) in spec.consumers.iter_mut() {
+        for (i, j) in c.credentials.jwt.iter_mut().enumerate() {
+            if let Some(sealed) = &j.secret_sealed {
+                let plain = secrets.open(sealed).ok_or_else(|| {
+                    format!("consumers.{id}.credentials.jwt[{i}]: the secret cannot be opened with this node's key")
+                })?;
+                j.secret = Some(String::from_utf8(plain).map_err(|_| format!("consumers.{id}: a secret is not text"))?);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Seals the credentials of consumer `id` in place; `old` is the consumer as stored now.
-pub fn seal(id: &str, c: &mut ConsumerSpec, old: Option<&ConsumerSpec>) -> Result<(), ConfigErrors> {
+pub fn seal(
+    id: &str,
+    c: &mut ConsumerSpec,
+    old: Option<&ConsumerSpec>,
+    secrets: &SecretBox,
+) -> Result<(), ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let path = format!("consumers.{id}.credentials");
     let old_keys = old.map_or(&[][..], |o| &o.credentials.key_auth[..]);
@@ -74,6 +232,42 @@ pub fn seal(id: &str, c: &mut ConsumerSpec, old: Option<&ConsumerSpec>) -> Resul
             },
         }
     }
+    let old_jwt = old.map_or(&[][..], |o| &o.credentials.jwt[..]);
+    for (i, j) in c.credentials.jwt.iter_mut().enumerate() {
+        let at = format!("{path}.jwt[{i}]");
+        let hmac = j.algorithm.starts_with("HS");
+        match j.secret.take() {
+            Some(_) if !hmac => errors.push(format!("{at}.secret"), "only HS algorithms take a secret"),
+            Some(s) if s.len() < 32 || s.len() > MAX_SECRET => {
+                errors.push(format!("{at}.secret"), format!("a secret is 32 to {MAX_SECRET} bytes"));
+            }
+            Some(s) => {
+                j.secret_sealed = Some(secrets.seal(s.as_bytes()));
+                j.secret = Some(s);
+            }
+            None if hmac => {
+                // Kept: the same key id and algorithm as a key this consumer has.
+                let same = old_jwt.iter().find(|o| {
+                    o.key_id == j.key_id
+                        && o.algorithm == j.algorithm
+                        && o.secret.is_some()
+                        && (j.secret_sealed.is_none() || j.secret_sealed == o.secret_sealed)
+                });
+                match same {
+                    Some(o) => {
+                        j.secret.clone_from(&o.secret);
+                        j.secret_sealed.clone_from(&o.secret_sealed);
+                    }
+                    None => errors.push(format!("{at}.secret"), "give the secret"),
+                }
+            }
+            None => {
+                if j.secret_sealed.is_some() {
+                    errors.push(format!("{at}.secret_sealed"), "set by the gateway");
+                }
+            }
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -81,11 +275,20 @@ pub fn seal(id: &str, c: &mut ConsumerSpec, old: Option<&ConsumerSpec>) -> Resul
     }
 }
 
-/// Seals every consumer of `new` against `old`, the document as stored now.
-pub fn seal_document(new: &mut ConfigSpec, old: &ConfigSpec) -> Result<(), ApiError> {
+/// Seals every secret of `new` against `old`, the document as stored now.
+pub fn seal_document(new: &mut ConfigSpec, old: &ConfigSpec, secrets: &SecretBox) -> Result<(), ApiError> {
     let mut errors = ConfigErrors::default();
+    for (id, r) in new.routes.iter_mut() {
+        let old = old.routes.get(id).map(|o| &o.policies);
+        if let Err(e) = seal_policies(&format!("routes.{id}.policies"), &mut r.policies, old, secrets) {
+            errors.0.extend(e.0);
+        }
+    }
+    if let Err(e) = seal_policies("global_policies", &mut new.global_policies, Some(&old.global_policies), secrets) {
+        errors.0.extend(e.0);
+    }
     for (id, c) in new.consumers.iter_mut() {
-        if let Err(e) = seal(id, c, old.consumers.get(id)) {
+        if let Err(e) = seal(id, c, old.consumers.get(id), secrets) {
             errors.0.extend(e.0);
         }
     }
@@ -176,15 +379,47 @@ fn strip(v: &mut Value) {
     if let Some(Value::Object(b)) = creds.get_mut("basic_auth") {
         b.remove("password_hash");
     }
+    if let Some(Value::Array(keys)) = creds.get_mut("jwt") {
+        for k in keys.iter_mut().filter_map(Value::as_object_mut) {
+            k.remove("secret_sealed");
+        }
+    }
 }
 
-/// A whole document as shown (exported): every consumer stripped.
+/// Route or global policies as shown: no sealed client secret.
+pub fn strip_policies(policies: &mut Value) {
+    if let Some(Value::Object(i)) = policies.get_mut("oauth2_introspection") {
+        i.remove("client_secret_sealed");
+    }
+}
+
+/// A route as shown.
+pub fn public_route(r: &ringway_proxy::config::RouteSpec) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let Some(p) = v.get_mut("policies") {
+        strip_policies(p);
+    }
+    v
+}
+
+/// A whole document as shown (exported): every consumer, route and the global policies
+/// stripped of sealed secrets.
 pub fn public_document(spec: &ConfigSpec) -> Value {
     let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
     if let Some(Value::Object(consumers)) = v.get_mut("consumers") {
         for c in consumers.values_mut() {
             strip(c);
         }
+    }
+    if let Some(Value::Object(routes)) = v.get_mut("routes") {
+        for r in routes.values_mut() {
+            if let Some(p) = r.get_mut("policies") {
+                strip_policies(p);
+            }
+        }
+    }
+    if let Some(g) = v.get_mut("global_policies") {
+        strip_policies(g);
     }
     v
 }

@@ -21,6 +21,7 @@ use crate::bootstrap::load_file;
 use crate::cli::Args;
 use crate::http::{AdminLimits, AllowedHosts, Endpoint, Job};
 use crate::metrics::MetricsSource;
+use crate::secrets::SecretBox;
 use crate::server::HttpServer;
 use crate::state::{diff, spec_from_state, AdminState, WorkerStatus};
 use crate::telemetry::{Telemetry, WorkerTelemetry};
@@ -42,7 +43,7 @@ fn report(path: &std::path::Path, errors: ringway_policy::ConfigErrors) -> anyho
 /// Opens the store and applies `--config` to it as the flags say. A missing or empty store is
 /// refused unless `--config` seeds it or `--init` asks for an empty one, so that a mistyped
 /// `--data-dir` does not start a gateway with no routes.
-fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
+fn open_store(args: &Args) -> anyhow::Result<(Box<dyn ConfigStore>, SecretBox)> {
     let seeded = args.config.is_some() || args.init;
     // RocksDB keeps a CURRENT file in every database directory.
     if !seeded && !args.data_dir.join("CURRENT").exists() {
@@ -54,6 +55,10 @@ fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
     let mut store = RocksStore::open(&args.data_dir)
         .with_context(|| format!("cannot open the configuration store in {}", args.data_dir.display()))?;
     let stored = store.revision().context("cannot read the store's revision")?;
+    // The key of secrets that must be opened again: beside the store's directory, not in it.
+    let key_file = secrets_key_path(&args.data_dir);
+    let secrets = SecretBox::open_or_create(&key_file)
+        .with_context(|| format!("cannot read or make the secrets key {}", key_file.display()))?;
     if stored == 0 && !seeded {
         bail!(
             "the configuration store in {} is empty: pass --config FILE to seed it, or --init to start with no routes",
@@ -61,7 +66,7 @@ fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
         );
     }
     if let Some(path) = &args.config {
-        let (spec, _) = load_file(path, stored + 1).map_err(|e| report(path, e))?;
+        let (spec, _) = load_file(path, stored + 1, &secrets).map_err(|e| report(path, e))?;
         if stored == 0 || args.replace_config {
             let current = spec_from_state(&store.load()?).map_err(anyhow::Error::msg)?;
             let (_, ops) = diff(&current, spec);
@@ -77,7 +82,15 @@ fn open_store(args: &Args) -> anyhow::Result<Box<dyn ConfigStore>> {
             );
         }
     }
-    Ok(Box::new(store))
+    Ok((Box::new(store), secrets))
+}
+
+/// `DIR.key` beside the store's directory `DIR` (read as an absolute path, so `.` is never
+/// its own parent).
+fn secrets_key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let name = dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}.key"))
 }
 
 /// The admin token from `--admin-token-file` (trimmed) or `--admin-token`; none when empty.
@@ -97,7 +110,7 @@ fn admin_token(args: &Args) -> anyhow::Result<Option<String>> {
 /// `--check`: validates the `--config` file and prints a summary; starts nothing.
 pub fn check(args: &Args) -> anyhow::Result<()> {
     let Some(path) = &args.config else { bail!("--check needs --config FILE") };
-    let (_, snapshot) = load_file(path, 1).map_err(|e| report(path, e))?;
+    let (_, snapshot) = load_file(path, 1, &SecretBox::ephemeral()).map_err(|e| report(path, e))?;
     println!("configuration OK: {} upstream(s), {} route(s)", snapshot.upstreams.len(), snapshot.routes.len());
     Ok(())
 }
@@ -222,9 +235,10 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     if count == 0 {
         bail!("--workers must be at least 1");
     }
-    let store = open_store(&args)?;
+    let (store, secrets) = open_store(&args)?;
     let stored = store.load().context("cannot load the stored configuration")?;
-    let spec = spec_from_state(&stored).map_err(anyhow::Error::msg)?;
+    let mut spec = spec_from_state(&stored).map_err(anyhow::Error::msg)?;
+    crate::secrets::open_document(&mut spec, &secrets).map_err(anyhow::Error::msg)?;
     let snapshot = Snapshot::compile(&spec, stored.revision).map_err(|e| {
         anyhow::anyhow!("the stored configuration (revision {}) does not compile: {e}", stored.revision)
     })?;
@@ -366,6 +380,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     );
 
     let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
+    state.secrets = secrets;
     state.start_health().context("cannot start the health thread")?;
     let ctx = ApiContext {
         token: token.as_ref().map(|t| AdminToken::new(t.as_bytes())),

@@ -301,6 +301,8 @@ pub struct AdminState {
     workers: Vec<MailboxSender<Control>>,
     acks: Receiver<Ack>,
     pub worker_status: Vec<WorkerStatus>,
+    /// The node's key for consumers' HMAC secrets (see `crate::secrets`).
+    pub secrets: crate::secrets::SecretBox,
     pub rollout_timeout: Duration,
     /// How long the last rollout took from commit to the last acknowledgement.
     pub last_rollout: Option<Duration>,
@@ -326,6 +328,7 @@ impl AdminState {
         worker_status: Vec<WorkerStatus>,
     ) -> Self {
         AdminState {
+            secrets: crate::secrets::SecretBox::ephemeral(),
             store,
             spec,
             revision: current.revision,

@@ -20,7 +20,7 @@ use crate::consumer::KeyDigest;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, HeaderList};
-use crate::seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
+use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
 
 /// The identity band: authentication runs before everything else.
 pub const IDENTITY_PRIORITY: u32 = 3000;
@@ -198,17 +198,27 @@ const REFUSED_TTL_MS: u64 = 5_000;
 const VERIFIED_MAX: usize = 4096;
 
 /// A worker's checked passwords, by a digest of username and password under a secret of the
-/// worker's (so the table holds no password).
+/// worker's (so the table holds no password). Refused ones, which anyone can make, are kept
+/// in a smaller table of their own and never push out the verified ones.
 pub struct VerifiedPasswords {
     secret: [u8; 16],
     entries: HashMap<[u8; 32], Checked>,
+    refused: HashMap<[u8; 32], Checked>,
 }
+
+const REFUSED_MAX: usize = 1024;
 
 impl Default for VerifiedPasswords {
     fn default() -> Self {
+        // A secret from the standard library's per-process random keys: no file read here.
+        use std::hash::{BuildHasher, Hasher};
         let mut secret = [0u8; 16];
-        crate::consumer::random_bytes(&mut secret);
-        VerifiedPasswords { secret, entries: HashMap::new() }
+        for (i, half) in secret.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        VerifiedPasswords { secret, entries: HashMap::new(), refused: HashMap::new() }
     }
 }
 
@@ -236,14 +246,25 @@ impl VerifiedPasswords {
         h.finalize().into()
     }
 
+    fn get(&self, key: &[u8; 32]) -> Option<&Checked> {
+        self.entries.get(key).or_else(|| self.refused.get(key))
+    }
+
     fn put(&mut self, key: [u8; 32], c: Checked, now: u64) {
-        if self.entries.len() >= VERIFIED_MAX {
-            self.entries.retain(|_, e| e.until_ms > now);
-            if self.entries.len() >= VERIFIED_MAX {
-                self.entries.clear();
+        let (table, max) = if c.ok { (&mut self.entries, VERIFIED_MAX) } else { (&mut self.refused, REFUSED_MAX) };
+        if table.len() >= max {
+            table.retain(|_, e| e.until_ms > now);
+            if table.len() >= max {
+                table.clear();
             }
         }
-        self.entries.insert(key, c);
+        if c.ok {
+            self.refused.remove(&key);
+        } else {
+            self.entries.remove(&key);
+        }
+        let table = if c.ok { &mut self.entries } else { &mut self.refused };
+        table.insert(key, c);
     }
 }
 
@@ -260,38 +281,37 @@ impl Policy for BasicAuth {
         if cx.identity.is_some() {
             return Verdict::Continue;
         }
-        let Some((user, password)) = req.head.header("authorization").and_then(parse_basic) else {
+        let mut decoded = [0u8; BASIC_MAX];
+        let Some((user, password)) = req.head.header("authorization").and_then(|v| parse_basic(v, &mut decoded)) else {
             cx.challenge(&self.challenge);
             return Verdict::Continue;
         };
-        let slot = std::str::from_utf8(&user).ok().and_then(|u| req.consumers.user(u));
+        let slot = std::str::from_utf8(user).ok().and_then(|u| req.consumers.user(u));
         let basic = slot.and_then(|s| req.consumers.get(s)).and_then(|c| c.basic.as_ref());
         let against = slot.zip(basic.map(|b| b.tag));
         let now = cx.now_ms();
         let state = cx.state().clone();
         let mut state = state.borrow_mut();
         let cache = state.typed::<VerifiedPasswords>();
-        let key = cache.key(&user, &password);
-        let known = cache.entries.get(&key).filter(|c| c.until_ms > now && c.against == against).map(|c| c.ok);
+        let key = cache.key(user, password);
+        let known = cache.get(&key).filter(|c| c.until_ms > now && c.against == against).map(|c| c.ok);
         let ok = match known {
             Some(ok) => ok,
-            None => match cx.answer {
-                Some(Answer::Password(Some(ok))) => {
-                    cx.answer = None;
+            None => match cx.answers.password.take() {
+                Some(Some(ok)) => {
                     let ok = ok && against.is_some();
                     let ttl = if ok { VERIFIED_TTL_MS } else { REFUSED_TTL_MS };
                     cache.put(key, Checked { against, ok, until_ms: now + ttl }, now);
                     ok
                 }
-                Some(Answer::Password(None)) => {
-                    cx.answer = None;
+                Some(None) => {
                     return Verdict::Respond(Reply::json_error(
                         503,
                         "unavailable",
                         "credentials cannot be checked right now; try again shortly",
                     ));
                 }
-                _ => {
+                None => {
                     let hash = basic.map(|b| b.hash.clone());
                     return Verdict::Call(Outbound::VerifyPassword { hash, password: password.into() });
                 }
@@ -312,15 +332,19 @@ impl Policy for BasicAuth {
     }
 }
 
-/// `Authorization: Basic base64(user:password)`, decoded.
-fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+/// The longest decoded basic credential accepted.
+const BASIC_MAX: usize = 1024;
+
+/// `Authorization: Basic base64(user:password)`, decoded into `out`.
+fn parse_basic<'o>(value: &[u8], out: &'o mut [u8; BASIC_MAX]) -> Option<(&'o [u8], &'o [u8])> {
     let value = value.trim_ascii();
-    if value.len() < 6 || !value[..6].eq_ignore_ascii_case(b"basic ") || value.len() > 4096 {
+    if value.len() < 6 || !value[..6].eq_ignore_ascii_case(b"basic ") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(value[6..].trim_ascii()).ok()?;
+    let n = base64::engine::general_purpose::STANDARD.decode_slice(value[6..].trim_ascii(), out).ok()?;
+    let decoded = &out[..n];
     let colon = decoded.iter().position(|b| *b == b':')?;
-    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
+    Some((&decoded[..colon], &decoded[colon + 1..]))
 }
 
 /// The compiled `acl`.

@@ -53,8 +53,10 @@ impl CredentialsSpec {
     }
 }
 
-/// `{key_id, algorithm, public_key}`: a public key is no secret, and is stored and shown as
-/// given.
+/// `{key_id, algorithm, public_key | secret}`. A public key is no secret: stored and shown as
+/// given. An HMAC secret must verify, so it cannot be hashed: the admin API encrypts it with the
+/// node's key (`secret_sealed`, stored) and keeps it open in memory only (`secret`, never
+/// serialized).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredentialSpec {
@@ -62,9 +64,10 @@ pub struct JwtCredentialSpec {
     pub algorithm: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
-    /// An HMAC secret: refused (a shared secret cannot be kept sealed and still verify).
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_sealed: Option<String>,
 }
 
 /// An API key: `key` as users send it; `digest` and `fingerprint` once sealed (the key itself
@@ -187,7 +190,7 @@ pub fn decoy_hash() -> &'static str {
     })
 }
 
-pub(crate) fn random_bytes(out: &mut [u8]) {
+fn random_bytes(out: &mut [u8]) {
     use std::io::Read;
     let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(out)).is_ok();
     assert!(filled, "/dev/urandom is unreadable");
@@ -267,6 +270,9 @@ impl Hasher for DigestHash {
         self.0 ^= n;
     }
 }
+
+/// Keys of each kind one consumer may hold.
+pub const MAX_KEYS: usize = 64;
 
 /// Where a credential belongs: the consumer's slot and the key's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +360,9 @@ impl Consumers {
         let before = errors.0.len();
         let path = format!("consumers.{id}");
         let mut digests = Vec::new();
+        if spec.credentials.key_auth.len() > MAX_KEYS || spec.credentials.jwt.len() > MAX_KEYS {
+            errors.push(format!("{path}.credentials"), format!("at most {MAX_KEYS} keys of each kind"));
+        }
         for (i, k) in spec.credentials.key_auth.iter().enumerate() {
             let at = format!("{path}.credentials.key_auth[{i}]");
             if k.key.is_some() {
@@ -405,16 +414,14 @@ impl Consumers {
                 );
                 continue;
             };
-            if j.secret.is_some() {
-                errors.push(
-                    format!("{at}.secret"),
-                    "shared secrets are not accepted: they cannot be stored sealed and still verify; use an RS, PS, ES or EdDSA public_key",
-                );
+            if j.secret.is_some() && j.secret_sealed.is_none() {
+                errors.push(format!("{at}.secret"), "a secret must be sealed before it is compiled");
                 continue;
             }
-            match crate::keys::consumer_key(alg, None, j.public_key.as_deref()) {
+            let field = if j.secret.is_some() { "secret" } else { "public_key" };
+            match crate::keys::consumer_key(alg, j.secret.as_deref().map(str::as_bytes), j.public_key.as_deref()) {
                 Ok(k) => jwt_keys.push((j.key_id.clone(), alg, k)),
-                Err(e) => errors.push(format!("{at}.public_key"), e),
+                Err(e) => errors.push(format!("{at}.{field}"), e),
             }
         }
         for (i, g) in spec.groups.iter().enumerate() {
@@ -470,6 +477,8 @@ impl Consumers {
                     h.update(j.key_id.as_bytes());
                     h.update([0]);
                     h.update(j.public_key.as_deref().unwrap_or("").as_bytes());
+                    h.update([0]);
+                    h.update(j.secret_sealed.as_deref().unwrap_or("").as_bytes());
                 }
                 u64::from_le_bytes(h.finalize()[..8].try_into().unwrap_or_default())
             },

@@ -99,6 +99,28 @@ pub enum Credential {
     Token,
 }
 
+/// The answers a request's outbound calls came back with so far, one per kind.
+#[derive(Debug, Clone, Default)]
+pub struct Answers {
+    /// A password check: whether it matched (`None`: it could not be made).
+    pub password: Option<Option<bool>>,
+    /// A key fetch: whether the set is held.
+    pub keys: Option<bool>,
+    /// An introspection: the endpoint's answer (`None`: it could not be asked).
+    pub introspected: Option<Option<std::rc::Rc<[u8]>>>,
+}
+
+impl Answers {
+    /// Keeps `a` (replacing an earlier answer of its kind).
+    pub fn add(&mut self, a: Answer) {
+        match a {
+            Answer::Password(p) => self.password = Some(p),
+            Answer::Keys(k) => self.keys = Some(k),
+            Answer::Introspected(i) => self.introspected = Some(i),
+        }
+    }
+}
+
 /// Up to this many authentication policies' challenges are kept for a 401.
 const CHALLENGES: usize = 4;
 
@@ -121,9 +143,9 @@ pub struct Context {
     /// The `WWW-Authenticate` values of the authentication policies that did not authenticate
     /// the request, for a 401.
     pub(crate) challenges: [Option<Arc<str>>; CHALLENGES],
-    /// The answer to the outbound call a policy asked for, handed back when the request is
-    /// planned again (see [`crate::Verdict::Call`]).
-    pub answer: Option<Answer>,
+    /// The answers to the outbound calls policies asked for, handed back when the request is
+    /// planned again (see [`crate::Verdict::Call`]): all of them, one per kind.
+    pub answers: Answers,
     /// A query parameter that carried a credential: always kept out of the log, and removed
     /// from the upstream request too when the flag is set (`hide_credentials`).
     pub query_credential: Option<(Arc<str>, bool)>,
@@ -141,7 +163,7 @@ impl Context {
             identity: None,
             authenticating: false,
             challenges: Default::default(),
-            answer: None,
+            answers: Answers::default(),
             query_credential: None,
         }
     }
@@ -153,11 +175,6 @@ impl Context {
         if let Some(slot) = self.challenges.iter_mut().find(|s| s.is_none()) {
             *slot = Some(value.clone());
         }
-    }
-
-    /// The answer to this request's outbound call, when there is one.
-    pub fn take_answer(&mut self) -> Option<Answer> {
-        self.answer.take()
     }
 
     /// A context on a clock `skew_ms` ahead of the system's.

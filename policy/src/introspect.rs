@@ -15,7 +15,7 @@ use crate::auth::IDENTITY_PRIORITY;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
-use crate::seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
+use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
 
 /// `oauth2_introspection: {...}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +23,12 @@ use crate::seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
 pub struct IntrospectionSpec {
     pub endpoint: String,
     pub client_id: String,
-    pub client_secret: String,
+    /// As users send it; open in memory only (never serialized).
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<String>,
+    /// The secret encrypted with the node's key (set by the admin API; stored, never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_sealed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +47,8 @@ pub struct IntrospectionSpec {
 /// The compiled `oauth2_introspection`.
 #[derive(Debug)]
 pub struct Introspection {
+    /// Names this policy's answers in a worker's cache (see `jwt::policy_id`).
+    id: u64,
     endpoint: Arc<str>,
     /// `Authorization: Basic ...` for the endpoint.
     client_auth: Arc<str>,
@@ -78,9 +85,21 @@ impl Introspection {
         let timeout_ms = dur(&spec.timeout, "timeout", 1000);
         let cache_ttl_ms = dur(&spec.cache_ttl, "cache_ttl", 60_000);
         let negative_ttl_ms = dur(&spec.negative_ttl, "negative_ttl", 5000);
-        let credentials = format!("{}:{}", spec.client_id, spec.client_secret);
+        let secret = match (&spec.client_secret, &spec.client_secret_sealed) {
+            (Some(s), Some(_)) => s.as_str(),
+            (Some(_), None) => {
+                errors.push(format!("{path}.client_secret"), "a secret must be sealed before it is compiled");
+                ""
+            }
+            (None, _) => {
+                errors.push(format!("{path}.client_secret"), "give the client secret");
+                ""
+            }
+        };
+        let credentials = format!("{}:{secret}", spec.client_id);
         let client_auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
         (errors.0.len() == before).then(|| Introspection {
+            id: crate::jwt::policy_id(),
             endpoint: spec.endpoint.as_str().into(),
             client_auth: client_auth.into(),
             timeout_ms: timeout_ms.clamp(10, 30_000),
@@ -95,8 +114,12 @@ impl Introspection {
     }
 }
 
-/// A worker's introspected tokens, at most this many.
+/// A worker's introspected tokens: active ones at most this many, inactive ones (which anyone
+/// can make) in a smaller table of their own, so they never push out the active ones; tokens
+/// longer than `KEPT_TOKEN_MAX` are asked about every time.
 const KEPT_MAX: usize = 10_000;
+const REFUSED_MAX: usize = 2048;
+const KEPT_TOKEN_MAX: usize = 2048;
 
 #[derive(Debug, Clone, Copy)]
 struct Known {
@@ -106,13 +129,37 @@ struct Known {
     consumer: Option<(u32, u64)>,
 }
 
-/// An endpoint and a token.
-type Asked = (Arc<str>, Box<[u8]>);
+type ByToken = HashMap<Box<[u8]>, Known, FxBuildHasher>;
 
-/// A worker's answers from introspection endpoints, by endpoint and token.
+/// A worker's answers from introspection endpoints, by policy (its endpoint, client, scopes
+/// and consumer claim), then token; both looked up borrowed: a cached token costs no
+/// allocation.
 #[derive(Debug, Default)]
 pub struct IntrospectedTokens {
-    entries: HashMap<Asked, Known, FxBuildHasher>,
+    active: HashMap<u64, ByToken, FxBuildHasher>,
+    refused: HashMap<u64, ByToken, FxBuildHasher>,
+}
+
+impl IntrospectedTokens {
+    fn get(&self, policy: u64, token: &[u8], now: u64) -> Option<Known> {
+        let found = |t: &HashMap<u64, ByToken, FxBuildHasher>| t.get(&policy).and_then(|m| m.get(token)).copied();
+        found(&self.active).or_else(|| found(&self.refused)).filter(|k| k.until_ms > now)
+    }
+
+    fn put(&mut self, policy: u64, token: &[u8], k: Known, now: u64) {
+        let (table, max) = if k.pass { (&mut self.active, KEPT_MAX) } else { (&mut self.refused, REFUSED_MAX) };
+        let len: usize = table.values().map(HashMap::len).sum();
+        if len >= max {
+            for m in table.values_mut() {
+                m.retain(|_, e| e.until_ms > now);
+            }
+            table.retain(|_, m| !m.is_empty());
+            if table.values().map(HashMap::len).sum::<usize>() >= max {
+                table.clear();
+            }
+        }
+        table.entry(policy).or_default().insert(token.into(), k);
+    }
 }
 
 /// The bearer token of a request.
@@ -140,36 +187,25 @@ impl Policy for Introspection {
         };
         let now = cx.now_ms();
         let state = cx.state().clone();
-        let key = (self.endpoint.clone(), Box::<[u8]>::from(token));
-        let known = {
-            let mut st = state.borrow_mut();
-            st.typed::<IntrospectedTokens>().entries.get(&key).filter(|k| k.until_ms > now).copied()
-        };
+        let known = state.borrow_mut().typed::<IntrospectedTokens>().get(self.id, token, now);
         let known = match known {
             Some(k) => k,
-            None => match cx.answer.take() {
-                Some(Answer::Introspected(Some(body))) => {
+            None => match cx.answers.introspected.take() {
+                Some(Some(body)) => {
                     let k = self.read(&body, req, now);
-                    let mut st = state.borrow_mut();
-                    let kept = &mut st.typed::<IntrospectedTokens>().entries;
-                    if kept.len() >= KEPT_MAX {
-                        kept.retain(|_, e| e.until_ms > now);
-                        if kept.len() >= KEPT_MAX {
-                            kept.clear();
-                        }
+                    if token.len() <= KEPT_TOKEN_MAX {
+                        state.borrow_mut().typed::<IntrospectedTokens>().put(self.id, token, k, now);
                     }
-                    kept.insert(key, k);
                     k
                 }
-                Some(Answer::Introspected(None)) => {
+                Some(None) => {
                     return Verdict::Respond(Reply::json_error(
                         503,
                         "introspection_unavailable",
                         "the token cannot be checked right now; try again shortly",
                     ))
                 }
-                other => {
-                    cx.answer = other;
+                None => {
                     return Verdict::Call(Outbound::Introspect {
                         endpoint: self.endpoint.clone(),
                         client_auth: self.client_auth.clone(),

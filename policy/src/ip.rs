@@ -110,9 +110,10 @@ impl Policy for IpRestriction {
         "ip_restriction"
     }
 
-    /// Authorization band, before the limits spend anything on a refused client.
+    /// Before the identity band: a refused address learns nothing of its credentials, and costs
+    /// no password check or token call.
     fn priority(&self) -> u32 {
-        2500
+        3100
     }
 
     fn on_request<'a>(&'a self, req: &RequestInfo<'_>, _: &mut HeaderList<'a>, _: &mut Context) -> Verdict {

@@ -20,7 +20,7 @@ use crate::auth::IDENTITY_PRIORITY;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
-use crate::seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
+use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
 
 /// `jwt_auth: {issuers, claims_to_headers, hide_credentials}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,9 +73,38 @@ struct Issuer {
     require_consumer: bool,
 }
 
+/// Names each compiled policy that keeps verified tokens: a token verified under one route's
+/// rules says nothing under another's.
+pub(crate) fn policy_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Header names a claim may not be sent as: the gateway's own identity fields and what frames
+/// or routes the request.
+fn reserved(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "x-consumer-id",
+        "x-consumer-groups",
+        "x-credential-id",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "authorization",
+        "x-forwarded-for",
+        "x-request-id",
+        "traceparent",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// The compiled `jwt_auth`.
 #[derive(Debug)]
 pub struct JwtAuth {
+    id: u64,
     issuers: Vec<Issuer>,
     claims_to_headers: Vec<(String, Arc<str>)>,
     hide: bool,
@@ -140,10 +169,13 @@ impl JwtAuth {
         for (claim, header) in &spec.claims_to_headers {
             if !is_valid_header_name(header) {
                 errors.push(format!("{path}.claims_to_headers.{claim}"), "not a valid header name");
+            } else if reserved(header) {
+                errors.push(format!("{path}.claims_to_headers.{claim}"), "a header the gateway sets or frames with");
             }
             claims_to_headers.push((claim.clone(), Arc::from(header.to_ascii_lowercase())));
         }
         (errors.0.len() == before).then(|| JwtAuth {
+            id: policy_id(),
             issuers,
             claims_to_headers,
             hide: spec.hide_credentials,
@@ -170,14 +202,17 @@ enum By {
     Consumer(u32, u64),
 }
 
-/// Verified tokens kept at most per worker, and how long a token without `exp` is believed.
+/// Verified tokens kept at most per worker (in all), and the longest token kept.
 const VERIFIED_MAX: usize = 10_000;
-const NO_EXP_TTL_MS: u64 = 300_000;
+const KEPT_TOKEN_MAX: usize = 2048;
+/// Keys of a set tried for a token that names none.
+const KID_LESS_TRIES: usize = 4;
 
-/// A worker's verified tokens.
+/// A worker's verified tokens, by policy, then token (both looked up borrowed).
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
-    entries: HashMap<Box<[u8]>, Verified, FxBuildHasher>,
+    entries: HashMap<u64, HashMap<Box<[u8]>, Verified, FxBuildHasher>, FxBuildHasher>,
+    len: usize,
 }
 
 /// Why a token did not pass.
@@ -220,7 +255,10 @@ impl JwtAuth {
                 return Err(Refusal::Invalid);
             }
             check(text, key, header.alg, &claims, now_s, 30, None)?;
-            return Ok(self.verified(&claims, now_s, By::Consumer(slot, c.jwt_tag), Some((slot, c.limit_key))));
+            // The consumer chose its own claims: none of them become headers.
+            let mut v = self.verified(&claims, By::Consumer(slot, c.jwt_tag), Some((slot, c.limit_key)));
+            v.headers.clear();
+            return Ok(v);
         }
         // An issuer's: the one its `iss` names (the only one, when there is one).
         let iss = claims.get("iss").and_then(Value::as_str);
@@ -239,10 +277,15 @@ impl JwtAuth {
             _ if fetched => return Err(Refusal::NoKeys),
             _ => return Err(Refusal::Fetch(issuer.jwks_uri.clone(), issuer.refresh_ms)),
         };
-        let mut candidates = set.keys.iter().filter(|k| k.fits(header.alg)).filter(|k| match &header.kid {
-            Some(kid) => k.kid.as_deref() == Some(kid),
-            None => true,
-        });
+        let mut candidates = set
+            .keys
+            .iter()
+            .filter(|k| k.fits(header.alg))
+            .filter(|k| match &header.kid {
+                Some(kid) => k.kid.as_deref() == Some(kid),
+                None => true,
+            })
+            .take(KID_LESS_TRIES);
         let mut verified = false;
         let mut any = false;
         for k in candidates.by_ref() {
@@ -275,18 +318,12 @@ impl JwtAuth {
         if consumer.is_none() && issuer.require_consumer {
             return Err(Refusal::Invalid);
         }
-        Ok(self.verified(&claims, now_s, By::Issuer(generation), consumer))
+        Ok(self.verified(&claims, By::Issuer(generation), consumer))
     }
 
-    fn verified(
-        &self,
-        claims: &serde_json::Map<String, Value>,
-        now_s: u64,
-        by: By,
-        consumer: Option<(u32, u64)>,
-    ) -> Verified {
-        let exp_ms = claims.get("exp").and_then(Value::as_u64).map(|e| e.saturating_mul(1000));
-        let until_ms = exp_ms.unwrap_or(u64::MAX).min(now_s * 1000 + NO_EXP_TTL_MS);
+    fn verified(&self, claims: &serde_json::Map<String, Value>, by: By, consumer: Option<(u32, u64)>) -> Verified {
+        // `exp` is required (see `check`): kept no longer than the token lives.
+        let until_ms = claims.get("exp").and_then(Value::as_u64).map_or(0, |e| e.saturating_mul(1000));
         let headers = self
             .claims_to_headers
             .iter()
@@ -316,16 +353,19 @@ fn check(
     issuer: Option<&Issuer>,
 ) -> Result<(), Refusal> {
     let mut v = Validation::new(alg);
-    // Time is checked below, on the gateway's clock.
+    // Time is checked below, on the gateway's clock; `exp` is required of every token, `iss`
+    // of an issuer's, `aud` where the issuer names audiences.
     v.validate_exp = false;
     v.validate_nbf = false;
     v.required_spec_claims.clear();
     v.validate_aud = false;
     if let Some(i) = issuer {
         v.set_issuer(&[&i.issuer]);
+        v.required_spec_claims.insert("iss".into());
         if !i.audiences.is_empty() {
             v.validate_aud = true;
             v.set_audience(&i.audiences);
+            v.required_spec_claims.insert("aud".into());
         }
     }
     jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &v).map_err(|_| Refusal::Invalid)?;
@@ -333,8 +373,10 @@ fn check(
         None => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or(Refusal::Invalid),
     };
-    if time("exp")?.is_some_and(|exp| now_s > exp.saturating_add(leeway_s)) {
-        return Err(Refusal::Invalid);
+    match time("exp")? {
+        None => return Err(Refusal::Invalid),
+        Some(exp) if now_s > exp.saturating_add(leeway_s) => return Err(Refusal::Invalid),
+        Some(_) => {}
     }
     if time("nbf")?.is_some_and(|nbf| now_s.saturating_add(leeway_s) < nbf) {
         return Err(Refusal::Invalid);
@@ -350,9 +392,6 @@ impl JwtAuth {
         cx.authenticating = true;
         if self.hide {
             headers.remove("authorization");
-        }
-        for (_, name) in &self.claims_to_headers {
-            headers.remove(name);
         }
         for (i, value) in &v.headers {
             headers.push(&*self.claims_to_headers[*i].1, value.to_vec());
@@ -370,6 +409,10 @@ impl Policy for JwtAuth {
     }
 
     fn on_request<'a>(&'a self, req: &RequestInfo<'_>, headers: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        // The headers claims become are the gateway's to set, whoever authenticates the request.
+        for (_, name) in &self.claims_to_headers {
+            headers.remove(name);
+        }
         if cx.identity.is_some() {
             return Verdict::Continue;
         }
@@ -392,24 +435,33 @@ impl Policy for JwtAuth {
         {
             let mut st = state.borrow_mut();
             let cache = st.typed::<VerifiedTokens>();
-            if let Some(v) = cache.entries.get(token).filter(|v| still(v)) {
+            if let Some(v) = cache.entries.get(&self.id).and_then(|m| m.get(token)).filter(|v| still(v)) {
                 self.pass(v, headers, cx);
                 return Verdict::Continue;
             }
         }
-        let fetched = matches!(cx.answer, Some(Answer::Keys(_)));
+        let fetched = cx.answers.keys.is_some();
         match self.verify(token, req, cx, fetched) {
             Ok(v) => {
                 self.pass(&v, headers, cx);
-                let mut st = state.borrow_mut();
-                let cache = st.typed::<VerifiedTokens>();
-                if cache.entries.len() >= VERIFIED_MAX {
-                    cache.entries.retain(|_, e| e.until_ms > now);
-                    if cache.entries.len() >= VERIFIED_MAX {
-                        cache.entries.clear();
+                if token.len() <= KEPT_TOKEN_MAX {
+                    let mut st = state.borrow_mut();
+                    let cache = st.typed::<VerifiedTokens>();
+                    if cache.len >= VERIFIED_MAX {
+                        for m in cache.entries.values_mut() {
+                            m.retain(|_, e| e.until_ms > now);
+                        }
+                        cache.entries.retain(|_, m| !m.is_empty());
+                        cache.len = cache.entries.values().map(HashMap::len).sum();
+                        if cache.len >= VERIFIED_MAX {
+                            cache.entries.clear();
+                            cache.len = 0;
+                        }
+                    }
+                    if cache.entries.entry(self.id).or_default().insert(token.into(), v).is_none() {
+                        cache.len += 1;
                     }
                 }
-                cache.entries.insert(token.into(), v);
                 Verdict::Continue
             }
             Err(Refusal::Invalid) => {

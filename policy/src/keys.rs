@@ -38,6 +38,8 @@ pub struct KeySet {
     /// Whether a fetch ever succeeded (without one, tokens get a 503, not a 401).
     pub fetched: bool,
     pub keys: Vec<SigningKey>,
+    /// A digest of the document it was read from: a fetch of the same set changes nothing.
+    pub digest: u64,
 }
 
 impl KeySet {
@@ -53,7 +55,13 @@ impl KeySet {
                 DecodingKey::from_jwk(k).ok().map(|key| SigningKey { kid: k.common.key_id.clone(), alg, key })
             })
             .collect();
-        Ok(KeySet { fetched: true, keys })
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            body.hash(&mut h);
+            h.finish()
+        };
+        Ok(KeySet { fetched: true, keys, digest })
     }
 }
 
@@ -82,8 +90,12 @@ impl KeyStore {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Replaces the set of `uri` (one writer: the fetching thread).
+    /// Replaces the set of `uri` (one writer: the fetching thread). The same set fetched again
+    /// changes nothing, so workers keep the tokens they verified.
     pub fn put(&self, uri: &str, set: KeySet) {
+        if self.get(uri).is_some_and(|old| old.fetched == set.fetched && old.digest == set.digest) {
+            return;
+        }
         let set = Arc::new(set);
         self.sets.rcu(|old| {
             let mut next = HashMap::clone(old);

@@ -35,7 +35,7 @@ pub use auth::{AclSpec, BasicAuthSpec, KeyAuthSpec, IDENTITY_PRIORITY};
 pub use cache::{CacheRule, CacheSpec};
 pub use chain::{compile, Chain, Layered};
 pub use consumer::{ConsumerSpec, Consumers};
-pub use context::{Context, Credential, Identity, ResponseExtras, WorkerPolicyState};
+pub use context::{Answers, Context, Credential, Identity, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};

@@ -101,7 +101,8 @@ pub trait Policy: Send + Sync + Debug {
     fn name(&self) -> &'static str;
 
     /// Higher runs earlier on the request side and later on the response side. Bands:
-    /// identity 3000, authorization 2500, limits 2000, cache 1500, transforms 1000.
+    /// address rules 3100, identity 3000, authorization 2600, limits 2000, cache 1500,
+    /// transforms 1000.
     fn priority(&self) -> u32;
 
     /// Runs after routing, before the upstream request is written. `headers` are the

@@ -145,13 +145,16 @@ pub struct Shared {
     answer: RefCell<Option<Answer>>,
 }
 
-/// A worker's introspection calls under way, by endpoint and token.
-pub type InFlight = RefCell<FxHashMap<(Arc<str>, Box<[u8]>), Rc<Shared>>>;
+/// An introspection asked: the endpoint, the client asking, the token.
+type Asked = (Arc<str>, Arc<str>, Box<[u8]>);
+
+/// A worker's introspection calls under way, by endpoint, client and token.
+pub type InFlight = RefCell<FxHashMap<Asked, Rc<Shared>>>;
 
 /// Ends a leading call however it ends: waiters wake (with no answer when it was dropped).
 struct Leading<'w> {
     calls: &'w InFlight,
-    key: Option<(Arc<str>, Box<[u8]>)>,
+    key: Option<Asked>,
     shared: Rc<Shared>,
 }
 
@@ -167,10 +170,10 @@ impl Drop for Leading<'_> {
 /// Makes `call` for a request of a worker: an introspection of a token another request of
 /// this worker is already asking about waits for that answer instead of asking again.
 pub async fn make(services: Option<&IdentityCalls>, calls: &InFlight, call: Outbound) -> Answer {
-    let Outbound::Introspect { endpoint, token, .. } = &call else {
+    let Outbound::Introspect { endpoint, client_auth, token, .. } = &call else {
         return outbound(services, call).await;
     };
-    let key = (endpoint.clone(), token.clone());
+    let key = (endpoint.clone(), client_auth.clone(), token.clone());
     let waiting = calls.borrow().get(&key).cloned();
     if let Some(shared) = waiting {
         let _ = monoio::time::timeout(CALL_TIMEOUT, shared.done.wait()).await;

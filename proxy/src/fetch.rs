@@ -63,8 +63,20 @@ pub fn request(
     sock.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
     let _ = sock.set_nodelay(true);
     let tls = if u.tls {
-        let mut errors = ringway_policy::ConfigErrors::default();
-        Some(TlsClient::compile(&TlsSpec::default(), u.host, "tls", &mut errors).ok_or("no TLS roots")?)
+        // One client per host and thread: the system's roots are read once, not per call.
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<std::collections::HashMap<String, TlsClient>> = Default::default();
+        }
+        let made = CLIENTS.with(|c| c.borrow().get(u.host).cloned());
+        Some(match made {
+            Some(t) => t,
+            None => {
+                let mut errors = ringway_policy::ConfigErrors::default();
+                let t = TlsClient::compile(&TlsSpec::default(), u.host, "tls", &mut errors).ok_or("no TLS roots")?;
+                CLIENTS.with(|c| c.borrow_mut().insert(u.host.to_string(), t.clone()));
+                t
+            }
+        })
     } else {
         None
     };

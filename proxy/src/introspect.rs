@@ -19,6 +19,8 @@ struct Job {
     token: Box<[u8]>,
     timeout: Duration,
     reply: BodySender,
+    /// Past it the worker has stopped waiting: the call is not made.
+    deadline: std::time::Instant,
 }
 
 /// A worker's handle on the threads.
@@ -47,7 +49,9 @@ impl Introspector {
     /// Asks `endpoint` about `token`; the answer's body when the endpoint answered 200.
     pub fn ask(&self, endpoint: Arc<str>, client_auth: Arc<str>, token: Box<[u8]>, timeout_ms: u64) -> BodyReply {
         let (reply, answer) = body_reply();
-        let job = Job { endpoint, client_auth, token, timeout: Duration::from_millis(timeout_ms), reply };
+        let timeout = Duration::from_millis(timeout_ms);
+        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
+        let job = Job { endpoint, client_auth, token, timeout, reply, deadline };
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = self.tx.try_send(job) {
             drop(job);
         }
@@ -57,6 +61,9 @@ impl Introspector {
 
 fn run(rx: Receiver<Job>) {
     while let Ok(job) = rx.recv() {
+        if std::time::Instant::now() > job.deadline {
+            continue;
+        }
         let mut body = b"token=".to_vec();
         form_encode(&job.token, &mut body);
         body.extend_from_slice(b"&token_type_hint=access_token");

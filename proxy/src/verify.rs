@@ -4,6 +4,7 @@
 //! once instead of queueing without end.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -17,6 +18,8 @@ struct Job {
     hash: Option<Arc<str>>,
     password: Box<[u8]>,
     replier: Replier,
+    /// Past it the worker has stopped waiting: the check is skipped.
+    deadline: Instant,
 }
 
 /// A worker's handle on the pool.
@@ -49,7 +52,7 @@ impl Verifier {
     pub fn verify(&self, hash: Option<Arc<str>>, password: Box<[u8]>) -> Reply {
         let (replier, answer) = reply();
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-            self.tx.try_send(Job { hash, password, replier })
+            self.tx.try_send(Job { hash, password, replier, deadline: Instant::now() + Duration::from_secs(10) })
         {
             // Dropped unanswered: its answer is "cannot check now".
             drop(job);
@@ -60,6 +63,10 @@ impl Verifier {
 
 fn check(rx: Receiver<Job>) {
     while let Ok(job) = rx.recv() {
+        if Instant::now() > job.deadline {
+            // Dropped unanswered: nobody waits for it any more.
+            continue;
+        }
         let hash = job.hash.as_deref().unwrap_or_else(|| ringway_policy::consumer::decoy_hash());
         // A decoy never matches, whatever the password.
         let ok = ringway_policy::consumer::verify_password(hash, &job.password) && job.hash.is_some();

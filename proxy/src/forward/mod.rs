@@ -148,26 +148,29 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
     let mut text = std::mem::take(&mut conn.text);
     text.clear();
-    let mut answer = None;
+    let mut answers = ringway_policy::Answers::default();
     let mut calls = 0;
     let prepared = loop {
-        let prepared = plan::prepare(worker, &generation, conn, (head_len, answer), &mut out, &mut rec, &mut text);
+        let asked = (head_len, answers.clone());
+        let prepared = plan::prepare(worker, &generation, conn, asked, &mut out, &mut rec, &mut text);
         match prepared {
             Err(mut early) if early.call.is_some() => {
                 let call = early.call.take();
                 calls += 1;
                 if calls > MAX_CALLS {
+                    // Policies keep asking: refused rather than asked without end.
                     early.reply = Some(unavailable());
                     break Err(early);
                 }
                 drop(early);
                 // The request is planned again from its head (still in the receive buffer),
                 // with the answer: policies have no state across the pause.
-                answer = match call {
-                    Some(c) => Some(crate::calls::make(worker.identity.as_ref(), &worker.calls, c).await),
-                    None => None,
-                };
+                if let Some(c) = call {
+                    answers.add(crate::calls::make(worker.identity.as_ref(), &worker.calls, c).await);
+                }
                 out.clear();
+                // Planned again from scratch: nothing of the first plan stays in the record.
+                rec = crate::record::Record::new(rec.started);
             }
             prepared => break prepared,
         }

@@ -41,7 +41,7 @@ pub(super) fn prepare<'g>(
     conn: &Conn,
     // The head's length in the receive buffer, and the answer to the call a policy asked for
     // when the request was planned before.
-    (head_len, answer): (usize, Option<ringway_policy::Answer>),
+    (head_len, answers): (usize, ringway_policy::Answers),
     out: &mut Vec<u8>,
     rec: &mut Record,
     text: &mut RequestText,
@@ -119,21 +119,24 @@ pub(super) fn prepare<'g>(
         fields: p.fields,
     };
     let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id, consumers: &snapshot.consumers };
-    let Ok(mut cx) = request_policies(worker, chains, &info, (&mut list, answer), rec, &mut early) else {
+    let planned = request_policies(worker, chains, &info, (&mut list, answers), rec, &mut early);
+    // A credential in the query stays out of the log (whatever the answer), and out of the
+    // upstream request when hidden.
+    let credential = match &planned {
+        Ok(cx) => cx.as_ref(),
+        Err(()) => early.cx.as_ref(),
+    }
+    .and_then(|c| c.query_credential.clone());
+    let unhidden = credential.as_ref().and_then(|(name, _)| p.query.map(|q| without_param(q, name)));
+    if credential.is_some() && keep_text && worker.limits.log_query {
+        text.set(p.method, p.host.unwrap_or(b""), p.raw_path, unhidden.as_deref());
+    }
+    let Ok(mut cx) = planned else {
         return Err(Box::new(early));
     };
-    // A credential in the query stays out of the log, and out of the upstream request when
-    // hidden.
     let mut query = p.query;
-    let unhidden;
-    if let Some((name, hide)) = cx.as_ref().and_then(|c| c.query_credential.as_ref()) {
-        unhidden = p.query.map(|q| without_param(q, name));
-        if keep_text && worker.limits.log_query {
-            text.set(p.method, text_host(&p), p.raw_path, unhidden.as_deref());
-        }
-        if *hide {
-            query = unhidden.as_deref().filter(|q| !q.is_empty());
-        }
+    if credential.is_some_and(|(_, hide)| hide) {
+        query = unhidden.as_deref().filter(|q| !q.is_empty());
     }
     let mut cache = None;
     if let Some(rule) = chains.cache().and(rule) {
@@ -467,7 +470,7 @@ fn request_policies<'a>(
     worker: &Worker,
     chains: Layered<'a>,
     info: &RequestInfo<'_>,
-    (list, answer): (&mut HeaderList<'a>, Option<ringway_policy::Answer>),
+    (list, answers): (&mut HeaderList<'a>, ringway_policy::Answers),
     rec: &mut Record,
     early: &mut Early<'_>,
 ) -> Step<Option<Context>> {
@@ -475,8 +478,11 @@ fn request_policies<'a>(
         return Ok(None);
     }
     let mut cx = Context::with_skew(worker.policy_state.clone(), worker.clock.skew_ms());
-    cx.answer = answer;
-    match chains.on_request(info, list, &mut cx) {
+    cx.answers = answers;
+    let verdict = chains.on_request(info, list, &mut cx);
+    // Refused or not, the log names a caller the identity band found.
+    rec.consumer = cx.identity.and_then(|i| i.consumer);
+    match verdict {
         Verdict::Continue => {}
         Verdict::Respond(r) => {
             rec.end = End::Policy;
@@ -495,19 +501,14 @@ fn request_policies<'a>(
         }
     }
     if let Some(id) = cx.identity {
-        identity_headers(chains, id, list, rec);
+        identity_headers(chains, id, list);
     }
     Ok(Some(cx))
 }
 
 /// `X-Consumer-Id`, `X-Consumer-Groups` and `X-Credential-Id` (a key's fingerprint, never the
 /// key) for the upstream; the client's own were never copied.
-fn identity_headers<'a>(
-    chains: Layered<'a>,
-    id: ringway_policy::Identity,
-    list: &mut HeaderList<'a>,
-    rec: &mut Record,
-) {
+fn identity_headers<'a>(chains: Layered<'a>, id: ringway_policy::Identity, list: &mut HeaderList<'a>) {
     let Some(c) = id.consumer.and_then(|s| chains.consumers.get(s)) else { return };
     list.push("x-consumer-id", c.id.as_bytes());
     if !c.groups_header.is_empty() {
@@ -521,12 +522,6 @@ fn identity_headers<'a>(
     if let Some(cred) = credential {
         list.push("x-credential-id", cred.as_bytes());
     }
-    rec.consumer = Some(c.slot);
-}
-
-/// The host a request's log line shows.
-fn text_host<'h>(p: &Parsed<'h>) -> &'h [u8] {
-    p.host.unwrap_or(b"")
 }
 
 /// `query` without parameter `name` (every occurrence).

@@ -61,6 +61,19 @@ fn introspection_caches_coalesces_requires_scopes_and_fails_closed() {
     assert_eq!(call(&gw, "good-token"), 200);
     assert_eq!(up.requests().pop().unwrap().header("x-consumer-id"), Some("alice"));
     assert_eq!(idp.request_count(), 1);
+    // The client secret is sealed: no answer of the admin API shows it, the store holds none.
+    for path in ["/admin/v1/routes/r", "/admin/v1/routes", "/admin/v1/config", "/admin/v1/config?format=yaml"] {
+        let text = gw.admin("GET", path, None).text();
+        assert!(!text.contains("s3cret") && !text.contains("sealed"), "{path}: {text}");
+        assert!(text.contains("client_id"), "{path}: {text}");
+    }
+    let stored: Vec<Vec<u8>> = std::fs::read_dir(gw.dir.join("data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    assert!(!stored.iter().any(|f| f.windows(6).any(|w| w == b"s3cret")), "the client secret in plaintext");
     for _ in 0..5 {
         assert_eq!(call(&gw, "good-token"), 200);
     }
@@ -97,6 +110,15 @@ fn introspection_caches_coalesces_requires_scopes_and_fails_closed() {
         assert_eq!(t.join().unwrap(), 200);
     }
     assert_eq!(idp.request_count(), before + 1, "six concurrent requests, one call");
+
+    // A change that leaves the secret out keeps it.
+    let r = gw.admin(
+        "PATCH",
+        "/admin/v1/routes/r",
+        Some(r#"{"policies": {"oauth2_introspection": {"cache_ttl": "61s"}}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(call(&gw, "good-token"), 200);
 
     // The endpoint gone: an unknown token gets 503 and reaches nothing; a cached one passes.
     let passed = up.request_count();

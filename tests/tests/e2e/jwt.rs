@@ -119,8 +119,10 @@ fn consumer_keys_of_every_algorithm_and_the_tokens_they_refuse() {
         assert_eq!(get(&gw, "/x", &expired).status, 401, "{name}: expired");
         let within_leeway = token(k, serde_json::json!({"exp": t - 10}));
         assert_eq!(get(&gw, "/x", &within_leeway).status, 200, "{name}: expired within the leeway");
-        let early = token(k, serde_json::json!({"nbf": t + 600}));
+        let early = token(k, serde_json::json!({"nbf": t + 600, "exp": t + 1200}));
         assert_eq!(get(&gw, "/x", &early).status, 401, "{name}: not yet valid");
+        let endless = token(k, serde_json::json!({"sub": "x"}));
+        assert_eq!(get(&gw, "/x", &endless).status, 401, "{name}: no exp");
         // The payload changed after signing.
         let mut parts: Vec<String> = valid.split('.').map(String::from).collect();
         parts[1] = b64(&serde_json::json!({"sub": "admin", "exp": t + 600}));
@@ -151,14 +153,65 @@ fn consumer_keys_of_every_algorithm_and_the_tokens_they_refuse() {
     let r = Client::connect(gw.addr).request("GET", "/x", &[], b"");
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"ringway\""));
 
-    // Shared secrets are refused at write, with the reason.
+    // Shared secrets of HS keys: sealed at rest, never shown, opened again after a restart.
+    let mut gw = gw;
+    let secret = "a shared secret of at least thirty-two bytes";
+    for (i, alg) in ["HS256", "HS384", "HS512"].iter().enumerate() {
+        let body = format!(
+            r#"{{"credentials": {{"jwt": [{{"key_id": "h{i}", "algorithm": "{alg}", "secret": "{secret}"}}]}}}}"#
+        );
+        let r = gw.admin("PUT", &format!("/admin/v1/consumers/hs{i}"), Some(&body));
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(!r.text().contains(secret) && !r.text().contains("sealed"), "{}", r.text());
+    }
+    let hs = |i: usize, alg: Algorithm, claims: serde_json::Value| {
+        let mut h = Header::new(alg);
+        h.kid = Some(format!("h{i}"));
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+    };
+    let hs_algs = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+    let check_hs = |gw: &Gateway| {
+        for (i, alg) in hs_algs.iter().enumerate() {
+            let valid = hs(i, *alg, serde_json::json!({"exp": t + 600}));
+            assert_eq!(get(gw, "/x", &valid).status, 200, "{alg:?}");
+            assert_eq!(up.requests().pop().unwrap().header("x-consumer-id"), Some(format!("hs{i}").as_str()));
+            assert_eq!(get(gw, "/x", &hs(i, *alg, serde_json::json!({"exp": t - 120}))).status, 401, "{alg:?} expired");
+            let early = serde_json::json!({"nbf": t + 600, "exp": t + 1200});
+            assert_eq!(get(gw, "/x", &hs(i, *alg, early)).status, 401, "{alg:?} early");
+            let mut parts: Vec<String> = valid.split('.').map(String::from).collect();
+            parts[1] = b64(&serde_json::json!({"sub": "admin", "exp": t + 600}));
+            assert_eq!(get(gw, "/x", &parts.join(".")).status, 401, "{alg:?} tampered");
+            // The right secret under another algorithm of the family is refused too.
+            let other = hs_algs[(i + 1) % 3];
+            assert_eq!(get(gw, "/x", &hs(i, other, serde_json::json!({"exp": t + 600}))).status, 401, "{alg:?}");
+        }
+    };
+    check_hs(&gw);
+    for path in ["/admin/v1/consumers/hs0", "/admin/v1/config", "/admin/v1/config?format=yaml"] {
+        let text = gw.admin("GET", path, None).text();
+        assert!(!text.contains(secret) && !text.contains("secret_sealed"), "{path}: {text}");
+    }
+    let stored: Vec<Vec<u8>> = std::fs::read_dir(gw.dir.join("data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    assert!(stored.iter().any(|f| f.windows(4).any(|w| w == b"hs0\"" || w == b"\"h0\"")), "the store is readable");
+    assert!(!stored.iter().any(|f| f.windows(secret.len()).any(|w| w == secret.as_bytes())), "a secret in plaintext");
     let r = gw.admin(
         "PUT",
-        "/admin/v1/consumers/hs",
-        Some(r#"{"credentials": {"jwt": [{"key_id": "h", "algorithm": "HS256", "secret": "0123456789abcdef0123456789abcdef"}]}}"#),
+        "/admin/v1/consumers/short",
+        Some(r#"{"credentials": {"jwt": [{"key_id": "s", "algorithm": "HS256", "secret": "short"}]}}"#),
     );
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("consumers.hs.credentials.jwt[0].secret"), "{}", r.text());
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("consumers.short.credentials.jwt[0].secret"), "{}", r.text());
+    // Restarted on the same store: the secrets open with the node's key.
+    gw.keep_dir = true;
+    let dir = gw.dir.clone();
+    drop(gw);
+    let gw = Gateway::start_in(dir, None, &ringway_tests::gateway::default_driver(), &[]).expect("restart");
+    check_hs(&gw);
 }
 
 #[test]
@@ -200,8 +253,11 @@ fn issuer_keys_from_a_rotating_jwks_with_audience_issuer_and_claims() {
     let seen = up.requests().pop().unwrap();
     assert_eq!(seen.header("x-consumer-id"), None);
     assert_eq!(seen.header("x-user-id"), Some("stranger"));
-    // ...unless the issuer requires a consumer.
-    assert_eq!(get(&gw, "/strict/x", &token(&k2, claims("stranger"))).status, 401);
+    // ...unless the issuer requires a consumer: the same token, verified on another route a
+    // moment ago, is judged by this route's rules.
+    let stranger = token(&k2, claims("stranger"));
+    assert_eq!(get(&gw, "/x", &stranger).status, 200);
+    assert_eq!(get(&gw, "/strict/x", &stranger).status, 401);
     assert_eq!(get(&gw, "/strict/x", &token(&k2, claims("alice"))).status, 200);
 
     // Audience and issuer.
@@ -211,6 +267,19 @@ fn issuer_keys_from_a_rotating_jwks_with_audience_issuer_and_claims() {
     let mut c = claims("alice");
     c["iss"] = "https://evil.test".into();
     assert_eq!(get(&gw, "/x", &token(&k1, c)).status, 401, "wrong issuer");
+    for missing in ["aud", "iss", "exp"] {
+        let mut c = claims("alice");
+        c.as_object_mut().unwrap().remove(missing);
+        assert_eq!(get(&gw, "/x", &token(&k1, c)).status, 401, "no {missing}");
+    }
+    // A claim may not become a header the gateway sets itself.
+    let r = gw.admin(
+        "PUT",
+        "/admin/v1/routes/bad",
+        Some(r#"{"paths": ["/bad"], "upstream": "u", "policies": {"jwt_auth": {"claims_to_headers": {"sub": "x-consumer-id"}}}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("routes.bad.policies.jwt_auth.claims_to_headers.sub"), "{}", r.text());
     let fetched = idp.request_count();
     assert!(fetched >= 1, "the set was fetched");
 
