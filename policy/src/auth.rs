@@ -297,7 +297,7 @@ impl Policy for BasicAuth {
         let known = cache.get(&key).filter(|c| c.until_ms > now && c.against == against).map(|c| c.ok);
         let ok = match known {
             Some(ok) => ok,
-            None => match cx.answers.password.take() {
+            None => match cx.answers.as_mut().and_then(|a| a.password.take()) {
                 Some(Some(ok)) => {
                     let ok = ok && against.is_some();
                     let ttl = if ok { VERIFIED_TTL_MS } else { REFUSED_TTL_MS };
@@ -390,7 +390,7 @@ impl Policy for Acl {
 /// per scheme tried, and a body that says nothing of why.
 pub(crate) fn unauthorized(cx: &Context) -> Reply {
     let mut r = Reply::json_error(401, "unauthorized", "valid credentials are required");
-    for c in cx.challenges.iter().flatten() {
+    for c in &cx.challenges {
         r.headers.push(("www-authenticate".into(), c.to_string()));
     }
     r

@@ -141,11 +141,12 @@ pub struct Context {
     /// Whether an authentication policy ran (without one, a request needs no identity).
     pub authenticating: bool,
     /// The `WWW-Authenticate` values of the authentication policies that did not authenticate
-    /// the request, for a 401.
-    pub(crate) challenges: [Option<Arc<str>>; CHALLENGES],
+    /// the request, for a 401 (allocated only then: a passing request carries none).
+    pub(crate) challenges: Vec<Arc<str>>,
     /// The answers to the outbound calls policies asked for, handed back when the request is
-    /// planned again (see [`crate::Verdict::Call`]): all of them, one per kind.
-    pub answers: Answers,
+    /// planned again (see [`crate::Verdict::Call`]): all of them, one per kind. Boxed: most
+    /// requests make no call, and the context travels with the request.
+    pub answers: Option<Box<Answers>>,
     /// A query parameter that carried a credential: always kept out of the log, and removed
     /// from the upstream request too when the flag is set (`hide_credentials`).
     pub query_credential: Option<(Arc<str>, bool)>,
@@ -162,8 +163,8 @@ impl Context {
             answered_by: None,
             identity: None,
             authenticating: false,
-            challenges: Default::default(),
-            answers: Answers::default(),
+            challenges: Vec::new(),
+            answers: None,
             query_credential: None,
         }
     }
@@ -172,8 +173,8 @@ impl Context {
     /// it would have the client send (`WWW-Authenticate`).
     pub fn challenge(&mut self, value: &Arc<str>) {
         self.authenticating = true;
-        if let Some(slot) = self.challenges.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(value.clone());
+        if self.challenges.len() < CHALLENGES {
+            self.challenges.push(value.clone());
         }
     }
 

@@ -190,7 +190,7 @@ impl Policy for Introspection {
         let known = state.borrow_mut().typed::<IntrospectedTokens>().get(self.id, token, now);
         let known = match known {
             Some(k) => k,
-            None => match cx.answers.introspected.take() {
+            None => match cx.answers.as_mut().and_then(|a| a.introspected.take()) {
                 Some(Some(body)) => {
                     let k = self.read(&body, req, now);
                     if token.len() <= KEPT_TOKEN_MAX {

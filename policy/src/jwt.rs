@@ -440,7 +440,7 @@ impl Policy for JwtAuth {
                 return Verdict::Continue;
             }
         }
-        let fetched = cx.answers.keys.is_some();
+        let fetched = cx.answers.as_ref().is_some_and(|a| a.keys.is_some());
         match self.verify(token, req, cx, fetched) {
             Ok(v) => {
                 self.pass(&v, headers, cx);

@@ -148,7 +148,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
     let mut rec = Record::new(conn.first_byte.take().unwrap_or_else(monoio::time::Instant::now));
     let mut text = std::mem::take(&mut conn.text);
     text.clear();
-    let mut answers = ringway_policy::Answers::default();
+    let mut answers: Option<Box<ringway_policy::Answers>> = None;
     let mut calls = 0;
     let prepared = loop {
         let asked = (head_len, answers.clone());
@@ -166,7 +166,8 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
                 // The request is planned again from its head (still in the receive buffer),
                 // with the answer: policies have no state across the pause.
                 if let Some(c) = call {
-                    answers.add(crate::calls::make(worker.identity.as_ref(), &worker.calls, c).await);
+                    let got = crate::calls::make(worker.identity.as_ref(), &worker.calls, c).await;
+                    answers.get_or_insert_default().add(got);
                 }
                 out.clear();
                 // Planned again from scratch: nothing of the first plan stays in the record.

@@ -41,7 +41,7 @@ pub(super) fn prepare<'g>(
     conn: &Conn,
     // The head's length in the receive buffer, and the answer to the call a policy asked for
     // when the request was planned before.
-    (head_len, answers): (usize, ringway_policy::Answers),
+    (head_len, answers): (usize, Option<Box<ringway_policy::Answers>>),
     out: &mut Vec<u8>,
     rec: &mut Record,
     text: &mut RequestText,
@@ -470,7 +470,7 @@ fn request_policies<'a>(
     worker: &Worker,
     chains: Layered<'a>,
     info: &RequestInfo<'_>,
-    (list, answers): (&mut HeaderList<'a>, ringway_policy::Answers),
+    (list, answers): (&mut HeaderList<'a>, Option<Box<ringway_policy::Answers>>),
     rec: &mut Record,
     early: &mut Early<'_>,
 ) -> Step<Option<Context>> {
