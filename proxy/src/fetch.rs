@@ -95,6 +95,10 @@ pub fn request(
     let mut got = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
+        // A whole response ends the exchange, whether or not the server closes.
+        if let Some(done) = complete(&got)? {
+            return if done.body.len() > max_body { Err("response too large".into()) } else { Ok(done) };
+        }
         if Instant::now() >= deadline {
             return Err("timed out".into());
         }
@@ -112,13 +116,31 @@ pub fn request(
             Err(e) => return Err(format!("read: {e}")),
         }
     }
+    // Closed: a response delimited by the close, or cut short.
+    let (status, head_len, _, chunked) = response_head(&got)?.ok_or("malformed response head")?;
+    if chunked {
+        return Err("response body cut short".into());
+    }
+    let body = got[head_len..].to_vec();
+    if body.len() > max_body {
+        return Err("response too large".into());
+    }
+    Ok(Fetched { status, body })
+}
+
+/// What a response head says: its status, its length, `Content-Length`, and whether the body
+/// is chunked.
+type Head = (u16, usize, Option<usize>, bool);
+
+/// The response head, once it is whole.
+fn response_head(got: &[u8]) -> Result<Option<Head>, String> {
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(&got) {
+    let head_len = match resp.parse(got) {
         Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err("malformed response head".into()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed response head".into()),
     };
-    let status = resp.code.unwrap_or(0);
     let chunked = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.to_ascii_lowercase().ends_with(b"chunked")
     });
@@ -127,20 +149,20 @@ pub fn request(
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+    Ok(Some((resp.code.unwrap_or(0), head_len, length, chunked)))
+}
+
+/// The response, when what came holds all of it (by its length, or its last chunk).
+fn complete(got: &[u8]) -> Result<Option<Fetched>, String> {
+    let Some((status, head_len, length, chunked)) = response_head(got)? else { return Ok(None) };
     let rest = &got[head_len..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        match length {
-            Some(n) if n <= rest.len() => rest[..n].to_vec(),
-            Some(_) => return Err("response body cut short".into()),
-            None => rest.to_vec(),
-        }
-    };
-    if body.len() > max_body {
-        return Err("response too large".into());
+    if chunked {
+        return Ok(dechunk(rest).ok().map(|body| Fetched { status, body }));
     }
-    Ok(Fetched { status, body })
+    match length {
+        Some(n) if rest.len() >= n => Ok(Some(Fetched { status, body: rest[..n].to_vec() })),
+        _ => Ok(None),
+    }
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
