@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ringway_tests::upstream::Reply;
 use ringway_tests::{Client, Gateway, Upstream};
@@ -18,6 +18,8 @@ struct Key {
     kid: String,
     encoding: EncodingKey,
     public_pem: String,
+    /// The raw public key (an Ed25519 key's JWK is written from it).
+    public_raw: Vec<u8>,
 }
 
 fn key(alg: Algorithm, kid: &str) -> Key {
@@ -41,7 +43,7 @@ fn key(alg: Algorithm, kid: &str) -> Key {
         _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
     }
     .expect("an encoding key");
-    Key { alg, kid: kid.into(), encoding, public_pem: kp.public_key_pem() }
+    Key { alg, kid: kid.into(), encoding, public_pem: kp.public_key_pem(), public_raw: kp.public_key_raw().to_vec() }
 }
 
 fn now() -> u64 {
@@ -55,17 +57,21 @@ fn token(k: &Key, claims: serde_json::Value) -> String {
 }
 
 fn jwks(keys: &[&Key]) -> String {
-    let set = JwkSet {
-        keys: keys
-            .iter()
-            .map(|k| {
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| match k.alg {
+            Algorithm::EdDSA => serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": k.kid,
+                "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&k.public_raw),
+            }),
+            _ => {
                 let mut j = Jwk::from_encoding_key(&k.encoding, k.alg).expect("a JWK");
                 j.common.key_id = Some(k.kid.clone());
-                j
-            })
-            .collect(),
-    };
-    serde_json::to_string(&set).unwrap()
+                serde_json::to_value(j).unwrap()
+            }
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
 }
 
 fn get(gw: &Gateway, path: &str, token: &str) -> ringway_tests::Response {
@@ -219,7 +225,23 @@ fn issuer_keys_from_a_rotating_jwks_with_audience_issuer_and_claims() {
     let k1 = key(Algorithm::RS256, "k1");
     let k2 = key(Algorithm::ES256, "k2");
     let k3 = key(Algorithm::RS256, "k3");
-    let served = Arc::new(Mutex::new(jwks(&[&k1, &k2])));
+    // One key of every other asymmetric algorithm, in the same set.
+    let others: Vec<Key> = [
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, a)| key(*a, &format!("o{i}")))
+    .collect();
+    let mut first: Vec<&Key> = vec![&k1, &k2];
+    first.extend(others.iter());
+    let served = Arc::new(Mutex::new(jwks(&first)));
     let s = served.clone();
     let idp = Upstream::start("idp", move |_| {
         Reply::Full(
@@ -230,7 +252,7 @@ fn issuer_keys_from_a_rotating_jwks_with_audience_issuer_and_claims() {
     });
     let up = Upstream::echo("a");
     let doc = format!(
-        "upstreams:\n  u:\n    targets:\n      - addr: \"{up}\"\nroutes:\n  r:\n    paths: [\"/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://{idp}/jwks\", audiences: [api], refresh: 10s}}\n        claims_to_headers: {{sub: x-user-id, tier: x-tier}}\n  strict:\n    paths: [\"/strict/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://{idp}/jwks\", require_consumer: true, refresh: 10s}}\n  dark:\n    paths: [\"/dark/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://127.0.0.1:1/jwks\"}}\nconsumers:\n  alice: {{groups: [gold]}}\n",
+        "upstreams:\n  u:\n    targets:\n      - addr: \"{up}\"\nroutes:\n  r:\n    paths: [\"/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://{idp}/jwks\", audiences: [api], refresh: 10s, algorithms: [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]}}\n        claims_to_headers: {{sub: x-user-id, tier: x-tier}}\n  strict:\n    paths: [\"/strict/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://{idp}/jwks\", require_consumer: true, refresh: 10s}}\n  dark:\n    paths: [\"/dark/*\"]\n    upstream: u\n    policies:\n      jwt_auth:\n        issuers:\n          - {{issuer: \"https://idp.test\", jwks_uri: \"http://127.0.0.1:1/jwks\"}}\nconsumers:\n  alice: {{groups: [gold]}}\n",
         up = up.addr,
         idp = idp.addr
     );
@@ -267,6 +289,29 @@ fn issuer_keys_from_a_rotating_jwks_with_audience_issuer_and_claims() {
     let mut c = claims("alice");
     c["iss"] = "https://evil.test".into();
     assert_eq!(get(&gw, "/x", &token(&k1, c)).status, 401, "wrong issuer");
+    // Every algorithm: valid, wrong audience, wrong issuer, expired, not yet valid, tampered.
+    for k in &others {
+        let name = format!("{:?}", k.alg);
+        assert_eq!(get(&gw, "/x", &token(k, claims("alice"))).status, 200, "{name}");
+        let mut c = claims("alice");
+        c["aud"] = "other".into();
+        assert_eq!(get(&gw, "/x", &token(k, c)).status, 401, "{name}: wrong audience");
+        let mut c = claims("alice");
+        c["iss"] = "https://evil.test".into();
+        assert_eq!(get(&gw, "/x", &token(k, c)).status, 401, "{name}: wrong issuer");
+        let mut c = claims("alice");
+        c["exp"] = (t - 120).into();
+        assert_eq!(get(&gw, "/x", &token(k, c)).status, 401, "{name}: expired");
+        let mut c = claims("alice");
+        c["nbf"] = (t + 600).into();
+        assert_eq!(get(&gw, "/x", &token(k, c)).status, 401, "{name}: not yet valid");
+        let valid = token(k, claims("alice"));
+        let mut parts: Vec<String> = valid.split('.').map(String::from).collect();
+        parts[1] = b64(&serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "bob", "exp": t + 600}));
+        assert_eq!(get(&gw, "/x", &parts.join(".")).status, 401, "{name}: tampered");
+        let none = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "kid": k.kid})), parts[1]);
+        assert_eq!(get(&gw, "/x", &none).status, 401, "{name}: alg none");
+    }
     for missing in ["aud", "iss", "exp"] {
         let mut c = claims("alice");
         c.as_object_mut().unwrap().remove(missing);
