@@ -24,6 +24,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The milliseconds of an optional duration field at `path`, `default` when it is not set; a
+/// bad one is reported into `errors` (and reads as `default`).
+pub(crate) fn millis_or(v: Option<&str>, path: &str, default: u64, errors: &mut crate::ConfigErrors) -> u64 {
+    match v.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d.as_millis() as u64,
+        Some(Err(e)) => {
+            errors.push(path.to_string(), e);
+            default
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

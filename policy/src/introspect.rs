@@ -72,15 +72,8 @@ impl Introspection {
         if spec.client_id.is_empty() || spec.client_id.contains(':') {
             errors.push(format!("{path}.client_id"), "a client id, without ':'");
         }
-        let mut dur = |v: &Option<String>, name: &str, default: u64| match v {
-            None => default,
-            Some(d) => match crate::duration::parse_duration(d) {
-                Ok(d) => d.as_millis() as u64,
-                Err(e) => {
-                    errors.push(format!("{path}.{name}"), e);
-                    default
-                }
-            },
+        let mut dur = |v: &Option<String>, name: &str, default: u64| {
+            crate::duration::millis_or(v.as_deref(), &format!("{path}.{name}"), default, errors)
         };
         let timeout_ms = dur(&spec.timeout, "timeout", 1000);
         let cache_ttl_ms = dur(&spec.cache_ttl, "cache_ttl", 60_000);

@@ -139,15 +139,8 @@ impl JwtAuth {
             if algorithms.is_empty() && s.algorithms.is_empty() {
                 algorithms = vec![Algorithm::RS256, Algorithm::ES256];
             }
-            let mut dur = |v: &Option<String>, name: &str, default: u64| match v {
-                None => default,
-                Some(d) => match crate::duration::parse_duration(d) {
-                    Ok(d) => d.as_millis() as u64,
-                    Err(e) => {
-                        errors.push(format!("{at}.{name}"), e);
-                        default
-                    }
-                },
+            let mut dur = |v: &Option<String>, name: &str, default: u64| {
+                crate::duration::millis_or(v.as_deref(), &format!("{at}.{name}"), default, errors)
             };
             let leeway_ms = dur(&s.leeway, "leeway", 30_000);
             let refresh_ms = dur(&s.refresh, "refresh", 600_000);

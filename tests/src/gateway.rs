@@ -172,6 +172,22 @@ impl Gateway {
     }
 
     /// Resident memory in KiB.
+    /// Whether any file of the configuration store (its directory, recursively) holds `needle`.
+    pub fn store_holds(&self, needle: &[u8]) -> bool {
+        let mut dirs = vec![self.dir.join("data")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("the store's directory").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if std::fs::read(&p).is_ok_and(|f| f.windows(needle.len()).any(|w| w == needle)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status

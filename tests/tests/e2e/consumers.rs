@@ -99,23 +99,10 @@ fn consumer_secrets_are_sealed_shown_by_fingerprint_and_never_stored_in_plaintex
     assert_eq!(get_with_key(&gw, KEY), 200, "the exported document keeps the key");
 
     // The store's files: the fingerprint is there to be read; the key and password are not.
-    let mut files = Vec::new();
-    let mut dirs = vec![gw.dir.join("data")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                files.push(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let holds = |needle: &[u8]| files.iter().any(|f| f.windows(needle.len()).any(|w| w == needle));
-    assert!(holds(fp.as_bytes()), "the store's files are readable to this search");
-    assert!(holds(b"$argon2id$"), "the password is stored as an argon2id hash");
-    assert!(!holds(KEY.as_bytes()), "the key is in the store's files");
-    assert!(!holds(PASSWORD.as_bytes()), "the password is in the store's files");
+    assert!(gw.store_holds(fp.as_bytes()), "the store's files are readable to this search");
+    assert!(gw.store_holds(b"$argon2id$"), "the password is stored as an argon2id hash");
+    assert!(!gw.store_holds(KEY.as_bytes()), "the key is in the store's files");
+    assert!(!gw.store_holds(PASSWORD.as_bytes()), "the password is in the store's files");
 
     // A deleted consumer's key stops working.
     assert_eq!(gw.admin("DELETE", "/admin/v1/consumers/alice", None).status, 200);
