@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod cli;
+pub mod error;
 mod gate;
 pub mod http;
 pub mod listen;

@@ -22,7 +22,7 @@ use ringway_policy::{ConfigError, ConfigErrors, ConsumerSpec};
 use ringway_proxy::ConfigSpec;
 use serde_json::Value;
 
-use crate::state::ApiError;
+use crate::error::ApiError;
 
 /// Longest key and password accepted.
 const MAX_SECRET: usize = 1024;

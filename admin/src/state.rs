@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use ringway_policy::PoliciesSpec;
-use ringway_policy::{ConfigError, ConfigErrors};
 use ringway_proxy::config::{RouteSpec, UpstreamSpec};
 use ringway_proxy::snapshot::Edit;
 use ringway_proxy::{Ack, ConfigSpec, Control, Invalidate, Snapshot};
@@ -32,29 +31,7 @@ pub const LOG_SHIPPING: &str = "log_shipping";
 pub const TRACING: &str = "tracing";
 pub const TRUSTED_PROXIES: &str = "trusted_proxies";
 
-/// An answer the API turns into an HTTP error.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
-    pub problems: Vec<ConfigError>,
-}
-
-impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), problems: Vec::new() }
-    }
-
-    pub fn invalid(errors: ConfigErrors) -> Self {
-        ApiError {
-            status: 400,
-            code: "invalid_config",
-            message: format!("{} problem(s) in the configuration", errors.0.len()),
-            problems: errors.0,
-        }
-    }
-}
+pub use crate::error::ApiError;
 
 /// What a change adds, changes and removes, per kind.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]

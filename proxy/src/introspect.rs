@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::calls::{body_reply, BodyReply, BodySender};
+use crate::reply::{body_reply, BodyReply, BodySender};
 
 /// Calls waiting at most (all workers together), and the largest answer accepted.
 const QUEUE: usize = 1024;

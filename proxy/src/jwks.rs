@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ringway_policy::keys::{KeySet, KeyStore};
 
-use crate::calls::{reply, Replier, Reply};
+use crate::reply::{reply, Replier, Reply};
 
 /// Fetch requests waiting at most.
 const QUEUE: usize = 256;

@@ -33,6 +33,7 @@ pub mod otlp;
 pub mod otlp_logs;
 pub mod pool;
 pub mod record;
+pub mod reply;
 pub mod resilience;
 pub mod respond;
 pub mod router;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::calls::{reply, Replier, Reply};
+use crate::reply::{reply, Replier, Reply};
 
 /// Checks waiting at most (all workers together).
 pub const QUEUE: usize = 1024;
