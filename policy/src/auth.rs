@@ -13,51 +13,30 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::calls::Outbound;
 use crate::consumer::KeyDigest;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, HeaderList};
-use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
+use crate::identity_spec::{AclSpec, BasicAuthSpec, KeyAuthSpec};
+use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
-/// The identity band: authentication runs before everything else.
+/// The identity band: authentication runs before everything but the address rules.
 pub const IDENTITY_PRIORITY: u32 = 3000;
 
-/// `key_auth: {header, query, hide_credentials}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyAuthSpec {
-    /// The header carrying the key (default `apikey`; `""`: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// The query parameter carrying the key (default `apikey`; `""`: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
-    /// Remove the key from the request before it goes upstream.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hide_credentials: bool,
+/// Names each compiled policy that keeps what it verified: a token judged under one route's
+/// rules says nothing under another's.
+pub(crate) fn policy_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// `basic_auth: {realm, hide_credentials}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuthSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub realm: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hide_credentials: bool,
-}
-
-/// `acl: {allow_groups, deny_groups}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow_groups: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny_groups: Vec<String>,
+/// The bearer token of a request.
+pub(crate) fn bearer<'h>(req: &RequestInfo<'h>) -> Option<&'h [u8]> {
+    let v = req.head.header("authorization")?.trim_ascii();
+    (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii()).filter(|t| !t.is_empty())
 }
 
 fn realm_ok(realm: &str) -> bool {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::cache::CacheRule;
-use crate::consumer::Consumers;
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
@@ -67,6 +66,47 @@ impl Chain {
     }
 }
 
+/// The consumers' own policies, by consumer slot (kept beside the consumer index, which knows
+/// nothing of policies). Persistent: a clone shares all of it.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerChains(imbl::Vector<Chain>);
+
+impl ConsumerChains {
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<&Chain> {
+        self.0.get(slot as usize)
+    }
+
+    /// Sets the chain of `slot` (an empty one for a consumer without policies).
+    pub fn set(&mut self, slot: u32, chain: Chain) {
+        let slot = slot as usize;
+        while self.0.len() <= slot {
+            self.0.push_back(Chain::default());
+        }
+        self.0.set(slot, chain);
+    }
+}
+
+/// Compiles a consumer's own policies: they may limit, restrict by address and edit request
+/// headers; not authenticate, authorise, cache or read paths otherwise.
+pub fn compile_consumer(p: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Chain {
+    if p.cache.is_some() || p.path_normalization.is_some() {
+        errors.push(path.to_string(), "a consumer's policies cannot cache or normalize paths");
+    }
+    if p.headers.as_ref().is_some_and(|h| h.response.is_some()) {
+        errors.push(format!("{path}.headers.response"), "a consumer's policies edit requests only");
+    }
+    if p.key_auth.is_some()
+        || p.basic_auth.is_some()
+        || p.jwt_auth.is_some()
+        || p.oauth2_introspection.is_some()
+        || p.acl.is_some()
+    {
+        errors.push(path.to_string(), "a consumer's policies cannot authenticate or authorize");
+    }
+    compile(p, path, errors)
+}
+
 /// A route's chain over the global one, and the consumer's own once the identity band has
 /// named one: all run, in one priority order; a policy of the consumer's replaces the route's
 /// of the same name, and a policy the route sets itself replaces the global one.
@@ -74,7 +114,7 @@ impl Chain {
 pub struct Layered<'a> {
     pub own: &'a Chain,
     pub global: &'a Chain,
-    pub consumers: &'a Consumers,
+    pub consumers: &'a ConsumerChains,
 }
 
 /// What running one policy came to.
@@ -95,7 +135,7 @@ fn run<'h>(p: &'h Arc<dyn Policy>, req: &RequestInfo<'_>, headers: &mut HeaderLi
 }
 
 impl<'a> Layered<'a> {
-    pub fn new(own: &'a Chain, global: &'a Chain, consumers: &'a Consumers) -> Self {
+    pub fn new(own: &'a Chain, global: &'a Chain, consumers: &'a ConsumerChains) -> Self {
         Layered { own, global, consumers }
     }
 
@@ -129,9 +169,7 @@ impl<'a> Layered<'a> {
                 Err(Verdict::Respond(crate::auth::unauthorized(cx)))
             }
             None => Ok(None),
-            Some(id) => {
-                Ok(id.consumer.and_then(|s| self.consumers.get(s)).map(|c| &c.chain).filter(|c| !c.policies.is_empty()))
-            }
+            Some(id) => Ok(id.consumer.and_then(|s| self.consumers.get(s)).filter(|c| !c.policies.is_empty())),
         }
     }
 
@@ -189,8 +227,8 @@ impl<'a> Layered<'a> {
             }
         }
         let consumer = cx.identity.and_then(|i| i.consumer).and_then(|s| self.consumers.get(s));
-        if let Some(c) = consumer.filter(|c| c.chain.completes) {
-            for p in c.chain.policies.iter().filter(|p| p.completes()) {
+        if let Some(c) = consumer.filter(|c| c.completes) {
+            for p in c.policies.iter().filter(|p| p.completes()) {
                 p.on_complete(cx, status);
             }
         }
@@ -298,7 +336,9 @@ mod tests {
         }
     }
 
-    static NONE: std::sync::LazyLock<Consumers> = std::sync::LazyLock::new(Consumers::default);
+    static NONE: std::sync::LazyLock<crate::consumer::Consumers> =
+        std::sync::LazyLock::new(crate::consumer::Consumers::default);
+    static NO_CHAINS: std::sync::LazyLock<ConsumerChains> = std::sync::LazyLock::new(ConsumerChains::default);
 
     fn info() -> RequestInfo<'static> {
         RequestInfo { head: &crate::http::EXAMPLE, client_ip: [127, 0, 0, 1].into(), route_id: "r", consumers: &NONE }
@@ -339,14 +379,14 @@ mod tests {
             std::sync::Arc::new(crate::limits::LimitBank::new(1024)),
         )));
         let mut h = HeaderList::default();
-        let l = Layered::new(&own, &global, &NONE);
+        let l = Layered::new(&own, &global, &NO_CHAINS);
         assert!(matches!(l.on_request(&info(), &mut h, &mut Context::new(state.clone())), Verdict::Continue));
         let seen: Vec<_> = h.iter().map(|x| String::from_utf8_lossy(&x.value).into_owned()).collect();
         assert_eq!(seen, ["identity", "limit", "transform", "late"]);
         // A route policy with the global one's name replaces it.
         let own = Chain::new(vec![Arc::new(Fixed(2000, "limit", true))]);
         let mut h = HeaderList::default();
-        let v = Layered::new(&own, &global, &NONE).on_request(&info(), &mut h, &mut Context::new(state));
+        let v = Layered::new(&own, &global, &NO_CHAINS).on_request(&info(), &mut h, &mut Context::new(state));
         assert!(matches!(v, Verdict::Respond(_)));
         assert_eq!(h.len(), 1);
     }

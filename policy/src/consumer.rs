@@ -13,7 +13,6 @@ use imbl::{GenericHashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::chain::{compile, Chain};
 use crate::error::ConfigErrors;
 use crate::spec::PoliciesSpec;
 
@@ -217,8 +216,6 @@ pub struct Consumer {
     pub jwt_keys: Vec<(String, jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)>,
     /// Names its keys as they stand: a worker's verified tokens hold for them only.
     pub jwt_tag: u64,
-    /// The consumer's own policies.
-    pub chain: Chain,
     /// What a `key: consumer` rate limit counts it under (a hash of its id).
     pub limit_key: u64,
 }
@@ -430,22 +427,6 @@ impl Consumers {
                 errors.push(format!("{path}.groups[{i}]"), "a group is a non-empty name without ','");
             }
         }
-        let p = &spec.policies;
-        if p.cache.is_some() || p.path_normalization.is_some() {
-            errors.push(format!("{path}.policies"), "a consumer's policies cannot cache or normalize paths");
-        }
-        if p.headers.as_ref().is_some_and(|h| h.response.is_some()) {
-            errors.push(format!("{path}.policies.headers.response"), "a consumer's policies edit requests only");
-        }
-        if p.key_auth.is_some()
-            || p.basic_auth.is_some()
-            || p.jwt_auth.is_some()
-            || p.oauth2_introspection.is_some()
-            || p.acl.is_some()
-        {
-            errors.push(format!("{path}.policies"), "a consumer's policies cannot authenticate or authorize");
-        }
-        let chain = compile(p, &format!("{path}.policies"), errors);
         if id.is_empty()
             || id.len() > 128
             || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
@@ -484,7 +465,6 @@ impl Consumers {
                 u64::from_le_bytes(h.finalize()[..8].try_into().unwrap_or_default())
             },
             jwt_keys,
-            chain,
             limit_key: crate::limits::consumer_key(id),
         });
         self.index(consumer);

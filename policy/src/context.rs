@@ -9,8 +9,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::calls::Answer;
 use crate::limits::worker::WorkerLimits;
-use crate::seam::Answer;
 
 /// Headers with numeric values that policies add to whatever answer the request gets (the
 /// upstream's response or a reply of the engine's). Fixed capacity: no allocation.

@@ -8,46 +8,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::auth::IDENTITY_PRIORITY;
+use crate::auth::{bearer, policy_id, IDENTITY_PRIORITY};
+use crate::calls::Outbound;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
-use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
-
-/// `oauth2_introspection: {...}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IntrospectionSpec {
-    pub endpoint: String,
-    pub client_id: String,
-    /// As users send it; open in memory only (never serialized).
-    #[serde(default, skip_serializing)]
-    pub client_secret: Option<String>,
-    /// The secret encrypted with the node's key (set by the admin API; stored, never shown).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret_sealed: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_ttl: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub negative_ttl: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub required_scopes: Vec<String>,
-    /// The answer's field naming the consumer (default `client_id`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consumer_claim: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hide_credentials: bool,
-}
+use crate::identity_spec::IntrospectionSpec;
+use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 /// The compiled `oauth2_introspection`.
 #[derive(Debug)]
 pub struct Introspection {
-    /// Names this policy's answers in a worker's cache (see `jwt::policy_id`).
+    /// Names this policy's answers in a worker's cache (see `auth::policy_id`).
     id: u64,
     endpoint: Arc<str>,
     /// `Authorization: Basic ...` for the endpoint.
@@ -92,7 +66,7 @@ impl Introspection {
         let credentials = format!("{}:{secret}", spec.client_id);
         let client_auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
         (errors.0.len() == before).then(|| Introspection {
-            id: crate::jwt::policy_id(),
+            id: policy_id(),
             endpoint: spec.endpoint.as_str().into(),
             client_auth: client_auth.into(),
             timeout_ms: timeout_ms.clamp(10, 30_000),
@@ -153,12 +127,6 @@ impl IntrospectedTokens {
         }
         table.entry(policy).or_default().insert(token.into(), k);
     }
-}
-
-/// The bearer token of a request.
-pub(crate) fn bearer<'h>(req: &RequestInfo<'h>) -> Option<&'h [u8]> {
-    let v = req.head.header("authorization")?.trim_ascii();
-    (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii()).filter(|t| !t.is_empty())
 }
 
 impl Policy for Introspection {

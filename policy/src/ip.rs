@@ -3,11 +3,10 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
-
 use crate::context::Context;
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
+use crate::identity_spec::IpRestrictionSpec;
 use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 /// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or one address).
@@ -54,18 +53,6 @@ impl Network {
             _ => false,
         }
     }
-}
-
-/// `ip_restriction: {allow: [CIDR...], deny: [CIDR...]}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IpRestrictionSpec {
-    /// When set, only clients in these networks pass.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
-    /// Clients in these networks are refused (before `allow` is read).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny: Vec<String>,
 }
 
 /// Refuses (403) clients in `deny`, or outside `allow` when it is set.

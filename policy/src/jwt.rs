@@ -7,59 +7,21 @@
 //! issuer says. A worker keeps verified tokens (bounded, each until its `exp` at the latest,
 //! and only while the keys that verified it stand), so a repeat costs a hash lookup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rustc_hash::FxBuildHasher;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::auth::IDENTITY_PRIORITY;
+use crate::auth::{bearer, policy_id, IDENTITY_PRIORITY};
+use crate::calls::Outbound;
 use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
-use crate::seam::{Outbound, Policy, Reply, RequestInfo, Verdict};
-
-/// `jwt_auth: {issuers, claims_to_headers, hide_credentials}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtAuthSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub issuers: Vec<IssuerSpec>,
-    /// Claims sent upstream as headers (`{sub: x-user-id}`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub claims_to_headers: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hide_credentials: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerSpec {
-    /// The `iss` its tokens carry (checked).
-    pub issuer: String,
-    pub jwks_uri: String,
-    /// Accepted `aud` values (none: `aud` is not checked).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<String>,
-    /// Accepted algorithms (default RS256 and ES256).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub algorithms: Vec<String>,
-    /// The claim naming the consumer (default `sub`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consumer_claim: Option<String>,
-    /// Slack on `exp` and `nbf` (default 30s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leeway: Option<String>,
-    /// How often its keys are fetched again (default 10m).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<String>,
-    /// Tokens whose consumer claim names no consumer are refused.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub require_consumer: bool,
-}
+use crate::identity_spec::JwtAuthSpec;
+use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 #[derive(Debug)]
 struct Issuer {
@@ -71,13 +33,6 @@ struct Issuer {
     leeway_s: u64,
     refresh_ms: u64,
     require_consumer: bool,
-}
-
-/// Names each compiled policy that keeps verified tokens: a token verified under one route's
-/// rules says nothing under another's.
-pub(crate) fn policy_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Header names a claim may not be sent as: the gateway's own identity fields and what frames
@@ -409,7 +364,7 @@ impl Policy for JwtAuth {
         if cx.identity.is_some() {
             return Verdict::Continue;
         }
-        let Some(token) = crate::introspect::bearer(req).filter(|t| t.len() <= 16 * 1024) else {
+        let Some(token) = bearer(req).filter(|t| t.len() <= 16 * 1024) else {
             cx.challenge(&self.missing);
             return Verdict::Continue;
         };

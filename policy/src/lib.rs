@@ -15,6 +15,7 @@
 
 mod auth;
 mod cache;
+mod calls;
 mod chain;
 pub mod consumer;
 mod context;
@@ -23,6 +24,7 @@ mod error;
 mod headers;
 mod headers_policy;
 mod http;
+mod identity_spec;
 mod introspect;
 mod ip;
 mod jwt;
@@ -31,9 +33,10 @@ pub mod limits;
 mod seam;
 mod spec;
 
-pub use auth::{AclSpec, BasicAuthSpec, KeyAuthSpec, IDENTITY_PRIORITY};
+pub use auth::IDENTITY_PRIORITY;
 pub use cache::{CacheRule, CacheSpec};
-pub use chain::{compile, Chain, Layered};
+pub use calls::{Answer, Outbound};
+pub use chain::{compile, compile_consumer, Chain, ConsumerChains, Layered};
 pub use consumer::{ConsumerSpec, Consumers};
 pub use context::{Answers, Context, Credential, Identity, ResponseExtras, WorkerPolicyState};
 pub use duration::parse_duration;
@@ -41,11 +44,12 @@ pub use error::{ConfigError, ConfigErrors};
 pub use headers::{is_valid_header_name, is_valid_header_value, Header, HeaderList};
 pub use headers_policy::HeadersPolicy;
 pub use http::{Field, RequestHead, ResponseHead, Version};
-pub use introspect::IntrospectionSpec;
-pub use ip::{IpRestriction, IpRestrictionSpec, Network};
-pub use jwt::{IssuerSpec, JwtAuthSpec};
+pub use identity_spec::{
+    AclSpec, BasicAuthSpec, IntrospectionSpec, IpRestrictionSpec, IssuerSpec, JwtAuthSpec, KeyAuthSpec,
+};
+pub use ip::{IpRestriction, Network};
 pub use limits::{ConcurrencyLimitSpec, RateLimitSpec};
-pub use seam::{Answer, Outbound, Policy, Reply, RequestInfo, Verdict};
+pub use seam::{Policy, Reply, RequestInfo, Verdict};
 pub use spec::{
     DotSegments, EscapedSlashes, HeaderOpsSpec, HeadersPolicySpec, PathNormalization, PoliciesSpec, Semicolons,
     TrailingSlash,

@@ -13,25 +13,25 @@ use crate::limits::{ConcurrencyLimitSpec, RateLimitSpec};
 pub struct PoliciesSpec {
     /// Authentication by API key (a consumer's `key_auth` credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_auth: Option<crate::auth::KeyAuthSpec>,
+    pub key_auth: Option<crate::identity_spec::KeyAuthSpec>,
     /// Authentication by username and password (a consumer's `basic_auth` credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic_auth: Option<crate::auth::BasicAuthSpec>,
+    pub basic_auth: Option<crate::identity_spec::BasicAuthSpec>,
     /// Authentication by bearer token (JWT): issuers' keys from their JWKS, consumers' own keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt_auth: Option<crate::jwt::JwtAuthSpec>,
+    pub jwt_auth: Option<crate::identity_spec::JwtAuthSpec>,
     /// Authentication by opaque bearer token, asked of an introspection endpoint (RFC 7662).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth2_introspection: Option<crate::introspect::IntrospectionSpec>,
+    pub oauth2_introspection: Option<crate::identity_spec::IntrospectionSpec>,
     /// Authorisation by the consumer's groups (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acl: Option<crate::auth::AclSpec>,
+    pub acl: Option<crate::identity_spec::AclSpec>,
     /// Header transforms on the request to the upstream and the response to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersPolicySpec>,
     /// Allow and deny lists on the client address (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_restriction: Option<crate::ip::IpRestrictionSpec>,
+    pub ip_restriction: Option<crate::identity_spec::IpRestrictionSpec>,
     /// Node-wide rate limit of the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,

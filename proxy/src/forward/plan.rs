@@ -119,7 +119,8 @@ pub(super) fn prepare<'g>(
         fields: p.fields,
     };
     let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id, consumers: &snapshot.consumers };
-    let planned = request_policies(worker, chains, &info, (&mut list, answers), rec, &mut early);
+    let layers = (chains, &snapshot.consumers);
+    let planned = request_policies(worker, layers, &info, (&mut list, answers), rec, &mut early);
     // A credential in the query stays out of the log (whatever the answer), and out of the
     // upstream request when hidden.
     let credential = match &planned {
@@ -468,7 +469,7 @@ fn upstream_headers<'a>(
 /// the answer to the outbound call the chain asked for when the request was planned before.
 fn request_policies<'a>(
     worker: &Worker,
-    chains: Layered<'a>,
+    (chains, consumers): (Layered<'a>, &'a ringway_policy::Consumers),
     info: &RequestInfo<'_>,
     (list, answers): (&mut HeaderList<'a>, Option<Box<ringway_policy::Answers>>),
     rec: &mut Record,
@@ -501,15 +502,19 @@ fn request_policies<'a>(
         }
     }
     if let Some(id) = cx.identity {
-        identity_headers(chains, id, list);
+        identity_headers(consumers, id, list);
     }
     Ok(Some(cx))
 }
 
 /// `X-Consumer-Id`, `X-Consumer-Groups` and `X-Credential-Id` (a key's fingerprint, never the
 /// key) for the upstream; the client's own were never copied.
-fn identity_headers<'a>(chains: Layered<'a>, id: ringway_policy::Identity, list: &mut HeaderList<'a>) {
-    let Some(c) = id.consumer.and_then(|s| chains.consumers.get(s)) else { return };
+fn identity_headers<'a>(
+    consumers: &'a ringway_policy::Consumers,
+    id: ringway_policy::Identity,
+    list: &mut HeaderList<'a>,
+) {
+    let Some(c) = id.consumer.and_then(|s| consumers.get(s)) else { return };
     list.push("x-consumer-id", c.id.as_bytes());
     if !c.groups_header.is_empty() {
         list.push("x-consumer-groups", c.groups_header.as_bytes());

@@ -116,6 +116,8 @@ pub struct Snapshot {
     pub trusted_proxies: Arc<[ringway_policy::Network]>,
     /// The consumers, indexed by credential.
     pub consumers: ringway_policy::Consumers,
+    /// Their own policies, by slot.
+    pub consumer_chains: ringway_policy::ConsumerChains,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -153,7 +155,7 @@ impl Snapshot {
     /// A route's policies over the global ones.
     #[inline]
     pub fn chains<'s>(&'s self, route: &'s Route) -> Layered<'s> {
-        Layered::new(&route.chain, &self.global, &self.consumers)
+        Layered::new(&route.chain, &self.global, &self.consumer_chains)
     }
 
     /// The path normalisation that applies to `route`: its own, else the global one.
@@ -233,11 +235,19 @@ impl Snapshot {
         // Every changed consumer leaves the index before any comes back, so a key or a username
         // may move from one consumer to another in one change.
         for (id, _) in &consumers {
+            if let Some(slot) = next.consumers.by_id(id).map(|c| c.slot) {
+                next.consumer_chains.set(slot, Chain::default());
+            }
             next.consumers.edit(id, None, &mut errors);
         }
         for (id, c) in &consumers {
             if let Some(c) = c {
                 next.consumers.edit(id, Some(c), &mut errors);
+                let chain =
+                    ringway_policy::compile_consumer(&c.policies, &format!("consumers.{id}.policies"), &mut errors);
+                if let Some(slot) = next.consumers.by_id(id).map(|c| c.slot) {
+                    next.consumer_chains.set(slot, chain);
+                }
             }
         }
         for e in ups.iter().chain(&routes) {
