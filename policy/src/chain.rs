@@ -369,6 +369,51 @@ mod tests {
         }
     }
 
+    /// Counts its completions.
+    #[derive(Debug, Default)]
+    struct Completes(std::sync::atomic::AtomicUsize, u32);
+    impl Policy for Completes {
+        fn name(&self) -> &'static str {
+            "completes"
+        }
+        fn priority(&self) -> u32 {
+            self.1
+        }
+        fn completes(&self) -> bool {
+            true
+        }
+        fn on_complete(&self, _: &Context, status: u16) {
+            assert_eq!(status, 204);
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn completion_hooks_run_once_for_the_route_the_global_and_the_consumer_chains() {
+        let route = Arc::new(Completes(Default::default(), 1000));
+        let global = Arc::new(Completes(Default::default(), 900));
+        let consumer = Arc::new(Completes(Default::default(), 800));
+        let own = Chain::new(vec![route.clone()]);
+        let global_chain = Chain::new(vec![Arc::new(Fixed(2000, "limit", false)), global.clone()]);
+        let mut chains = ConsumerChains::default();
+        chains.set(3, Chain::new(vec![consumer.clone()]));
+        let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(
+            1,
+            16,
+            std::sync::Arc::new(crate::limits::LimitBank::new(1024)),
+        )));
+        let mut cx = Context::new(state);
+        // The global policy of the same name is replaced by the route's: it does not complete.
+        let layered = Layered::new(&own, &global_chain, &chains);
+        layered.on_complete(&cx, 204);
+        let count = |p: &Completes| p.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((count(&route), count(&global), count(&consumer)), (1, 0, 0));
+        cx.identity =
+            Some(crate::context::Identity { consumer: Some(3), credential: crate::context::Credential::Basic });
+        layered.on_complete(&cx, 204);
+        assert_eq!((count(&route), count(&global), count(&consumer)), (2, 0, 1));
+    }
+
     #[test]
     fn layered_runs_both_in_priority_order_and_the_route_overrides_by_name() {
         let global = Chain::new(vec![Arc::new(Fixed(2000, "limit", false)), Arc::new(Fixed(500, "late", false))]);

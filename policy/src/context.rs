@@ -150,6 +150,9 @@ pub struct Context {
     /// A query parameter that carried a credential: always kept out of the log, and removed
     /// from the upstream request too when the flag is set (`hide_credentials`).
     pub query_credential: Option<(Arc<str>, bool)>,
+    /// Claims an authentication policy chose to keep (`jwt_auth`'s `claims_to_headers`), by
+    /// name, for the policies after it.
+    pub claims: Vec<(Rc<str>, Rc<[u8]>)>,
 }
 
 impl Context {
@@ -166,6 +169,7 @@ impl Context {
             challenges: Vec::new(),
             answers: None,
             query_credential: None,
+            claims: Vec::new(),
         }
     }
 

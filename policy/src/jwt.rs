@@ -8,6 +8,7 @@
 //! and only while the keys that verified it stand), so a repeat costs a hash lookup.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -140,8 +141,8 @@ struct Verified {
     /// What verified it: the key store's generation, or the consumer's keys (slot, tag).
     by: By,
     consumer: Option<(u32, u64)>,
-    /// Values for `claims_to_headers`, by its index.
-    headers: Vec<(usize, Box<[u8]>)>,
+    /// Values for `claims_to_headers`: its index, the claim's name and value.
+    headers: Vec<(usize, Rc<str>, Rc<[u8]>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,13 +278,14 @@ impl JwtAuth {
             .iter()
             .enumerate()
             .filter_map(|(i, (claim, _))| {
+                let name: Rc<str> = Rc::from(claim.as_str());
                 let v = match claims.get(claim)? {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
                     _ => return None,
                 };
-                is_valid_header_value(v.as_bytes()).then(|| (i, v.into_bytes().into_boxed_slice()))
+                is_valid_header_value(v.as_bytes()).then(|| (i, name, Rc::from(v.into_bytes())))
             })
             .collect();
         Verified { until_ms, by, consumer, headers }
@@ -341,8 +343,9 @@ impl JwtAuth {
         if self.hide {
             headers.remove("authorization");
         }
-        for (i, value) in &v.headers {
+        for (i, name, value) in &v.headers {
             headers.push(&*self.claims_to_headers[*i].1, value.to_vec());
+            cx.claims.push((name.clone(), value.clone()));
         }
     }
 }
