@@ -496,3 +496,85 @@ impl Consumers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(key: &str, user: Option<&str>) -> ConsumerSpec {
+        let mut c = ConsumerSpec { groups: vec!["g".into()], ..Default::default() };
+        c.credentials.key_auth.push(KeyCredentialSpec {
+            key: None,
+            digest: Some(KeyDigest::of(key.as_bytes()).hex()),
+            fingerprint: Some(fingerprint(key.as_bytes())),
+        });
+        if let Some(u) = user {
+            c.credentials.basic_auth = Some(BasicCredentialSpec {
+                username: u.into(),
+                password: None,
+                // A well-formed argon2id string (the test checks indexing, not passwords).
+                password_hash: Some(
+                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$8m6hm9F8jOZ1lC9O4dBv6bKQxJ3tF3A7x6hY3h3y7xM"
+                        .into(),
+                ),
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn keys_and_usernames_index_one_consumer_and_follow_edits() {
+        let mut c = Consumers::default();
+        let mut errors = ConfigErrors::default();
+        c.edit("alice", Some(&with_key("alice-key-0123456789", Some("alice"))), &mut errors);
+        c.edit("bob", Some(&with_key("bob-key-0123456789ab", None)), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let alice = c.key(&KeyDigest::of(b"alice-key-0123456789")).unwrap();
+        assert_eq!(c.get(alice.slot).unwrap().id, "alice");
+        assert_eq!(c.user("alice"), Some(alice.slot));
+        assert!(c.key(&KeyDigest::of(b"alice-key-012345678")).is_none(), "one byte short is no key");
+
+        // A key held by another consumer is refused, and the index is left as it was.
+        let before = c.clone();
+        c.edit("carol", Some(&with_key("bob-key-0123456789ab", None)), &mut errors);
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].path, "consumers.carol.credentials.key_auth[0]");
+        assert!(c.by_id("carol").is_none());
+        assert_eq!(c.len(), before.len());
+        // A refused change to an existing consumer keeps its old credentials indexed.
+        let mut errors = ConfigErrors::default();
+        c.edit("alice", Some(&with_key("bob-key-0123456789ab", None)), &mut errors);
+        assert!(!errors.is_empty());
+        assert_eq!(c.key(&KeyDigest::of(b"alice-key-0123456789")).map(|o| o.slot), Some(alice.slot));
+        assert_eq!(c.user("alice"), Some(alice.slot));
+
+        // Replaced: the old key and username no longer name anyone; deleted: the slot is reused.
+        let mut errors = ConfigErrors::default();
+        c.edit("alice", Some(&with_key("alice-key-new-0123456", None)), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(c.key(&KeyDigest::of(b"alice-key-0123456789")).is_none());
+        assert!(c.user("alice").is_none());
+        c.edit("alice", None, &mut errors);
+        assert!(c.key(&KeyDigest::of(b"alice-key-new-0123456")).is_none());
+        c.edit("dave", Some(&with_key("dave-key-0123456789a", None)), &mut errors);
+        assert_eq!(c.by_id("dave").unwrap().slot, alice.slot, "the freed slot is reused");
+        assert!(errors.is_empty(), "{errors:?}");
+        // The snapshot taken before is untouched.
+        assert_eq!(before.by_id("alice").unwrap().slot, alice.slot);
+        assert!(before.key(&KeyDigest::of(b"alice-key-0123456789")).is_some());
+    }
+
+    #[test]
+    fn digests_compare_whole() {
+        let a = KeyDigest::of(b"x");
+        let mut b = a;
+        assert_eq!(a, b);
+        b.0[31] ^= 1;
+        assert_ne!(a, b);
+        b = a;
+        b.0[0] ^= 0x80;
+        assert_ne!(a, b);
+        assert_eq!(KeyDigest::parse_hex(&a.hex()), Some(a));
+        assert!(KeyDigest::parse_hex("zz").is_none());
+    }
+}
