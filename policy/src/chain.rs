@@ -87,8 +87,9 @@ impl ConsumerChains {
     }
 }
 
-/// Compiles a consumer's own policies: they may limit, restrict by address and edit request
-/// headers; not authenticate, authorise, cache or read paths otherwise.
+/// Compiles a consumer's own policies: they may limit and edit request headers; not
+/// authenticate, authorise, restrict by address (address rules run before anyone is
+/// identified), cache or read paths otherwise.
 pub fn compile_consumer(p: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Chain {
     if p.cache.is_some() || p.path_normalization.is_some() {
         errors.push(path.to_string(), "a consumer's policies cannot cache or normalize paths");
@@ -103,6 +104,12 @@ pub fn compile_consumer(p: &PoliciesSpec, path: &str, errors: &mut ConfigErrors)
         || p.acl.is_some()
     {
         errors.push(path.to_string(), "a consumer's policies cannot authenticate or authorize");
+    }
+    if p.ip_restriction.is_some() {
+        errors.push(
+            format!("{path}.ip_restriction"),
+            "address rules run before the caller is identified: set them on the route or globally",
+        );
     }
     compile(p, path, errors)
 }

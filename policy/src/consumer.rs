@@ -484,15 +484,33 @@ impl Consumers {
         self.by_id.insert(c.id.clone(), c);
     }
 
+    /// Takes consumer `id`'s credentials out of the index, keeping its slot (and its entry by
+    /// id), so that a change of several consumers at once can move a key or a username from one
+    /// to another and every updated consumer keeps its slot. The `edit` that follows puts it
+    /// back.
+    pub fn detach(&mut self, id: &str) {
+        if let Some(c) = self.by_id.get(id).cloned() {
+            self.unindex(&c);
+        }
+    }
+
+    /// Removes `c`'s credentials from the index: only entries that still name its slot (after
+    /// a `detach`, another consumer may hold them already).
     fn unindex(&mut self, c: &Consumer) {
         for d in &c.key_digests {
-            self.keys.remove(d);
+            if self.keys.get(d).is_some_and(|o| o.slot == c.slot) {
+                self.keys.remove(d);
+            }
         }
         if let Some(b) = &c.basic {
-            self.users.remove(b.username.as_str());
+            if self.users.get(b.username.as_str()) == Some(&c.slot) {
+                self.users.remove(b.username.as_str());
+            }
         }
         for (kid, _, _) in &c.jwt_keys {
-            self.kids.remove(kid.as_str());
+            if self.kids.get(kid.as_str()) == Some(&c.slot) {
+                self.kids.remove(kid.as_str());
+            }
         }
     }
 }

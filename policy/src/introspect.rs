@@ -109,8 +109,10 @@ pub struct IntrospectedTokens {
 
 impl IntrospectedTokens {
     fn get(&self, policy: u64, token: &[u8], now: u64) -> Option<Known> {
-        let found = |t: &HashMap<u64, ByToken, FxBuildHasher>| t.get(&policy).and_then(|m| m.get(token)).copied();
-        found(&self.active).or_else(|| found(&self.refused)).filter(|k| k.until_ms > now)
+        let found = |t: &HashMap<u64, ByToken, FxBuildHasher>| {
+            t.get(&policy).and_then(|m| m.get(token)).copied().filter(|k| k.until_ms > now)
+        };
+        found(&self.active).or_else(|| found(&self.refused))
     }
 
     fn put(&mut self, policy: u64, token: &[u8], k: Known, now: u64) {
@@ -126,6 +128,11 @@ impl IntrospectedTokens {
             }
         }
         table.entry(policy).or_default().insert(token.into(), k);
+        // One answer per token: the newest, in the table it belongs to.
+        let other = if k.pass { &mut self.refused } else { &mut self.active };
+        if let Some(m) = other.get_mut(&policy) {
+            m.remove(token);
+        }
     }
 }
 

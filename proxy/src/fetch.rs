@@ -117,8 +117,8 @@ pub fn request(
         }
     }
     // Closed: a response delimited by the close, or cut short.
-    let (status, head_len, _, chunked) = response_head(&got)?.ok_or("malformed response head")?;
-    if chunked {
+    let (status, head_len, length, chunked) = response_head(&got)?.ok_or("malformed response head")?;
+    if chunked || length.is_some_and(|n| got.len() - head_len < n) {
         return Err("response body cut short".into());
     }
     let body = got[head_len..].to_vec();
@@ -176,10 +176,28 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if rest.len() < size + 2 {
+        // Compared without adding: a size near the top of the range cannot wrap.
+        if rest.len() < 2 || rest.len() - 2 < size {
             return Err("response body cut short".into());
         }
         out.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_whole_cut_short_and_hostile() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert!(dechunk(b"3\r\nab").is_err(), "cut short");
+        assert!(dechunk(b"ffffffffffffffff\r\nab\r\n").is_err(), "a size that would wrap");
+        assert!(dechunk(b"zz\r\n").is_err());
+        // A length the body has not reached is not complete; one it has is.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert!(complete(&[&head[..], b"abc"].concat()).unwrap().is_none());
+        assert_eq!(complete(&[&head[..], b"abcde"].concat()).unwrap().unwrap().body, b"abcde");
     }
 }

@@ -234,11 +234,16 @@ impl Snapshot {
         }
         // Every changed consumer leaves the index before any comes back, so a key or a username
         // may move from one consumer to another in one change.
-        for (id, _) in &consumers {
+        // Deleted ones go; updated ones keep their slot (caches of verified credentials name
+        // consumers by slot) but let go of their credentials for the moment.
+        for (id, c) in &consumers {
             if let Some(slot) = next.consumers.by_id(id).map(|c| c.slot) {
                 next.consumer_chains.set(slot, Chain::default());
             }
-            next.consumers.edit(id, None, &mut errors);
+            match c {
+                Some(_) => next.consumers.detach(id),
+                None => next.consumers.edit(id, None, &mut errors),
+            }
         }
         for (id, c) in &consumers {
             if let Some(c) = c {
@@ -582,6 +587,34 @@ mod tests {
         let v2 = v1.edit([Edit::Route("a", None), Edit::Upstream("u1", None)], 2).unwrap();
         assert!(v2.routes.is_empty() && v2.upstreams.is_empty());
         assert_eq!(lookup(&v1, "h", "/a"), Some(("a", 1)));
+    }
+
+    #[test]
+    fn consumers_changed_together_keep_their_slots_and_may_swap_keys() {
+        use ringway_policy::consumer::{fingerprint, KeyCredentialSpec, KeyDigest};
+        let consumer = |key: &str| {
+            let mut c = ringway_policy::ConsumerSpec::default();
+            c.credentials.key_auth.push(KeyCredentialSpec {
+                key: None,
+                digest: Some(KeyDigest::of(key.as_bytes()).hex()),
+                fingerprint: Some(fingerprint(key.as_bytes())),
+            });
+            c
+        };
+        let (ka, kb) = (consumer("key-of-a-0123456789"), consumer("key-of-b-0123456789"));
+        let v1 = Snapshot::default().edit([Edit::Consumer("a", Some(&ka)), Edit::Consumer("b", Some(&kb))], 1).unwrap();
+        let slot = |s: &Snapshot, id: &str| s.consumers.by_id(id).unwrap().slot;
+        let owner = |s: &Snapshot, key: &str| {
+            s.consumers.key(&KeyDigest::of(key.as_bytes())).and_then(|o| s.consumers.get(o.slot)).map(|c| c.id.clone())
+        };
+        // Both change in one edit, each taking the other's key.
+        let v2 = v1.edit([Edit::Consumer("a", Some(&kb)), Edit::Consumer("b", Some(&ka))], 2).unwrap();
+        assert_eq!((slot(&v2, "a"), slot(&v2, "b")), (slot(&v1, "a"), slot(&v1, "b")));
+        assert_eq!(owner(&v2, "key-of-a-0123456789").as_deref(), Some("b"));
+        assert_eq!(owner(&v2, "key-of-b-0123456789").as_deref(), Some("a"));
+        assert_eq!(owner(&v1, "key-of-a-0123456789").as_deref(), Some("a"), "the earlier snapshot is untouched");
+        // One key for two consumers is refused.
+        assert!(v2.edit([Edit::Consumer("a", Some(&ka))], 3).is_err());
     }
 
     #[test]
