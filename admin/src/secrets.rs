@@ -118,7 +118,16 @@ pub fn seal_policies(
         Some(s) if s.is_empty() || s.len() > MAX_SECRET => {
             errors.push(format!("{at}.client_secret"), format!("a secret is 1 to {MAX_SECRET} bytes"));
         }
-        Some(s) => i.client_secret_sealed = Some(secrets.seal(s.as_bytes())),
+        Some(s) => {
+            // The same secret for the same endpoint and client keeps its sealed form.
+            let same = old.and_then(|o| o.oauth2_introspection.as_ref()).filter(|o| {
+                o.endpoint == i.endpoint && o.client_id == i.client_id && o.client_secret.as_deref() == Some(s.as_str())
+            });
+            i.client_secret_sealed = match same {
+                Some(o) => o.client_secret_sealed.clone(),
+                None => Some(secrets.seal(s.as_bytes())),
+            };
+        }
         None => {
             let kept = old.and_then(|o| o.oauth2_introspection.as_ref()).filter(|o| {
                 o.endpoint == i.endpoint
@@ -242,7 +251,14 @@ pub fn seal(
                 errors.push(format!("{at}.secret"), format!("a secret is 32 to {MAX_SECRET} bytes"));
             }
             Some(s) => {
-                j.secret_sealed = Some(secrets.seal(s.as_bytes()));
+                // The same secret for the same key keeps its sealed form: nothing changed.
+                let same = old_jwt.iter().find(|o| {
+                    o.key_id == j.key_id && o.algorithm == j.algorithm && o.secret.as_deref() == Some(s.as_str())
+                });
+                j.secret_sealed = match same {
+                    Some(o) => o.secret_sealed.clone(),
+                    None => Some(secrets.seal(s.as_bytes())),
+                };
                 j.secret = Some(s);
             }
             None if hmac => {

@@ -26,11 +26,14 @@ use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 /// The identity band: authentication runs before everything but the address rules.
 pub const IDENTITY_PRIORITY: u32 = 3000;
 
-/// Names each compiled policy that keeps what it verified: a token judged under one route's
-/// rules says nothing under another's.
-pub(crate) fn policy_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+/// Names a policy that keeps what it verified by what it is configured with: a token judged
+/// under one set of rules says nothing under another's, and an edit elsewhere in a route (or
+/// of another route) leaves the caches of its unchanged policies as they were. Keyed per
+/// process, so no one can aim at a collision.
+pub(crate) fn policy_id(spec: &impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(std::collections::hash_map::RandomState::new).hash_one(spec)
 }
 
 /// The bearer token of a request.

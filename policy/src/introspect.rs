@@ -66,7 +66,7 @@ impl Introspection {
         let credentials = format!("{}:{secret}", spec.client_id);
         let client_auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials));
         (errors.0.len() == before).then(|| Introspection {
-            id: policy_id(),
+            id: policy_id(spec),
             endpoint: spec.endpoint.as_str().into(),
             client_auth: client_auth.into(),
             timeout_ms: timeout_ms.clamp(10, 30_000),

@@ -124,7 +124,7 @@ impl JwtAuth {
             claims_to_headers.push((claim.clone(), Arc::from(header.to_ascii_lowercase())));
         }
         (errors.0.len() == before).then(|| JwtAuth {
-            id: policy_id(),
+            id: policy_id(spec),
             issuers,
             claims_to_headers,
             hide: spec.hide_credentials,

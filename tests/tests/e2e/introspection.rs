@@ -106,6 +106,12 @@ fn introspection_caches_coalesces_requires_scopes_and_fails_closed() {
     }
     assert_eq!(idp.request_count(), before + 1, "six concurrent requests, one call");
 
+    // An edit of the route that leaves the policy as it was keeps the worker's answers.
+    let asked = idp.request_count();
+    let r = gw.admin("PATCH", "/admin/v1/routes/r", Some(r#"{"max_body_bytes": 2048}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(call(&gw, "good-token"), 200);
+    assert_eq!(idp.request_count(), asked, "the cache outlived an unrelated edit");
     // A change that leaves the secret out keeps it.
     let r = gw.admin(
         "PATCH",
