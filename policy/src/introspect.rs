@@ -4,10 +4,8 @@
 //! `negative_ttl`; concurrent requests with one token on a worker share one call (the engine
 //! coalesces them). An endpoint that cannot be reached answers 503: nothing passes unchecked.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
 use crate::auth::{bearer, policy_id, IDENTITY_PRIORITY};
@@ -16,6 +14,7 @@ use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::HeaderList;
 use crate::identity_spec::IntrospectionSpec;
+use crate::kept::{Expires, Kept};
 use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 /// The compiled `oauth2_introspection`.
@@ -82,11 +81,9 @@ impl Introspection {
 }
 
 /// A worker's introspected tokens: active ones at most this many, inactive ones (which anyone
-/// can make) in a smaller table of their own, so they never push out the active ones; tokens
-/// longer than `KEPT_TOKEN_MAX` are asked about every time.
+/// can make) in a smaller table of their own, so they never push out the active ones.
 const KEPT_MAX: usize = 10_000;
 const REFUSED_MAX: usize = 2048;
-const KEPT_TOKEN_MAX: usize = 2048;
 
 #[derive(Debug, Clone, Copy)]
 struct Known {
@@ -96,43 +93,37 @@ struct Known {
     consumer: Option<(u32, u64)>,
 }
 
-type ByToken = HashMap<Box<[u8]>, Known, FxBuildHasher>;
+impl Expires for Known {
+    fn until_ms(&self) -> u64 {
+        self.until_ms
+    }
+}
 
 /// A worker's answers from introspection endpoints, by policy (its endpoint, client, scopes
-/// and consumer claim), then token; both looked up borrowed: a cached token costs no
-/// allocation.
-#[derive(Debug, Default)]
+/// and consumer claim), then token.
+#[derive(Debug)]
 pub struct IntrospectedTokens {
-    active: HashMap<u64, ByToken, FxBuildHasher>,
-    refused: HashMap<u64, ByToken, FxBuildHasher>,
+    active: Kept<Known>,
+    refused: Kept<Known>,
+}
+
+impl Default for IntrospectedTokens {
+    fn default() -> Self {
+        IntrospectedTokens { active: Kept::new(KEPT_MAX), refused: Kept::new(REFUSED_MAX) }
+    }
 }
 
 impl IntrospectedTokens {
     fn get(&self, policy: u64, token: &[u8], now: u64) -> Option<Known> {
-        let found = |t: &HashMap<u64, ByToken, FxBuildHasher>| {
-            t.get(&policy).and_then(|m| m.get(token)).copied().filter(|k| k.until_ms > now)
-        };
-        found(&self.active).or_else(|| found(&self.refused))
+        self.active.get(policy, token, now).or_else(|| self.refused.get(policy, token, now)).copied()
     }
 
     fn put(&mut self, policy: u64, token: &[u8], k: Known, now: u64) {
-        let (table, max) = if k.pass { (&mut self.active, KEPT_MAX) } else { (&mut self.refused, REFUSED_MAX) };
-        let len: usize = table.values().map(HashMap::len).sum();
-        if len >= max {
-            for m in table.values_mut() {
-                m.retain(|_, e| e.until_ms > now);
-            }
-            table.retain(|_, m| !m.is_empty());
-            if table.values().map(HashMap::len).sum::<usize>() >= max {
-                table.clear();
-            }
-        }
-        table.entry(policy).or_default().insert(token.into(), k);
         // One answer per token: the newest, in the table it belongs to.
-        let other = if k.pass { &mut self.refused } else { &mut self.active };
-        if let Some(m) = other.get_mut(&policy) {
-            m.remove(token);
-        }
+        let (table, other) =
+            if k.pass { (&mut self.active, &mut self.refused) } else { (&mut self.refused, &mut self.active) };
+        other.remove(policy, token);
+        table.put(policy, token, k, now);
     }
 }
 
@@ -161,9 +152,7 @@ impl Policy for Introspection {
             None => match cx.answers.as_mut().and_then(|a| a.introspected.take()) {
                 Some(Some(body)) => {
                     let k = self.read(&body, req, now);
-                    if token.len() <= KEPT_TOKEN_MAX {
-                        state.borrow_mut().typed::<IntrospectedTokens>().put(self.id, token, k, now);
-                    }
+                    state.borrow_mut().typed::<IntrospectedTokens>().put(self.id, token, k, now);
                     k
                 }
                 Some(None) => {

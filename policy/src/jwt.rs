@@ -7,13 +7,11 @@
 //! issuer says. A worker keeps verified tokens (bounded, each until its `exp` at the latest,
 //! and only while the keys that verified it stand), so a repeat costs a hash lookup.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
 use crate::auth::{bearer, policy_id, IDENTITY_PRIORITY};
@@ -22,6 +20,7 @@ use crate::context::{Context, Credential, Identity};
 use crate::error::ConfigErrors;
 use crate::headers::{is_valid_header_name, is_valid_header_value, HeaderList};
 use crate::identity_spec::JwtAuthSpec;
+use crate::kept::{Expires, Kept};
 use crate::seam::{Policy, Reply, RequestInfo, Verdict};
 
 #[derive(Debug)]
@@ -151,17 +150,25 @@ enum By {
     Consumer(u32, u64),
 }
 
-/// Verified tokens kept at most per worker (in all), and the longest token kept.
+/// Verified tokens kept at most per worker (in all).
 const VERIFIED_MAX: usize = 10_000;
-const KEPT_TOKEN_MAX: usize = 2048;
 /// Keys of a set tried for a token that names none.
 const KID_LESS_TRIES: usize = 4;
 
-/// A worker's verified tokens, by policy, then token (both looked up borrowed).
-#[derive(Debug, Default)]
-pub struct VerifiedTokens {
-    entries: HashMap<u64, HashMap<Box<[u8]>, Verified, FxBuildHasher>, FxBuildHasher>,
-    len: usize,
+impl Expires for Verified {
+    fn until_ms(&self) -> u64 {
+        self.until_ms
+    }
+}
+
+/// A worker's verified tokens, by policy, then token.
+#[derive(Debug)]
+pub struct VerifiedTokens(Kept<Verified>);
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        VerifiedTokens(Kept::new(VERIFIED_MAX))
+    }
 }
 
 /// Why a token did not pass.
@@ -381,12 +388,12 @@ impl Policy for JwtAuth {
             };
             let consumer =
                 v.consumer.is_none_or(|(slot, key)| req.consumers.get(slot).is_some_and(|c| c.limit_key == key));
-            v.until_ms > now && by && consumer
+            by && consumer
         };
         {
             let mut st = state.borrow_mut();
             let cache = st.typed::<VerifiedTokens>();
-            if let Some(v) = cache.entries.get(&self.id).and_then(|m| m.get(token)).filter(|v| still(v)) {
+            if let Some(v) = cache.0.get(self.id, token, now).filter(|v| still(v)) {
                 self.pass(v, headers, cx);
                 return Verdict::Continue;
             }
@@ -395,24 +402,7 @@ impl Policy for JwtAuth {
         match self.verify(token, req, cx, fetched) {
             Ok(v) => {
                 self.pass(&v, headers, cx);
-                if token.len() <= KEPT_TOKEN_MAX {
-                    let mut st = state.borrow_mut();
-                    let cache = st.typed::<VerifiedTokens>();
-                    if cache.len >= VERIFIED_MAX {
-                        for m in cache.entries.values_mut() {
-                            m.retain(|_, e| e.until_ms > now);
-                        }
-                        cache.entries.retain(|_, m| !m.is_empty());
-                        cache.len = cache.entries.values().map(HashMap::len).sum();
-                        if cache.len >= VERIFIED_MAX {
-                            cache.entries.clear();
-                            cache.len = 0;
-                        }
-                    }
-                    if cache.entries.entry(self.id).or_default().insert(token.into(), v).is_none() {
-                        cache.len += 1;
-                    }
-                }
+                state.borrow_mut().typed::<VerifiedTokens>().0.put(self.id, token, v, now);
                 Verdict::Continue
             }
             Err(Refusal::Invalid) => {

@@ -28,6 +28,7 @@ mod identity_spec;
 mod introspect;
 mod ip;
 mod jwt;
+mod kept;
 pub mod keys;
 pub mod limits;
 mod seam;
