@@ -12,7 +12,9 @@ use ringway_proxy::ConfigSpec;
 use crate::http::{syntax_of, Request, Response};
 use crate::metrics::{self, MetricsSource};
 use crate::parse::{self, DocError, Syntax};
-use crate::state::{spec_from_state, AdminState, ApiError, ResourceChange, CONSUMERS, GLOBAL, ROUTES, UPSTREAMS};
+use crate::state::{
+    spec_from_state, AdminState, ApiError, ResourceChange, CERTIFICATES, CONSUMERS, GLOBAL, ROUTES, UPSTREAMS,
+};
 
 /// What the API needs besides the state.
 pub struct ApiContext {
@@ -160,6 +162,21 @@ pub fn metrics_page(ctx: &ApiContext, state: &AdminState) -> Response {
     let mut out = String::with_capacity(4096);
     metrics::render(&mut out, &ctx.metrics);
     ringway_proxy::resilience::render_metrics(&mut out, state.snapshot());
+    let certs = &state.snapshot().certificates;
+    if !certs.is_empty() {
+        out.push_str(
+            "# HELP ringway_certificate_expiry_timestamp_seconds When each TLS certificate expires (Unix time).\n",
+        );
+        out.push_str("# TYPE ringway_certificate_expiry_timestamp_seconds gauge\n");
+        for c in certs.values() {
+            // Certificate ids are resource ids: no quote or backslash to escape.
+            out.push_str(&format!(
+                "ringway_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}\n",
+                c.id.replace(['\\', '"', '\n'], "_"),
+                c.not_after
+            ));
+        }
+    }
     Response { status: 200, content_type: metrics::CONTENT_TYPE, body: out.into_bytes() }
 }
 
@@ -290,8 +307,12 @@ fn upstream_health(state: &mut AdminState, id: &str) -> Result<Response, ApiErro
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 fn is_kind(k: &str) -> bool {
-    k == UPSTREAMS || k == ROUTES || k == CONSUMERS
+    k == UPSTREAMS || k == ROUTES || k == CONSUMERS || k == CERTIFICATES
 }
 
 fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
@@ -325,6 +346,16 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                     "failed_exports": get(&c.failed_exports),
                 })
             }),
+            "tls": {
+                "certificates": state.snapshot().certificates.values().map(|c| json!({
+                    "id": c.id,
+                    "snis": c.snis,
+                    "default": c.default,
+                    "not_after": c.not_after,
+                    "expires_in_days": (c.not_after - unix_now()) / 86_400,
+                })).collect::<Vec<_>>(),
+                "sni_required": state.snapshot().tls_settings.sni_required,
+            },
             "log_shipping": ctx.telemetry.as_ref().and_then(|t| t.shipping()).map(|(to, shipped, dropped, failed)| json!({
                 "endpoint": to,
                 "shipped": shipped,
@@ -482,6 +513,12 @@ fn list(state: &AdminState, kind: &str) -> Response {
             .iter()
             .map(|(id, v)| json!({"id": id, "value": crate::secrets::public_consumer(v)}))
             .collect(),
+        CERTIFICATES => state
+            .spec()
+            .certificates
+            .iter()
+            .map(|(id, v)| json!({"id": id, "value": crate::certs::public(v)}))
+            .collect(),
         _ => state
             .spec()
             .routes
@@ -497,6 +534,7 @@ fn stored(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
     match kind {
         UPSTREAMS => state.spec().upstreams.get(id).and_then(|v| serde_json::to_value(v).ok()),
         CONSUMERS => state.spec().consumers.get(id).and_then(|v| serde_json::to_value(v).ok()),
+        CERTIFICATES => state.spec().certificates.get(id).and_then(|v| serde_json::to_value(v).ok()),
         _ => state.spec().routes.get(id).and_then(|v| serde_json::to_value(v).ok()),
     }
 }
@@ -506,6 +544,7 @@ fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
     match kind {
         CONSUMERS => state.spec().consumers.get(id).map(crate::secrets::public_consumer),
         ROUTES => state.spec().routes.get(id).map(crate::secrets::public_route),
+        CERTIFICATES => state.spec().certificates.get(id).map(crate::certs::public),
         _ => stored(state, kind, id),
     }
 }
@@ -520,6 +559,7 @@ fn singular(kind: &str) -> &'static str {
     match kind {
         UPSTREAMS => "upstream",
         CONSUMERS => "consumer",
+        CERTIFICATES => "certificate",
         _ => "route",
     }
 }
@@ -575,6 +615,12 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
             crate::secrets::check_owners(id, &c, &state.snapshot().consumers)?;
             ResourceChange::Consumer(id.to_string(), Some(Box::new(c)))
         }
+        CERTIFICATES => {
+            let mut c: ringway_proxy::tls::CertificateSpec = typed(value, &prefix)?;
+            crate::certs::seal(id, &mut c, state.spec().certificates.get(id), &state.secrets)
+                .map_err(ApiError::invalid)?;
+            ResourceChange::Certificate(id.to_string(), Some(Box::new(c)))
+        }
         _ => {
             let mut r: ringway_proxy::config::RouteSpec = typed(value, &prefix)?;
             let old = state.spec().routes.get(id).map(|o| &o.policies);
@@ -612,6 +658,8 @@ fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, 
         ResourceChange::Upstream(id.to_string(), None)
     } else if kind == CONSUMERS {
         ResourceChange::Consumer(id.to_string(), None)
+    } else if kind == CERTIFICATES {
+        ResourceChange::Certificate(id.to_string(), None)
     } else {
         ResourceChange::Route(id.to_string(), None)
     };

@@ -27,6 +27,11 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address of the TLS listener, beside the plaintext one (off unless set). Certificates
+    /// come from the configuration (`certificates`, `/admin/v1/certificates/{id}`).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+
     /// Worker threads, one per core (default: every core this process may use).
     #[arg(long)]
     pub workers: Option<usize>,

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod certs;
 pub mod cli;
 pub mod error;
 mod gate;

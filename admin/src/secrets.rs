@@ -162,9 +162,10 @@ fn open_policies(path: &str, p: &mut ringway_policy::PoliciesSpec, secrets: &Sec
     Ok(())
 }
 
-/// Opens the sealed secrets of `spec` (a document read from the store): consumers' HMAC
-/// secrets, introspection client secrets.
+/// Opens the sealed secrets of `spec` (a document read from the store): certificates' keys,
+/// consumers' HMAC secrets, introspection client secrets.
 pub fn open_document(spec: &mut ConfigSpec, secrets: &SecretBox) -> Result<(), String> {
+    crate::certs::open(&mut spec.certificates, secrets)?;
     for (id, r) in spec.routes.iter_mut() {
         open_policies(&format!("routes.{id}.policies"), &mut r.policies, secrets)?;
     }
@@ -308,6 +309,11 @@ pub fn seal_document(new: &mut ConfigSpec, old: &ConfigSpec, secrets: &SecretBox
             errors.0.extend(e.0);
         }
     }
+    for (id, c) in new.certificates.iter_mut() {
+        if let Err(e) = crate::certs::seal(id, c, old.certificates.get(id), secrets) {
+            errors.0.extend(e.0);
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
@@ -436,6 +442,9 @@ pub fn public_document(spec: &ConfigSpec) -> Value {
     }
     if let Some(g) = v.get_mut("global_policies") {
         strip_policies(g);
+    }
+    if let Some(Value::Object(certs)) = v.get_mut("certificates") {
+        certs.values_mut().for_each(crate::certs::strip);
     }
     v
 }

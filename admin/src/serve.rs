@@ -119,6 +119,7 @@ pub fn check(args: &Args) -> anyhow::Result<()> {
 /// [`Handle::stop`] drains and ends them; dropping the handle does the same.
 pub struct Handle {
     data_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     drain_timeout: Duration,
@@ -138,6 +139,11 @@ impl Handle {
     /// Where the data plane listens.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
+    }
+
+    /// Where the TLS listener listens (`--tls-listen`), if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Where the admin API listens.
@@ -266,6 +272,14 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     };
     let (local, listeners) = crate::listen::bind_listeners(args.listen, count)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (tls_addr, mut tls_listeners) = match args.tls_listen {
+        Some(a) => {
+            let (local, l) = crate::listen::bind_listeners(a, count)
+                .with_context(|| format!("cannot listen on {a} (--tls-listen)"))?;
+            (Some(local), l)
+        }
+        None => (None, Vec::new()),
+    };
     let limits = ServerLimits {
         max_head_bytes: args.max_head_bytes.max(1024),
         max_headers: usize::from(args.max_headers),
@@ -321,6 +335,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         senders.push(tx);
         let _ = setup_tx.send(WorkerSetup {
             listener,
+            tls_listener: tls_listeners.pop(),
             mailbox: rx,
             snapshot: snapshot.clone(),
             limits: limits.clone(),
@@ -379,6 +394,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         snapshot.upstreams.len()
     );
 
+    let state_certificates = snapshot.certificates.len();
     let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
     state.secrets = secrets;
     state.start_health().context("cannot start the health thread")?;
@@ -409,8 +425,12 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     if let Some(m) = metrics_addr {
         log::info!("metrics listening on {m} (GET /metrics, no token)");
     }
+    if let Some(t) = tls_addr {
+        log::info!("TLS listening on {t} with {} certificate(s)", state_certificates);
+    }
     Ok(Handle {
         data_addr: local,
+        tls_addr,
         admin_addr,
         metrics_addr,
         drain_timeout,

@@ -21,6 +21,7 @@ use serde::Serialize;
 pub const UPSTREAMS: &str = "upstreams";
 pub const ROUTES: &str = "routes";
 pub const CONSUMERS: &str = "consumers";
+pub const CERTIFICATES: &str = "certificates";
 /// The global policies: one resource of this kind, with the id [`GLOBAL_ID`].
 pub const GLOBAL: &str = "global_policies";
 pub const GLOBAL_ID: &str = "default";
@@ -30,6 +31,7 @@ pub const ACCESS_LOG: &str = "access_log";
 pub const LOG_SHIPPING: &str = "log_shipping";
 pub const TRACING: &str = "tracing";
 pub const TRUSTED_PROXIES: &str = "trusted_proxies";
+pub const TLS: &str = "tls";
 
 pub use crate::error::ApiError;
 
@@ -46,6 +48,7 @@ pub struct Diff {
     pub upstreams: KindDiff,
     pub routes: KindDiff,
     pub consumers: KindDiff,
+    pub certificates: KindDiff,
     pub global_policies: KindDiff,
     pub settings: KindDiff,
 }
@@ -75,6 +78,10 @@ pub enum ResourceChange {
     Tracing(Option<Box<ringway_proxy::traces::TracingSpec>>),
     /// The document's `trusted_proxies` (empty: none).
     TrustedProxies(Vec<String>),
+    /// A certificate, its key sealed.
+    Certificate(String, Option<Box<ringway_proxy::tls::CertificateSpec>>),
+    /// The document's `tls` (`None`: not set).
+    Tls(Option<ringway_proxy::tls::TlsSettingsSpec>),
 }
 
 impl ResourceChange {
@@ -88,6 +95,8 @@ impl ResourceChange {
             ResourceChange::LogShipping(v) => Edit::LogShipping(v.as_deref()),
             ResourceChange::Tracing(v) => Edit::Tracing(v.as_deref()),
             ResourceChange::TrustedProxies(v) => Edit::TrustedProxies(v),
+            ResourceChange::Certificate(id, v) => Edit::Certificate(id, v.as_deref()),
+            ResourceChange::Tls(v) => Edit::TlsSettings(v.as_ref()),
         }
     }
 }
@@ -114,6 +123,10 @@ pub fn changes_between(old: &ConfigSpec, new: ConfigSpec) -> Vec<ResourceChange>
     diff_map(&old.upstreams, new.upstreams, |id, v| ResourceChange::Upstream(id, v.map(Box::new)), &mut out);
     diff_map(&old.routes, new.routes, |id, v| ResourceChange::Route(id, v.map(Box::new)), &mut out);
     diff_map(&old.consumers, new.consumers, |id, v| ResourceChange::Consumer(id, v.map(Box::new)), &mut out);
+    diff_map(&old.certificates, new.certificates, |id, v| ResourceChange::Certificate(id, v.map(Box::new)), &mut out);
+    if old.tls != new.tls {
+        out.push(ResourceChange::Tls(new.tls));
+    }
     if old.global_policies != new.global_policies {
         let g = new.global_policies;
         out.push(ResourceChange::Global((g != PoliciesSpec::default()).then(|| Box::new(g))));
@@ -190,6 +203,10 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             ResourceChange::Tracing(v) => {
                 one(SETTINGS, TRACING, v.as_deref(), spec.tracing.as_ref(), &mut d.settings, &mut ops)
             }
+            ResourceChange::Certificate(id, v) => {
+                one(CERTIFICATES, id, v.as_deref(), spec.certificates.get(id), &mut d.certificates, &mut ops)
+            }
+            ResourceChange::Tls(v) => one(SETTINGS, TLS, v.as_ref(), spec.tls.as_ref(), &mut d.settings, &mut ops),
             ResourceChange::TrustedProxies(v) => {
                 let new = Some(v).filter(|v| !v.is_empty());
                 let old = Some(&spec.trusted_proxies).filter(|v| !v.is_empty());
@@ -197,7 +214,14 @@ fn effective(spec: &ConfigSpec, changes: Vec<ResourceChange>) -> (Vec<ResourceCh
             }
         })
         .collect();
-    for k in [&mut d.upstreams, &mut d.routes, &mut d.consumers, &mut d.global_policies, &mut d.settings] {
+    for k in [
+        &mut d.upstreams,
+        &mut d.routes,
+        &mut d.consumers,
+        &mut d.certificates,
+        &mut d.global_policies,
+        &mut d.settings,
+    ] {
         k.added.sort();
         k.changed.sort();
         k.removed.sort();
@@ -220,7 +244,11 @@ pub fn spec_from_state(state: &StoredState) -> Result<ConfigSpec, String> {
             CONSUMERS => {
                 spec.consumers.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
             }
+            CERTIFICATES => {
+                spec.certificates.insert(id.clone(), serde_json::from_slice(bytes).map_err(bad)?);
+            }
             GLOBAL => spec.global_policies = serde_json::from_slice(bytes).map_err(bad)?,
+            SETTINGS if id == TLS => spec.tls = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == ACCESS_LOG => spec.access_log = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == LOG_SHIPPING => spec.log_shipping = serde_json::from_slice(bytes).map_err(bad)?,
             SETTINGS if id == TRACING => spec.tracing = serde_json::from_slice(bytes).map_err(bad)?,
@@ -393,6 +421,13 @@ impl AdminState {
                 ResourceChange::LogShipping(v) => self.spec.log_shipping = v.map(|b| *b),
                 ResourceChange::Tracing(v) => self.spec.tracing = v.map(|b| *b),
                 ResourceChange::TrustedProxies(v) => self.spec.trusted_proxies = v,
+                ResourceChange::Certificate(id, Some(v)) => {
+                    self.spec.certificates.insert(id, *v);
+                }
+                ResourceChange::Certificate(id, None) => {
+                    self.spec.certificates.remove(&id);
+                }
+                ResourceChange::Tls(v) => self.spec.tls = v,
             }
         }
         self.revision = rev;
@@ -572,6 +607,7 @@ mod tests {
             senders.push(tx);
             let _ = setup_tx.send(WorkerSetup {
                 listener,
+                tls_listener: None,
                 mailbox: rx,
                 snapshot: snapshot.clone(),
                 limits: Default::default(),

@@ -186,18 +186,17 @@ impl WorkerCache {
         }
     }
 
-    /// The key of a request: route, host as sent, path, query and the keyed header values, in
-    /// order (`None` separates one header's values from the next's).
+    /// The key of a request: route, scheme, host as sent, path, query and the keyed header
+    /// values, in order (`None` separates one header's values from the next's).
     pub fn key<'h>(
         &self,
         route: &str,
-        host: &[u8],
-        path: &str,
-        query: Option<&str>,
+        scheme: &[u8],
+        (host, path, query): (&[u8], &str, Option<&str>),
         keyed: impl Iterator<Item = Option<&'h [u8]>>,
     ) -> u64 {
         let mut h = self.seed.build_hasher();
-        (route, host, path, query).hash(&mut h);
+        (route, scheme, host, path, query).hash(&mut h);
         for v in keyed {
             v.hash(&mut h);
         }

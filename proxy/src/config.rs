@@ -39,6 +39,12 @@ pub struct ConfigSpec {
     /// `X-Forwarded-For` entry outside the list, for every IP-based policy, limit key and log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// The TLS listener's certificates by id (keys sealed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, crate::tls::CertificateSpec>,
+    /// The TLS listener's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsSettingsSpec>,
 }
 
 /// One upstream service: where requests go and how they are balanced.

@@ -17,7 +17,14 @@ use crate::worker::Worker;
 
 /// Serves one client connection to its end.
 /// `trusted`: the peer is a trusted proxy (see [`crate::worker::ServerLimits::trusts`]).
-pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, trusted: bool) {
+/// `tls`: what the TLS handshake established, on the TLS listener.
+pub async fn serve(
+    worker: &Rc<Worker>,
+    stream: Stream,
+    peer: SocketAddr,
+    trusted: bool,
+    tls: Option<Box<crate::tls::TlsInfo>>,
+) {
     let mut conn = Conn {
         down: Session::H1(H1Session::new(stream)),
         peer,
@@ -29,6 +36,7 @@ pub async fn serve(worker: &Rc<Worker>, stream: Stream, peer: SocketAddr, truste
         upstream_buf: Vec::new(),
         spans: Vec::new(),
         captured: None,
+        tls,
     };
     let mut first = true;
     loop {

@@ -44,6 +44,7 @@ pub mod snapshot;
 pub mod spares;
 pub mod stats;
 pub mod stream;
+pub mod tls;
 pub mod traces;
 pub mod upstream;
 pub mod verify;

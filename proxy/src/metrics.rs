@@ -144,6 +144,11 @@ pub struct WorkerGauges {
     pub loop_lag_us: Counter,
     /// Seconds of statistics dropped because the statistics thread was behind.
     pub stats_dropped: Counter,
+    /// TLS handshakes completed: full, and resumed from a ticket.
+    pub tls_full: Counter,
+    pub tls_resumed: Counter,
+    /// TLS handshakes refused, by [`crate::tls::Refused`] in the order of `Refused::ALL`.
+    pub tls_refused: [Counter; 7],
 }
 
 /// One worker's half: the gauges, and the channel new series are announced on.
@@ -389,6 +394,15 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
         for v in views {
             let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", v.gauges.worker.get(), get(&v.gauges));
         }
+    }
+    let sum = |get: &dyn Fn(&WorkerGauges) -> u64| views.iter().map(|v| get(&v.gauges)).sum::<u64>();
+    header(out, "ringway_tls_handshakes_total", "counter", "TLS handshakes completed, full or resumed.");
+    let _ = writeln!(out, "ringway_tls_handshakes_total{{kind=\"full\"}} {}", sum(&|g| g.tls_full.get()));
+    let _ = writeln!(out, "ringway_tls_handshakes_total{{kind=\"resumed\"}} {}", sum(&|g| g.tls_resumed.get()));
+    header(out, "ringway_tls_handshake_failures_total", "counter", "TLS handshakes refused, by reason.");
+    for (i, r) in crate::tls::Refused::ALL.iter().enumerate() {
+        let n = sum(&|g| g.tls_refused[i].get());
+        let _ = writeln!(out, "ringway_tls_handshake_failures_total{{reason=\"{}\"}} {n}", r.reason());
     }
 }
 

@@ -20,7 +20,9 @@ use crate::snapshot::Snapshot;
 use crate::stream::Stream;
 use crate::worker::{Ack, Control, Invalidate, ServerLimits, Worker};
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEvent>) {
+/// Accepts connections; on the TLS listener (`tls`) each runs its handshake in its own task
+/// before it is served.
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEvent>, tls: bool) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -42,7 +44,17 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 monoio::spawn(async move {
                     // A bug that panics while serving one connection closes that connection,
                     // not the worker and every other connection on it.
-                    if CatchPanic(crate::conn::serve(&w, Stream::from(stream), peer, trusted)).await.is_err() {
+                    let served = async {
+                        if tls {
+                            if let Some((s, info)) = handshake(&w, stream, peer).await {
+                                crate::conn::serve(&w, Stream::Tls(Box::new(s)), peer, trusted, Some(Box::new(info)))
+                                    .await;
+                            }
+                        } else {
+                            crate::conn::serve(&w, Stream::from(stream), peer, trusted, None).await;
+                        }
+                    };
+                    if CatchPanic(served).await.is_err() {
                         log::error!("worker {}: a connection task panicked; its connection was closed", w.ctx.id);
                     }
                     w.caps.release(admitted);
@@ -55,6 +67,35 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                 // Out of descriptors or similar: back off instead of spinning.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// The server side of a TLS handshake under the head timeout, with the certificates of the
+/// snapshot current when it starts; refusals are counted and logged at debug.
+async fn handshake(
+    worker: &Worker,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<(crate::tls::TlsStream, crate::tls::TlsInfo)> {
+    let sites = worker.generation().snapshot.tls.clone();
+    let r = match monoio::time::timeout(worker.limits.head_timeout, crate::tls::accept(stream, &sites)).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::tls::Refused::Timeout),
+    };
+    let g = &worker.metrics.gauges;
+    match r {
+        Ok((s, info)) => {
+            let c = if info.resumed { &g.tls_resumed } else { &g.tls_full };
+            c.add(1);
+            Some((s, info))
+        }
+        Err(e) => {
+            if let Some(i) = crate::tls::Refused::ALL.iter().position(|r| *r == e) {
+                g.tls_refused[i].add(1);
+            }
+            log::debug!("worker {}: TLS handshake from {peer} refused: {}", worker.ctx.id, e.reason());
+            None
         }
     }
 }
@@ -95,6 +136,8 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
 /// Everything a worker is started with.
 pub struct WorkerSetup {
     pub listener: std::net::TcpListener,
+    /// This worker's TLS listener, when the node has one.
+    pub tls_listener: Option<std::net::TcpListener>,
     pub mailbox: Mailbox<Control>,
     pub snapshot: Arc<Snapshot>,
     pub limits: ServerLimits,
@@ -130,6 +173,7 @@ pub struct WorkerSetup {
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     let WorkerSetup {
         listener,
+        tls_listener,
         mailbox,
         snapshot,
         limits,
@@ -169,7 +213,15 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
         }
     };
     let stop = Rc::new(LocalEvent::default());
-    monoio::spawn(accept_loop(worker.clone(), listener, stop.clone()));
+    monoio::spawn(accept_loop(worker.clone(), listener, stop.clone(), false));
+    if let Some(l) = tls_listener {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(worker.clone(), l, stop.clone(), true));
+            }
+            Err(e) => log::error!("worker {}: cannot adopt the TLS listener: {e}", ctx.id),
+        }
+    }
     monoio::spawn(sweeper(worker.clone()));
     let ack = |revision: u64, purged: u64, removed: usize| Ack {
         worker: ctx.id,

@@ -1,10 +1,9 @@
-//! The byte stream under a client connection, an upstream exchange and the pool: plain TCP
-//! today. TLS becomes another variant here; the code above it reads and writes a `Stream`
-//! whatever it carries.
+//! The byte stream under a client connection, an upstream exchange and the pool: plain TCP or
+//! TLS ([`crate::tls::TlsStream`]); the code above it reads and writes a `Stream` whatever it
+//! carries.
 //!
 //! Hot path: one match per operation.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,6 +17,7 @@ use monoio::BufResult;
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Stream {
@@ -29,10 +29,17 @@ impl Stream {
     }
 
     /// Waits until the stream has something to read (or is closed).
-    pub async fn readable(&self) -> io::Result<()> {
+    pub async fn readable(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
+            Stream::Tls(s) => s.readable().await,
         }
+    }
+
+    /// Whether it carries TLS.
+    #[inline]
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 }
 
@@ -46,52 +53,59 @@ impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.tcp().as_raw_fd(),
         }
     }
 }
 
 impl AsyncReadRent for Stream {
     #[inline]
-    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Stream::Tcp(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
         }
     }
 
     #[inline]
-    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Stream::Tcp(s) => s.readv(buf),
+            Stream::Tcp(s) => s.readv(buf).await,
+            Stream::Tls(s) => s.readv(buf).await,
         }
     }
 }
 
 impl AsyncWriteRent for Stream {
     #[inline]
-    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Stream::Tcp(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf).await,
+            Stream::Tls(s) => s.write(buf).await,
         }
     }
 
     #[inline]
-    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Stream::Tcp(s) => s.writev(buf),
+            Stream::Tcp(s) => s.writev(buf).await,
+            Stream::Tls(s) => s.writev(buf).await,
         }
     }
 
     #[inline]
-    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
+    async fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.flush(),
+            Stream::Tcp(s) => s.flush().await,
+            Stream::Tls(s) => s.flush().await,
         }
     }
 
     #[inline]
-    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
+    async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.shutdown(),
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
         }
     }
 }

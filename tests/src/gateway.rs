@@ -41,6 +41,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// The metrics-only listener, when started with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
+    /// The TLS listener, when started with `--tls-listen`.
+    pub tls: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     pub dir: PathBuf,
     /// Keep `dir` when dropped (for a restart on the same data).
@@ -124,8 +126,8 @@ impl Gateway {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some((addr, admin, metrics)) = read_addresses(&addresses) {
-                return Ok(Gateway { child, addr, admin, metrics, log, dir, keep_dir: false });
+            if let Some((addr, admin, metrics, tls)) = read_addresses(&addresses) {
+                return Ok(Gateway { child, addr, admin, metrics, tls, log, dir, keep_dir: false });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 // The whole log: the pipes close when the process ends.
@@ -219,11 +221,13 @@ impl Gateway {
 }
 
 /// The addresses a started gateway wrote: (data plane, admin API, metrics listener).
-fn read_addresses(path: &Path) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+type Addresses = (SocketAddr, SocketAddr, Option<SocketAddr>, Option<SocketAddr>);
+
+fn read_addresses(path: &Path) -> Option<Addresses> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).expect("the address file is JSON");
     let addr = |k: &str| v[k].as_str().map(|a| a.parse::<SocketAddr>().expect("an address"));
-    Some((addr("data")?, addr("admin")?, addr("metrics")))
+    Some((addr("data")?, addr("admin")?, addr("metrics"), addr("tls")))
 }
 
 impl Drop for Gateway {

@@ -28,7 +28,7 @@ pub(super) struct SentNames {
 
 impl SentNames {
     /// Fields whose value is the same for every request sharing a key (the key has the Host as
-    /// sent; the forwarded host follows it, the scheme is fixed).
+    /// sent, which the forwarded host follows, and the scheme).
     const SAME_FOR_KEY: [&'static str; 3] = ["host", "x-forwarded-host", "x-forwarded-proto"];
 
     pub(super) fn of(list: &HeaderList<'_>, keyed: &[String]) -> SentNames {
@@ -90,7 +90,10 @@ pub(super) fn lookup<'g>(
     let keyed = rule.keyed.iter().flat_map(|n| {
         sent.iter().filter(move |h| h.name.eq_ignore_ascii_case(n)).map(|h| Some(&*h.value)).chain([None])
     });
-    let key = worker.cache.borrow().key(&route.id, head.authority.unwrap_or(b""), head.path, head.query, keyed);
+    // The scheme the client used: an origin may answer `http` and `https` differently.
+    let scheme = sent.iter().find(|h| h.name == "x-forwarded-proto").map_or(&b"http"[..], |h| &*h.value);
+    let at = (head.authority.unwrap_or(b""), head.path, head.query);
+    let key = worker.cache.borrow().key(&route.id, scheme, at, keyed);
     // The policies' clock when they read it (a rate limit), else one read here.
     let mut cx = cx;
     let now = cx.as_deref_mut().map_or_else(|| worker.clock.unix_ms(), ringway_policy::Context::now_ms);

@@ -447,7 +447,8 @@ fn upstream_headers<'a>(
         None => conn.peer_ip.as_bytes().into(),
     };
     list.push("x-forwarded-for", xff);
-    list.push("x-forwarded-proto", &b"http"[..]);
+    let scheme: &[u8] = if conn.tls.is_some() { b"https" } else { b"http" };
+    list.push("x-forwarded-proto", scheme);
     if let Some(h) = p.host {
         list.push("x-forwarded-host", h);
     }

@@ -215,6 +215,8 @@ pub struct Conn {
     pub spans: Vec<crate::traces::AttemptSpan>,
     /// What the current request captured, on a route that captures.
     pub captured: Option<Box<crate::capture::Captured>>,
+    /// What the TLS handshake established (`None`: plaintext).
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
 }
 
 /// Whole answers: a reply of the gateway's, a stored response.

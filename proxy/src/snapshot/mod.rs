@@ -12,6 +12,7 @@ use ringway_policy::{
 use crate::config::{ConfigSpec, RouteSpec, UpstreamSpec};
 use crate::router::{HostPattern, Indexed, PathPattern, RouteKey, Router};
 
+mod tls;
 mod upstream;
 
 use self::upstream::compile_upstream;
@@ -90,6 +91,9 @@ pub enum Edit<'a> {
     Tracing(Option<&'a crate::traces::TracingSpec>),
     /// The document's `trusted_proxies` (empty: none).
     TrustedProxies(&'a [String]),
+    Certificate(&'a str, Option<&'a crate::tls::CertificateSpec>),
+    /// The document's `tls` (`None`: not set).
+    TlsSettings(Option<&'a crate::tls::TlsSettingsSpec>),
 }
 
 /// Everything a worker needs to serve requests, built once and shared read-only.
@@ -118,6 +122,11 @@ pub struct Snapshot {
     pub consumers: ringway_policy::Consumers,
     /// Their own policies, by slot.
     pub consumer_chains: ringway_policy::ConsumerChains,
+    /// The TLS listener's certificates by id.
+    pub certificates: OrdMap<String, Arc<crate::tls::Site>>,
+    /// The same, indexed by server name, with the listener's settings: what a handshake uses.
+    pub tls: Arc<crate::tls::TlsSites>,
+    pub tls_settings: crate::tls::TlsSettingsSpec,
     /// Upstreams by slot.
     slots: Vector<Option<Arc<Upstream>>>,
     free_slots: Vector<u32>,
@@ -138,7 +147,9 @@ impl Snapshot {
             .chain(std::iter::once(Edit::AccessLog(spec.access_log.as_deref())))
             .chain(std::iter::once(Edit::LogShipping(spec.log_shipping.as_ref())))
             .chain(std::iter::once(Edit::Tracing(spec.tracing.as_ref())))
-            .chain(std::iter::once(Edit::TrustedProxies(&spec.trusted_proxies)));
+            .chain(std::iter::once(Edit::TrustedProxies(&spec.trusted_proxies)))
+            .chain(spec.certificates.iter().map(|(id, c)| Edit::Certificate(id, Some(c))))
+            .chain(std::iter::once(Edit::TlsSettings(spec.tls.as_ref())));
         Snapshot::default().edit(edits, revision)
     }
 
@@ -178,6 +189,7 @@ impl Snapshot {
         let mut errors = ConfigErrors::default();
         let mut globals = Vec::new();
         let mut consumers = Vec::new();
+        let mut tls_edits = Vec::new();
         let (ups, routes): (Vec<_>, Vec<_>) = edits
             .into_iter()
             .filter(|e| match e {
@@ -213,11 +225,18 @@ impl Snapshot {
                     consumers.push((*id, *c));
                     false
                 }
+                Edit::Certificate(..) | Edit::TlsSettings(_) => {
+                    tls_edits.push(*e);
+                    false
+                }
                 _ => true,
             })
             .partition(|e| matches!(e, Edit::Upstream(..)));
         if globals.len() > 1 {
             errors.push("global_policies", "changed twice in one change");
+        }
+        if !tls_edits.is_empty() {
+            tls::apply(&mut next, &tls_edits, &mut errors);
         }
         if let Some(g) = globals.first() {
             next.global = match g {
@@ -264,7 +283,9 @@ impl Snapshot {
                 | Edit::AccessLog(_)
                 | Edit::LogShipping(_)
                 | Edit::Tracing(_)
-                | Edit::TrustedProxies(_) => continue,
+                | Edit::TrustedProxies(_)
+                | Edit::Certificate(..)
+                | Edit::TlsSettings(_) => continue,
             };
             if !seen.insert((kind, id)) {
                 errors.push(format!("{kind}.{id}"), "changed twice in one change");

@@ -1,5 +1,5 @@
 //! The gateway under test: what the `ringway` binary runs. Once it listens (and catches
-//! signals), it writes its addresses as JSON (`{"data": ..., "admin": ..., "metrics": ...}`)
+//! signals), it writes its addresses as JSON (`{"data": ..., "tls": ..., "admin": ..., "metrics": ...}`)
 //! to the file `RINGWAY_TEST_ADDRESSES` names, when set: written beside it, then renamed, so
 //! a reader never sees half of it.
 
@@ -12,6 +12,7 @@ use ringway_admin::{exit_status, Args, Handle};
 fn write_addresses(path: &Path, h: &Handle) -> anyhow::Result<()> {
     let doc = serde_json::json!({
         "data": h.data_addr().to_string(),
+        "tls": h.tls_addr().map(|a| a.to_string()),
         "admin": h.admin_addr().to_string(),
         "metrics": h.metrics_addr().map(|a| a.to_string()),
     });

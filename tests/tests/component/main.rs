@@ -36,6 +36,7 @@ impl Worker {
         let (registry, mut halves) = Registry::new(1, "test", None);
         let (clock, hand) = Clock::movable();
         let setup = std::sync::Mutex::new(Some(WorkerSetup {
+            tls_listener: None,
             listener,
             mailbox: rx,
             snapshot,

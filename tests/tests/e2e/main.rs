@@ -27,6 +27,7 @@ mod routing;
 mod shipping;
 mod stats;
 mod status_page;
+mod tls;
 mod tracing;
 mod upstream_errors;
 

@@ -1,0 +1,94 @@
+//! Certificates' private keys: sealed at write with the node's key (AES-256-GCM, as consumers'
+//! HMAC secrets), opened in memory when the store is read, and never shown: a GET, a list and
+//! an export show the chain, the names and the settings only.
+//!
+//! A certificate sent without `key` keeps the key it has when its chain is unchanged, so an
+//! exported document can be PUT back whole. A chain that has expired is refused at write.
+
+use ringway_policy::ConfigErrors;
+use ringway_proxy::tls::CertificateSpec;
+use serde_json::Value;
+
+use crate::secrets::SecretBox;
+
+/// Longest key accepted (a 16384-bit RSA key in PEM is about 13 KiB).
+const MAX_KEY: usize = 32 * 1024;
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Seals the key of certificate `id` in place; `old` is the certificate as stored now.
+pub fn seal(
+    id: &str,
+    c: &mut CertificateSpec,
+    old: Option<&CertificateSpec>,
+    secrets: &SecretBox,
+) -> Result<(), ConfigErrors> {
+    let at = format!("certificates.{id}");
+    let mut errors = ConfigErrors::default();
+    match c.key.take() {
+        Some(k) if k.is_empty() || k.len() > MAX_KEY => {
+            errors.push(format!("{at}.key"), format!("a key is 1 to {MAX_KEY} bytes of PEM"));
+        }
+        Some(k) => {
+            // The same key keeps its sealed form: nothing changed.
+            c.key_sealed = match old.filter(|o| o.key.as_deref() == Some(k.as_str())) {
+                Some(o) => o.key_sealed.clone(),
+                None => Some(secrets.seal(k.as_bytes())),
+            };
+            c.key = Some(k);
+        }
+        None => match old.filter(|o| o.cert == c.cert && o.key.is_some()) {
+            Some(o) if c.key_sealed.is_none() || c.key_sealed == o.key_sealed => {
+                c.key.clone_from(&o.key);
+                c.key_sealed.clone_from(&o.key_sealed);
+            }
+            _ if c.key_sealed.is_some() => errors.push(format!("{at}.key_sealed"), "set by the gateway"),
+            _ => errors.push(format!("{at}.key"), "the private key (PEM) is required"),
+        },
+    }
+    if old.is_none_or(|o| o.cert != c.cert) {
+        if let Some((not_after, text)) = ringway_proxy::tls::sites::expiry(&c.cert) {
+            if not_after <= now_unix() {
+                errors.push(format!("{at}.cert"), format!("the certificate expired on {text}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Opens the sealed key of each certificate of a document read from the store.
+pub fn open(
+    certs: &mut std::collections::BTreeMap<String, CertificateSpec>,
+    secrets: &SecretBox,
+) -> Result<(), String> {
+    for (id, c) in certs.iter_mut() {
+        if let Some(sealed) = &c.key_sealed {
+            let plain = secrets
+                .open(sealed)
+                .ok_or_else(|| format!("certificates.{id}: the key cannot be opened with this node's key"))?;
+            c.key = Some(String::from_utf8(plain).map_err(|_| format!("certificates.{id}: the key is not text"))?);
+        }
+    }
+    Ok(())
+}
+
+/// Strips the sealed key from a certificate's JSON.
+pub fn strip(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("key_sealed");
+        o.remove("key");
+    }
+}
+
+/// A certificate as shown.
+pub fn public(c: &CertificateSpec) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    strip(&mut v);
+    v
+}
