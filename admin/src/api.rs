@@ -506,7 +506,12 @@ fn rollback(state: &mut AdminState, rev: &str) -> Result<Response, ApiError> {
 
 fn list(state: &AdminState, kind: &str) -> Response {
     let items: Vec<Value> = match kind {
-        UPSTREAMS => state.spec().upstreams.iter().map(|(id, v)| json!({"id": id, "value": v})).collect(),
+        UPSTREAMS => state
+            .spec()
+            .upstreams
+            .iter()
+            .map(|(id, v)| json!({"id": id, "value": crate::certs::public_upstream(v)}))
+            .collect(),
         CONSUMERS => state
             .spec()
             .consumers
@@ -545,6 +550,7 @@ fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
         CONSUMERS => state.spec().consumers.get(id).map(crate::secrets::public_consumer),
         ROUTES => state.spec().routes.get(id).map(crate::secrets::public_route),
         CERTIFICATES => state.spec().certificates.get(id).map(crate::certs::public),
+        UPSTREAMS => state.spec().upstreams.get(id).map(crate::certs::public_upstream),
         _ => stored(state, kind, id),
     }
 }
@@ -607,7 +613,12 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
         body
     };
     let change = match kind {
-        UPSTREAMS => ResourceChange::Upstream(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
+        UPSTREAMS => {
+            let mut u: ringway_proxy::config::UpstreamSpec = typed(value, &prefix)?;
+            crate::certs::seal_upstream(id, &mut u, state.spec().upstreams.get(id), &state.secrets)
+                .map_err(ApiError::invalid)?;
+            ResourceChange::Upstream(id.to_string(), Some(Box::new(u)))
+        }
         CONSUMERS => {
             let mut c: ringway_policy::ConsumerSpec = typed(value, &prefix)?;
             crate::secrets::seal(id, &mut c, state.spec().consumers.get(id), &state.secrets)

@@ -92,3 +92,80 @@ pub fn public(c: &CertificateSpec) -> Value {
     strip(&mut v);
     v
 }
+
+/// Seals the client key of upstream `id`'s TLS in place; `old` is the upstream as stored now
+/// (a key left out is kept when the client certificate is the same).
+pub fn seal_upstream(
+    id: &str,
+    u: &mut ringway_proxy::config::UpstreamSpec,
+    old: Option<&ringway_proxy::config::UpstreamSpec>,
+    secrets: &SecretBox,
+) -> Result<(), ConfigErrors> {
+    let Some(t) = u.tls.as_mut() else { return Ok(()) };
+    let at = format!("upstreams.{id}.tls");
+    let old = old.and_then(|o| o.tls.as_ref());
+    let mut errors = ConfigErrors::default();
+    match t.client_key.take() {
+        Some(k) if k.is_empty() || k.len() > MAX_KEY => {
+            errors.push(format!("{at}.client_key"), format!("a key is 1 to {MAX_KEY} bytes of PEM"));
+        }
+        Some(k) => {
+            t.client_key_sealed = match old.filter(|o| o.client_key.as_deref() == Some(k.as_str())) {
+                Some(o) => o.client_key_sealed.clone(),
+                None => Some(secrets.seal(k.as_bytes())),
+            };
+            t.client_key = Some(k);
+        }
+        None if t.client_cert.is_none() => {
+            if t.client_key_sealed.is_some() {
+                errors.push(format!("{at}.client_key_sealed"), "set by the gateway");
+            }
+        }
+        None => match old.filter(|o| o.client_cert == t.client_cert && o.client_key.is_some()) {
+            Some(o) if t.client_key_sealed.is_none() || t.client_key_sealed == o.client_key_sealed => {
+                t.client_key.clone_from(&o.client_key);
+                t.client_key_sealed.clone_from(&o.client_key_sealed);
+            }
+            _ => errors.push(format!("{at}.client_key"), "give the client certificate's key (PEM)"),
+        },
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Opens the sealed client keys of upstreams read from the store.
+pub fn open_upstreams(
+    ups: &mut std::collections::BTreeMap<String, ringway_proxy::config::UpstreamSpec>,
+    secrets: &SecretBox,
+) -> Result<(), String> {
+    for (id, u) in ups.iter_mut() {
+        if let Some(t) = u.tls.as_mut() {
+            if let Some(sealed) = &t.client_key_sealed {
+                let plain = secrets
+                    .open(sealed)
+                    .ok_or_else(|| format!("upstreams.{id}.tls: the key cannot be opened with this node's key"))?;
+                t.client_key =
+                    Some(String::from_utf8(plain).map_err(|_| format!("upstreams.{id}: the key is not text"))?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Strips the sealed client key from an upstream's JSON.
+pub fn strip_upstream(v: &mut Value) {
+    if let Some(Value::Object(t)) = v.get_mut("tls") {
+        t.remove("client_key_sealed");
+        t.remove("client_key");
+    }
+}
+
+/// An upstream as shown.
+pub fn public_upstream(u: &ringway_proxy::config::UpstreamSpec) -> Value {
+    let mut v = serde_json::to_value(u).unwrap_or(Value::Null);
+    strip_upstream(&mut v);
+    v
+}

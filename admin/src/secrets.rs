@@ -166,6 +166,7 @@ fn open_policies(path: &str, p: &mut ringway_policy::PoliciesSpec, secrets: &Sec
 /// consumers' HMAC secrets, introspection client secrets.
 pub fn open_document(spec: &mut ConfigSpec, secrets: &SecretBox) -> Result<(), String> {
     crate::certs::open(&mut spec.certificates, secrets)?;
+    crate::certs::open_upstreams(&mut spec.upstreams, secrets)?;
     for (id, r) in spec.routes.iter_mut() {
         open_policies(&format!("routes.{id}.policies"), &mut r.policies, secrets)?;
     }
@@ -309,6 +310,11 @@ pub fn seal_document(new: &mut ConfigSpec, old: &ConfigSpec, secrets: &SecretBox
             errors.0.extend(e.0);
         }
     }
+    for (id, u) in new.upstreams.iter_mut() {
+        if let Err(e) = crate::certs::seal_upstream(id, u, old.upstreams.get(id), secrets) {
+            errors.0.extend(e.0);
+        }
+    }
     for (id, c) in new.certificates.iter_mut() {
         if let Err(e) = crate::certs::seal(id, c, old.certificates.get(id), secrets) {
             errors.0.extend(e.0);
@@ -356,6 +362,14 @@ pub fn check_owners(id: &str, c: &ConsumerSpec, now: &ringway_policy::Consumers)
             clashes.push(ConfigError::new(
                 format!("consumers.{id}.credentials.key_auth[{i}]"),
                 format!("consumer {:?} holds the same key", other.id),
+            ));
+        }
+    }
+    if let Some(m) = &c.credentials.mtls {
+        if let Some(other) = now.subject(m.subject.trim()).and_then(|s| now.get(s)).filter(|o| o.id != id) {
+            clashes.push(ConfigError::new(
+                format!("consumers.{id}.credentials.mtls.subject"),
+                format!("consumer {:?} has the same subject", other.id),
             ));
         }
     }
@@ -442,6 +456,9 @@ pub fn public_document(spec: &ConfigSpec) -> Value {
     }
     if let Some(g) = v.get_mut("global_policies") {
         strip_policies(g);
+    }
+    if let Some(Value::Object(ups)) = v.get_mut("upstreams") {
+        ups.values_mut().for_each(crate::certs::strip_upstream);
     }
     if let Some(Value::Object(certs)) = v.get_mut("certificates") {
         certs.values_mut().for_each(crate::certs::strip);

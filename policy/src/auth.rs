@@ -80,6 +80,50 @@ impl KeyAuth {
     }
 }
 
+/// `mtls_auth`: the consumer named by the subject of the client certificate the TLS
+/// handshake verified. Without one, or with a subject no consumer has, it lets the next
+/// authentication policy try (then the route answers 401).
+#[derive(Debug)]
+pub struct MtlsAuth {
+    challenge: Arc<str>,
+}
+
+impl MtlsAuth {
+    pub fn new() -> MtlsAuth {
+        MtlsAuth { challenge: "Certificate realm=\"ringway\"".into() }
+    }
+}
+
+impl Default for MtlsAuth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for MtlsAuth {
+    fn name(&self) -> &'static str {
+        "mtls_auth"
+    }
+
+    fn priority(&self) -> u32 {
+        IDENTITY_PRIORITY
+    }
+
+    fn on_request<'a>(&'a self, req: &RequestInfo<'_>, _: &mut HeaderList<'a>, cx: &mut Context) -> Verdict {
+        if cx.identity.is_some() {
+            return Verdict::Continue;
+        }
+        match req.client_cert.and_then(|s| req.consumers.subject(s)) {
+            Some(slot) => {
+                cx.identity = Some(Identity { consumer: Some(slot), credential: Credential::Certificate });
+                cx.authenticating = true;
+            }
+            None => cx.challenge(&self.challenge),
+        }
+        Verdict::Continue
+    }
+}
+
 /// The value of query parameter `name`, percent-decoded.
 fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, [u8]>> {
     let value = query.split('&').find_map(|p| p.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))?;

@@ -98,6 +98,7 @@ pub fn compile_consumer(p: &PoliciesSpec, path: &str, errors: &mut ConfigErrors)
         errors.push(format!("{path}.headers.response"), "a consumer's policies edit requests only");
     }
     if p.key_auth.is_some()
+        || p.mtls_auth.is_some()
         || p.basic_auth.is_some()
         || p.jwt_auth.is_some()
         || p.oauth2_introspection.is_some()
@@ -271,6 +272,9 @@ pub fn compile(spec: &PoliciesSpec, path: &str, errors: &mut ConfigErrors) -> Ch
             policies.push(Arc::new(p));
         }
     }
+    if spec.mtls_auth.is_some() {
+        policies.push(Arc::new(crate::auth::MtlsAuth::new()));
+    }
     if let Some(b) = &spec.basic_auth {
         if let Some(p) = crate::auth::BasicAuth::compile(b, &format!("{path}.basic_auth"), errors) {
             policies.push(Arc::new(p));
@@ -348,7 +352,13 @@ mod tests {
     static NO_CHAINS: std::sync::LazyLock<ConsumerChains> = std::sync::LazyLock::new(ConsumerChains::default);
 
     fn info() -> RequestInfo<'static> {
-        RequestInfo { head: &crate::http::EXAMPLE, client_ip: [127, 0, 0, 1].into(), route_id: "r", consumers: &NONE }
+        RequestInfo {
+            head: &crate::http::EXAMPLE,
+            client_ip: [127, 0, 0, 1].into(),
+            route_id: "r",
+            consumers: &NONE,
+            client_cert: None,
+        }
     }
 
     #[test]

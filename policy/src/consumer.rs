@@ -43,11 +43,22 @@ pub struct CredentialsSpec {
     /// Keys for tokens the consumer signs itself (`kid` names the key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt: Vec<JwtCredentialSpec>,
+    /// The subject of the client certificate that names this consumer (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsCredentialSpec>,
+}
+
+/// `{subject: "CN=alice, O=Example"}`: the subject as the gateway reads it from a verified
+/// client certificate (attributes in the certificate's order, joined by ", ").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsCredentialSpec {
+    pub subject: String,
 }
 
 impl CredentialsSpec {
     pub fn is_empty(&self) -> bool {
-        self.key_auth.is_empty() && self.basic_auth.is_none() && self.jwt.is_empty()
+        self.key_auth.is_empty() && self.basic_auth.is_none() && self.jwt.is_empty() && self.mtls.is_none()
     }
 }
 
@@ -218,6 +229,8 @@ pub struct Consumer {
     pub jwt_tag: u64,
     /// What a `key: consumer` rate limit counts it under (a hash of its id).
     pub limit_key: u64,
+    /// The client-certificate subject that names it.
+    pub subject: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -293,6 +306,8 @@ pub struct Consumers {
     users: ByName,
     /// Consumers' own token keys, by `kid`.
     kids: ByName,
+    /// Client-certificate subjects.
+    subjects: ByName,
 }
 
 impl Consumers {
@@ -322,6 +337,12 @@ impl Consumers {
     #[inline]
     pub fn user(&self, name: &str) -> Option<u32> {
         self.users.get(name).copied()
+    }
+
+    /// Who is named by this client-certificate subject.
+    #[inline]
+    pub fn subject(&self, subject: &str) -> Option<u32> {
+        self.subjects.get(subject).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -422,6 +443,15 @@ impl Consumers {
                 Err(e) => errors.push(format!("{at}.{field}"), e),
             }
         }
+        let subject = spec.credentials.mtls.as_ref().map(|m| m.subject.trim());
+        if let Some(s) = subject {
+            let at = format!("{path}.credentials.mtls.subject");
+            if s.is_empty() || s.len() > 1024 || !s.contains('=') {
+                errors.push(at, "a subject such as \"CN=alice, O=Example\"");
+            } else if self.subjects.contains_key(s) {
+                errors.push(at, "this subject belongs to another consumer");
+            }
+        }
         for (i, g) in spec.groups.iter().enumerate() {
             if g.is_empty() || g.contains(',') || !crate::headers::is_valid_header_value(g.as_bytes()) {
                 errors.push(format!("{path}.groups[{i}]"), "a group is a non-empty name without ','");
@@ -466,6 +496,7 @@ impl Consumers {
             },
             jwt_keys,
             limit_key: crate::limits::consumer_key(id),
+            subject: subject.map(Into::into),
         });
         self.index(consumer);
     }
@@ -479,6 +510,9 @@ impl Consumers {
         }
         for (kid, _, _) in &c.jwt_keys {
             self.kids.insert(kid.as_str().into(), c.slot);
+        }
+        if let Some(s) = &c.subject {
+            self.subjects.insert(s.clone(), c.slot);
         }
         self.slots.set(c.slot as usize, Some(c.clone()));
         self.by_id.insert(c.id.clone(), c);
@@ -510,6 +544,11 @@ impl Consumers {
         for (kid, _, _) in &c.jwt_keys {
             if self.kids.get(kid.as_str()) == Some(&c.slot) {
                 self.kids.remove(kid.as_str());
+            }
+        }
+        if let Some(s) = &c.subject {
+            if self.subjects.get(&**s) == Some(&c.slot) {
+                self.subjects.remove(&**s);
             }
         }
     }

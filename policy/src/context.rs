@@ -97,6 +97,8 @@ pub enum Credential {
     Jwt,
     /// A token an introspection endpoint said is active.
     Token,
+    /// A verified client certificate (mutual TLS).
+    Certificate,
 }
 
 /// The answers a request's outbound calls came back with so far, one per kind.

@@ -19,6 +19,12 @@ pub struct IpRestrictionSpec {
     pub deny: Vec<String>,
 }
 
+/// `mtls_auth: {}`: nothing to set; the certificate's authority is the TLS listener's
+/// (`certificates.*.client_auth`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsAuthSpec {}
+
 /// `key_auth: {header, query, hide_credentials}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

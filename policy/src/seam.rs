@@ -20,6 +20,8 @@ pub struct RequestInfo<'r> {
     pub route_id: &'r str,
     /// The node's consumers, as of the snapshot serving the request.
     pub consumers: &'r Consumers,
+    /// The subject of the client certificate the TLS handshake verified (mutual TLS).
+    pub client_cert: Option<&'r str>,
 }
 
 /// A response produced by a policy (or by the engine for an error).

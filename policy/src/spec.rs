@@ -14,6 +14,10 @@ pub struct PoliciesSpec {
     /// Authentication by API key (a consumer's `key_auth` credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_auth: Option<crate::identity_spec::KeyAuthSpec>,
+    /// Authentication by the client certificate the TLS handshake verified (a consumer's
+    /// `mtls` credential names its subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_auth: Option<crate::identity_spec::MtlsAuthSpec>,
     /// Authentication by username and password (a consumer's `basic_auth` credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<crate::identity_spec::BasicAuthSpec>,

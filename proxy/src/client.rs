@@ -13,13 +13,27 @@ use crate::io::write_all;
 use crate::resilience::policy::Active;
 use crate::respond::ProxyError;
 use crate::stream::Stream;
+use crate::tls::UpstreamTls;
 use crate::upstream::{encode_request, read_response};
 
-/// A new connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Stream, ProxyError> {
-    match monoio::time::timeout(timeout, Stream::connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect),
+/// A new connection to `addr` within `timeout`, its TLS handshake included when `tls` is
+/// given.
+pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Stream, ProxyError> {
+    let made = async {
+        let s = Stream::connect(addr).await.map_err(|_| ProxyError::UpstreamConnect)?;
+        match (s, tls) {
+            (Stream::Tcp(tcp), Some(t)) => match crate::tls::client::connect(tcp, t, addr).await {
+                Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                Err(e) => {
+                    log::debug!("TLS to {addr} failed: {e}");
+                    Err(ProxyError::UpstreamTls)
+                }
+            },
+            (s, _) => Ok(s),
+        }
+    };
+    match monoio::time::timeout(timeout, made).await {
+        Ok(r) => r,
         Err(_) => Err(ProxyError::UpstreamConnectTimeout),
     }
 }
@@ -44,7 +58,7 @@ pub async fn probe(addr: SocketAddr, a: &Active) -> Result<(), String> {
 }
 
 async fn probe_once(addr: SocketAddr, a: &Active) -> Result<(), String> {
-    let mut s = connect(addr, a.timeout).await.map_err(|e| e.to_string())?;
+    let mut s = connect(addr, a.timeout, a.tls.as_deref()).await.map_err(|e| e.to_string())?;
     if a.tcp {
         return Ok(());
     }

@@ -75,6 +75,9 @@ pub struct UpstreamSpec {
     /// Refusing requests while the upstream fails (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// TLS to the targets (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
 }
 
 /// `retries`: `{attempts: 3, on: [connect_failure, reset, timeout, 502, 503, 504], backoff:
@@ -285,6 +288,20 @@ pub struct RouteSpec {
     /// Capture requests and responses (headers redacted, bodies capped) into the access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<crate::capture::CaptureSpec>,
+    /// WebSocket upgrades: `true`, or `{idle_timeout: "5m"}` (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketSpec>,
+}
+
+/// A route's `websocket`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WebSocketSpec {
+    On(bool),
+    Settings {
+        /// How long a tunnel may carry nothing before it is closed (default 5 minutes).
+        idle_timeout: String,
+    },
 }
 
 fn is_default_policies(p: &PoliciesSpec) -> bool {

@@ -11,8 +11,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-
 use crate::stream::Stream;
 use monoio::time::Instant;
 
@@ -21,11 +19,15 @@ struct Idle {
     expires: Instant,
 }
 
+/// Connections are pooled by target and by TLS settings (0: plaintext): a connection made
+/// with one upstream's certificate rules never serves another's.
+pub type PoolKey = (SocketAddr, u64);
+
 /// The idle upstream connections of one worker.
 #[derive(Default)]
 pub struct Pool {
     /// Keys come from the configuration, not from clients: a fast hasher is safe here.
-    idle: rustc_hash::FxHashMap<SocketAddr, Vec<Idle>>,
+    idle: rustc_hash::FxHashMap<PoolKey, Vec<Idle>>,
     /// Connections opened, for tests and metrics.
     pub opened: u64,
     /// Connections taken from the pool.
@@ -34,23 +36,14 @@ pub struct Pool {
     pub discarded: u64,
 }
 
-/// Whether an idle connection is quiet: no byte and no end-of-stream pending. One
-/// non-blocking peek; anything but "would block" means the connection must not be reused.
-fn quiet(stream: &Stream) -> bool {
-    let mut b = 0u8;
-    // SAFETY: a valid socket descriptor owned by `stream`, and a one-byte buffer on the stack.
-    let n = unsafe { libc::recv(stream.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN))
-}
-
 impl Pool {
     /// The most recently returned unexpired quiet connection to `addr`, dropping expired ones
     /// and those the origin sent bytes on or closed.
-    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<Stream> {
-        let list = self.idle.get_mut(&addr)?;
-        while let Some(c) = list.pop() {
+    pub fn take(&mut self, key: PoolKey, now: Instant) -> Option<Stream> {
+        let list = self.idle.get_mut(&key)?;
+        while let Some(mut c) = list.pop() {
             if c.expires > now {
-                if quiet(&c.stream) {
+                if c.stream.quiet() {
                     self.reused += 1;
                     return Some(c.stream);
                 }
@@ -62,11 +55,11 @@ impl Pool {
 
     /// Returns a connection, kept for `ttl`; the oldest is dropped when `limit` idle ones are
     /// already kept.
-    pub fn put(&mut self, addr: SocketAddr, stream: Stream, limit: usize, ttl: Duration, now: Instant) {
+    pub fn put(&mut self, key: PoolKey, stream: Stream, limit: usize, ttl: Duration, now: Instant) {
         if limit == 0 {
             return;
         }
-        let list = self.idle.entry(addr).or_default();
+        let list = self.idle.entry(key).or_default();
         if list.len() >= limit {
             // Keep the freshest: drop the oldest.
             list.remove(0);
@@ -78,8 +71,8 @@ impl Pool {
     pub fn sweep(&mut self, now: Instant) {
         let mut discarded = 0;
         self.idle.retain(|_, list| {
-            list.retain(|c| {
-                let keep = c.expires > now && quiet(&c.stream);
+            list.retain_mut(|c| {
+                let keep = c.expires > now && c.stream.quiet();
                 discarded += u64::from(c.expires > now && !keep);
                 keep
             });

@@ -35,6 +35,8 @@ pub enum ProxyError {
     UpstreamSend,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("the TLS handshake with the upstream failed (its certificate was refused, or it refused ours)")]
+    UpstreamTls,
     #[error("upstream sent a malformed response: {0}")]
     UpstreamProtocol(&'static str),
 }
@@ -54,6 +56,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect => (502, "upstream_unreachable"),
             ProxyError::UpstreamConnectTimeout => (502, "upstream_connect_timeout"),
             ProxyError::UpstreamSend => (502, "upstream_send_failed"),
+            ProxyError::UpstreamTls => (502, "upstream_tls_failed"),
             ProxyError::UpstreamTimeout => (504, "upstream_timeout"),
             ProxyError::UpstreamProtocol(_) => (502, "bad_upstream_response"),
         }
@@ -82,6 +85,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamSend
+            | ProxyError::UpstreamTls
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamProtocol(_) => Source::Upstream,
         }

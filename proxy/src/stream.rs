@@ -36,6 +36,21 @@ impl Stream {
         }
     }
 
+    /// Whether an idle connection is quiet: no byte and no end-of-stream pending (a TLS
+    /// peer's handshake messages aside). Never waits.
+    pub fn quiet(&mut self) -> bool {
+        match self {
+            Stream::Tcp(s) => {
+                let mut b = 0u8;
+                // SAFETY: a valid socket descriptor owned by `s`, and a one-byte buffer.
+                let n =
+                    unsafe { libc::recv(s.as_raw_fd(), (&raw mut b).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+                n < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN))
+            }
+            Stream::Tls(s) => s.quiet(),
+        }
+    }
+
     /// Whether it carries TLS.
     #[inline]
     pub fn is_tls(&self) -> bool {

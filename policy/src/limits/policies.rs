@@ -121,6 +121,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             route_id: "r",
             consumers: &consumers,
+            client_cert: None,
         };
         let state = std::rc::Rc::new(std::cell::RefCell::new(crate::context::WorkerPolicyState::new(
             1,

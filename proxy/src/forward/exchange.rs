@@ -35,7 +35,7 @@ const UNTIMED_WRITE: usize = 8 * 1024;
 /// of their own); with 64 KiB plus room for the head, 0.76x. Small responses cost the same. It
 /// is recycled between requests (see `Spares`), so it is held only while a request waits on
 /// its upstream, as nginx holds its `proxy_buffers`.
-const RESPONSE_BUF: usize = 64 * 1024 + 4 * 1024;
+pub(super) const RESPONSE_BUF: usize = 64 * 1024 + 4 * 1024;
 
 /// How long the origin has to answer `Expect: 100-continue` before the body is sent anyway.
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
@@ -261,13 +261,14 @@ async fn try_target(
     let addr = upstream.targets[plan.target];
     let mut fresh_tried = false;
     loop {
-        let pooled = if fresh_tried { None } else { worker.pool.borrow_mut().take(addr, started) };
+        let key = (addr, upstream.tls.as_ref().map_or(0, |t| t.id));
+        let pooled = if fresh_tried { None } else { worker.pool.borrow_mut().take(key, started) };
         let (mut up, reused) = match pooled {
             Some(s) => {
                 conn.rec.reuses += 1;
                 (s, true)
             }
-            None => match connect(addr, upstream.connect_timeout).await {
+            None => match connect(addr, upstream.connect_timeout, upstream.tls.as_deref()).await {
                 Ok(s) => {
                     conn.rec.upstream_connect = Some(started.elapsed());
                     conn.rec.connects += 1;
@@ -385,7 +386,13 @@ async fn try_target(
 }
 
 /// Answers the client with `e` (no response byte has been sent yet) and closes.
-async fn fail_before_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, out: Vec<u8>, e: Failure) -> bool {
+pub(super) async fn fail_before_response(
+    worker: &Worker,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+    out: Vec<u8>,
+    e: Failure,
+) -> bool {
     conn.upstream_buf = out;
     conn.down.discard();
     if let Some(stale) = usable_stale(worker, plan) {
@@ -457,7 +464,7 @@ fn start_response(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, raw: &[u8],
 }
 
 /// Starts the response (see [`start_response`]) and streams its body to the client.
-async fn relay_response(
+pub(super) async fn relay_response(
     worker: &Rc<Worker>,
     conn: &mut Conn,
     plan: &Plan<'_>,
@@ -598,7 +605,8 @@ async fn relay_response(
         && resp.keep_alive
         && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked)
     {
-        worker.pool.borrow_mut().put(target, up, upstream.pool_max_idle, upstream.pool_idle_timeout, Instant::now());
+        let key = (target, upstream.tls.as_ref().map_or(0, |t| t.id));
+        worker.pool.borrow_mut().put(key, up, upstream.pool_max_idle, upstream.pool_idle_timeout, Instant::now());
     }
     worker.spares.give_buf(ubuf);
     if let Some(c) = capture.filter(|_| done) {

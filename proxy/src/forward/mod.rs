@@ -19,6 +19,7 @@ mod exchange;
 mod finish;
 mod plan;
 mod spans;
+mod tunnel;
 
 use self::cached::{serve_stored, Inflight, SentNames};
 use self::exchange::exchange;
@@ -34,6 +35,7 @@ use crate::session::{Asked, Conn};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{SharedLb, Worker};
 
+pub use self::tunnel::DEFAULT_IDLE as WEBSOCKET_IDLE;
 pub use crate::h1::head::MAX_HEADERS;
 
 /// What `prepare` decided for a request that goes upstream.
@@ -66,6 +68,8 @@ struct Plan<'g> {
     cache: Option<CachePlan<'g>>,
     /// The path whose stored responses a successful unsafe request invalidates.
     invalidate: Option<String>,
+    /// A WebSocket upgrade the route allows: tunnelled once the upstream switches.
+    websocket: bool,
 }
 
 /// A cacheable request that goes upstream.
@@ -184,7 +188,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, head_len: usize) -> bo
             let asked = Asked { http10: plan.http10, te_accepts: plan.te_accepts, head_only: plan.is_head };
             conn.down.begin(head_len, asked, plan.body);
             conn.rec.request_id = plan.request_id;
-            let keep = go_upstream(worker, conn, &mut plan, out).await;
+            let keep = if plan.websocket {
+                tunnel::run(worker, conn, &mut plan, out).await
+            } else {
+                go_upstream(worker, conn, &mut plan, out).await
+            };
             if let Some(cx) = &plan.cx {
                 plan.chains.on_complete(cx, conn.rec.status);
             }

@@ -65,6 +65,9 @@ pub(super) fn prepare<'g>(
     let chains = snapshot.chains(route);
     early.route = Some(route);
     early.chains = Some(chains);
+    // A WebSocket upgrade goes through only where the route allows it (elsewhere `Upgrade` is
+    // dropped, as every hop-by-hop field).
+    let websocket = p.websocket && route.websocket.is_some();
     let max_body = route.max_body_bytes.or(worker.limits.max_body_bytes);
     if let (BodyKind::Length(n), Some(limit)) = (p.body, max_body) {
         if n > limit {
@@ -83,7 +86,9 @@ pub(super) fn prepare<'g>(
     // A cacheable request: only keyed headers reach the upstream (see crate::cache). A request
     // with a body is never cacheable: the body is not part of the key.
     let no_body = matches!(p.body, BodyKind::None | BodyKind::Length(0));
-    let rule = chains.cache().filter(|r| no_body && ((p.method == "GET" && r.get) || (p.method == "HEAD" && r.head)));
+    let rule = chains
+        .cache()
+        .filter(|r| no_body && !websocket && ((p.method == "GET" && r.get) || (p.method == "HEAD" && r.head)));
     if rule.is_some() {
         // Nothing the client chose reaches the upstream of a cacheable request, its id included.
         early.request_id = RequestId::generated(worker.next_request_id());
@@ -105,6 +110,10 @@ pub(super) fn prepare<'g>(
             text.set(p.method, p.host.unwrap_or(b""), p.raw_path, None);
         }
     }
+    if websocket {
+        list.push("connection", &b"upgrade"[..]);
+        list.push("upgrade", &b"websocket"[..]);
+    }
     traceparent.copy_from_slice(&rec.trace.traceparent());
     list.push("traceparent", &traceparent[..]);
 
@@ -118,7 +127,13 @@ pub(super) fn prepare<'g>(
         version: if p.http10 { Version::Http10 } else { Version::Http11 },
         fields: p.fields,
     };
-    let info = RequestInfo { head: &head, client_ip: p.client_ip, route_id: &route.id, consumers: &snapshot.consumers };
+    let info = RequestInfo {
+        head: &head,
+        client_ip: p.client_ip,
+        route_id: &route.id,
+        consumers: &snapshot.consumers,
+        client_cert: conn.tls.as_ref().and_then(|t| t.client_subject.as_deref()),
+    };
     let layers = (chains, &snapshot.consumers);
     let planned = request_policies(worker, layers, &info, (&mut list, answers), rec, &mut early);
     // A credential in the query stays out of the log (whatever the answer), and out of the
@@ -187,6 +202,7 @@ pub(super) fn prepare<'g>(
         request_id: early.request_id,
         cx,
         cache,
+        websocket,
     })
 }
 
@@ -213,6 +229,8 @@ struct Parsed<'h> {
     client_ip: IpAddr,
     /// The inbound `X-Forwarded-For` lines joined, when the peer is a trusted proxy.
     inbound_xff: Option<Vec<u8>>,
+    /// An HTTP/1.1 GET asking to switch to WebSocket.
+    websocket: bool,
 }
 
 /// Room on the stack for what the parse phase reads: the codec's fields, the protocol-neutral
@@ -326,6 +344,7 @@ fn parse<'h>(
         host_lc,
         client_ip,
         inbound_xff,
+        websocket: req.upgrade_websocket,
     })
 }
 
@@ -523,6 +542,7 @@ fn identity_headers<'a>(
     let credential = match id.credential {
         ringway_policy::Credential::Key(i) => c.key_fingerprints.get(usize::from(i)).map(String::as_str),
         ringway_policy::Credential::Basic => c.basic.as_ref().map(|b| b.username.as_str()),
+        ringway_policy::Credential::Certificate => c.subject.as_deref(),
         ringway_policy::Credential::Jwt | ringway_policy::Credential::Token => None,
     };
     if let Some(cred) = credential {

@@ -27,6 +27,8 @@ pub struct Request<'h> {
     pub te_accepts: u8,
     /// The client's `X-Request-Id`, as sent.
     pub request_id: Option<&'h [u8]>,
+    /// An HTTP/1.1 GET with `Connection: upgrade` and `Upgrade: websocket`.
+    pub upgrade_websocket: bool,
 }
 
 /// A refused head, with what is known of the request for the answer.
@@ -97,6 +99,7 @@ pub fn parse<'h>(
         expect_continue: false,
         te_accepts: 0,
         request_id: None,
+        upgrade_websocket: false,
         headers: &mut [],
     };
     let mut hosts = 0;
@@ -143,6 +146,14 @@ pub fn parse<'h>(
     }
     let c = &r.connection;
     r.keep_alive = if http10 { c.keep_alive && !c.close } else { !c.close };
+    // Only looked for when `Connection` names the upgrade (rare): no cost to other requests.
+    r.upgrade_websocket = !http10
+        && method == "GET"
+        && c.lists("upgrade")
+        && headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("upgrade")
+                && h.value.split(|b| *b == b',').any(|t| super::head::trim(t).eq_ignore_ascii_case(b"websocket"))
+        });
     r.headers = headers;
     Ok(r)
 }

@@ -73,6 +73,8 @@ pub struct Active {
     pub timeout: Duration,
     pub healthy_after: u32,
     pub unhealthy_after: u32,
+    /// The upstream's TLS, which probes speak too.
+    pub tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
 }
 
 /// `circuit_breaker`.
@@ -272,6 +274,7 @@ fn compile_active(a: &ActiveSpec, upstream: &str, errors: &mut ConfigErrors) -> 
         timeout,
         healthy_after: count(a.healthy_after, 2, 1..=100, format!("{path}.healthy_after"), errors),
         unhealthy_after: count(a.unhealthy_after, 3, 1..=100, format!("{path}.unhealthy_after"), errors),
+        tls: None,
     }
 }
 

@@ -71,6 +71,20 @@ impl Session {
         }
     }
 
+    /// Takes the bytes received and not yet used (what the client sent behind an upgrade).
+    pub fn take_received(&mut self) -> Vec<u8> {
+        match self {
+            Session::H1(s) => std::mem::take(&mut s.rbuf),
+        }
+    }
+
+    /// The connection's stream, for a tunnel that no longer speaks HTTP.
+    pub fn stream_mut(&mut self) -> &mut crate::stream::Stream {
+        match self {
+            Session::H1(s) => &mut s.stream,
+        }
+    }
+
     /// Gives back memory a large request or answer needed, between requests.
     pub fn between_requests(&mut self) {
         match self {

@@ -38,6 +38,8 @@ pub struct Route {
     pub key: RouteKey,
     /// What of its requests is captured into the access log.
     pub capture: Option<Arc<crate::capture::CaptureRule>>,
+    /// WebSocket upgrades are tunnelled, with this idle timeout (`None`: not allowed).
+    pub websocket: Option<std::time::Duration>,
 }
 
 impl Indexed for Arc<Route> {
@@ -451,6 +453,16 @@ fn compile_route(
     let chain = ringway_policy::compile(&r.policies, &format!("{path}.policies"), errors);
     let capture =
         r.capture.as_ref().and_then(|c| crate::capture::CaptureRule::compile(c, &format!("{path}.capture"), errors));
+    let websocket = match &r.websocket {
+        None | Some(crate::config::WebSocketSpec::On(false)) => None,
+        Some(crate::config::WebSocketSpec::On(true)) => Some(crate::forward::WEBSOCKET_IDLE),
+        Some(crate::config::WebSocketSpec::Settings { idle_timeout }) => Some(crate::config::duration_or(
+            Some(idle_timeout),
+            crate::forward::WEBSOCKET_IDLE,
+            format!("{path}.websocket.idle_timeout"),
+            errors,
+        )),
+    };
     let upstream = upstream?;
     if errors.0.len() != before {
         return None;
@@ -468,6 +480,7 @@ fn compile_route(
         path_normalization: r.policies.path_normalization,
         key: RouteKey { hosts, paths, priority: r.priority, constraints },
         capture,
+        websocket,
     })
 }
 

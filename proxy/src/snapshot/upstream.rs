@@ -40,6 +40,8 @@ pub struct Upstream {
     /// The node's live view of the targets' health and the breaker (shared by every worker
     /// and the health thread; carried over from the snapshot before for the targets kept).
     pub health: Arc<crate::resilience::state::UpstreamState>,
+    /// TLS to the targets (`None`: plaintext).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 pub(super) fn compile_upstream(
@@ -115,7 +117,8 @@ pub(super) fn compile_upstream(
     }
     let pool_idle_timeout =
         duration_or(p.idle_timeout.as_ref(), DEFAULT_POOL_IDLE, format!("{path}.pool.idle_timeout"), errors);
-    let resilience = crate::resilience::policy::compile(
+    let tls = u.tls.as_ref().and_then(|t| crate::tls::client::compile(t, &format!("{path}.tls"), errors));
+    let mut resilience = crate::resilience::policy::compile(
         u.retries.as_ref(),
         u.health_checks.as_ref(),
         u.circuit_breaker.as_ref(),
@@ -124,6 +127,9 @@ pub(super) fn compile_upstream(
     );
     if errors.0.len() != before {
         return None;
+    }
+    if let Some(a) = resilience.active.as_mut() {
+        a.tls.clone_from(&tls);
     }
     let pairs: Vec<(SocketAddr, u32)> = targets.iter().copied().zip(weights.iter().copied()).collect();
     let ring = if matches!(lb, LbKind::ConsistentHash(_)) { HashRing::new(&pairs) } else { HashRing::default() };
@@ -144,5 +150,6 @@ pub(super) fn compile_upstream(
         fingerprint,
         resilience,
         health,
+        tls,
     })
 }

@@ -3,13 +3,15 @@
 //! among them by server name ([`accept`]).
 
 mod accept;
+pub mod client;
 pub mod sites;
 pub mod spec;
 mod stream;
 
 pub use accept::{accept, Refused, TlsInfo};
+pub use client::UpstreamTls;
 pub use sites::{Site, TlsSites};
-pub use spec::{CertificateSpec, ClientAuthSpec, TlsSettingsSpec};
+pub use spec::{CertificateSpec, ClientAuthSpec, TlsSettingsSpec, UpstreamTlsSpec};
 pub use stream::TlsStream;
 
 /// The application protocols the TLS listener offers, in order of preference.

@@ -57,3 +57,33 @@ fn is_false(b: &bool) -> bool {
 fn yes() -> bool {
     true
 }
+
+/// An upstream's `tls`: `{enabled: true, sni, verify: true, ca, client_cert, client_key, alpn}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// TLS to the targets (default true once `tls` is given).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The server name sent and verified (default: none; the certificate must then name the
+    /// target's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Verify the targets' certificates (default true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// Authorities (PEM) to verify against instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A client certificate chain (PEM) for upstreams that ask for one, with its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// Held in memory only: stored sealed (`client_key_sealed`) and never shown.
+    #[serde(default, skip_serializing)]
+    pub client_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_sealed: Option<String>,
+    /// Application protocols offered (default `[http/1.1]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+}

@@ -209,6 +209,32 @@ impl TlsStream {
         self.tcp.readable(false).await
     }
 
+    /// Whether an idle connection is still fit for another request: reads what has arrived
+    /// without waiting (a peer's session tickets are taken in); anything else (data, an
+    /// alert, the end of the stream) means it is not.
+    pub fn quiet(&mut self) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.tcp);
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: a valid socket descriptor owned by `self.tcp`, and a buffer on the stack.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                return matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+            }
+            if n == 0 {
+                return false;
+            }
+            self.inbuf.extend_from_slice(&buf[..n as usize]);
+            if self.feed().is_err() {
+                return false;
+            }
+            match self.conn.process_new_packets() {
+                Ok(s) if s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed() => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// Sends `close_notify`, then ends the TCP stream's sending side.
     pub async fn close(&mut self) -> io::Result<()> {
         self.conn.send_close_notify();

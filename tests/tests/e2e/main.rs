@@ -27,9 +27,10 @@ mod routing;
 mod shipping;
 mod stats;
 mod status_page;
-mod tls;
+pub(crate) mod tls;
 mod tracing;
 mod upstream_errors;
+mod websocket;
 
 use std::net::SocketAddr;
 

@@ -245,3 +245,37 @@ fn mutual_tls_is_chosen_per_certificate_and_refuses_unknown_authorities() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("certificates.bad.client_auth.ca"), "{}", r.text());
 }
+
+#[test]
+fn a_verified_client_certificate_names_its_consumer() {
+    let up = ringway_tests::Upstream::start("s", |_| ringway_tests::Reply::Full(200, vec![], b"ok".to_vec()));
+    let cfg = crate::single(&[up.addr], "", "    policies:\n      mtls_auth: {}\n");
+    let gw = ringway_tests::Gateway::start_with(&cfg, &crate::default_driver(), &["--tls-listen", "127.0.0.1:0"]);
+    let tls = gw.tls.unwrap();
+    let server = Pki::new("server ca");
+    let clients = Pki::new("client ca");
+    let ca = serde_json::to_string(&clients.ca_pem()).unwrap();
+    let leaf = server.leaf(&["m.example.test"]);
+    let body = cert_body(&leaf, &[], &format!(r#""client_auth": {{"ca": {ca}, "required": false}}"#));
+    assert_eq!(gw.admin("PUT", "/admin/v1/certificates/m", Some(&body)).status, 201);
+    let r = gw.admin("PUT", "/admin/v1/consumers/alice", Some(r#"{"credentials": {"mtls": {"subject": "CN=alice"}}}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = gw.admin("PUT", "/admin/v1/consumers/eve", Some(r#"{"credentials": {"mtls": {"subject": "CN=alice"}}}"#));
+    assert_eq!(r.status, 409, "one subject, one consumer: {}", r.text());
+
+    let get = |cert: Option<&super::Leaf>| {
+        let mut c = Tls::connect(tls, Some("m.example.test"), trusting(Arc::default(), cert, &[&TLS13])).unwrap();
+        c.get("/who", "m.example.test").unwrap()
+    };
+    let (status, _, _) = get(Some(&clients.client("alice")));
+    assert_eq!(status, 200);
+    let seen = up.requests().last().cloned().unwrap();
+    assert_eq!(seen.header("x-consumer-id"), Some("alice"));
+    assert_eq!(seen.header("x-credential-id"), Some("CN=alice"));
+    let (status, head, _) = get(Some(&clients.client("bob")));
+    assert_eq!(status, 401, "a verified certificate no consumer has");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate"), "{head}");
+    assert_eq!(get(None).0, 401, "no certificate");
+    let mut plain = ringway_tests::Client::connect(gw.addr);
+    assert_eq!(plain.get("/who").status, 401, "plaintext carries no certificate");
+}

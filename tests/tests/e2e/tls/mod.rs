@@ -5,6 +5,7 @@
 
 mod certificates;
 mod handshakes;
+mod upstream;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,6 +39,10 @@ impl Pki {
 
     pub fn ca_pem(&self) -> String {
         self.cert.pem()
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
     }
 
     /// A server certificate for `names`, valid now.
