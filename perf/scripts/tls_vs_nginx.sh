@@ -8,7 +8,10 @@
 #   2. new TLS connections, full and resumed handshakes (`openssl s_time -new` / `-reuse`):
 #      server CPU per handshake, and handshakes per server CPU-second (what one core can take).
 #
-# Usage: perf/scripts/tls_vs_nginx.sh RINGWAY_BIN PERF_BIN [ROUNDS] [SECONDS]
+#   The plaintext listeners of both are measured the same way in step 1, for the cost of TLS
+#   itself on each.
+#
+# Usage: [ONLY=get|handshakes] perf/scripts/tls_vs_nginx.sh RINGWAY_BIN PERF_BIN [ROUNDS] [SECONDS]
 # Needs nginx, wrk and openssl (apt-get install -y nginx wrk openssl).
 set -euo pipefail
 bin=$1; perf=$2; rounds=${3:-5}; secs=${4:-8}
@@ -57,6 +60,7 @@ http {
     upstream origin { server 127.0.0.1:18081; keepalive 64; keepalive_requests 10000000; }
     server {
         listen 127.0.0.1:18444 ssl;
+        listen 127.0.0.1:18445;
         ssl_certificate $dir/cert.pem;
         ssl_certificate_key $dir/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -78,18 +82,27 @@ for port in 18443 18444; do
 done
 
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-pid_of() { if [ "$1" = ringway ]; then echo $pr; else echo "$nginx_worker"; fi; }
+pid_of() { case $1 in ringway*) echo $pr ;; *) echo "$nginx_worker" ;; esac; }
+url_of() {
+  case $1 in
+    ringway) echo https://127.0.0.1:18443/bench/x ;; nginx) echo https://127.0.0.1:18444/bench/x ;;
+    ringway-plain) echo http://127.0.0.1:18095/bench/x ;; nginx-plain) echo http://127.0.0.1:18445/bench/x ;;
+  esac
+}
 port_of() { if [ "$1" = ringway ]; then echo 18443; else echo 18444; fi; }
-echo "# kept-alive HTTPS GETs: round side requests cpu_ticks us_per_request"
+if [ "${ONLY:-get}" = get ] || [ -z "${ONLY:-}" ]; then
+echo "# kept-alive GETs: kind round side requests cpu_ticks us_per_request"
 for r in $(seq 1 "$rounds"); do
-  for side in ringway nginx; do
-    pid=$(pid_of $side); port=$(port_of $side)
+  for side in ringway nginx ringway-plain nginx-plain; do
+    pid=$(pid_of $side)
     c0=$(cpu "$pid")
-    n=$(taskset -c 1 wrk -t1 -c50 -d"${secs}s" "https://127.0.0.1:$port/bench/x" | awk '/requests in/ {print $1}')
+    n=$(taskset -c 1 wrk -t1 -c50 -d"${secs}s" "$(url_of $side)" | awk '/requests in/ {print $1}')
     c1=$(cpu "$pid")
     echo "get $r $side $n $((c1 - c0)) $(python3 -c "print(round(($c1-$c0)*1e4/$n, 2))")"
   done
 done
+fi
+[ "${ONLY:-handshakes}" = handshakes ] || exit 0
 echo "# new TLS connections: kind round side connections cpu_ticks handshakes_per_cpu_second"
 for kind in new reuse; do
   for r in $(seq 1 "$rounds"); do
