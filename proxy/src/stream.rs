@@ -4,9 +4,12 @@
 //!
 //! Hot path: one match per operation.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -73,54 +76,79 @@ impl AsRawFd for Stream {
     }
 }
 
+/// One of two futures, polled in place: the plaintext arm is the TCP operation itself, so a
+/// plaintext stream pays nothing for the TLS arm (boxed: its state machine is much larger, and
+/// every byte of a future's size is copied as it moves into its caller).
+pub enum Either<A, B> {
+    Tcp(A),
+    Tls(B),
+}
+
+impl<A: Future, B: Future<Output = A::Output>> Future for Either<A, B> {
+    type Output = A::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
+        // SAFETY: structural pinning: the variant's future is never moved out of `self`.
+        unsafe {
+            match self.get_unchecked_mut() {
+                Either::Tcp(a) => Pin::new_unchecked(a).poll(cx),
+                Either::Tls(b) => Pin::new_unchecked(b).poll(cx),
+            }
+        }
+    }
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 impl AsyncReadRent for Stream {
     #[inline]
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Tcp(s) => Either::Tcp(s.read(buf)),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.read(buf)) as Boxed<'_, _>),
         }
     }
 
     #[inline]
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Tcp(s) => s.readv(buf).await,
-            Stream::Tls(s) => s.readv(buf).await,
+            Stream::Tcp(s) => Either::Tcp(s.readv(buf)),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.readv(buf)) as Boxed<'_, _>),
         }
     }
 }
 
 impl AsyncWriteRent for Stream {
     #[inline]
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Tcp(s) => s.write(buf).await,
-            Stream::Tls(s) => s.write(buf).await,
+            Stream::Tcp(s) => Either::Tcp(s.write(buf)),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.write(buf)) as Boxed<'_, _>),
         }
     }
 
     #[inline]
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Tcp(s) => s.writev(buf).await,
-            Stream::Tls(s) => s.writev(buf).await,
+            Stream::Tcp(s) => Either::Tcp(s.writev(buf)),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.writev(buf)) as Boxed<'_, _>),
         }
     }
 
     #[inline]
-    async fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
         match self {
-            Stream::Tcp(s) => s.flush().await,
-            Stream::Tls(s) => s.flush().await,
+            Stream::Tcp(s) => Either::Tcp(s.flush()),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.flush()) as Boxed<'_, _>),
         }
     }
 
     #[inline]
-    async fn shutdown(&mut self) -> io::Result<()> {
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
         match self {
-            Stream::Tcp(s) => s.shutdown().await,
-            Stream::Tls(s) => s.shutdown().await,
+            Stream::Tcp(s) => Either::Tcp(s.shutdown()),
+            Stream::Tls(s) => Either::Tls(Box::pin(s.shutdown()) as Boxed<'_, _>),
         }
     }
 }
