@@ -23,7 +23,7 @@ pub async fn serve(
     stream: Stream,
     peer: SocketAddr,
     trusted: bool,
-    tls: Option<Box<crate::tls::TlsInfo>>,
+    tls: Option<Rc<crate::tls::TlsInfo>>,
 ) {
     let mut conn = Conn {
         down: Session::H1(H1Session::new(stream)),
@@ -54,6 +54,12 @@ pub async fn serve(
                 return;
             }
         };
+        if first && conn.down.head_bytes().starts_with(&crate::h2::PREFACE[..18]) {
+            // HTTP/2 with prior knowledge: the preface's first part reads as a head.
+            let Session::H1(h1) = conn.down else { return };
+            let addr = (conn.peer, conn.trusted);
+            return Box::pin(crate::h2::serve(worker, h1.stream, addr, conn.tls, h1.rbuf)).await;
+        }
         first = false;
         if !crate::forward::handle(worker, &mut conn, head_len).await {
             return;

@@ -23,6 +23,7 @@ pub mod event;
 pub mod fetch;
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod introspect;
 pub mod io;
 pub mod json;

@@ -149,6 +149,8 @@ pub struct WorkerGauges {
     pub tls_resumed: Counter,
     /// TLS handshakes refused, by [`crate::tls::Refused`] in the order of `Refused::ALL`.
     pub tls_refused: [Counter; 7],
+    /// HTTP/2 connections closed for a flood of control frames.
+    pub h2_floods: Counter,
 }
 
 /// One worker's half: the gauges, and the channel new series are announced on.
@@ -399,6 +401,8 @@ fn render(views: &[WorkerView], version: &str, out: &mut String) {
     header(out, "ringway_tls_handshakes_total", "counter", "TLS handshakes completed, full or resumed.");
     let _ = writeln!(out, "ringway_tls_handshakes_total{{kind=\"full\"}} {}", sum(&|g| g.tls_full.get()));
     let _ = writeln!(out, "ringway_tls_handshakes_total{{kind=\"resumed\"}} {}", sum(&|g| g.tls_resumed.get()));
+    header(out, "ringway_http2_floods_total", "counter", "HTTP/2 connections closed for a flood of control frames.");
+    let _ = writeln!(out, "ringway_http2_floods_total {}", sum(&|g| g.h2_floods.get()));
     header(out, "ringway_tls_handshake_failures_total", "counter", "TLS handshakes refused, by reason.");
     for (i, r) in crate::tls::Refused::ALL.iter().enumerate() {
         let n = sum(&|g| g.tls_refused[i].get());

@@ -19,6 +19,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("malformed chunked request body: {0}")]
     BadRequestBody(ChunkError),
+    #[error("request body does not match its content-length: {0}")]
+    BodyLength(&'static str),
     #[error("request body not received in time")]
     RequestTimeout,
     #[error("no upstream target available")]
@@ -48,7 +50,7 @@ impl ProxyError {
             ProxyError::Head(h) => (h.status(), h.code()),
             ProxyError::NoRoute => (404, "no_route"),
             ProxyError::BodyTooLarge { .. } => (413, "request_body_too_large"),
-            ProxyError::BadRequestBody(_) => (400, "bad_request_body"),
+            ProxyError::BadRequestBody(_) | ProxyError::BodyLength(_) => (400, "bad_request_body"),
             ProxyError::RequestTimeout => (408, "request_timeout"),
             ProxyError::NoTarget => (503, "no_upstream_target"),
             ProxyError::NoHealthyTarget => (503, "no_healthy_target"),
@@ -77,6 +79,7 @@ impl ProxyError {
             ProxyError::Head(_)
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody(_)
+            | ProxyError::BodyLength(_)
             | ProxyError::RequestTimeout => Source::Client,
             ProxyError::NoRoute
             | ProxyError::NoTarget

@@ -47,8 +47,13 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: Rc<LocalEv
                     let served = async {
                         if tls {
                             if let Some((s, info)) = handshake(&w, stream, peer).await {
-                                crate::conn::serve(&w, Stream::Tls(Box::new(s)), peer, trusted, Some(Box::new(info)))
-                                    .await;
+                                let h2 = info.h2;
+                                let (s, info) = (Stream::Tls(Box::new(s)), Some(Rc::new(info)));
+                                if h2 {
+                                    Box::pin(crate::h2::serve(&w, s, (peer, trusted), info, Vec::new())).await;
+                                } else {
+                                    crate::conn::serve(&w, s, peer, trusted, info).await;
+                                }
                             }
                         } else {
                             crate::conn::serve(&w, Stream::from(stream), peer, trusted, None).await;
@@ -117,7 +122,7 @@ async fn sweeper(worker: Rc<Worker>) {
 
 /// Polls a future, turning a panic inside it into `Err` (the panic message is printed by the
 /// panic hook as usual).
-struct CatchPanic<F>(F);
+pub(crate) struct CatchPanic<F>(pub F);
 
 impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
     type Output = Result<F::Output, ()>;

@@ -19,7 +19,7 @@ use crate::lb::{hash64, HashOn, LbKind};
 use crate::record::{method_index, End, LimitOutcome, Record, RequestId, RequestText, Trace};
 use crate::resilience::state::BreakerMode;
 use crate::respond::{Failure, Phase, ProxyError};
-use crate::session::{Conn, Session};
+use crate::session::Conn;
 use crate::snapshot::{Route, Snapshot, Upstream};
 use crate::upstream;
 use crate::worker::{Generation, SharedLb, Worker};
@@ -253,9 +253,9 @@ fn parse<'h>(
     (text, keep_text, doc_trusted): (&mut RequestText, bool, &[ringway_policy::Network]),
 ) -> Step<Parsed<'h>> {
     let fail = |early: &mut Early<'_>, e: HeadError| refuse::<Parsed<'h>>(early, ProxyError::Head(e), Phase::Head);
-    // The codec's own step: the head's bytes are HTTP/1 (an HTTP/2 session hands over fields).
-    let Session::H1(h1) = &conn.down;
-    let req = match request::parse(&h1.rbuf[..head_len], storage, worker.limits.max_headers) {
+    // The codec's own step: the head's bytes are HTTP/1 (an HTTP/2 stream hands over its head in
+    // that form, so both meet the same checks).
+    let req = match request::parse(&conn.down.head_bytes()[..head_len], storage, worker.limits.max_headers) {
         Ok(r) => r,
         Err(refused) => {
             early.is_head = refused.is_head;

@@ -109,7 +109,10 @@ pub(super) async fn run(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     let early = conn.down.take_received();
     let idle = plan.route.websocket.unwrap_or(DEFAULT_IDLE);
     // A tunnel's writes wait on a peer that may be slow to read, as any client write.
-    let client = conn.down.stream_mut();
+    let Some(client) = conn.down.stream_mut() else {
+        // Only an HTTP/1.1 connection is ever upgraded.
+        return false;
+    };
     let (r, _) = write_all(client, answer, worker.limits.write_timeout).await;
     if r.is_err() {
         conn.rec.cut(End::ClientAbort, "client_closed");

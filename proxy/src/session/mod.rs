@@ -17,6 +17,7 @@ use monoio::time::Instant;
 use ringway_policy::{HeaderList, Layered, Reply, ResponseExtras, ResponseHead};
 
 pub mod h1;
+pub mod h2;
 mod message;
 
 pub use self::message::{Answer, Asked, BodyLen, HeadRead, Piece};
@@ -26,8 +27,12 @@ use crate::spares::Spares;
 use crate::worker::{ServerLimits, Worker};
 
 /// A client connection's protocol session.
+// HTTP/1 is the common case and stays inline; an HTTP/2 stream is boxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Session {
     H1(h1::H1Session),
+    /// One stream of an HTTP/2 connection (`crate::h2` runs the connection).
+    H2(Box<h2::H2Stream>),
 }
 
 impl Session {
@@ -35,6 +40,7 @@ impl Session {
     pub fn version(&self) -> ringway_policy::Version {
         match self {
             Session::H1(s) => s.version(),
+            Session::H2(_) => ringway_policy::Version::Http2,
         }
     }
 
@@ -42,6 +48,8 @@ impl Session {
     pub async fn read_head(&mut self, worker: &Worker, first: bool, first_byte: &mut Option<Instant>) -> HeadRead {
         match self {
             Session::H1(s) => s.read_head(worker, first, first_byte).await,
+            // A stream's head arrives whole, before the stream is served.
+            Session::H2(_) => HeadRead::Closed,
         }
     }
 
@@ -50,6 +58,7 @@ impl Session {
     pub fn begin(&mut self, head_len: usize, asked: Asked, body: crate::h1::head::BodyKind) {
         match self {
             Session::H1(s) => s.begin(head_len, asked, body),
+            Session::H2(s) => s.begin(head_len, asked, body),
         }
     }
 
@@ -61,6 +70,7 @@ impl Session {
                 s.consume(n);
                 s.asked(asked);
             }
+            Session::H2(s) => s.skip(asked),
         }
     }
 
@@ -68,6 +78,7 @@ impl Session {
     pub fn received_after(&self, head_len: usize) -> usize {
         match self {
             Session::H1(s) => s.rbuf.len().saturating_sub(head_len),
+            Session::H2(s) => s.rbuf.len().saturating_sub(head_len),
         }
     }
 
@@ -75,13 +86,24 @@ impl Session {
     pub fn take_received(&mut self) -> Vec<u8> {
         match self {
             Session::H1(s) => std::mem::take(&mut s.rbuf),
+            Session::H2(s) => std::mem::take(&mut s.rbuf),
         }
     }
 
-    /// The connection's stream, for a tunnel that no longer speaks HTTP.
-    pub fn stream_mut(&mut self) -> &mut crate::stream::Stream {
+    /// The connection's stream, for a tunnel that no longer speaks HTTP (`None`: a stream of
+    /// a multiplexed connection).
+    pub fn stream_mut(&mut self) -> Option<&mut crate::stream::Stream> {
         match self {
-            Session::H1(s) => &mut s.stream,
+            Session::H1(s) => Some(&mut s.stream),
+            Session::H2(_) => None,
+        }
+    }
+
+    /// The bytes of the request head (HTTP/1, or the HTTP/1.1 form of an HTTP/2 head).
+    pub fn head_bytes(&self) -> &[u8] {
+        match self {
+            Session::H1(s) => &s.rbuf,
+            Session::H2(s) => &s.rbuf,
         }
     }
 
@@ -89,6 +111,7 @@ impl Session {
     pub fn between_requests(&mut self) {
         match self {
             Session::H1(s) => s.between_requests(),
+            Session::H2(_) => {}
         }
     }
 
@@ -96,6 +119,7 @@ impl Session {
     pub async fn read_body(&mut self, limits: &ServerLimits) -> io::Result<usize> {
         match self {
             Session::H1(s) => s.read_body(limits).await,
+            Session::H2(s) => s.read_body(limits).await,
         }
     }
 
@@ -104,6 +128,7 @@ impl Session {
     pub fn take_body(&mut self, max: Option<u64>, sink: &mut dyn FnMut(Piece<'_>)) -> Result<(), ProxyError> {
         match self {
             Session::H1(s) => s.take_body(max, sink),
+            Session::H2(s) => s.take_body(max, sink),
         }
     }
 
@@ -111,6 +136,7 @@ impl Session {
     pub fn body_done(&self) -> bool {
         match self {
             Session::H1(s) => s.body.done,
+            Session::H2(s) => s.body_done(),
         }
     }
 
@@ -118,6 +144,7 @@ impl Session {
     pub fn body_taken(&self) -> u64 {
         match self {
             Session::H1(s) => s.body.taken,
+            Session::H2(s) => s.body_taken(),
         }
     }
 
@@ -127,6 +154,7 @@ impl Session {
     pub fn lend_body(&mut self) -> Option<(Vec<u8>, usize)> {
         match self {
             Session::H1(s) => s.lend_body(),
+            Session::H2(_) => None,
         }
     }
 
@@ -134,6 +162,8 @@ impl Session {
     pub fn return_body(&mut self, buf: Vec<u8>, used: usize) {
         match self {
             Session::H1(s) => s.return_body(buf, used),
+            // Never lent (see `lend_body`).
+            Session::H2(_) => drop(buf),
         }
     }
 
@@ -141,6 +171,8 @@ impl Session {
     pub async fn write_continue(&mut self, worker: &Worker) -> io::Result<()> {
         match self {
             Session::H1(s) => s.write_continue(worker).await,
+            // The body flows as the client's stream window allows: nothing to ask for.
+            Session::H2(_) => Ok(()),
         }
     }
 
@@ -150,6 +182,7 @@ impl Session {
     pub fn write_head(&mut self, head: &ResponseHead<'_>, a: &Answer<'_>) -> Result<bool, ProxyError> {
         match self {
             Session::H1(s) => s.write_head(head, a),
+            Session::H2(s) => s.write_head(head, a),
         }
     }
 
@@ -157,6 +190,7 @@ impl Session {
     pub fn write_body(&mut self, data: &[u8]) {
         match self {
             Session::H1(s) => s.write_body(data),
+            Session::H2(s) => s.write_body(data),
         }
     }
 
@@ -165,6 +199,7 @@ impl Session {
     pub async fn send_body(&mut self, worker: &Worker, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Session::H1(s) => s.send_body(worker, buf, range).await,
+            Session::H2(s) => s.send_body(worker, buf, range).await,
         }
     }
 
@@ -173,6 +208,7 @@ impl Session {
     pub fn end_body(&mut self, trailers: Option<&ringway_policy::HeaderList<'_>>) {
         match self {
             Session::H1(s) => s.end_body(trailers),
+            Session::H2(s) => s.end_body(trailers),
         }
     }
 
@@ -180,6 +216,7 @@ impl Session {
     pub fn pending(&self) -> bool {
         match self {
             Session::H1(s) => !s.out.is_empty(),
+            Session::H2(s) => s.pending(),
         }
     }
 
@@ -188,6 +225,7 @@ impl Session {
     pub fn discard(&mut self) {
         match self {
             Session::H1(s) => s.out.clear(),
+            Session::H2(s) => s.discard(),
         }
     }
 
@@ -195,6 +233,7 @@ impl Session {
     pub async fn flush(&mut self, worker: &Worker) -> io::Result<()> {
         match self {
             Session::H1(s) => s.flush(worker).await,
+            Session::H2(s) => s.flush(worker).await,
         }
     }
 
@@ -203,6 +242,7 @@ impl Session {
     pub async fn close(&mut self) {
         match self {
             Session::H1(s) => crate::io::linger(&mut s.stream).await,
+            Session::H2(s) => s.close(),
         }
     }
 }
@@ -230,7 +270,7 @@ pub struct Conn {
     /// What the current request captured, on a route that captures.
     pub captured: Option<Box<crate::capture::Captured>>,
     /// What the TLS handshake established (`None`: plaintext).
-    pub tls: Option<Box<crate::tls::TlsInfo>>,
+    pub tls: Option<std::rc::Rc<crate::tls::TlsInfo>>,
 }
 
 /// Whole answers: a reply of the gateway's, a stored response.

@@ -69,6 +69,8 @@ pub struct TlsInfo {
     pub version: &'static str,
     /// Whether the session was resumed from a ticket.
     pub resumed: bool,
+    /// The client chose HTTP/2 (ALPN `h2`).
+    pub h2: bool,
     /// The verified client certificate's subject (`CN=..., O=...`), under mutual TLS.
     pub client_subject: Option<Box<str>>,
     /// Its DNS, email and URI alternative names.
@@ -176,6 +178,7 @@ pub async fn accept(mut tcp: TcpStream, sites: &TlsSites) -> Result<(TlsStream, 
             _ => "TLSv1.2",
         },
         resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        h2: c.alpn_protocol() == Some(b"h2"),
         ..TlsInfo::default()
     };
     if let Some(leaf) = c.peer_certificates().and_then(|p| p.first()) {

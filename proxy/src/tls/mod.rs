@@ -15,4 +15,4 @@ pub use spec::{CertificateSpec, ClientAuthSpec, TlsSettingsSpec, UpstreamTlsSpec
 pub use stream::TlsStream;
 
 /// The application protocols the TLS listener offers, in order of preference.
-pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
