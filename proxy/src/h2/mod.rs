@@ -89,6 +89,8 @@ pub async fn serve(
         .max_send_buffer_size(256 * 1024);
     let mut state = State::Handshake(Box::pin(builder.handshake(PipeIo(pipe.clone()))));
     let open = Rc::new(Cell::new(0usize));
+    // A stream that found the client misbehaving (a window kept shut) names it here.
+    let offense: Rc<Cell<Option<&'static str>>> = Rc::default();
     let mut out = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut eof = false;
@@ -107,7 +109,11 @@ pub async fn serve(
                 break;
             }
         }
-        if let (Some(reason), State::Serving(c)) = (refused.take(), &mut state) {
+        if let Some(reason) = offense.take() {
+            refused.get_or_insert(reason);
+        }
+        if let (Some(reason), State::Serving(c)) = (refused, &mut state) {
+            refused = None;
             log::debug!("worker {}: HTTP/2 from {peer} closed: {reason}", worker.ctx.id);
             worker.metrics.gauges.h2_floods.add(1);
             c.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
@@ -128,9 +134,9 @@ pub async fn serve(
                     continue;
                 }
                 open.set(open.get() + 1);
-                let (w, open, tls) = (worker.clone(), open.clone(), tls.clone());
+                let (w, open, tls, offense) = (worker.clone(), open.clone(), tls.clone(), offense.clone());
                 monoio::spawn(async move {
-                    let served = serve_stream(&w, req, respond, (peer, trusted), tls);
+                    let served = serve_stream(&w, req, respond, (peer, trusted), tls, offense);
                     if crate::run::CatchPanic(served).await.is_err() {
                         log::error!("worker {}: an HTTP/2 stream task panicked; its stream was reset", w.ctx.id);
                     }
@@ -177,9 +183,15 @@ pub async fn serve(
             }
         }
     }
-    // Streams still running end with the connection (their sends fail).
+    // The last of what h2 wrote (a GOAWAY) goes out; then the connection ends without
+    // destroying it (the client's unread bytes would make the kernel reset it). Streams still
+    // running end with the connection (their sends fail).
+    pipe.borrow_mut().take_outbound(&mut out);
+    if !out.is_empty() {
+        let _ = worker.write_client(&mut stream, out).await;
+    }
     drop(state);
-    let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+    crate::io::linger(&mut stream).await;
 }
 
 /// Polls h2 for what the connection task must do next.
@@ -214,9 +226,10 @@ async fn serve_stream(
     respond: h2::server::SendResponse<Bytes>,
     (peer, trusted): (SocketAddr, bool),
     tls: Option<Rc<crate::tls::TlsInfo>>,
+    offense: Rc<Cell<Option<&'static str>>>,
 ) {
     let (parts, body) = req.into_parts();
-    let (session, head_len) = H2Stream::new(&parts, body, respond);
+    let (session, head_len) = H2Stream::new(&parts, body, respond, offense);
     let now = Instant::now();
     let mut conn = Conn {
         down: Session::H2(Box::new(session)),

@@ -44,11 +44,15 @@ pub struct H2Stream {
     /// The answer's body not yet sent.
     out: Vec<u8>,
     trailers: Option<HeaderMap>,
-    /// The answer is complete (`end_body`), and the end was sent.
+    /// Body bytes of a sized answer still to come (`None`: until `end_body`).
+    to_come: Option<u64>,
+    /// The answer is complete (its last byte, or `end_body`), and the end was sent.
     ending: bool,
     ended: bool,
     head_only: bool,
     body: Body,
+    /// Where a misbehaving client is reported to its connection.
+    offense: std::rc::Rc<std::cell::Cell<Option<&'static str>>>,
 }
 
 /// Fields that belong to one HTTP/1 connection and have no place in HTTP/2.
@@ -63,6 +67,7 @@ impl H2Stream {
         parts: &http::request::Parts,
         recv: h2::RecvStream,
         respond: h2::server::SendResponse<Bytes>,
+        offense: std::rc::Rc<std::cell::Cell<Option<&'static str>>>,
     ) -> (H2Stream, usize) {
         let ended = recv.is_end_stream();
         let mut rbuf = Vec::with_capacity(512);
@@ -77,10 +82,12 @@ impl H2Stream {
             head: None,
             out: Vec::new(),
             trailers: None,
+            to_come: None,
             ending: false,
             ended: false,
             head_only: false,
             body,
+            offense,
         };
         (s, head_len)
     }
@@ -191,6 +198,14 @@ impl H2Stream {
                 fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             }
         }
+        // A sized answer ends with its last byte (HTTP/1 marks no end for it).
+        self.to_come = match a.body {
+            _ if self.head_only => Some(0),
+            BodyLen::None => Some(0),
+            BodyLen::Known(n) => Some(n),
+            BodyLen::Unknown => None,
+        };
+        self.ending = self.to_come == Some(0);
         self.head = Some(resp);
         // The stream ends; the connection goes on.
         Ok(false)
@@ -199,6 +214,10 @@ impl H2Stream {
     pub(super) fn write_body(&mut self, data: &[u8]) {
         if !self.head_only {
             self.out.extend_from_slice(data);
+            if let Some(n) = self.to_come.as_mut() {
+                *n = n.saturating_sub(data.len() as u64);
+                self.ending |= *n == 0;
+            }
         }
     }
 
@@ -261,6 +280,7 @@ impl H2Stream {
                 // The client keeps its window shut: the stream is given up.
                 Err(_) => {
                     send.send_reset(h2::Reason::FLOW_CONTROL_ERROR);
+                    self.offense.set(Some("zero_window"));
                     self.ended = true;
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "the client's window stayed shut"));
                 }

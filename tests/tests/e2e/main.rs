@@ -14,6 +14,7 @@ mod consumers;
 mod framing;
 mod hardening;
 mod headers;
+mod http2;
 mod identity;
 mod introspection;
 mod jwt;
