@@ -5,13 +5,14 @@
 # A, B, ...), so drift on a shared machine hits both alike.
 #
 #   1. kept-alive HTTPS small GETs (wrk, 50 connections): server CPU per request;
+#   1b. HTTP/2 over TLS small GETs (h2load, 10 connections of 10 streams each): the same;
 #   2. new TLS connections, full and resumed handshakes (`openssl s_time -new` / `-reuse`):
 #      server CPU per handshake, and handshakes per server CPU-second (what one core can take).
 #
 #   The plaintext listeners of both are measured the same way in step 1, for the cost of TLS
 #   itself on each.
 #
-# Usage: [ONLY=get|handshakes] perf/scripts/tls_vs_nginx.sh RINGWAY_BIN PERF_BIN [ROUNDS] [SECONDS]
+# Usage: [ONLY=get|h2|handshakes] perf/scripts/tls_vs_nginx.sh RINGWAY_BIN PERF_BIN [ROUNDS] [SECONDS]
 # Needs nginx, wrk and openssl (apt-get install -y nginx wrk openssl).
 set -euo pipefail
 bin=$1; perf=$2; rounds=${3:-5}; secs=${4:-8}
@@ -59,7 +60,7 @@ http {
     keepalive_timeout 120s;
     upstream origin { server 127.0.0.1:18081; keepalive 64; keepalive_requests 10000000; }
     server {
-        listen 127.0.0.1:18444 ssl;
+        listen 127.0.0.1:18444 ssl http2;
         listen 127.0.0.1:18445;
         ssl_certificate $dir/cert.pem;
         ssl_certificate_key $dir/key.pem;
@@ -99,6 +100,18 @@ for r in $(seq 1 "$rounds"); do
     n=$(taskset -c 1 wrk -t1 -c50 -d"${secs}s" "$(url_of $side)" | awk '/requests in/ {print $1}')
     c1=$(cpu "$pid")
     echo "get $r $side $n $((c1 - c0)) $(python3 -c "print(round(($c1-$c0)*1e4/$n, 2))")"
+  done
+done
+fi
+if [ "${ONLY:-h2}" = h2 ]; then
+echo "# HTTP/2 GETs (h2load -c 10 -m 10): kind round side requests cpu_ticks us_per_request"
+for r in $(seq 1 "$rounds"); do
+  for side in ringway nginx; do
+    pid=$(pid_of $side)
+    c0=$(cpu "$pid")
+    n=$(taskset -c 1 h2load -c 10 -m 10 -D "$secs" "$(url_of $side)" | awk '/^requests:/ {print $8}')
+    c1=$(cpu "$pid")
+    echo "h2 $r $side $n $((c1 - c0)) $(python3 -c "print(round(($c1-$c0)*1e4/$n, 2))")"
   done
 done
 fi

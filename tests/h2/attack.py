@@ -5,7 +5,7 @@ known flood does and prints what the gateway answered: the GOAWAY's error code (
 127.0.0.1 only. Frames are built by hand: a client library would refuse to misbehave.
 
 Usage: attack.py MODE PORT   (MODE: ping, settings, rapid_reset, continuation,
-       made_you_reset, zero_window, header_size, concurrency)
+       made_you_reset, zero_window, header_size, concurrency, extended_connect)
 """
 import socket
 import struct
@@ -149,6 +149,17 @@ def main():
         c.pump(0.3)
         c.send(c.headers(1, "/stall"))
         print(c.pump(8))
+    elif mode == "extended_connect":
+        c = Raw(port)
+        c.pump(0.3)
+        enabled = any(k == 0x4 and b"\x00\x08\x00\x00\x00\x01" in p for k, _, _, p in c.frames)
+        block = c.enc.encode([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                              (":path", "/chat"), (":authority", "attack.test")])
+        c.send(frame(0x1, 0x4, 1, block))
+        state = c.pump(1)
+        code = next((ERRORS.get(struct.unpack(">I", p[:4])[0]) for k, _, s, p in c.frames if k == 0x3 and s == 1),
+                    None)
+        print(f"{'offered' if enabled else 'refused'} {code}, {state}")
     elif mode == "header_size":
         c = Raw(port)
         c.pump(0.2)

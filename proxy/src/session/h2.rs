@@ -320,7 +320,12 @@ impl H2Stream {
 fn encode_request_head(parts: &http::request::Parts, ended: bool, out: &mut Vec<u8>) -> Option<u64> {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // CONNECT (extended CONNECT for WebSocket included) names an authority, not a path: in
+    // HTTP/1.1 form it meets the same refusal as an HTTP/1.1 CONNECT (400, named).
+    let target = match (&parts.method, parts.uri.path_and_query()) {
+        (&http::Method::CONNECT, _) => parts.uri.authority().map_or("", |a| a.as_str()),
+        (_, p) => p.map_or("/", |p| p.as_str()),
+    };
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
@@ -393,6 +398,11 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /v1/items?x=1 HTTP/1.1\r\nhost: api.example.com\r\nx-id: 7\r\ncookie: a=1; b=2\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+        let req = http::Request::builder().method("CONNECT").uri("ws.example:443").body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        encode_request_head(&parts, true, &mut out);
+        assert!(out.starts_with(b"CONNECT ws.example:443 HTTP/1.1\r\n"), "the authority form, refused downstream");
         let req = http::Request::builder().uri("http://h/").header("content-length", "3").body(()).unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();

@@ -157,6 +157,9 @@ fn floods_close_the_offenders_connection_and_spare_the_others() {
     let out = attack("concurrency", port);
     let refused: u32 = out.rsplit_once("refused=").unwrap().1.parse().unwrap();
     assert!(refused >= 100, "{out}");
+    // WebSocket over HTTP/2 (RFC 8441) is not offered: an extended CONNECT is refused on its
+    // stream, and the connection goes on.
+    assert_eq!(attack("extended_connect", port), "refused PROTOCOL_ERROR, open");
     // A header list over the limit is answered 431 on its stream.
     assert_eq!(attack("header_size", port), "431");
     assert_eq!(bystander(), 200);
