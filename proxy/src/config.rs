@@ -78,6 +78,10 @@ pub struct UpstreamSpec {
     /// TLS to the targets (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
+    /// What the targets speak: `http1` (the default), `h2` (over `tls`, by ALPN) or `h2c`
+    /// (HTTP/2 in plaintext, with prior knowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// `retries`: `{attempts: 3, on: [connect_failure, reset, timeout, 502, 503, 504], backoff:

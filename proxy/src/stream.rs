@@ -21,6 +21,8 @@ use monoio::BufResult;
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
+    /// One request on a multiplexed HTTP/2 upstream connection.
+    H2(Box<crate::h2::client::H2Up>),
 }
 
 impl Stream {
@@ -36,6 +38,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Tls(s) => s.readable().await,
+            // Never asked (no `Expect` wait on HTTP/2 upstreams): the answer is read when due.
+            Stream::H2(_) => std::future::pending().await,
         }
     }
 
@@ -51,6 +55,7 @@ impl Stream {
                 n < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN))
             }
             Stream::Tls(s) => s.quiet(),
+            Stream::H2(_) => false,
         }
     }
 
@@ -72,13 +77,15 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Tls(s) => s.tcp().as_raw_fd(),
+            // A stream of a shared connection has no socket of its own.
+            Stream::H2(_) => -1,
         }
     }
 }
 
 /// One of two futures, polled in place: the plaintext arm is the TCP operation itself, so a
-/// plaintext stream pays nothing for the TLS arm (boxed: its state machine is much larger, and
-/// every byte of a future's size is copied as it moves into its caller).
+/// plaintext stream pays nothing for the others (TLS, HTTP/2: boxed, since their state machines
+/// are much larger and every byte of a future's size is copied as it moves into its caller).
 pub enum Either<A, B> {
     Tcp(A),
     Tls(B),
@@ -107,6 +114,7 @@ impl AsyncReadRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.read(buf)),
             Stream::Tls(s) => Either::Tls(Box::pin(s.read(buf)) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.read(buf)) as Boxed<'_, _>),
         }
     }
 
@@ -115,6 +123,7 @@ impl AsyncReadRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.readv(buf)),
             Stream::Tls(s) => Either::Tls(Box::pin(s.readv(buf)) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.readv(buf)) as Boxed<'_, _>),
         }
     }
 }
@@ -125,6 +134,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.write(buf)),
             Stream::Tls(s) => Either::Tls(Box::pin(s.write(buf)) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.write(buf)) as Boxed<'_, _>),
         }
     }
 
@@ -133,6 +143,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.writev(buf)),
             Stream::Tls(s) => Either::Tls(Box::pin(s.writev(buf)) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.writev(buf)) as Boxed<'_, _>),
         }
     }
 
@@ -141,6 +152,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.flush()),
             Stream::Tls(s) => Either::Tls(Box::pin(s.flush()) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.flush()) as Boxed<'_, _>),
         }
     }
 
@@ -149,6 +161,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Tcp(s) => Either::Tcp(s.shutdown()),
             Stream::Tls(s) => Either::Tls(Box::pin(s.shutdown()) as Boxed<'_, _>),
+            Stream::H2(s) => Either::Tls(Box::pin(s.shutdown()) as Boxed<'_, _>),
         }
     }
 }

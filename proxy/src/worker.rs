@@ -161,6 +161,8 @@ pub struct Worker {
     /// made on first use, kept while the upstream's targets and balancer stay the same.
     lb: RefCell<Vec<Option<(u64, SharedLb)>>>,
     pub pool: RefCell<Pool>,
+    /// Multiplexed HTTP/2 connections to upstreams.
+    pub h2_upstreams: RefCell<crate::h2::client::Connections>,
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
     /// The node's connection caps, shared by every worker (touched at accept and close).
@@ -269,6 +271,7 @@ impl Worker {
             generation: RefCell::new(Rc::new(Generation { snapshot })),
             lb: RefCell::new(Vec::new()),
             pool: RefCell::new(Pool::default()),
+            h2_upstreams: RefCell::default(),
             draining: Cell::new(false),
             active: Cell::new(0),
             caps,

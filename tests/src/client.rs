@@ -142,6 +142,27 @@ impl Client {
                 };
                 let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..end]).ok()?, 16).ok()?;
                 self.buf.drain(..end + 2);
+                if size == 0 {
+                    // The trailer section: fields, then an empty line. Kept as headers named
+                    // `trailer:NAME`.
+                    loop {
+                        let end = loop {
+                            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                                break i;
+                            }
+                            if !self.fill() {
+                                return None;
+                            }
+                        };
+                        let line = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                        self.buf.drain(..end + 2);
+                        if line.is_empty() {
+                            return Some(resp);
+                        }
+                        let (n, v) = line.split_once(':')?;
+                        resp.headers.push((format!("trailer:{}", n.trim().to_ascii_lowercase()), v.trim().to_string()));
+                    }
+                }
                 while self.buf.len() < size + 2 {
                     if !self.fill() {
                         return None;

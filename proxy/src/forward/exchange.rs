@@ -50,6 +50,9 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Pl
 
 async fn send_and_relay(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, mut out: Vec<u8>) -> bool {
     let upstream = plan.upstream;
+    // An HTTP/2 upstream's stream has its own flow control: the body goes without waiting for
+    // permission (the `expect` field is not forwarded).
+    plan.expect_continue &= !upstream.h2;
     if let Err(e) = take_buffered_body(conn, plan, &mut out) {
         return fail_before_response(worker, conn, plan, out, Failure::new(e, Phase::RequestBody)).await;
     }
@@ -232,6 +235,45 @@ async fn backoff(worker: &Worker, conn: &Conn, plan: &mut Plan<'_>, tried: u64) 
     true
 }
 
+/// Fields a trailer section may not carry on: framing, routing and connection fields.
+fn forbidden_trailer(name: &str) -> bool {
+    ["content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade"]
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// Ends the answer's body with the upstream's trailer section (`kept`: its lines as received),
+/// which goes on to clients that can carry it (chunked HTTP/1.1, HTTP/2).
+fn end_with_trailers(conn: &mut Conn, kept: &[u8]) {
+    if kept.is_empty() {
+        conn.down.end_body(None);
+        return;
+    }
+    let mut list = ringway_policy::HeaderList::default();
+    for line in kept.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let Ok(name) = std::str::from_utf8(&line[..colon]) else { continue };
+        if name.is_empty() || !ringway_policy::is_valid_header_name(name) || forbidden_trailer(name) {
+            continue;
+        }
+        list.push(name, line[colon + 1..].trim_ascii());
+    }
+    conn.down.end_body(Some(&list));
+}
+
+/// A new connection to `addr`, or for an HTTP/2 upstream a new stream of a shared one.
+async fn connect_upstream(
+    worker: &Rc<Worker>,
+    addr: std::net::SocketAddr,
+    upstream: &crate::snapshot::Upstream,
+) -> Result<Stream, ProxyError> {
+    if upstream.h2 {
+        return crate::h2::client::stream(worker, addr, upstream).await;
+    }
+    connect(addr, upstream.connect_timeout, upstream.tls.as_deref()).await
+}
+
 /// How one attempt went.
 enum Tried {
     /// A final response head of this length is at the start of the receive buffer.
@@ -262,13 +304,13 @@ async fn try_target(
     let mut fresh_tried = false;
     loop {
         let key = (addr, upstream.tls.as_ref().map_or(0, |t| t.id));
-        let pooled = if fresh_tried { None } else { worker.pool.borrow_mut().take(key, started) };
+        let pooled = if fresh_tried || upstream.h2 { None } else { worker.pool.borrow_mut().take(key, started) };
         let (mut up, reused) = match pooled {
             Some(s) => {
                 conn.rec.reuses += 1;
                 (s, true)
             }
-            None => match connect(addr, upstream.connect_timeout, upstream.tls.as_deref()).await {
+            None => match connect_upstream(worker, addr, upstream).await {
                 Ok(s) => {
                     conn.rec.upstream_connect = Some(started.elapsed());
                     conn.rec.connects += 1;
@@ -481,7 +523,7 @@ pub(super) async fn relay_response(
         Start::Fail(e) => return fail_before_response(worker, conn, plan, Vec::new(), e).await,
     };
     // Body bytes that came with the head.
-    let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::new);
+    let mut decoder = matches!(resp.body, BodyKind::Chunked).then(ChunkedDecoder::keep_trailers);
     let mut remaining = match resp.body {
         BodyKind::Length(n) => n,
         _ => 0,
@@ -560,7 +602,8 @@ pub(super) async fn relay_response(
             clean = false;
         }
         if done {
-            conn.down.end_body(None);
+            let kept = decoder.as_mut().map(ChunkedDecoder::take_trailers).unwrap_or_default();
+            end_with_trailers(conn, &kept);
         }
         if conn.down.pending() {
             if conn.down.flush(worker).await.is_err() {
@@ -606,7 +649,10 @@ pub(super) async fn relay_response(
         && matches!(resp.body, BodyKind::None | BodyKind::Length(_) | BodyKind::Chunked)
     {
         let key = (target, upstream.tls.as_ref().map_or(0, |t| t.id));
-        worker.pool.borrow_mut().put(key, up, upstream.pool_max_idle, upstream.pool_idle_timeout, Instant::now());
+        // A stream of a multiplexed connection is done with its request (the connection stays).
+        if !upstream.h2 {
+            worker.pool.borrow_mut().put(key, up, upstream.pool_max_idle, upstream.pool_idle_timeout, Instant::now());
+        }
     }
     worker.spares.give_buf(ubuf);
     if let Some(c) = capture.filter(|_| done) {

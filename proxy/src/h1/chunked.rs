@@ -68,6 +68,8 @@ pub struct ChunkedDecoder {
     digits: u8,
     line: usize,
     trailer_bytes: usize,
+    /// The trailer section's bytes, when asked to keep them (`keep_trailers`).
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -78,7 +80,18 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        Self { state: State::SizeStart, size: 0, digits: 0, line: 0, trailer_bytes: 0 }
+        Self { state: State::SizeStart, size: 0, digits: 0, line: 0, trailer_bytes: 0, trailers: None }
+    }
+
+    /// A decoder that keeps the trailer section's lines (`name: value\r\n` each) for
+    /// [`ChunkedDecoder::take_trailers`].
+    pub fn keep_trailers() -> Self {
+        Self { trailers: Some(Vec::new()), ..Self::new() }
+    }
+
+    /// The trailer lines kept so far (empty when there were none, or none were kept).
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        self.trailers.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn is_done(&self) -> bool {
@@ -210,6 +223,9 @@ impl ChunkedDecoder {
                 b' ' | b'\t' => return Err(ChunkError::BadTrailer),
                 _ => {
                     self.trailer_bytes += 1;
+                    if let Some(t) = self.trailers.as_mut() {
+                        t.push(b);
+                    }
                     self.state = TrailerLine;
                 }
             },
@@ -223,10 +239,16 @@ impl ChunkedDecoder {
                     b'\n' | 0 => return Err(ChunkError::BadTrailer),
                     _ => {}
                 }
+                if let Some(t) = self.trailers.as_mut() {
+                    t.push(b);
+                }
             }
             TrailerLf => {
                 if b != b'\n' {
                     return Err(ChunkError::BadLineEnding);
+                }
+                if let Some(t) = self.trailers.as_mut() {
+                    t.push(b);
                 }
                 self.state = TrailerStart;
             }

@@ -11,6 +11,7 @@
 //!
 //! Hot path: no lock (the pipe's buffers are shared within the worker's thread).
 
+pub mod client;
 mod guard;
 mod io;
 

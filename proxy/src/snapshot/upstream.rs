@@ -42,6 +42,8 @@ pub struct Upstream {
     pub health: Arc<crate::resilience::state::UpstreamState>,
     /// TLS to the targets (`None`: plaintext).
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The targets speak HTTP/2 (`h2` or `h2c`): requests are streams of shared connections.
+    pub h2: bool,
 }
 
 pub(super) fn compile_upstream(
@@ -117,7 +119,26 @@ pub(super) fn compile_upstream(
     }
     let pool_idle_timeout =
         duration_or(p.idle_timeout.as_ref(), DEFAULT_POOL_IDLE, format!("{path}.pool.idle_timeout"), errors);
-    let tls = u.tls.as_ref().and_then(|t| crate::tls::client::compile(t, &format!("{path}.tls"), errors));
+    let h2 = match u.protocol.as_deref() {
+        None | Some("http1") => false,
+        Some("h2") => {
+            if !u.tls.as_ref().is_some_and(|t| t.enabled) {
+                errors.push(format!("{path}.protocol"), "h2 runs over tls (set tls), or use h2c for plaintext");
+            }
+            true
+        }
+        Some("h2c") => {
+            if u.tls.as_ref().is_some_and(|t| t.enabled) {
+                errors.push(format!("{path}.protocol"), "h2c is plaintext HTTP/2: use h2 with tls");
+            }
+            true
+        }
+        Some(other) => {
+            errors.push(format!("{path}.protocol"), format!("{other:?}: expected http1, h2 or h2c"));
+            false
+        }
+    };
+    let tls = u.tls.as_ref().and_then(|t| crate::tls::client::compile(t, h2, &format!("{path}.tls"), errors));
     let mut resilience = crate::resilience::policy::compile(
         u.retries.as_ref(),
         u.health_checks.as_ref(),
@@ -151,5 +172,6 @@ pub(super) fn compile_upstream(
         resilience,
         health,
         tls,
+        h2,
     })
 }

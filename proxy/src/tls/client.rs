@@ -97,7 +97,8 @@ fn certs(pem: &str, at: &str, errors: &mut ConfigErrors) -> Vec<CertificateDer<'
 }
 
 /// Compiles an upstream's `tls` at `path` (`None` when off or refused).
-pub fn compile(spec: &UpstreamTlsSpec, path: &str, errors: &mut ConfigErrors) -> Option<Arc<UpstreamTls>> {
+/// With `h2`, ALPN offers `h2` only (the upstream's `protocol`).
+pub fn compile(spec: &UpstreamTlsSpec, h2: bool, path: &str, errors: &mut ConfigErrors) -> Option<Arc<UpstreamTls>> {
     if !spec.enabled {
         return None;
     }
@@ -169,9 +170,9 @@ pub fn compile(spec: &UpstreamTlsSpec, path: &str, errors: &mut ConfigErrors) ->
     if errors.0.len() != before {
         return None;
     }
-    config.alpn_protocols = alpn;
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { alpn };
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&spec.sni, spec.verify, &spec.ca, &spec.client_cert, &spec.client_key, &spec.alpn).hash(&mut h);
+    (&spec.sni, spec.verify, &spec.ca, &spec.client_cert, &spec.client_key, &spec.alpn, h2).hash(&mut h);
     Some(Arc::new(UpstreamTls { config: Arc::new(config), name, id: h.finish() | 1 }))
 }
 

@@ -15,6 +15,7 @@ mod framing;
 mod hardening;
 mod headers;
 mod http2;
+mod http2_upstream;
 mod identity;
 mod introspection;
 mod jwt;
