@@ -355,6 +355,7 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                     "expires_in_days": (c.not_after - unix_now()) / 86_400,
                 })).collect::<Vec<_>>(),
                 "sni_required": state.snapshot().tls_settings.sni_required,
+                "listen": state.tls_listen.bound.map(|a| a.to_string()),
             },
             "log_shipping": ctx.telemetry.as_ref().and_then(|t| t.shipping()).map(|(to, shipped, dropped, failed)| json!({
                 "endpoint": to,

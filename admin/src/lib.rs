@@ -25,6 +25,7 @@ mod slots;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
+pub mod tls_listen;
 
 use std::process::ExitCode;
 

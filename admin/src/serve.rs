@@ -272,10 +272,22 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     };
     let (local, listeners) = crate::listen::bind_listeners(args.listen, count)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (tls_addr, mut tls_listeners) = match args.tls_listen {
+    // `--tls-listen`, else the document's `tls.listen` (which may then move live).
+    let doc_listen = snapshot.tls_settings.listen.clone();
+    if args.tls_listen.is_some() && doc_listen.is_some() {
+        log::warn!("--tls-listen wins over the configuration's tls.listen {doc_listen:?}");
+    }
+    let tls_want = match (args.tls_listen, doc_listen.as_deref()) {
+        (Some(a), _) => Some(a),
+        (None, Some(text)) => {
+            Some(text.parse().map_err(|_| anyhow::anyhow!("tls.listen: {text:?} is not an address"))?)
+        }
+        (None, None) => None,
+    };
+    let (tls_addr, mut tls_listeners) = match tls_want {
         Some(a) => {
-            let (local, l) = crate::listen::bind_listeners(a, count)
-                .with_context(|| format!("cannot listen on {a} (--tls-listen)"))?;
+            let (local, l) =
+                crate::listen::bind_listeners(a, count).with_context(|| format!("cannot listen on {a} (TLS)"))?;
             (Some(local), l)
         }
         None => (None, Vec::new()),
@@ -397,6 +409,7 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     let state_certificates = snapshot.certificates.len();
     let mut state = AdminState::new(store, spec, snapshot, senders, ack_rx, worker_status);
     state.secrets = secrets;
+    state.tls_listen = crate::tls_listen::TlsListen::new(args.tls_listen.is_some(), tls_addr);
     state.start_health().context("cannot start the health thread")?;
     let ctx = ApiContext {
         token: token.as_ref().map(|t| AdminToken::new(t.as_bytes())),

@@ -308,6 +308,7 @@ pub struct AdminState {
     pub worker_status: Vec<WorkerStatus>,
     /// The node's key for consumers' HMAC secrets (see `crate::secrets`).
     pub secrets: crate::secrets::SecretBox,
+    pub tls_listen: crate::tls_listen::TlsListen,
     pub rollout_timeout: Duration,
     /// How long the last rollout took from commit to the last acknowledgement.
     pub last_rollout: Option<Duration>,
@@ -334,6 +335,7 @@ impl AdminState {
     ) -> Self {
         AdminState {
             secrets: crate::secrets::SecretBox::ephemeral(),
+            tls_listen: Default::default(),
             store,
             spec,
             revision: current.revision,
@@ -391,6 +393,8 @@ impl AdminState {
         if ops.is_empty() {
             return Ok((self.revision, d));
         }
+        let listens = (self.current.tls_settings.listen.as_deref(), next.tls_settings.listen.as_deref());
+        let rebind = self.tls_listen.prepare(listens.0, listens.1, self.workers.len())?;
         let rev = self
             .store
             .commit(Change { ops, summary })
@@ -432,6 +436,9 @@ impl AdminState {
         }
         self.revision = rev;
         self.current = Arc::new(next);
+        if let Some(r) = rebind {
+            self.tls_listen.hand_over(r, &self.workers);
+        }
         self.rollout(self.current.clone())?;
         Ok((rev, d))
     }

@@ -174,6 +174,28 @@ pub struct WorkerSetup {
     pub clock: Clock,
 }
 
+/// Stops accepting on the TLS listener of `old` (connections stay) and starts on `listener`;
+/// returns its stop event.
+fn listen_tls(
+    worker: &Rc<Worker>,
+    listener: Option<std::net::TcpListener>,
+    old: Option<Rc<LocalEvent>>,
+) -> Option<Rc<LocalEvent>> {
+    if let Some(s) = old {
+        s.fire();
+    }
+    let l = match TcpListener::from_std(listener?) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("worker {}: cannot adopt the TLS listener: {e}", worker.ctx.id);
+            return None;
+        }
+    };
+    let stop = Rc::new(LocalEvent::default());
+    monoio::spawn(accept_loop(worker.clone(), l, stop.clone(), true));
+    Some(stop)
+}
+
 /// Runs one worker until it is drained (or its control channel closes).
 pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     let WorkerSetup {
@@ -219,14 +241,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     };
     let stop = Rc::new(LocalEvent::default());
     monoio::spawn(accept_loop(worker.clone(), listener, stop.clone(), false));
-    if let Some(l) = tls_listener {
-        match TcpListener::from_std(l) {
-            Ok(l) => {
-                monoio::spawn(accept_loop(worker.clone(), l, stop.clone(), true));
-            }
-            Err(e) => log::error!("worker {}: cannot adopt the TLS listener: {e}", ctx.id),
-        }
-    }
+    let mut tls_stop = listen_tls(&worker, tls_listener, None);
     monoio::spawn(sweeper(worker.clone()));
     let ack = |revision: u64, purged: u64, removed: usize| Ack {
         worker: ctx.id,
@@ -265,6 +280,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
                     purged = id;
                     let _ = acks.send(ack(worker.generation().snapshot.revision, purged, 0));
                 }
+                Control::TlsListener(l) => tls_stop = listen_tls(&worker, l, tls_stop.take()),
             }
             next = mailbox.try_recv();
         }
@@ -279,6 +295,9 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     };
     worker.draining.set(true);
     stop.fire();
+    if let Some(s) = tls_stop {
+        s.fire();
+    }
     worker.wake_idle();
     let deadline = Instant::now() + drain;
     while worker.active.get() > 0 && Instant::now() < deadline {

@@ -99,6 +99,9 @@ pub enum Control {
     Invalidate(Arc<[Invalidate]>),
     /// Acknowledge with this order id (and, as every acknowledgement, current figures).
     Report(u64),
+    /// Accept TLS connections on this listener from now on, no longer on the one before
+    /// (`None`: on none).
+    TlsListener(Option<std::net::TcpListener>),
 }
 
 /// A worker's request to drop what every worker stored for `route` at `path` (after a

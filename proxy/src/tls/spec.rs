@@ -44,6 +44,9 @@ pub struct ClientAuthSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettingsSpec {
+    /// The TLS listener's address (`--tls-listen` wins over it); changed live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     /// Refuse handshakes that name no server or a server no certificate has, instead of
     /// answering with the default certificate.
     #[serde(default, skip_serializing_if = "is_false")]

@@ -159,3 +159,62 @@ fn a_certificate_replaced_under_load_fails_no_request_and_new_handshakes_use_it(
     assert_eq!(seen.0.lock().unwrap().clone().unwrap(), last.der);
     assert_eq!(names_of(&last.der), vec!["rotate.example.test"]);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_tls_listener_moves_with_the_document_and_open_connections_stay() {
+    let up = ringway_tests::Upstream::echo("o");
+    let gw = ringway_tests::Gateway::start(&crate::single(&[up.addr], "", ""));
+    let pki = Pki::new("ca");
+    let r = gw.admin(
+        "PUT",
+        "/admin/v1/certificates/m",
+        Some(&cert_body(&pki.leaf(&["m.example.test"]), &[], r#""default": true"#)),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(gw.admin("GET", "/admin/v1/status", None).json()["tls"]["listen"].is_null(), "no TLS listener yet");
+    let connect = |port: u16| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Tls::connect(addr, Some("m.example.test"), trusting(Arc::default(), None, &[&rustls::version::TLS13]))
+    };
+    let set = |listen: &str| {
+        let mut cfg = gw.admin("GET", "/admin/v1/config", None).json();
+        cfg["tls"] = serde_json::json!({"listen": listen});
+        gw.admin("PUT", "/admin/v1/config", Some(&cfg.to_string()))
+    };
+    let first = free_port();
+    let r = set(&format!("127.0.0.1:{first}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = gw.admin("GET", "/admin/v1/status", None).json();
+    assert_eq!(status["tls"]["listen"], format!("127.0.0.1:{first}"));
+    let mut kept = connect(first).expect("listening on the document's address");
+    assert_eq!(kept.get("/1", "m.example.test").unwrap().0, 200);
+
+    let second = free_port();
+    let r = set(&format!("127.0.0.1:{second}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(connect(second).unwrap().get("/2", "m.example.test").unwrap().0, 200);
+    assert!(connect(first).is_err(), "the old address no longer accepts");
+    assert_eq!(kept.get("/3", "m.example.test").unwrap().0, 200, "a connection made before stays");
+
+    // An address that cannot be bound is refused, and nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let r = set(&taken.local_addr().unwrap().to_string());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("tls.listen: cannot listen on"), "{}", r.text());
+    assert_eq!(gw.admin("GET", "/admin/v1/status", None).json()["tls"]["listen"], format!("127.0.0.1:{second}"));
+    let r = set("not an address");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(connect(second).unwrap().get("/4", "m.example.test").unwrap().0, 200);
+
+    // With --tls-listen, the document may not move it.
+    let (pinned, _up) = super::gateway(&[]);
+    let mut cfg = pinned.admin("GET", "/admin/v1/config", None).json();
+    cfg["tls"] = serde_json::json!({"listen": "127.0.0.1:0"});
+    let r = pinned.admin("PUT", "/admin/v1/config", Some(&cfg.to_string()));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("--tls-listen"), "{}", r.text());
+}
