@@ -162,21 +162,7 @@ pub fn metrics_page(ctx: &ApiContext, state: &AdminState) -> Response {
     let mut out = String::with_capacity(4096);
     metrics::render(&mut out, &ctx.metrics);
     ringway_proxy::resilience::render_metrics(&mut out, state.snapshot());
-    let certs = &state.snapshot().certificates;
-    if !certs.is_empty() {
-        out.push_str(
-            "# HELP ringway_certificate_expiry_timestamp_seconds When each TLS certificate expires (Unix time).\n",
-        );
-        out.push_str("# TYPE ringway_certificate_expiry_timestamp_seconds gauge\n");
-        for c in certs.values() {
-            // Certificate ids are resource ids: no quote or backslash to escape.
-            out.push_str(&format!(
-                "ringway_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}\n",
-                c.id.replace(['\\', '"', '\n'], "_"),
-                c.not_after
-            ));
-        }
-    }
+    crate::certs::render_expiry(&mut out, state.snapshot());
     Response { status: 200, content_type: metrics::CONTENT_TYPE, body: out.into_bytes() }
 }
 
@@ -307,10 +293,6 @@ fn upstream_health(state: &mut AdminState, id: &str) -> Result<Response, ApiErro
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 fn is_kind(k: &str) -> bool {
     k == UPSTREAMS || k == ROUTES || k == CONSUMERS || k == CERTIFICATES
 }
@@ -346,17 +328,7 @@ fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
                     "failed_exports": get(&c.failed_exports),
                 })
             }),
-            "tls": {
-                "certificates": state.snapshot().certificates.values().map(|c| json!({
-                    "id": c.id,
-                    "snis": c.snis,
-                    "default": c.default,
-                    "not_after": c.not_after,
-                    "expires_in_days": (c.not_after - unix_now()) / 86_400,
-                })).collect::<Vec<_>>(),
-                "sni_required": state.snapshot().tls_settings.sni_required,
-                "listen": state.tls_listen.bound.map(|a| a.to_string()),
-            },
+            "tls": crate::certs::status(state),
             "log_shipping": ctx.telemetry.as_ref().and_then(|t| t.shipping()).map(|(to, shipped, dropped, failed)| json!({
                 "endpoint": to,
                 "shipped": shipped,

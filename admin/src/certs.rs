@@ -9,7 +9,7 @@ use ringway_policy::ConfigErrors;
 use ringway_proxy::tls::CertificateSpec;
 use serde_json::Value;
 
-use crate::secrets::SecretBox;
+use crate::secret_box::SecretBox;
 
 /// Longest key accepted (a 16384-bit RSA key in PEM is about 13 KiB).
 const MAX_KEY: usize = 32 * 1024;
@@ -168,4 +168,48 @@ pub fn public_upstream(u: &ringway_proxy::config::UpstreamSpec) -> Value {
     let mut v = serde_json::to_value(u).unwrap_or(Value::Null);
     strip_upstream(&mut v);
     v
+}
+
+/// The TLS listener and its certificates for `/admin/v1/status`: where it listens, each
+/// certificate's names and expiry.
+pub fn status(state: &crate::state::AdminState) -> Value {
+    let snapshot = state.snapshot();
+    let certificates: Vec<Value> = snapshot
+        .certificates
+        .values()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id,
+                "snis": c.snis,
+                "default": c.default,
+                "not_after": c.not_after,
+                "expires_in_days": (c.not_after - now_unix()) / 86_400,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "certificates": certificates,
+        "sni_required": snapshot.tls_settings.sni_required,
+        "listen": state.tls_listen.bound.map(|a| a.to_string()),
+    })
+}
+
+/// `ringway_certificate_expiry_timestamp_seconds{certificate}`, appended to `out`.
+pub fn render_expiry(out: &mut String, snapshot: &ringway_proxy::Snapshot) {
+    let certs = &snapshot.certificates;
+    if certs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP ringway_certificate_expiry_timestamp_seconds When each TLS certificate expires (Unix time).\n",
+    );
+    out.push_str("# TYPE ringway_certificate_expiry_timestamp_seconds gauge\n");
+    for c in certs.values() {
+        // Certificate ids are resource ids: no quote or backslash to escape.
+        out.push_str(&format!(
+            "ringway_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}\n",
+            c.id.replace(['\\', '"', '\n'], "_"),
+            c.not_after
+        ));
+    }
 }

@@ -18,6 +18,7 @@ pub mod listen;
 pub mod metrics;
 mod page;
 pub mod parse;
+pub mod secret_box;
 pub mod secrets;
 pub mod serve;
 mod server;

@@ -45,6 +45,7 @@ pub mod snapshot;
 pub mod spares;
 pub mod stats;
 pub mod stream;
+pub mod task;
 pub mod tls;
 pub mod traces;
 pub mod upstream;

@@ -4,7 +4,6 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use monoio::net::TcpListener;
@@ -18,6 +17,7 @@ use crate::event::LocalEvent;
 use crate::metrics::WorkerMetrics;
 use crate::snapshot::Snapshot;
 use crate::stream::Stream;
+use crate::task::CatchPanic;
 use crate::worker::{Ack, Control, Invalidate, ServerLimits, Worker};
 
 /// Accepts connections; on the TLS listener (`tls`) each runs its handshake in its own task
@@ -117,24 +117,6 @@ async fn sweeper(worker: Rc<Worker>) {
         worker.expire_writes(now);
         // Every second: idle upstream connections the origin closed or spoke on go at once.
         worker.pool.borrow_mut().sweep(now);
-    }
-}
-
-/// Polls a future, turning a panic inside it into `Err` (the panic message is printed by the
-/// panic hook as usual).
-pub(crate) struct CatchPanic<F>(pub F);
-
-impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning; the inner future is never moved out of `self`.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(Err(())),
-        }
     }
 }
 

@@ -22,7 +22,7 @@ pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
     /// One request on a multiplexed HTTP/2 upstream connection.
-    H2(Box<crate::h2::client::H2Up>),
+    H2(Box<crate::h2::up::H2Up>),
 }
 
 impl Stream {

@@ -165,7 +165,7 @@ pub struct Worker {
     lb: RefCell<Vec<Option<(u64, SharedLb)>>>,
     pub pool: RefCell<Pool>,
     /// Multiplexed HTTP/2 connections to upstreams.
-    pub h2_upstreams: RefCell<crate::h2::client::Connections>,
+    pub h2_upstreams: RefCell<crate::h2::up::Connections>,
     pub draining: Cell<bool>,
     pub active: Cell<usize>,
     /// The node's connection caps, shared by every worker (touched at accept and close).

@@ -35,7 +35,6 @@ use crate::session::{Asked, Conn};
 use crate::snapshot::{Route, Upstream};
 use crate::worker::{SharedLb, Worker};
 
-pub use self::tunnel::DEFAULT_IDLE as WEBSOCKET_IDLE;
 pub use crate::h1::head::MAX_HEADERS;
 
 /// What `prepare` decided for a request that goes upstream.

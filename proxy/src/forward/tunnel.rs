@@ -107,7 +107,7 @@ pub(super) async fn run(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     answer.extend_from_slice(&ubuf[head_len..]);
     worker.spares.give_buf(ubuf);
     let early = conn.down.take_received();
-    let idle = plan.route.websocket.unwrap_or(DEFAULT_IDLE);
+    let idle = plan.route.websocket.unwrap_or(crate::snapshot::WEBSOCKET_IDLE);
     // A tunnel's writes wait on a peer that may be slow to read, as any client write.
     let Some(client) = conn.down.stream_mut() else {
         // Only an HTTP/1.1 connection is ever upgraded.
@@ -129,9 +129,6 @@ pub(super) async fn run(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_
     }
     false
 }
-
-/// How long a tunnel may carry nothing before it is closed, unless the route says.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 
 /// Answers the client with `e` before anything of the upstream's answer reached it.
 async fn refused(

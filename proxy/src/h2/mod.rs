@@ -14,6 +14,7 @@
 pub mod client;
 mod guard;
 mod io;
+pub mod up;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future as _;
@@ -138,7 +139,7 @@ pub async fn serve(
                 let (w, open, tls, offense) = (worker.clone(), open.clone(), tls.clone(), offense.clone());
                 monoio::spawn(async move {
                     let served = serve_stream(&w, req, respond, (peer, trusted), tls, offense);
-                    if crate::run::CatchPanic(served).await.is_err() {
+                    if crate::task::CatchPanic(served).await.is_err() {
                         log::error!("worker {}: an HTTP/2 stream task panicked; its stream was reset", w.ctx.id);
                     }
                     open.set(open.get() - 1);

@@ -76,6 +76,9 @@ impl Route {
     }
 }
 
+/// How long a WebSocket tunnel may carry nothing before it is closed, unless the route says.
+pub const WEBSOCKET_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One change to a document, by reference: a resource created or replaced (`Some`) or
 /// deleted (`None`).
 #[derive(Debug, Clone, Copy)]
@@ -455,10 +458,10 @@ fn compile_route(
         r.capture.as_ref().and_then(|c| crate::capture::CaptureRule::compile(c, &format!("{path}.capture"), errors));
     let websocket = match &r.websocket {
         None | Some(crate::config::WebSocketSpec::On(false)) => None,
-        Some(crate::config::WebSocketSpec::On(true)) => Some(crate::forward::WEBSOCKET_IDLE),
+        Some(crate::config::WebSocketSpec::On(true)) => Some(WEBSOCKET_IDLE),
         Some(crate::config::WebSocketSpec::Settings { idle_timeout }) => Some(crate::config::duration_or(
             Some(idle_timeout),
-            crate::forward::WEBSOCKET_IDLE,
+            WEBSOCKET_IDLE,
             format!("{path}.websocket.idle_timeout"),
             errors,
         )),
