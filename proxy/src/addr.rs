@@ -31,3 +31,46 @@ pub fn split_host(h: &str) -> (&str, Option<u16>) {
         _ => (h, None),
     }
 }
+
+/// The client address behind `trusted` proxies: the `trusted`th entry from the right of the
+/// inbound `X-Forwarded-For` list (the one the farthest trusted proxy appended). A shorter
+/// list, or an entry that is not an address (with or without a port), gives the peer.
+pub(crate) fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net::IpAddr {
+    if trusted == 0 {
+        return peer;
+    }
+    let Ok(list) = std::str::from_utf8(xff) else { return peer };
+    let Some(entry) = list.rsplit(',').nth(trusted as usize - 1) else { return peer };
+    let entry = entry.trim();
+    entry
+        .parse::<std::net::IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
+        .unwrap_or(peer)
+}
+
+/// The client behind proxies in `trusted`: walking the inbound `X-Forwarded-For` list from the
+/// right (from the peer, itself trusted), the first address outside `trusted`. An entry that is
+/// not an address stops the walk at the last trusted hop; a list of trusted hops only gives its
+/// leftmost.
+pub(crate) fn client_behind(
+    xff: &[u8],
+    peer: std::net::IpAddr,
+    trusted: &[ringway_policy::Network],
+) -> std::net::IpAddr {
+    let Ok(list) = std::str::from_utf8(xff) else { return peer };
+    let mut hop = peer;
+    for entry in list.rsplit(',') {
+        let entry = entry.trim();
+        let parsed = entry
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+            .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>());
+        let Ok(ip) = parsed else { return hop };
+        if !trusted.iter().any(|n| n.contains(ip)) {
+            return ip;
+        }
+        hop = ip;
+    }
+    hop
+}

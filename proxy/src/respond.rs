@@ -15,6 +15,8 @@ pub enum ProxyError {
     Head(HeadError),
     #[error("no route matches this request")]
     NoRoute,
+    #[error("this connection's certificate does not serve the requested host; open a connection for it")]
+    Misdirected,
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("malformed chunked request body: {0}")]
@@ -49,6 +51,7 @@ impl ProxyError {
         match self {
             ProxyError::Head(h) => (h.status(), h.code()),
             ProxyError::NoRoute => (404, "no_route"),
+            ProxyError::Misdirected => (421, "misdirected_request"),
             ProxyError::BodyTooLarge { .. } => (413, "request_body_too_large"),
             ProxyError::BadRequestBody(_) | ProxyError::BodyLength(_) => (400, "bad_request_body"),
             ProxyError::RequestTimeout => (408, "request_timeout"),
@@ -82,6 +85,7 @@ impl ProxyError {
             | ProxyError::BodyLength(_)
             | ProxyError::RequestTimeout => Source::Client,
             ProxyError::NoRoute
+            | ProxyError::Misdirected
             | ProxyError::NoTarget
             | ProxyError::NoHealthyTarget
             | ProxyError::CircuitOpen { .. } => Source::Gateway,

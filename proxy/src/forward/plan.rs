@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use ringway_policy::{Context, Field, HeaderList, Layered, RequestHead, RequestInfo, Verdict, Version};
 
@@ -61,6 +61,14 @@ pub(super) fn prepare<'g>(
         return Err(Box::new(early));
     };
     let snapshot = &generation.snapshot;
+    // A request on a TLS connection must name a host of the certificate the handshake chose:
+    // another site's client-certificate rule (or none) must not answer for it.
+    if let Some(t) = &conn.tls {
+        if snapshot.tls.choose(Some(p.host_lc)).is_some_and(|s| *s.id != *t.certificate) {
+            let _: Step<()> = refuse(&mut early, ProxyError::Misdirected, Phase::Route);
+            return Err(Box::new(early));
+        }
+    }
     let Ok((route, path)) = select_route(snapshot, &p, &mut early) else { return Err(Box::new(early)) };
     let chains = snapshot.chains(route);
     early.route = Some(route);
@@ -323,8 +331,8 @@ fn parse<'h>(
         }
     }
     let client_ip = match &inbound_xff {
-        Some(list) if by_doc => client_behind(list, conn.peer.ip(), doc_trusted),
-        Some(list) => client_address(list, conn.peer.ip(), trusted_hops),
+        Some(list) if by_doc => crate::addr::client_behind(list, conn.peer.ip(), doc_trusted),
+        Some(list) => crate::addr::client_address(list, conn.peer.ip(), trusted_hops),
         None => conn.peer.ip(),
     };
     rec.client_ip = client_ip;
@@ -644,45 +652,6 @@ fn ip_hash(ip: IpAddr) -> u64 {
         IpAddr::V4(v4) => hash64(&v4.octets()),
         IpAddr::V6(v6) => hash64(&v6.octets()),
     }
-}
-
-/// The client address behind `trusted` proxies: the `trusted`th entry from the right of the
-/// inbound `X-Forwarded-For` list (the one the farthest trusted proxy appended). A shorter
-/// list, or an entry that is not an address (with or without a port), gives the peer.
-fn client_address(xff: &[u8], peer: std::net::IpAddr, trusted: u32) -> std::net::IpAddr {
-    if trusted == 0 {
-        return peer;
-    }
-    let Ok(list) = std::str::from_utf8(xff) else { return peer };
-    let Some(entry) = list.rsplit(',').nth(trusted as usize - 1) else { return peer };
-    let entry = entry.trim();
-    entry
-        .parse::<std::net::IpAddr>()
-        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
-        .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>())
-        .unwrap_or(peer)
-}
-
-/// The client behind proxies in `trusted`: walking the inbound `X-Forwarded-For` list from the
-/// right (from the peer, itself trusted), the first address outside `trusted`. An entry that is
-/// not an address stops the walk at the last trusted hop; a list of trusted hops only gives its
-/// leftmost.
-fn client_behind(xff: &[u8], peer: std::net::IpAddr, trusted: &[ringway_policy::Network]) -> std::net::IpAddr {
-    let Ok(list) = std::str::from_utf8(xff) else { return peer };
-    let mut hop = peer;
-    for entry in list.rsplit(',') {
-        let entry = entry.trim();
-        let parsed = entry
-            .parse::<std::net::IpAddr>()
-            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
-            .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>());
-        let Ok(ip) = parsed else { return hop };
-        if !trusted.iter().any(|n| n.contains(ip)) {
-            return ip;
-        }
-        hop = ip;
-    }
-    hop
 }
 
 /// `X-Consumer-Id`, `X-Consumer-Groups`, `X-Credential-Id`: what the gateway tells upstreams

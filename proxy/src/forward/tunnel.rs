@@ -36,6 +36,10 @@ const CHUNK: usize = 16 * 1024;
 pub(super) async fn run(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
     let upstream = plan.upstream;
     let addr = upstream.targets[plan.target];
+    if upstream.h2 {
+        let e = ProxyError::UpstreamProtocol("a WebSocket upgrade needs an HTTP/1.1 upstream");
+        return fail_before_response(worker, conn, plan, out, Failure::at(e, Phase::Connect, addr, false)).await;
+    }
     let started = Instant::now();
     conn.rec.upstream_started = Some(started);
     conn.rec.attempts = 1;

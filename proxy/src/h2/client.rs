@@ -32,7 +32,7 @@ pub async fn stream(worker: &Rc<Worker>, addr: SocketAddr, upstream: &Upstream) 
         let list = all.by_key.entry(key).or_default();
         list.retain(|c| c.alive.get());
         if let Some(c) = list.iter().find(|c| c.open.get() < STREAMS_PER_CONNECTION) {
-            return Ok(Stream::H2(Box::new(H2Up::new(c.send.clone(), c.open.clone(), https))));
+            return Ok(Stream::H2(Box::new(H2Up::new(c.send.clone(), c.open.clone(), https, upstream.idle_timeout))));
         }
     }
     let s = crate::client::connect(addr, upstream.connect_timeout, upstream.tls.as_deref()).await?;
@@ -54,7 +54,7 @@ pub async fn stream(worker: &Rc<Worker>, addr: SocketAddr, upstream: &Upstream) 
     monoio::spawn(drive(s, pipe, connection, alive.clone(), worker.limits.write_timeout));
     let c = Conn { send: send.clone(), alive, open: open.clone() };
     worker.h2_upstreams.borrow_mut().by_key.entry(key).or_default().push(c);
-    Ok(Stream::H2(Box::new(H2Up::new(send, open, https))))
+    Ok(Stream::H2(Box::new(H2Up::new(send, open, https, upstream.idle_timeout))))
 }
 
 /// Moves the connection's bytes between the socket and h2 until either ends.
@@ -92,11 +92,14 @@ async fn drive(
                         }
                     }
                 }
-            }) => if done { break } else { false },
-            r = stream.readable() => r.is_ok(),
+            }) => if done { break } else { None },
+            r = stream.readable() => Some(r.is_ok()),
         };
-        if !readable {
-            continue;
+        match readable {
+            // h2 has bytes to send: they go first.
+            None => continue,
+            Some(false) => break,
+            Some(true) => {}
         }
         let (r, b) = stream.read(std::mem::take(&mut rbuf)).await;
         rbuf = b;

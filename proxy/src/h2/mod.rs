@@ -91,6 +91,8 @@ pub async fn serve(
         .max_send_buffer_size(256 * 1024);
     let mut state = State::Handshake(Box::pin(builder.handshake(PipeIo(pipe.clone()))));
     let open = Rc::new(Cell::new(0usize));
+    // Fired when the connection ends: its stream tasks stop.
+    let gone = Rc::new(crate::event::LocalEvent::default());
     // A stream that found the client misbehaving (a window kept shut) names it here.
     let offense: Rc<Cell<Option<&'static str>>> = Rc::default();
     let mut out = Vec::new();
@@ -130,16 +132,28 @@ pub async fn serve(
         match event {
             Event::Send => {}
             Event::Ready(c) => state = State::Serving(c),
-            Event::Stream(req, respond) => {
+            Event::Stream(req, mut respond) => {
                 last_active = Instant::now();
                 if closing {
                     continue;
                 }
+                // Streams the client reset stop counting for h2 while their requests go on:
+                // the tasks themselves are capped, so resets cannot pile work up.
+                if open.get() >= MAX_STREAMS as usize {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
                 open.set(open.get() + 1);
-                let (w, open, tls, offense) = (worker.clone(), open.clone(), tls.clone(), offense.clone());
+                let (w, open, tls, offense, gone) =
+                    (worker.clone(), open.clone(), tls.clone(), offense.clone(), gone.clone());
                 monoio::spawn(async move {
-                    let served = serve_stream(&w, req, respond, (peer, trusted), tls, offense);
-                    if crate::task::CatchPanic(served).await.is_err() {
+                    let served = crate::task::CatchPanic(serve_stream(&w, req, respond, (peer, trusted), tls, offense));
+                    // A stream of a connection that has ended is given up at once.
+                    let panicked = monoio::select! {
+                        r = served => r.is_err(),
+                        _ = gone.wait() => false,
+                    };
+                    if panicked {
                         log::error!("worker {}: an HTTP/2 stream task panicked; its stream was reset", w.ctx.id);
                     }
                     open.set(open.get() - 1);
@@ -193,6 +207,7 @@ pub async fn serve(
         let _ = worker.write_client(&mut stream, out).await;
     }
     drop(state);
+    gone.fire();
     crate::io::linger(&mut stream).await;
 }
 

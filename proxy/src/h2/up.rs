@@ -104,6 +104,8 @@ pub struct H2Up {
     send: h2::client::SendRequest<Bytes>,
     open: Rc<Cell<usize>>,
     https: bool,
+    /// Longest wait for a stream slot or window (the upstream's idle timeout).
+    wait: std::time::Duration,
     /// The request head until it is complete.
     head: Vec<u8>,
     sent: bool,
@@ -143,12 +145,18 @@ fn connection_specific(name: &str) -> bool {
 }
 
 impl H2Up {
-    pub(super) fn new(send: h2::client::SendRequest<Bytes>, open: Rc<Cell<usize>>, https: bool) -> H2Up {
+    pub(super) fn new(
+        send: h2::client::SendRequest<Bytes>,
+        open: Rc<Cell<usize>>,
+        https: bool,
+        wait: std::time::Duration,
+    ) -> H2Up {
         open.set(open.get() + 1);
         H2Up {
             send,
             open,
             https,
+            wait,
             head: Vec::new(),
             sent: false,
             body: ReqBody::None,
@@ -212,7 +220,11 @@ impl H2Up {
             (false, Some(n)) if n > 0 => ReqBody::Length(n),
             _ => ReqBody::None,
         };
-        std::future::poll_fn(|cx| self.send.poll_ready(cx)).await.map_err(broken)?;
+        // The upstream's limit on concurrent streams holds the request here, for a while.
+        match monoio::time::timeout(self.wait, std::future::poll_fn(|cx| self.send.poll_ready(cx))).await {
+            Ok(r) => r.map_err(broken)?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no stream free on the upstream connection")),
+        }
         let end = matches!(self.body, ReqBody::None);
         let (response, stream) = self.send.send_request(request, end).map_err(broken)?;
         self.response = Some(response);
@@ -266,10 +278,14 @@ impl H2Up {
         }
         while !data.is_empty() {
             s.reserve_capacity(data.len());
-            let n = match std::future::poll_fn(|cx| s.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(broken(e)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
+            let n = match monoio::time::timeout(self.wait, std::future::poll_fn(|cx| s.poll_capacity(cx))).await {
+                Ok(Some(Ok(n))) => n,
+                Ok(Some(Err(e))) => return Err(broken(e)),
+                Ok(None) => return Err(io::ErrorKind::BrokenPipe.into()),
+                Err(_) => {
+                    s.send_reset(h2::Reason::CANCEL);
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the upstream kept its window shut"));
+                }
             };
             let chunk = data.split_to(n.min(data.len()));
             s.send_data(chunk, end && data.is_empty()).map_err(broken)?;

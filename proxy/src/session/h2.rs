@@ -324,7 +324,14 @@ fn encode_request_head(parts: &http::request::Parts, ended: bool, out: &mut Vec<
     // HTTP/1.1 form it meets the same refusal as an HTTP/1.1 CONNECT (400, named).
     let target = match (&parts.method, parts.uri.path_and_query()) {
         (&http::Method::CONNECT, _) => parts.uri.authority().map_or("", |a| a.as_str()),
+        // RFC 9113 8.3.1: `:path` is a path (or `*`); an absolute URI there would let it name
+        // another host than `:authority`. Written as it is, it is refused as any bad target.
         (_, p) => p.map_or("/", |p| p.as_str()),
+    };
+    let target = if target.starts_with('/') || target == "*" || parts.method == http::Method::CONNECT {
+        target
+    } else {
+        "invalid-target"
     };
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");

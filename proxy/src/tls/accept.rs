@@ -183,7 +183,8 @@ pub async fn accept(mut tcp: TcpStream, sites: &TlsSites) -> Result<(TlsStream, 
     };
     if let Some(leaf) = c.peer_certificates().and_then(|p| p.first()) {
         if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) {
-            info.client_subject = Some(cert.subject().to_string().into());
+            // A subject that cannot be written unambiguously names no one.
+            info.client_subject = subject_string(cert.subject()).map(Into::into);
             if let Ok(Some(san)) = cert.subject_alternative_name() {
                 use x509_parser::extensions::GeneralName;
                 for n in &san.value.general_names {
@@ -197,9 +198,63 @@ pub async fn accept(mut tcp: TcpStream, sites: &TlsSites) -> Result<(TlsStream, 
     Ok((stream, info))
 }
 
+/// A subject as `CN=alice, O=Example`: attributes in the certificate's order, multi-valued
+/// ones joined by ` + `, values escaped as RFC 4514 says (so `CN=a\, O=b` is one attribute).
+/// `None` when an attribute is not a string.
+pub fn subject_string(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    let mut out = String::new();
+    for rdn in name.iter() {
+        for (i, attr) in rdn.iter().enumerate() {
+            if !out.is_empty() {
+                out.push_str(if i == 0 { ", " } else { " + " });
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry()) {
+                Ok(k) => out.push_str(k),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            escape_value(attr.as_str().ok()?, &mut out);
+        }
+    }
+    Some(out)
+}
+
+fn escape_value(v: &str, out: &mut String) {
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' | '#' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                for b in c.to_string().bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_values_are_escaped_so_one_attribute_never_reads_as_two() {
+        let mut out = String::new();
+        escape_value("alice, O=Example", &mut out);
+        assert_eq!(out, "alice\\, O\\=Example");
+        let mut out = String::new();
+        escape_value(" #x ", &mut out);
+        assert_eq!(out, "\\ #x\\ ");
+    }
 
     #[test]
     fn a_plaintext_request_is_told_apart_from_tls() {

@@ -23,13 +23,6 @@ pub fn provider() -> Arc<CryptoProvider> {
     P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
-/// The node's session-ticket keys: one rotating set (a new key every 6 hours, the previous one
-/// still accepted) shared by every certificate and worker, so a client resumes on any core.
-fn ticketer() -> Arc<dyn rustls::server::ProducesTickets> {
-    static T: OnceLock<Arc<dyn rustls::server::ProducesTickets>> = OnceLock::new();
-    T.get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().expect("the ticket keys are made")).clone()
-}
-
 /// One certificate ready to serve.
 #[derive(Debug)]
 pub struct Site {
@@ -228,10 +221,22 @@ pub fn compile(id: &str, spec: &CertificateSpec) -> Result<Site, ConfigErrors> {
     };
     let mut config = builder.with_cert_resolver(Arc::new(Single(Arc::new(certified))));
     config.alpn_protocols = super::ALPN.iter().map(|p| p.to_vec()).collect();
-    // Resumption by ticket only: the keys are the node's, so no session state is kept.
-    config.ticketer = ticketer();
+    // Resumption by ticket only, so no session state is kept. Each certificate has its own
+    // rotating ticket keys (a new key every 6 hours, the previous one still accepted), shared by
+    // every worker, so a client resumes on any core but never with another site's session. A
+    // site that checks client certificates issues none: a resumed session would skip the check
+    // against its authority as it stands now.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 1;
+    if spec.client_auth.is_some() {
+        config.send_tls13_tickets = 0;
+    } else {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+            let mut errors = ConfigErrors::default();
+            errors.push(at.clone(), format!("cannot make session-ticket keys: {e}"));
+            errors
+        })?;
+        config.send_tls13_tickets = 1;
+    }
     Ok(Site { id: id.to_string(), config: Arc::new(config), snis, not_after: leaf.not_after, default: spec.default })
 }
 

@@ -157,7 +157,11 @@ impl TlsStream {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                // A client that closes its socket without close_notify has ended its stream;
+                // an upstream that does may have had its answer cut short, so it is an error.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return if matches!(self.conn, Connection::Client(_)) { Err(e) } else { Ok(0) };
+                }
                 Err(e) => return Err(e),
             }
             if self.conn.wants_write() {
@@ -215,12 +219,15 @@ impl TlsStream {
     pub fn quiet(&mut self) -> bool {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.tcp);
         let mut buf = [0u8; 4096];
+        // A record cut short would come out in front of the next answer: not quiet.
+        let mut records = Records::default();
         loop {
             // SAFETY: a valid socket descriptor owned by `self.tcp`, and a buffer on the stack.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
-                return matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+                return records.whole() && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
             }
+            records.feed(&buf[..n as usize]);
             if n == 0 {
                 return false;
             }
@@ -229,6 +236,7 @@ impl TlsStream {
                 return false;
             }
             match self.conn.process_new_packets() {
+                // Bytes that do not make a whole record would come out before the next answer.
                 Ok(s) if s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed() => {}
                 _ => return false,
             }
@@ -240,6 +248,40 @@ impl TlsStream {
         self.conn.send_close_notify();
         let _ = self.send_pending().await;
         self.tcp.shutdown().await
+    }
+}
+
+/// Walks TLS record boundaries over bytes as they arrive.
+#[derive(Default)]
+struct Records {
+    head: [u8; 5],
+    have: usize,
+    left: usize,
+}
+
+impl Records {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                self.left = usize::from(u16::from_be_bytes([self.head[3], self.head[4]]));
+            }
+        }
+    }
+
+    /// No record is cut short.
+    fn whole(&self) -> bool {
+        self.have == 0 && self.left == 0
     }
 }
 

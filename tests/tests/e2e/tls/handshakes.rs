@@ -50,6 +50,17 @@ fn the_certificate_is_chosen_by_server_name_with_a_default_unless_names_are_requ
     assert_eq!(served(&gw, Some("unknown.test")).unwrap(), ["fallback.example.test"]);
     assert_eq!(served(&gw, None).unwrap(), ["fallback.example.test"], "no server name: the default");
 
+    // A request must name a host of the certificate its connection chose (else another site's
+    // client-certificate rule could be sidestepped).
+    let mut c =
+        Tls::connect(gw.tls.unwrap(), Some("api.example.test"), trusting(Arc::default(), None, &[&TLS13])).unwrap();
+    let (status, _, body) = c.get("/other", "shop.apps.example.test").unwrap();
+    assert_eq!(status, 421, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("misdirected_request"));
+    let mut c =
+        Tls::connect(gw.tls.unwrap(), Some("api.example.test"), trusting(Arc::default(), None, &[&TLS13])).unwrap();
+    assert_eq!(c.get("/same", "api.example.test").unwrap().0, 200, "its own host");
+
     // The origin hears the scheme the client used.
     assert_eq!(up.requests().last().unwrap().header("x-forwarded-proto"), Some("https"));
     let mut plain = ringway_tests::Client::connect(gw.addr);
