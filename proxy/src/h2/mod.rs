@@ -91,8 +91,6 @@ pub async fn serve(
         .max_send_buffer_size(256 * 1024);
     let mut state = State::Handshake(Box::pin(builder.handshake(PipeIo(pipe.clone()))));
     let open = Rc::new(Cell::new(0usize));
-    // Fired when the connection ends: its stream tasks stop.
-    let gone = Rc::new(crate::event::LocalEvent::default());
     // A stream that found the client misbehaving (a window kept shut) names it here.
     let offense: Rc<Cell<Option<&'static str>>> = Rc::default();
     let mut out = Vec::new();
@@ -144,16 +142,10 @@ pub async fn serve(
                     continue;
                 }
                 open.set(open.get() + 1);
-                let (w, open, tls, offense, gone) =
-                    (worker.clone(), open.clone(), tls.clone(), offense.clone(), gone.clone());
+                let (w, open, tls, offense) = (worker.clone(), open.clone(), tls.clone(), offense.clone());
                 monoio::spawn(async move {
-                    let served = crate::task::CatchPanic(serve_stream(&w, req, respond, (peer, trusted), tls, offense));
-                    // A stream of a connection that has ended is given up at once.
-                    let panicked = monoio::select! {
-                        r = served => r.is_err(),
-                        _ = gone.wait() => false,
-                    };
-                    if panicked {
+                    let served = serve_stream(&w, req, respond, (peer, trusted), tls, offense);
+                    if crate::task::CatchPanic(served).await.is_err() {
                         log::error!("worker {}: an HTTP/2 stream task panicked; its stream was reset", w.ctx.id);
                     }
                     open.set(open.get() - 1);
@@ -200,15 +192,19 @@ pub async fn serve(
         }
     }
     // The last of what h2 wrote (a GOAWAY) goes out; then the connection ends without
-    // destroying it (the client's unread bytes would make the kernel reset it). Streams still
-    // running end with the connection (their sends fail).
+    // destroying it (the client's unread bytes would make the kernel reset it).
     pipe.borrow_mut().take_outbound(&mut out);
     if !out.is_empty() {
         let _ = worker.write_client(&mut stream, out).await;
     }
     drop(state);
-    gone.fire();
     crate::io::linger(&mut stream).await;
+    // Streams still running end with the connection: their reads and writes to the client fail
+    // now, and what waits on an upstream ends within its timeouts. The connection holds its
+    // place (and its client's share of the connection caps) until they have.
+    while open.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls h2 for what the connection task must do next.
