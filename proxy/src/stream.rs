@@ -58,12 +58,6 @@ impl Stream {
             Stream::H2(_) => false,
         }
     }
-
-    /// Whether it carries TLS.
-    #[inline]
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
 }
 
 impl From<TcpStream> for Stream {

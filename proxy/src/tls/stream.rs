@@ -66,21 +66,8 @@ impl TlsStream {
                 self.send_pending().await?;
                 continue;
             }
-            match self.feed() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    // The alert rustls queued for the failure goes out first.
-                    let _ = self.send_pending().await;
-                    return Err(e);
-                }
-            }
-            if self.eof {
+            if !self.take_in().await? {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed during the handshake"));
-            }
-            if let Err(e) = self.receive().await {
-                let _ = self.send_pending().await;
-                return Err(e);
             }
         }
         // What the handshake left to send (the server's last flight, session tickets).
@@ -107,6 +94,21 @@ impl TlsStream {
             self.in_pos = 0;
         }
         Ok(took)
+    }
+
+    /// Hands received ciphertext to rustls, or reads more when none waits. A failure sends the
+    /// alert rustls queued for it first. `Ok(false)`: the peer's socket has ended.
+    async fn take_in(&mut self) -> io::Result<bool> {
+        let r = match self.feed() {
+            Ok(true) => return Ok(true),
+            Ok(false) if self.eof => return Ok(false),
+            Ok(false) => self.receive().await,
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            let _ = self.send_pending().await;
+        }
+        r.map(|()| true)
     }
 
     /// Reads more ciphertext from the socket; at its end, tells rustls.
@@ -168,20 +170,8 @@ impl TlsStream {
                 // Answers to the peer's control records (a key update) go before waiting.
                 self.send_pending().await?;
             }
-            match self.feed() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    let _ = self.send_pending().await;
-                    return Err(e);
-                }
-            }
-            if self.eof {
+            if !self.take_in().await? {
                 return Ok(0);
-            }
-            if let Err(e) = self.receive().await {
-                let _ = self.send_pending().await;
-                return Err(e);
             }
         }
     }
