@@ -22,6 +22,7 @@ pub mod conn;
 pub mod event;
 pub mod fetch;
 pub mod forward;
+pub mod grpc;
 pub mod h1;
 pub mod h2;
 pub mod introspect;

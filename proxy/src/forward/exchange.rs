@@ -43,6 +43,11 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
 pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
+    if plan.upstream.h2 {
+        if let Some(call) = conn.down.grpc_call() {
+            return super::grpc::pass(worker, conn, plan, out, call).await;
+        }
+    }
     let keep = send_and_relay(worker, conn, plan, out).await;
     conn.rec.bytes_in = conn.down.body_taken();
     keep

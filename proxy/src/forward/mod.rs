@@ -17,6 +17,7 @@ mod body;
 mod cached;
 mod exchange;
 mod finish;
+mod grpc;
 mod plan;
 mod spans;
 mod tunnel;

@@ -186,7 +186,8 @@ impl H2Up {
         Ok(data.len())
     }
 
-    async fn send_head(&mut self) -> io::Result<()> {
+    /// The request the head written so far makes, and how its body arrives.
+    fn request(&self) -> io::Result<(http::Request<()>, ReqBody)> {
         let bad = |m: &'static str| io::Error::new(io::ErrorKind::InvalidInput, m);
         let mut fields = [httparse::EMPTY_HEADER; crate::h1::head::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
@@ -215,22 +216,53 @@ impl H2Up {
         let scheme = if self.https { "https" } else { "http" };
         let uri = format!("{scheme}://{authority}{}", req.path.unwrap_or("/"));
         let request = builder.uri(uri).body(()).map_err(|_| bad("the request does not make an HTTP/2 request"))?;
-        self.body = match (chunked, length) {
+        let body = match (chunked, length) {
             (true, _) => ReqBody::Chunked(ChunkedDecoder::new(), Vec::new()),
             (false, Some(n)) if n > 0 => ReqBody::Length(n),
             _ => ReqBody::None,
         };
+        Ok((request, body))
+    }
+
+    /// Opens the stream with `request`'s head (ending it there when `end`).
+    async fn open(
+        &mut self,
+        request: http::Request<()>,
+        end: bool,
+    ) -> io::Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>)> {
         // The upstream's limit on concurrent streams holds the request here, for a while.
         match monoio::time::timeout(self.wait, std::future::poll_fn(|cx| self.send.poll_ready(cx))).await {
             Ok(r) => r.map_err(broken)?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no stream free on the upstream connection")),
         }
+        self.send.send_request(request, end).map_err(broken)
+    }
+
+    async fn send_head(&mut self) -> io::Result<()> {
+        let (request, body) = self.request()?;
+        self.body = body;
         let end = matches!(self.body, ReqBody::None);
-        let (response, stream) = self.send.send_request(request, end).map_err(broken)?;
+        let (response, stream) = self.open(request, end).await?;
         self.response = Some(response);
         self.stream = Some(stream);
         self.sent = true;
         Ok(())
+    }
+
+    /// Opens a gRPC call with the HTTP/1.1 request head `head` (the pipeline's upstream
+    /// request): its messages are the caller's to send on the stream returned, both ways at
+    /// once. `te: trailers` goes with it, as gRPC requires.
+    pub async fn open_call(
+        &mut self,
+        head: &[u8],
+        end: bool,
+    ) -> io::Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>)> {
+        self.head.clear();
+        self.head.extend_from_slice(head);
+        let (mut request, _) = self.request()?;
+        request.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
+        self.sent = true;
+        self.open(request, end).await
     }
 
     async fn body_bytes(&mut self, data: &[u8]) -> io::Result<()> {

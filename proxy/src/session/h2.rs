@@ -53,6 +53,26 @@ pub struct H2Stream {
     body: Body,
     /// Where a misbehaving client is reported to its connection.
     offense: std::rc::Rc<std::cell::Cell<Option<&'static str>>>,
+    /// A gRPC call (`content-type: application/grpc`): the gateway's own answers to it are gRPC
+    /// statuses.
+    grpc: Option<GrpcCall>,
+}
+
+/// What a gRPC call asked of the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcCall {
+    /// `grpc-timeout`: the call's deadline from when its head arrived.
+    pub deadline: Option<Instant>,
+}
+
+/// A stream's halves, for a relay that moves a call's messages both ways at once.
+pub struct Halves<'s> {
+    pub recv: &'s mut h2::RecvStream,
+    pub respond: &'s mut h2::server::SendResponse<Bytes>,
+    /// Body bytes already received (sent on before the rest).
+    pub received: Vec<u8>,
+    /// The client ended its half already.
+    pub ended: bool,
 }
 
 /// Fields that belong to one HTTP/1 connection and have no place in HTTP/2.
@@ -74,6 +94,18 @@ impl H2Stream {
         let length = encode_request_head(parts, ended, &mut rbuf);
         let head_len = rbuf.len();
         let body = Body { length, ended, done: ended, ..Body::default() };
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| crate::grpc::Kind::of_content_type(v.as_bytes()))
+            .filter(|k| *k == crate::grpc::Kind::Grpc)
+            .map(|_| GrpcCall {
+                deadline: parts
+                    .headers
+                    .get("grpc-timeout")
+                    .and_then(|v| crate::grpc::parse_timeout(v.as_bytes()))
+                    .map(|t| Instant::now() + t),
+            });
         let s = H2Stream {
             rbuf,
             recv,
@@ -88,6 +120,7 @@ impl H2Stream {
             head_only: false,
             body,
             offense,
+            grpc,
         };
         (s, head_len)
     }
@@ -103,6 +136,53 @@ impl H2Stream {
     pub(super) fn skip(&mut self, asked: Asked) {
         self.rbuf.clear();
         self.head_only = asked.head_only;
+    }
+
+    pub fn grpc(&self) -> Option<GrpcCall> {
+        self.grpc
+    }
+
+    /// The stream's halves, once the request's head was taken; the stream counts as answered
+    /// from here on (the relay ends it).
+    pub fn halves(&mut self) -> Halves<'_> {
+        self.ended = true;
+        Halves {
+            recv: &mut self.recv,
+            respond: &mut self.respond,
+            received: std::mem::take(&mut self.rbuf),
+            ended: self.body.ended,
+        }
+    }
+
+    /// A gRPC call answered by the gateway: trailers-only (HTTP 200 and the status in the
+    /// head of a stream that ends with it), with the reply's own fields (`retry-after`,
+    /// `www-authenticate`...).
+    pub(super) fn write_grpc_status(&mut self, code: u32, message: &str, fields: &[(String, String)], id: &[u8]) {
+        let mut resp = http::Response::new(());
+        let h = resp.headers_mut();
+        for (n, v) in fields {
+            if n.eq_ignore_ascii_case("content-type") || n.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) =
+                (HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v))
+            {
+                h.append(n, v);
+            }
+        }
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(m) = HeaderValue::from_str(&crate::grpc::encode_message(message)) {
+            h.insert("grpc-message", m);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(id) {
+            h.insert("x-request-id", v);
+        }
+        self.out.clear();
+        self.trailers = None;
+        self.to_come = Some(0);
+        self.ending = true;
+        self.head = Some(resp);
     }
 
     pub(super) fn body_done(&self) -> bool {

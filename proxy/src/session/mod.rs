@@ -90,6 +90,22 @@ impl Session {
         }
     }
 
+    /// The gRPC call this request is, on an HTTP/2 stream.
+    pub fn grpc_call(&self) -> Option<h2::GrpcCall> {
+        match self {
+            Session::H2(s) => s.grpc(),
+            Session::H1(_) => None,
+        }
+    }
+
+    /// The HTTP/2 stream's halves, for a relay that moves both directions at once.
+    pub fn h2_halves(&mut self) -> Option<h2::Halves<'_>> {
+        match self {
+            Session::H2(s) => Some(s.halves()),
+            Session::H1(_) => None,
+        }
+    }
+
     /// The connection's stream, for a tunnel that no longer speaks HTTP (`None`: a stream of
     /// a multiplexed connection).
     pub fn stream_mut(&mut self) -> Option<&mut crate::stream::Stream> {
@@ -288,6 +304,14 @@ impl Session {
         extras: Option<&ResponseExtras>,
         spares: &Spares,
     ) -> bool {
+        if let Session::H2(s) = self {
+            if s.grpc().is_some() {
+                let code = crate::grpc::code_of_http(reply.status);
+                let message = crate::grpc::message_of(&reply.body);
+                s.write_grpc_status(code, &message, &reply.headers, request_id);
+                return false;
+            }
+        }
         let mut headers = spares.headers();
         for (n, v) in &reply.headers {
             headers.push(n.as_str(), v.as_bytes());
