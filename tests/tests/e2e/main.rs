@@ -12,6 +12,7 @@ mod bodies;
 mod cache;
 mod consumers;
 mod framing;
+mod grpc;
 mod hardening;
 mod headers;
 mod http2;
