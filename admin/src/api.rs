@@ -13,7 +13,7 @@ use crate::http::{syntax_of, Request, Response};
 use crate::metrics::{self, MetricsSource};
 use crate::parse::{self, DocError, Syntax};
 use crate::state::{
-    spec_from_state, AdminState, ApiError, ResourceChange, CERTIFICATES, CONSUMERS, GLOBAL, ROUTES, UPSTREAMS,
+    spec_from_state, AdminState, ApiError, ResourceChange, CERTIFICATES, CONSUMERS, GLOBAL, PROTOS, ROUTES, UPSTREAMS,
 };
 
 /// What the API needs besides the state.
@@ -294,7 +294,7 @@ fn upstream_health(state: &mut AdminState, id: &str) -> Result<Response, ApiErro
 }
 
 fn is_kind(k: &str) -> bool {
-    k == UPSTREAMS || k == ROUTES || k == CONSUMERS || k == CERTIFICATES
+    k == UPSTREAMS || k == ROUTES || k == CONSUMERS || k == CERTIFICATES || k == PROTOS
 }
 
 fn status(state: &mut AdminState, ctx: &ApiContext) -> Response {
@@ -497,6 +497,7 @@ fn list(state: &AdminState, kind: &str) -> Response {
             .iter()
             .map(|(id, v)| json!({"id": id, "value": crate::certs::public(v)}))
             .collect(),
+        PROTOS => state.spec().protos.keys().map(|id| json!({"id": id, "value": proto_shown(state, id)})).collect(),
         _ => state
             .spec()
             .routes
@@ -513,6 +514,7 @@ fn stored(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
         UPSTREAMS => state.spec().upstreams.get(id).and_then(|v| serde_json::to_value(v).ok()),
         CONSUMERS => state.spec().consumers.get(id).and_then(|v| serde_json::to_value(v).ok()),
         CERTIFICATES => state.spec().certificates.get(id).and_then(|v| serde_json::to_value(v).ok()),
+        PROTOS => state.spec().protos.get(id).and_then(|v| serde_json::to_value(v).ok()),
         _ => state.spec().routes.get(id).and_then(|v| serde_json::to_value(v).ok()),
     }
 }
@@ -524,8 +526,26 @@ fn current(state: &AdminState, kind: &str, id: &str) -> Option<Value> {
         ROUTES => state.spec().routes.get(id).map(crate::secrets::public_route),
         CERTIFICATES => state.spec().certificates.get(id).map(crate::certs::public),
         UPSTREAMS => state.spec().upstreams.get(id).map(crate::certs::public_upstream),
+        PROTOS => state.spec().protos.contains_key(id).then(|| proto_shown(state, id)),
         _ => stored(state, kind, id),
     }
+}
+
+/// A proto as shown: the upload's form, what it compiled to (services, methods, HTTP
+/// bindings), and the routes that use it.
+fn proto_shown(state: &AdminState, id: &str) -> Value {
+    let spec = state.spec().protos.get(id);
+    let mut v = json!({
+        "form": if spec.is_some_and(|s| s.descriptor_set.is_some()) { "descriptor_set" } else { "files" },
+        "files": spec.map(|s| s.files.keys().collect::<Vec<_>>()).unwrap_or_default(),
+        "used_by": state.snapshot().proto_users(id).collect::<Vec<_>>(),
+    });
+    if let (Some(p), Value::Object(o)) = (state.snapshot().protos.get(id), &mut v) {
+        if let Value::Object(summary) = p.summary() {
+            o.extend(summary);
+        }
+    }
+    v
 }
 
 fn get_one(state: &AdminState, kind: &str, id: &str) -> Result<Response, ApiError> {
@@ -539,6 +559,7 @@ fn singular(kind: &str) -> &'static str {
         UPSTREAMS => "upstream",
         CONSUMERS => "consumer",
         CERTIFICATES => "certificate",
+        PROTOS => "proto",
         _ => "route",
     }
 }
@@ -605,6 +626,7 @@ fn put_one(state: &mut AdminState, kind: &str, id: &str, req: &Request, patch: b
                 .map_err(ApiError::invalid)?;
             ResourceChange::Certificate(id.to_string(), Some(Box::new(c)))
         }
+        PROTOS => ResourceChange::Proto(id.to_string(), Some(Box::new(typed(value, &prefix)?))),
         _ => {
             let mut r: ringway_proxy::config::RouteSpec = typed(value, &prefix)?;
             let old = state.spec().routes.get(id).map(|o| &o.policies);
@@ -644,6 +666,12 @@ fn delete_one(state: &mut AdminState, kind: &str, id: &str) -> Result<Response, 
         ResourceChange::Consumer(id.to_string(), None)
     } else if kind == CERTIFICATES {
         ResourceChange::Certificate(id.to_string(), None)
+    } else if kind == PROTOS {
+        let users: Vec<&str> = state.snapshot().proto_users(id).map(|s| s.as_str()).collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(409, "in_use", format!("proto {id:?} is used by route(s) {}", users.join(", "))));
+        }
+        ResourceChange::Proto(id.to_string(), None)
     } else {
         ResourceChange::Route(id.to_string(), None)
     };

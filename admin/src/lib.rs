@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod certs;
+pub mod changes;
 pub mod cli;
 pub mod error;
 mod gate;

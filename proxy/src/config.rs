@@ -45,6 +45,9 @@ pub struct ConfigSpec {
     /// The TLS listener's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsSettingsSpec>,
+    /// gRPC service descriptions by id, for transcoding routes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protos: BTreeMap<String, crate::grpc::proto::ProtoSpec>,
 }
 
 /// One upstream service: where requests go and how they are balanced.
@@ -295,6 +298,9 @@ pub struct RouteSpec {
     /// WebSocket upgrades: `true`, or `{idle_timeout: "5m"}` (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketSpec>,
+    /// HTTP/JSON calls turned into gRPC calls of a method of an uploaded proto (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_transcode: Option<crate::grpc::transcode::TranscodeSpec>,
 }
 
 /// A route's `websocket`.

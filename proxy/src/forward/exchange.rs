@@ -43,6 +43,9 @@ const EXPECT_WAIT: Duration = Duration::from_secs(1);
 /// Sends the request (head already in `out`) and relays the response. Returns whether the
 /// client connection may be reused.
 pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Plan<'_>, out: Vec<u8>) -> bool {
+    if plan.transcode.is_some() {
+        return super::transcode::run(worker, conn, plan, out).await;
+    }
     if plan.upstream.h2 {
         if let Some(call) = conn.down.grpc_call() {
             return super::grpc::pass(worker, conn, plan, out, call).await;

@@ -20,6 +20,7 @@ mod finish;
 mod grpc;
 mod plan;
 mod spans;
+mod transcode;
 mod tunnel;
 
 use self::cached::{serve_stored, Inflight, SentNames};
@@ -70,6 +71,8 @@ struct Plan<'g> {
     invalidate: Option<String>,
     /// A WebSocket upgrade the route allows: tunnelled once the upstream switches.
     websocket: bool,
+    /// The route transcodes HTTP/JSON to gRPC, with this proto.
+    transcode: Option<(&'g crate::grpc::transcode::Transcode, &'g crate::grpc::proto::Proto)>,
 }
 
 /// A cacheable request that goes upstream.

@@ -211,6 +211,7 @@ pub(super) fn prepare<'g>(
         cx,
         cache,
         websocket,
+        transcode: route.transcode.as_ref().and_then(|t| snapshot.protos.get(&t.proto).map(|p| (t, &**p))),
     })
 }
 

@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
+pub mod proto;
 pub mod relay;
+pub mod template;
+pub mod transcode;
 
 /// gRPC status codes the gateway produces (google.rpc.Code).
 pub mod code {
