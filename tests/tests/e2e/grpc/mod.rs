@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use ringway_tests::Gateway;
 use serde_json::Value;
 
+mod transcode;
+
 pub(crate) struct Origin {
     child: Child,
     pub port: u16,
