@@ -50,6 +50,9 @@ pub(super) async fn exchange(worker: &Rc<Worker>, conn: &mut Conn, plan: &mut Pl
         if let Some(call) = conn.down.grpc_call() {
             return super::grpc::pass(worker, conn, plan, out, call).await;
         }
+        if let Some(kind) = super::grpc_web::kind_of(&out) {
+            return super::grpc_web::run(worker, conn, plan, out, kind).await;
+        }
     }
     let keep = send_and_relay(worker, conn, plan, out).await;
     conn.rec.bytes_in = conn.down.body_taken();

@@ -18,6 +18,7 @@ mod cached;
 mod exchange;
 mod finish;
 mod grpc;
+mod grpc_web;
 mod plan;
 mod spans;
 mod transcode;

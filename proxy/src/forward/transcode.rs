@@ -302,7 +302,7 @@ fn grpc_head(resolved: &Resolved, t: &Transcode, out: &[u8]) -> Vec<u8> {
     head
 }
 
-async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(super) async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let n = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -316,7 +316,11 @@ async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(
 }
 
 /// Reads the request body whole, within the route's limit. `Err(None)`: the client went away.
-async fn read_body(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>) -> Result<Vec<u8>, Option<ProxyError>> {
+pub(super) async fn read_body(
+    worker: &Worker,
+    conn: &mut Conn,
+    plan: &Plan<'_>,
+) -> Result<Vec<u8>, Option<ProxyError>> {
     let cap = plan.max_body.unwrap_or(DEFAULT_MAX_BODY);
     let mut body = Vec::new();
     loop {
@@ -340,7 +344,7 @@ async fn read_body(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>) -> Result<
 }
 
 /// Answers with a whole reply through the route's response policies.
-async fn answer(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, reply: Reply) -> bool {
+pub(super) async fn answer(worker: &Worker, conn: &mut Conn, plan: &Plan<'_>, reply: Reply) -> bool {
     conn.rec.status = reply.status;
     conn.rec.bytes_out = if plan.is_head { 0 } else { reply.body.len() as u64 };
     let close = !(plan.keep_alive && conn.down.body_done()) || worker.draining.get();

@@ -10,6 +10,7 @@ use ringway_tests::Gateway;
 use serde_json::Value;
 
 mod transcode;
+mod web;
 
 pub(crate) struct Origin {
     child: Child,
