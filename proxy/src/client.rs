@@ -62,6 +62,9 @@ async fn probe_once(addr: SocketAddr, a: &Active) -> Result<(), String> {
     if a.tcp {
         return Ok(());
     }
+    if let Some(service) = &a.grpc {
+        return crate::h2::client::health_check(s, addr, a.tls.is_some(), service).await;
+    }
     let host = a.host.clone().unwrap_or_else(|| addr.to_string());
     let head = RequestHead {
         method: "GET",

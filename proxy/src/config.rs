@@ -146,9 +146,13 @@ pub struct HealthChecksSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveSpec {
-    /// `http` (the default) or `tcp` (a connection is enough).
+    /// `http` (the default), `tcp` (a connection is enough) or `grpc` (the gRPC health checking
+    /// protocol, `grpc.health.v1.Health/Check`, over HTTP/2: SERVING is healthy).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// For `grpc`: the service asked about (default `""`: the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

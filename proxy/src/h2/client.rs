@@ -57,6 +57,64 @@ pub async fn stream(worker: &Rc<Worker>, addr: SocketAddr, upstream: &Upstream) 
     Ok(Stream::H2(Box::new(H2Up::new(send, open, https, upstream.idle_timeout))))
 }
 
+/// One gRPC health check (`grpc.health.v1.Health/Check` of `service`) on a connection of its
+/// own, made by the health thread's probe: healthy when the call succeeds and the answer is
+/// SERVING.
+pub async fn health_check(s: Stream, addr: SocketAddr, https: bool, service: &str) -> Result<(), String> {
+    if let Stream::Tls(t) = &s {
+        if t.connection().alpn_protocol() != Some(b"h2") {
+            return Err("the target did not agree to HTTP/2 (ALPN)".into());
+        }
+    }
+    let pipe = Rc::new(RefCell::new(Pipe::default()));
+    let (mut send, connection) =
+        h2::client::handshake(PipeIo(pipe.clone())).await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    monoio::spawn(drive(s, pipe, connection, Rc::new(Cell::new(true)), Duration::from_secs(5)));
+    let scheme = if https { "https" } else { "http" };
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{scheme}://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "ringway-health")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    // HealthCheckRequest { string service = 1; }, framed.
+    let mut message = Vec::with_capacity(service.len() + 2);
+    if !service.is_empty() {
+        message.push(0x0a);
+        prost::encoding::encode_varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut body = Vec::with_capacity(message.len() + 5);
+    crate::grpc::frame(&mut body, &message, 0);
+    std::future::poll_fn(|cx| send.poll_ready(cx)).await.map_err(|e| e.to_string())?;
+    let (response, mut stream) = send.send_request(request, false).map_err(|e| e.to_string())?;
+    stream.send_data(Bytes::from(body), true).map_err(|e| e.to_string())?;
+    let (parts, mut recv) = response.await.map_err(|e| format!("the call failed: {e}"))?.into_parts();
+    let mut data = Vec::new();
+    while let Some(d) = recv.data().await {
+        let d = d.map_err(|e| format!("the call failed: {e}"))?;
+        let _ = recv.flow_control().release_capacity(d.len());
+        data.extend_from_slice(&d);
+    }
+    let trailers = recv.trailers().await.map_err(|e| e.to_string())?.unwrap_or(parts.headers);
+    let status = trailers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if status != "0" {
+        let message =
+            trailers.get("grpc-message").map(|m| crate::grpc::decode_message(m.as_bytes())).unwrap_or_default();
+        return Err(format!("grpc-status {status} {message}").trim_end().to_string());
+    }
+    // HealthCheckResponse { ServingStatus status = 1; }: 1 is SERVING.
+    let mut pos = 0;
+    let answer = crate::grpc::next_frame(&data, &mut pos, 1024).ok().flatten().map(|(_, m)| m.to_vec());
+    match answer.as_deref() {
+        Some([0x08, 1]) => Ok(()),
+        Some([0x08, n]) => Err(format!("the service is not serving (status {n})")),
+        _ => Err("the service is not serving (status 0, UNKNOWN)".into()),
+    }
+}
+
 /// Moves the connection's bytes between the socket and h2 until either ends.
 async fn drive(
     mut stream: Stream,

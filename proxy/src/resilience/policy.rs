@@ -66,6 +66,8 @@ pub struct Passive {
 pub struct Active {
     /// A connection is enough (`tcp`), or an HTTP answer with an expected status.
     pub tcp: bool,
+    /// A gRPC health check of this service instead (`grpc`).
+    pub grpc: Option<String>,
     pub path: String,
     pub host: Option<String>,
     pub expect_status: Statuses,
@@ -237,14 +239,18 @@ fn compile_passive(p: &PassiveSpec, upstream: &str, errors: &mut ConfigErrors) -
 
 fn compile_active(a: &ActiveSpec, upstream: &str, errors: &mut ConfigErrors) -> Active {
     let path = format!("{upstream}.health_checks.active");
-    let tcp = match a.kind.as_deref() {
-        None | Some("http") => false,
-        Some("tcp") => true,
+    let (tcp, grpc) = match a.kind.as_deref() {
+        None | Some("http") => (false, None),
+        Some("tcp") => (true, None),
+        Some("grpc") => (false, Some(a.service.clone().unwrap_or_default())),
         Some(other) => {
-            errors.push(format!("{path}.type"), format!("{other:?}: expected \"http\" or \"tcp\""));
-            false
+            errors.push(format!("{path}.type"), format!("{other:?}: expected \"http\", \"tcp\" or \"grpc\""));
+            (false, None)
         }
     };
+    if a.service.is_some() && grpc.is_none() {
+        errors.push(format!("{path}.service"), "only a grpc check asks about a service");
+    }
     let probe_path = a.path.clone().unwrap_or_else(|| "/".into());
     if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         errors.push(format!("{path}.path"), format!("{probe_path:?}: expected an absolute path without spaces"));
@@ -267,6 +273,7 @@ fn compile_active(a: &ActiveSpec, upstream: &str, errors: &mut ConfigErrors) -> 
     }
     Active {
         tcp,
+        grpc,
         path: probe_path,
         host: a.host.clone(),
         expect_status: Statuses::of(&expect),

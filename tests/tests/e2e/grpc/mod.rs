@@ -161,3 +161,54 @@ fn the_gateways_own_answers_to_a_call_are_grpc_statuses() {
     let fine = raw(gw.addr, "/demo.v1.Echo/Slow", "00000000020864", &["grpc-timeout=5S"]);
     assert_eq!(fine["trailers"]["grpc-status"], "0", "within its deadline: {fine}");
 }
+
+/// Upstream `u`'s targets and their states, from its health report.
+fn target_state(gw: &Gateway) -> (String, Value) {
+    let r = gw.admin("GET", "/admin/v1/upstreams/u/health", None).json();
+    let t = &r["targets"][0];
+    (t["state"].as_str().unwrap_or("").to_string(), r.clone())
+}
+
+#[test]
+fn the_grpc_health_checking_protocol_takes_a_target_out_and_back() {
+    let o = origin();
+    let cfg = format!(
+        "upstreams:\n  u:\n    protocol: h2c\n    targets:\n      - addr: \"127.0.0.1:{}\"\n    health_checks: {{active: {{type: grpc, service: demo.v1.Echo, interval: 100ms, timeout: 80ms, healthy_after: 1, unhealthy_after: 2}}}}\nroutes:\n  echo:\n    paths: [\"/demo.v1.Echo/*\"]\n    upstream: u\n",
+        o.port
+    );
+    let gw = Gateway::start(&cfg);
+    let wait = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (state, report) = target_state(&gw);
+            if state == want {
+                return report;
+            }
+            assert!(std::time::Instant::now() < deadline, "not {want}: {report}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    wait("healthy");
+    let origin_addr: std::net::SocketAddr = format!("127.0.0.1:{}", o.port).parse().unwrap();
+    // The origin answers NOT_SERVING (2) from now on.
+    raw(origin_addr, "/test.Control/SetHealth", "00000000020802", &[]);
+    let report = wait("unhealthy");
+    assert!(report.to_string().contains("not serving (status 2)"), "the reason is kept: {report}");
+    let refused = raw(gw.addr, "/demo.v1.Echo/Ping", "0000000000", &[]);
+    assert_eq!(refused["head"]["grpc-status"], "14", "no healthy target: UNAVAILABLE: {refused}");
+    raw(origin_addr, "/test.Control/SetHealth", "00000000020801", &[]);
+    wait("healthy");
+    assert_eq!(call(gw.addr, &o, "unary", "")["code"], "OK");
+
+    // `service` belongs to grpc checks only.
+    let bad = gw.admin(
+        "PUT",
+        "/admin/v1/upstreams/x",
+        Some(
+            r#"{"targets": [{"addr": "127.0.0.1:1"}], "health_checks": {"active": {"type": "http", "service": "a"}}}"#,
+        ),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("upstreams.x.health_checks.active.service"), "{}", bad.text());
+}
