@@ -7,6 +7,7 @@ mod compare;
 mod config_files;
 mod conn;
 mod contender;
+mod grpc_origin;
 mod http;
 mod identity;
 mod idle;
@@ -37,6 +38,8 @@ struct Cli {
 enum Command {
     /// Serve a fixed response to every request until killed.
     Origin(origin::OriginArgs),
+    /// Serve a fixed gRPC answer to every call (HTTP/2 with prior knowledge) until killed.
+    GrpcOrigin(grpc_origin::GrpcOriginArgs),
     /// Generate HTTP/1.1 load against a URL and report throughput and latency.
     Load(load::LoadArgs),
     /// Race ringway against nginx, HAProxy and direct-to-origin, one core for the proxy.
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Origin(args) => origin::run(&args),
+        Command::GrpcOrigin(args) => grpc_origin::run(&args),
         Command::Load(args) => {
             let report = load::run(&args)?;
             if args.json {
