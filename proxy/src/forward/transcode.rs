@@ -170,13 +170,10 @@ async fn call(
                     if buf.len() > MAX_ANSWER && !streaming {
                         break None;
                     }
-                    loop {
-                        match next_frame(&buf, &mut pos, MAX_ANSWER) {
-                            Ok(Some((_, m))) => match response_json(&resolved.method, binding, m, &opts) {
-                                Ok(j) => messages.push(j),
-                                Err(_) => break,
-                            },
-                            _ => break,
+                    while let Ok(Some((_, m))) = next_frame(&buf, &mut pos, MAX_ANSWER) {
+                        match response_json(&resolved.method, binding, m, &opts) {
+                            Ok(j) => messages.push(j),
+                            Err(_) => break,
                         }
                     }
                     buf.drain(..pos);
