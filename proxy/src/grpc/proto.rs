@@ -45,7 +45,7 @@ pub struct Binding {
     pub method: MethodDescriptor,
     /// The HTTP method, upper-case (`GET`, ... or a custom rule's kind).
     pub verb: String,
-    pub template: Template,
+    pub template: Arc<Template>,
     /// Each variable's field, in the order of the template's variables.
     pub vars: Vec<Vec<FieldDescriptor>>,
     pub body: Body,
@@ -229,19 +229,33 @@ fn add_rule(
     }
     let Some((verb, path)) = pattern else { return Err("an http rule without a pattern".into()) };
     let template = Template::parse(&path).map_err(|e| format!("path {path:?}: {e}"))?;
+    let b = binding(method, verb, Arc::new(template), &text(rule, "body"), &text(rule, "response_body"))?;
+    list.push(Arc::new(b));
+    Ok(())
+}
+
+/// One binding of `method`: the template's variables and the body and response fields named
+/// as an `HttpRule` names them (`body` empty: none, `*`: the whole message).
+pub fn binding(
+    method: &MethodDescriptor,
+    verb: String,
+    template: Arc<Template>,
+    body: &str,
+    response_body: &str,
+) -> Result<Binding, String> {
     let input = method.input();
-    let mut vars = Vec::new();
+    let mut vars = Vec::with_capacity(template.vars.len());
     for v in &template.vars {
-        vars.push(field_path(&input, &v.field).map_err(|e| format!("path {path:?}: {e}"))?);
+        vars.push(field_path(&input, &v.field).map_err(|e| format!("path {:?}: {e}", template.to_string()))?);
     }
-    let body = match text(rule, "body").as_str() {
+    let body = match body {
         "" => Body::None,
         "*" => Body::Whole,
         f => Body::Field(
             input.get_field_by_name(f).ok_or_else(|| format!("body {f:?} is no field of {}", input.full_name()))?,
         ),
     };
-    let response_body = match text(rule, "response_body").as_str() {
+    let response_body = match response_body {
         "" => None,
         f => Some(
             method
@@ -250,8 +264,7 @@ fn add_rule(
                 .ok_or_else(|| format!("response_body {f:?} is no field of {}", method.output().full_name()))?,
         ),
     };
-    list.push(Arc::new(Binding { method: method.clone(), verb, template, vars, body, response_body }));
-    Ok(())
+    Ok(Binding { method: method.clone(), verb, template, vars, body, response_body })
 }
 
 /// The fields a dotted path names, from `message` down; every step but the last a message.

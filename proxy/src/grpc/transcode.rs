@@ -17,7 +17,8 @@ use prost_reflect::{
 use ringway_policy::ConfigErrors;
 use serde::{Deserialize, Serialize};
 
-use super::proto::{field_path, Binding, Body, Proto};
+use super::proto::{self, field_path, Binding, Body, Proto};
+use super::template::Template;
 
 /// `grpc_transcode` on a route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -49,6 +50,37 @@ pub struct TranscodeSpec {
     /// Request header fields passed to the upstream as metadata.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata_headers: Vec<String>,
+    /// With `method`: how the request makes the message, as a `google.api.http` rule would
+    /// say it (default: the whole body is the message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRuleSpec>,
+}
+
+/// An explicit mapping of a route's requests onto its method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRuleSpec {
+    /// A path template (`/v1/items/{id}`); its variables fill the fields they name.
+    pub path: String,
+    /// `*` (the whole message is the body, the default), a field's name (that field is the
+    /// body, the query string fills the others) or `""` (no body: the query string fills all).
+    #[serde(default = "star")]
+    pub body: String,
+    /// A field of the response message to answer with instead of the whole message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub response_body: String,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+/// A compiled [`HttpRuleSpec`].
+#[derive(Debug)]
+pub struct Rule {
+    pub template: Arc<Template>,
+    pub body: String,
+    pub response_body: String,
 }
 
 /// A route's compiled `grpc_transcode`.
@@ -63,6 +95,7 @@ pub struct Transcode {
     pub proto_names: bool,
     /// Lower-case.
     pub metadata_headers: Vec<String>,
+    pub rule: Option<Rule>,
 }
 
 impl Transcode {
@@ -95,6 +128,20 @@ impl Transcode {
                 errors.push(format!("{at}.metadata_headers[{i}]"), format!("{h:?} cannot be passed as metadata"));
             }
         }
+        let rule = spec.http.as_ref().and_then(|h| {
+            if spec.method.is_none() {
+                errors.push(format!("{at}.http"), "an explicit mapping goes with method");
+            }
+            match Template::parse(&h.path) {
+                Ok(t) => {
+                    Some(Rule { template: Arc::new(t), body: h.body.clone(), response_body: h.response_body.clone() })
+                }
+                Err(e) => {
+                    errors.push(format!("{at}.http.path"), format!("{:?}: {e}", h.path));
+                    None
+                }
+            }
+        });
         (errors.0.len() == before).then(|| Transcode {
             proto: spec.proto.clone(),
             service: spec.service.clone(),
@@ -104,6 +151,7 @@ impl Transcode {
             emit_defaults: spec.emit_defaults,
             proto_names: spec.proto_names,
             metadata_headers: spec.metadata_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            rule,
         })
     }
 
@@ -117,7 +165,10 @@ impl Transcode {
             Some(name) => match service.methods().find(|m| m.name() == name) {
                 None => Err(format!("service {} has no method {name:?}", self.service)),
                 Some(m) if unusable(&m) => Err(format!("{name} takes a stream of messages: JSON cannot call it")),
-                Some(_) => Ok(()),
+                Some(m) => match &self.rule {
+                    Some(r) => self.bind(&m, r).map(|_| ()).map_err(|e| format!("http: {e}")),
+                    None => Ok(()),
+                },
             },
             None => match proto.bindings.get(&self.service) {
                 Some(b) if b.iter().any(|b| !unusable(&b.method)) => Ok(()),
@@ -131,7 +182,11 @@ impl Transcode {
     pub fn resolve(&self, proto: &Proto, verb: &str, path: &str) -> Option<Resolved> {
         if let Some(name) = &self.method {
             let method = proto.method(&self.service, name)?;
-            return Some(Resolved { method, binding: None, values: Vec::new() });
+            let Some(rule) = &self.rule else { return Some(Resolved { method, binding: None, values: Vec::new() }) };
+            let values = rule.template.matches(path)?;
+            // Built per call against the proto as it stands (checked when either was written).
+            let binding = Arc::new(self.bind(&method, rule).ok()?);
+            return Some(Resolved { method, binding: Some(binding), values });
         }
         let mut best: Option<(usize, &Arc<Binding>, Vec<String>)> = None;
         for b in proto.bindings.get(&self.service)? {
@@ -146,6 +201,12 @@ impl Transcode {
             }
         }
         best.map(|(_, b, values)| Resolved { method: b.method.clone(), binding: Some(b.clone()), values })
+    }
+}
+
+impl Transcode {
+    fn bind(&self, method: &MethodDescriptor, rule: &Rule) -> Result<Binding, String> {
+        proto::binding(method, String::new(), rule.template.clone(), &rule.body, &rule.response_body)
     }
 }
 

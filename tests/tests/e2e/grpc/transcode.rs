@@ -44,6 +44,12 @@ fn published(o: &Origin) -> Gateway {
             "grpc_transcode": {"proto": "demo", "service": "demo.v1.Echo", "method": "Get", "unknown_fields": "ignore"}}),
         ),
         (
+            "explicit",
+            json!({"paths": ["/things/*"], "upstream": "g",
+            "grpc_transcode": {"proto": "demo", "service": "demo.v1.Echo", "method": "Create",
+                               "http": {"path": "/things/{shelf}/new", "body": "item"}}}),
+        ),
+        (
             "lines",
             json!({"paths": ["/lines"], "upstream": "g",
             "grpc_transcode": {"proto": "demo", "service": "demo.v1.Echo", "method": "List", "stream": "ndjson"}}),
@@ -140,6 +146,16 @@ fn protos_are_checked_at_write_and_routes_only_publish_methods_they_have() {
         (json!({"proto": "demo", "service": "demo.v1.Echo"}), "g", "either method"),
         (json!({"proto": "demo", "service": "demo.v1.Echo", "method": "Get", "stream": "xml"}), "g", "array or ndjson"),
         (json!({"proto": "demo", "service": "demo.v1.Echo", "method": "Get"}), "plain", "protocol h2c or h2"),
+        (
+            json!({"proto": "demo", "service": "demo.v1.Echo", "method": "Get", "http": {"path": "/x/{colour}"}}),
+            "g",
+            "has no field \\\"colour\\\"",
+        ),
+        (
+            json!({"proto": "demo", "service": "demo.v1.Echo", "method": "Get", "http": {"path": "x/{id}"}}),
+            "g",
+            "starts with '/'",
+        ),
     ] {
         let r = put(&gw, "/admin/v1/routes/x", &route(t.clone(), up));
         assert_eq!(r.status, 400, "{t}");
@@ -204,6 +220,11 @@ fn json_calls_map_onto_methods_by_their_bindings_and_back() {
     let v = r.json();
     assert_eq!((v["display_name"].as_str(), v["shelf"].as_str()), (Some("shown"), Some("")), "{v}");
     assert!(v.get("label").is_none());
+
+    // An explicit mapping on the route: a path variable, a body field, the query for the rest.
+    let r = c.request("POST", "/things/s7/new?request_id=r1", &[], br#"{"title": "e"}"#);
+    assert_eq!(r.json(), json!({"id": "new-r1", "shelf": "s7", "title": "e"}), "{}", r.text());
+    assert_eq!(Client::connect(gw.addr).request("POST", "/things/s7/old", &[], b"{}").status, 404);
 
     // Server streaming: a JSON array, or NDJSON.
     let r = c.get("/v1/shelves/s3/items?count=3");
