@@ -19,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 mod page;
 pub mod parse;
+mod resources;
 pub mod secret_box;
 pub mod secrets;
 pub mod serve;

@@ -173,6 +173,21 @@ impl Gateway {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Whether the log comes to hold `needle` within five seconds (its lines are read from the
+    /// process's pipes by threads of their own, so a line written just now may not be there yet).
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Resident memory in KiB.
     /// Whether any file of the configuration store (its directory, recursively) holds `needle`.
     pub fn store_holds(&self, needle: &[u8]) -> bool {

@@ -203,7 +203,7 @@ fn config_file_seeds_an_empty_store_and_restarts_serve_the_stored_revision() {
     gw.keep_dir = true;
     assert_eq!(Client::connect(gw.addr).get("/").text(), "a GET /");
     assert_eq!(Client::connect(gw.addr).get("/extra").text(), "a GET /extra");
-    assert!(gw.log().contains("--replace-config"));
+    assert!(gw.logged("--replace-config"));
     drop(gw);
     // ...unless asked to.
     let gw = Gateway::start_in(dir, Some(&file(&b)), &default_driver(), &["--replace-config"]).unwrap();
