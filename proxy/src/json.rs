@@ -4,7 +4,28 @@ use crate::record::push_hex;
 
 /// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
 /// ASCII are escaped, so any input gives valid JSON.
+#[inline]
 pub fn push_str(out: &mut Vec<u8>, v: &[u8]) {
+    if is_plain(v) {
+        // The common case (ids, methods, hosts, paths): one copy between the quotes.
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v);
+        out.push(b'"');
+    } else {
+        push_escaped(out, v);
+    }
+}
+
+/// Whether `v` goes into a JSON string as it is. Every byte is looked at (no early exit), so
+/// the check runs many bytes per step.
+#[inline]
+fn is_plain(v: &[u8]) -> bool {
+    v.iter().fold(0u8, |bad, &b| bad | u8::from((b < 0x20) | (b > 0x7e) | (b == b'"') | (b == b'\\'))) == 0
+}
+
+#[cold]
+fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
     let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
     out.push(b'"');
     let mut rest = v;
