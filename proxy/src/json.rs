@@ -21,7 +21,7 @@ pub fn push_str(out: &mut Vec<u8>, v: &[u8]) {
 /// the check runs many bytes per step.
 #[inline]
 fn is_plain(v: &[u8]) -> bool {
-    v.iter().fold(0u8, |bad, &b| bad | u8::from((b < 0x20) | (b > 0x7e) | (b == b'"') | (b == b'\\'))) == 0
+    v.iter().fold(0u8, |bad, &b| bad | u8::from(!(0x20..=0x7e).contains(&b) | (b == b'"') | (b == b'\\'))) == 0
 }
 
 #[cold]
