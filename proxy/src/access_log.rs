@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::json::push_str;
 use crate::metrics::WorkerGauges;
-use crate::record::{Record, HEX};
+use crate::record::{push_hex, Record};
 use crate::shipping::{Shipper, Shipping, ShippingCounts};
 
 /// Where access-log lines go.
@@ -373,13 +373,8 @@ fn push_addr(out: &mut Vec<u8>, ip: IpAddr, port: Option<u16>) {
     out.push(b'"');
 }
 
-#[inline]
 fn push_u64(out: &mut Vec<u8>, v: u64) {
-    if v < 10 {
-        out.push(b'0' + v as u8);
-    } else {
-        crate::h1::write::push_dec(out, v);
-    }
+    crate::h1::write::push_dec(out, v);
 }
 
 /// Milliseconds with three decimals.
@@ -544,13 +539,9 @@ impl Entry<'_> {
         if r.trace.trace_id == [0; 16] {
             out.extend_from_slice(b"null");
         } else {
-            // Quoted hex, written whole on the stack and copied once.
-            let mut id = [b'"'; 34];
-            for (i, b) in r.trace.trace_id.iter().enumerate() {
-                id[1 + 2 * i] = HEX[usize::from(b >> 4)];
-                id[2 + 2 * i] = HEX[usize::from(b & 15)];
-            }
-            out.extend_from_slice(&id);
+            out.push(b'"');
+            push_hex(out, &r.trace.trace_id);
+            out.push(b'"');
         }
         out.extend_from_slice(b",\"client_ip\":");
         match r.client_ip {

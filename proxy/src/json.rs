@@ -21,17 +21,22 @@ pub fn push_str(out: &mut Vec<u8>, v: &[u8]) {
 /// the check runs many bytes per step.
 #[inline]
 fn is_plain(v: &[u8]) -> bool {
-    v.iter().fold(0u8, |bad, &b| bad | u8::from(!(0x20..=0x7e).contains(&b) | (b == b'"') | (b == b'\\'))) == 0
+    v.iter().fold(0u8, |bad, &b| bad | u8::from(!plain(b))) == 0
+}
+
+/// A byte a JSON string holds as it is: printable ASCII but the quote and the backslash.
+#[inline]
+fn plain(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) & (b != b'"') & (b != b'\\')
 }
 
 #[cold]
 fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
-    let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
     out.push(b'"');
     let mut rest = v;
     // Runs of plain bytes are copied whole; only the rare byte that needs escaping is written
     // on its own.
-    while let Some(i) = rest.iter().position(|b| !plain(b)) {
+    while let Some(i) = rest.iter().position(|&b| !plain(b)) {
         out.extend_from_slice(&rest[..i]);
         match rest[i] {
             b'"' => out.extend_from_slice(b"\\\""),

@@ -188,7 +188,6 @@ impl Gateway {
         }
     }
 
-    /// Resident memory in KiB.
     /// Whether any file of the configuration store (its directory, recursively) holds `needle`.
     pub fn store_holds(&self, needle: &[u8]) -> bool {
         let mut dirs = vec![self.dir.join("data")];
@@ -205,6 +204,7 @@ impl Gateway {
         false
     }
 
+    /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status

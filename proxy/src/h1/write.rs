@@ -85,6 +85,10 @@ pub fn push_hex(out: &mut Vec<u8>, n: u64) {
 
 /// Appends `n` in decimal.
 pub fn push_dec(out: &mut Vec<u8>, n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut tmp = [0u8; 20];
     out.extend_from_slice(format_dec(n, &mut tmp));
 }
