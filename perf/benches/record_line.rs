@@ -1,5 +1,5 @@
 //! What one access-log record costs the worker that makes it: a small GET's record formatted as
-//! a JSON line (`Entry::write_json`), and formatted and queued on a worker's ring
+//! a JSON line (`Entry::write_json`), and formatted into a worker's block of lines and queued
 //! (`LogQueue::push`, the log thread draining it).
 //!
 //!     cargo bench -p ringway-perf --bench record_line
@@ -69,7 +69,7 @@ fn main() {
     println!("format: {format:.1} ns per record");
 
     // The log on, writing to /dev/null: the worker's side is what is timed (the log thread
-    // drains the ring on the other core meanwhile).
+    // drains the queue on the other core meanwhile).
     let (mut log, queues) = AccessLog::start(1, 1 << 22).expect("the log thread starts");
     log.set(ringway_proxy::access_log::Destination::parse("/dev/null").expect("a destination")).expect("opens");
     let gauges = WorkerGauges::default();

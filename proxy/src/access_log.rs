@@ -1,9 +1,12 @@
-//! JSON access logs: each worker formats one line per request into its own bounded ring
-//! (wait-free, single producer, single consumer); the log thread drains every ring into a file
-//! or stdout. A worker never blocks and never writes a file: when its ring is full the line is
-//! dropped and counted. The file is reopened on request (SIGHUP, the logrotate convention).
+//! JSON access logs: each worker formats one line per request straight into its current block
+//! (a buffer of whole lines) and hands full blocks to the log thread over its own bounded queue
+//! (wait-free, single producer, single consumer); the log thread writes the blocks to a file or
+//! stdout and passes them on to the shipper, without copying a line. A worker never blocks and
+//! never writes a file: when its queue is full the block's lines are dropped and counted. The
+//! file is reopened on request (SIGHUP, the logrotate convention).
 //!
-//! The worker side is on the hot path: no allocation per line (one buffer is reused), no lock.
+//! The worker side is on the hot path: no lock, no copy of a line, one allocation per block
+//! (some hundred lines).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -45,11 +48,31 @@ impl Destination {
     }
 }
 
-/// A worker's end of its log ring.
+/// Whole lines, each ending with a newline, in the order a worker wrote them.
+pub struct Block {
+    pub data: Vec<u8>,
+    pub lines: usize,
+}
+
+/// Room kept at the end of a block for the next line: a block is handed over before a line
+/// could make its buffer grow (a copy).
+const LINE_ROOM: usize = 2048;
+
+/// A worker's end of its log queue.
 pub struct LogQueue {
-    ring: RefCell<rtrb::Producer<u8>>,
-    line: RefCell<Vec<u8>>,
+    /// The block being filled.
+    block: RefCell<Block>,
+    full: RefCell<rtrb::Producer<Block>>,
+    block_bytes: usize,
     enabled: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+}
+
+/// How a worker wakes the log thread (its queue a quarter full).
+struct Wake {
+    /// Set by the log thread while it sleeps (or is about to).
+    parked: Arc<AtomicBool>,
+    thread: std::thread::Thread,
 }
 
 impl LogQueue {
@@ -59,22 +82,42 @@ impl LogQueue {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Formats and queues one line; counts it as dropped when the ring has no room.
+    /// Formats one line into the current block; hands the block over when it is full.
     pub fn push(&self, entry: &Entry<'_>, gauges: &WorkerGauges) {
-        let mut line = self.line.borrow_mut();
-        line.clear();
-        entry.write_json(&mut line);
-        let mut ring = self.ring.borrow_mut();
-        let Ok(mut chunk) = ring.write_chunk(line.len()) else {
-            gauges.log_dropped.add(1);
+        let mut b = self.block.borrow_mut();
+        entry.write_json(&mut b.data);
+        b.lines += 1;
+        if b.data.len() + LINE_ROOM > self.block_bytes {
+            self.hand_over(&mut b, gauges);
+        }
+    }
+
+    /// Hands over the lines of the current block, if any: the worker's timer calls it, so the
+    /// lines of a quiet worker do not wait for a full block.
+    pub fn flush(&self, gauges: &WorkerGauges) {
+        let mut b = self.block.borrow_mut();
+        if b.lines > 0 {
+            self.hand_over(&mut b, gauges);
+        }
+    }
+
+    fn hand_over(&self, b: &mut Block, gauges: &WorkerGauges) {
+        let lines = b.lines as u64;
+        let mut full = self.full.borrow_mut();
+        if full.is_full() {
+            // The log thread is behind: these lines are dropped and counted; the buffer stays.
+            gauges.log_dropped.add(lines);
+            b.data.clear();
+            b.lines = 0;
             return;
-        };
-        let (a, b) = chunk.as_mut_slices();
-        let split = a.len();
-        a.copy_from_slice(&line[..split]);
-        b.copy_from_slice(&line[split..]);
-        chunk.commit_all();
-        gauges.log_queued.add(1);
+        }
+        let next = Block { data: Vec::with_capacity(self.block_bytes), lines: 0 };
+        let _ = full.push(std::mem::replace(b, next));
+        gauges.log_queued.add(lines);
+        // A queue a quarter full wakes the log thread (a syscall only when it sleeps).
+        if full.slots() * 4 <= full.buffer().capacity() * 3 && self.wake.parked.swap(false, Ordering::SeqCst) {
+            self.wake.thread.unpark();
+        }
     }
 }
 
@@ -101,33 +144,50 @@ pub struct AccessLog {
     pub shipped: Arc<ShippingCounts>,
 }
 
-/// How often the log thread looks at the rings when they held little.
-const POLL: Duration = Duration::from_millis(10);
+/// How long the log thread sleeps at most: a worker whose queue is a quarter full wakes it
+/// sooner, as do orders and a batch due to the shipper. Every wakeup costs (a switch away from
+/// a worker on a busy core), so they come per quarter queue, not per block or on a short poll.
+const SLEEP: Duration = Duration::from_millis(100);
 
 impl AccessLog {
-    /// Starts the log thread with one ring of `ring_bytes` per worker; returns the control and
-    /// the workers' queues. The log starts off (see [`AccessLog::set`]).
-    pub fn start(workers: usize, ring_bytes: usize) -> std::io::Result<(AccessLog, Vec<LogQueue>)> {
+    /// Starts the log thread with a queue of about `queue_bytes` per worker (blocks of up to
+    /// 64 KiB); returns the control and the workers' queues. The log starts off (see
+    /// [`AccessLog::set`]).
+    pub fn start(workers: usize, queue_bytes: usize) -> std::io::Result<(AccessLog, Vec<LogQueue>)> {
+        let block_bytes = (queue_bytes / 16).clamp(4096, 64 * 1024);
+        let blocks = (queue_bytes / block_bytes).max(2);
         let enabled = Arc::new(AtomicBool::new(false));
-        let mut consumers = Vec::with_capacity(workers);
-        let mut queues = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (p, c) = rtrb::RingBuffer::new(ring_bytes.max(4096));
-            consumers.push(c);
-            queues.push(LogQueue {
-                ring: RefCell::new(p),
-                line: RefCell::new(Vec::with_capacity(512)),
-                enabled: enabled.clone(),
-            });
-        }
+        let (producers, consumers): (Vec<_>, Vec<_>) = (0..workers).map(|_| rtrb::RingBuffer::new(blocks)).unzip();
         let (orders, rx) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicU64::new(0));
         let shipped = Arc::new(ShippingCounts::default());
         let shared = (enabled.clone(), lost.clone(), shipped.clone());
-        let thread =
-            std::thread::Builder::new().name("access-log".into()).spawn(move || log_thread(consumers, rx, shared))?;
+        let parked = Arc::new(AtomicBool::new(false));
+        let p = parked.clone();
+        let thread = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || log_thread(consumers, rx, &p, shared))?;
+        let wake = Arc::new(Wake { parked, thread: thread.thread().clone() });
+        let queues = producers
+            .into_iter()
+            .map(|full| LogQueue {
+                block: RefCell::new(Block { data: Vec::with_capacity(block_bytes), lines: 0 }),
+                full: RefCell::new(full),
+                block_bytes,
+                enabled: enabled.clone(),
+                wake: wake.clone(),
+            })
+            .collect();
         let log = AccessLog { orders, enabled, lost, thread: Some(thread), destination: None, shipping: None, shipped };
         Ok((log, queues))
+    }
+
+    /// Sends an order and wakes the thread for it.
+    fn order(&self, o: Order) {
+        let _ = self.orders.send(o);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     /// Sends lines to `to` from now on (`None`: off). Checks first that the destination opens.
@@ -147,7 +207,7 @@ impl AccessLog {
         // The admin thread waits (briefly) until the log thread has it open, so the requests
         // after a change are logged where the change says.
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = self.orders.send(Order::Set(to, tx));
+        self.order(Order::Set(to, tx));
         let _ = rx.recv_timeout(Duration::from_secs(5));
         Ok(())
     }
@@ -159,7 +219,7 @@ impl AccessLog {
         }
         self.shipping = to.clone();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = self.orders.send(Order::Ship(to.map(Box::new), tx));
+        self.order(Order::Ship(to.map(Box::new), tx));
         let _ = rx.recv_timeout(Duration::from_secs(15));
     }
 
@@ -178,13 +238,17 @@ impl AccessLog {
 
     /// Reopens the file (after it was moved away by log rotation).
     pub fn reopen(&self) {
-        let _ = self.orders.try_send(Order::Reopen);
+        if self.orders.try_send(Order::Reopen).is_ok() {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
     }
 
     /// Writes what is queued and stops the thread.
     pub fn stop(mut self) {
         self.enabled.store(false, Ordering::Relaxed);
-        let _ = self.orders.send(Order::Stop);
+        self.order(Order::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -192,12 +256,13 @@ impl AccessLog {
 }
 
 fn log_thread(
-    mut rings: Vec<rtrb::Consumer<u8>>,
+    mut queues: Vec<rtrb::Consumer<Block>>,
     orders: crossbeam_channel::Receiver<Order>,
+    parked: &AtomicBool,
     (enabled, lost, counts): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<ShippingCounts>),
 ) {
     let mut shipper: Option<Shipper> = None;
-    let capacity = rings.first().map_or(0, |r| r.buffer().capacity());
+    let capacity = queues.first().map_or(0, |q| q.buffer().capacity());
     let mut destination: Option<Destination> = None;
     let mut out: Option<std::io::BufWriter<Box<dyn Write + Send>>> = None;
     let open = |d: &Destination| match d.open() {
@@ -247,44 +312,38 @@ fn log_thread(
                 }
             }
         }
+        // Every block queued, oldest first, worker by worker: to the file, then to the
+        // shipper (which keeps it until it is sent), never copied.
         let mut fullest = 0usize;
-        for ring in rings.iter_mut() {
-            let n = ring.slots();
-            if n == 0 {
-                continue;
-            }
-            let Ok(chunk) = ring.read_chunk(n) else { continue };
-            let (a, b) = chunk.as_slices();
-            if let Some(sh) = shipper.as_mut() {
-                // Workers commit whole lines and a round takes all that is committed: the two
-                // halves of the ring together are whole lines, in the order the worker wrote
-                // them.
-                sh.offer_lines(a, b);
-            }
-            let written = match out.as_mut() {
-                Some(w) => w.write_all(a).and_then(|_| w.write_all(b)).is_ok(),
-                // Shipping only: nothing to write, nothing lost.
-                None => shipper.is_some(),
-            };
-            if !written {
-                // Whole lines only reach the rings: count them as lost.
-                let lines = memchr::memchr_iter(b'\n', a).count() + memchr::memchr_iter(b'\n', b).count();
-                lost.fetch_add(lines as u64, Ordering::Relaxed);
-                if out.is_some() {
-                    log::error!("access log: write failed; reopening");
-                    out = destination.as_ref().and_then(open);
+        for queue in queues.iter_mut() {
+            let n = queue.slots();
+            fullest = fullest.max(n);
+            for _ in 0..n {
+                let Ok(block) = queue.pop() else { break };
+                let written = match out.as_mut() {
+                    Some(w) => w.write_all(&block.data).is_ok(),
+                    // No file (shipping only, or lines made just before the log was turned
+                    // off): nothing to write, nothing lost.
+                    None => true,
+                };
+                if !written {
+                    lost.fetch_add(block.lines as u64, Ordering::Relaxed);
+                    if out.is_some() {
+                        log::error!("access log: write failed; reopening");
+                        out = destination.as_ref().and_then(open);
+                    }
+                }
+                if let Some(sh) = shipper.as_mut() {
+                    sh.offer(block);
                 }
             }
-            fullest = fullest.max(n);
-            chunk.commit_all();
         }
+        let now = std::time::Instant::now();
         if let Some(sh) = shipper.as_mut() {
-            sh.hand_over();
+            sh.flush_due(now);
         }
-        // A ring a quarter full is drained again at once; otherwise the thread waits a poll
-        // interval, so a steady trickle of lines costs a hundred wakeups a second, not a busy
-        // loop.
-        if fullest >= capacity / 4 && fullest > 0 && !stopping {
+        // A queue a quarter full is drained again at once.
+        if fullest * 4 >= capacity && fullest > 0 && !stopping {
             continue;
         }
         if let Some(w) = out.as_mut() {
@@ -293,10 +352,19 @@ fn log_thread(
         if stopping {
             return;
         }
-        match orders.recv_timeout(POLL) {
+        // Sleep until a worker's queue is a quarter full (it wakes the thread), an order
+        // comes, the batch in hand is due or [`SLEEP`] passes. Plain parking: a timed wait on
+        // a channel would spin and yield first, each yield a switch to a worker and back.
+        let wait = shipper.as_ref().and_then(|sh| sh.due_in(now)).map_or(SLEEP, |d| d.min(SLEEP));
+        parked.store(true, Ordering::SeqCst);
+        if queues.iter().all(|q| q.slots() * 4 < capacity) {
+            std::thread::park_timeout(wait);
+        }
+        parked.store(false, Ordering::Relaxed);
+        match orders.try_recv() {
             Ok(o) => order = Some(o),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => order = Some(Order::Stop),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::TryRecvError::Disconnected) => order = Some(Order::Stop),
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
     }
 }

@@ -120,6 +120,20 @@ async fn sweeper(worker: Rc<Worker>) {
     }
 }
 
+/// How long a worker's access-log lines wait at most for their block to fill.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+
+/// Hands over the worker's partly filled access-log block every [`LOG_FLUSH`] while the log is
+/// on: the lines of a quiet worker reach the log soon (a busy worker's blocks fill first).
+async fn log_flusher(worker: Rc<Worker>) {
+    let Some(log) = &worker.log else { return };
+    loop {
+        let on = log.enabled();
+        monoio::time::sleep(if on { LOG_FLUSH } else { Duration::from_secs(1) }).await;
+        log.flush(&worker.metrics.gauges);
+    }
+}
+
 /// Everything a worker is started with.
 pub struct WorkerSetup {
     pub listener: std::net::TcpListener,
@@ -225,6 +239,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     monoio::spawn(accept_loop(worker.clone(), listener, stop.clone(), false));
     let mut tls_stop = listen_tls(&worker, tls_listener, None);
     monoio::spawn(sweeper(worker.clone()));
+    monoio::spawn(log_flusher(worker.clone()));
     let ack = |revision: u64, purged: u64, removed: usize| Ack {
         worker: ctx.id,
         revision,
@@ -288,5 +303,10 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     }
     if worker.active.get() > 0 {
         log::warn!("worker {}: drain timeout with {} connection(s) open", ctx.id, worker.active.get());
+    }
+    // The last lines go to the log thread before the worker ends (the node stops the log after
+    // its workers).
+    if let Some(log) = &worker.log {
+        log.flush(&worker.metrics.gauges);
     }
 }

@@ -1,24 +1,25 @@
 //! Log shipping: the access-log lines (one JSON record per request) sent in batches to a
 //! collector over HTTP, from a `log-shipper` thread, never from a worker.
 //!
-//! The log thread, which drains the workers' rings, gathers their lines ([`Shipper::offer`])
-//! and hands them over once per round ([`Shipper::hand_over`]) to the shipper's queue, bounded
-//! in lines: past `queue_max`, the newest lines are dropped and counted. The shipper takes up
-//! to `batch_max` lines (or what came within `flush_every`), POSTs them as NDJSON (gzipped when
-//! asked) and, when the collector is down or answers an error, tries the same batch again with
-//! a growing backoff, on a new connection. So lines go out in the order each worker wrote them,
+//! The log thread, which drains the workers' queues, gathers their blocks of lines into batches
+//! of `batch_max` ([`Shipper::offer`]) and hands each over when it is full or its first line
+//! has waited `flush_every` ([`Shipper::hand_over`]) to the shipper's queue, bounded in lines:
+//! past `queue_max`, the newest lines are dropped and counted. The shipper POSTs each batch as
+//! NDJSON (gzipped when asked) or OTLP and, when the collector is down or answers an error,
+//! tries the same batch again with a growing backoff, on a new connection. So lines go out in the order each worker wrote them,
 //! a batch is sent again only after a failure and never twice on one connection, and memory
 //! is bounded by the queue while the collector is away.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
+use crate::access_log::Block;
 use crate::collector::Conn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration, ConfigErrors};
@@ -185,20 +186,23 @@ pub struct ShippingCounts {
     pub failed_batches: AtomicU64,
 }
 
-/// Lines handed over at once: each ends with a newline.
-struct Chunk {
-    data: Vec<u8>,
+/// One batch: blocks of whole lines as the workers wrote them (never copied together).
+struct Batch {
+    parts: Vec<Vec<u8>>,
     lines: usize,
 }
 
 /// The log thread's handle on the shipper thread.
 pub struct Shipper {
-    chunks: Sender<Chunk>,
-    /// Lines queued or in the batch in hand, not yet shipped.
+    batches: Sender<Batch>,
+    /// Lines queued or in the batch being sent, not yet shipped.
     queued: Arc<std::sync::atomic::AtomicUsize>,
     queue_max: usize,
-    /// Lines gathered by the log thread since its last hand-over.
-    pending: Chunk,
+    batch_max: usize,
+    flush_every: Duration,
+    /// The batch being gathered by the log thread, and when its first line came.
+    pending: Batch,
+    since: Option<Instant>,
     counts: Arc<ShippingCounts>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -207,61 +211,121 @@ pub struct Shipper {
 impl Shipper {
     /// Starts the `log-shipper` thread; `counts` carry over from a shipper this one replaces.
     pub fn start(settings: Shipping, counts: Arc<ShippingCounts>) -> std::io::Result<Shipper> {
-        let (chunks, rx) = crossbeam_channel::unbounded();
+        let (batches, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let queue_max = settings.queue_max;
+        let (queue_max, batch_max, flush_every) = (settings.queue_max, settings.batch_max, settings.flush_every);
         let (c, st, q) = (counts.clone(), stop.clone(), queued.clone());
         let thread =
             std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &st, &q))?;
-        let pending = Chunk { data: Vec::with_capacity(64 * 1024), lines: 0 };
-        Ok(Shipper { chunks, queued, queue_max, pending, counts, stop, thread: Some(thread) })
+        Ok(Shipper {
+            batches,
+            queued,
+            queue_max,
+            batch_max,
+            flush_every,
+            pending: Batch { parts: Vec::with_capacity(16), lines: 0 },
+            since: None,
+            counts,
+            stop,
+            thread: Some(thread),
+        })
     }
 
-    /// Gathers whole lines, `a` then `b` (a ring's two halves: a line may run from one into
-    /// the other). What does not fit the gathering buffer goes after a hand-over of what is
-    /// there, never into a grown (copied) buffer.
-    pub fn offer_lines(&mut self, a: &[u8], b: &[u8]) {
-        let len = a.len() + b.len();
-        let p = &mut self.pending.data;
-        if p.len() + len > p.capacity() {
-            if !p.is_empty() {
-                self.hand_over();
-            }
-            self.pending.data.reserve_exact(len.max(64 * 1024));
+    /// Gathers a block of whole lines into batches of `batch_max` lines; each batch goes to the
+    /// shipper as soon as it is full. Only a block that straddles two batches is split, its
+    /// second part copied out.
+    pub fn offer(&mut self, mut block: Block) {
+        if block.lines == 0 {
+            return;
         }
-        self.pending.data.extend_from_slice(a);
-        self.pending.data.extend_from_slice(b);
-        self.pending.lines += memchr::memchr_iter(b'\n', a).count() + memchr::memchr_iter(b'\n', b).count();
+        // A block handed over early by a quiet worker keeps little of its room while queued.
+        if block.data.capacity() > 2 * block.data.len() + 4096 {
+            block.data.shrink_to_fit();
+        }
+        loop {
+            if self.pending.lines == 0 {
+                self.since.get_or_insert_with(Instant::now);
+            }
+            let room = self.batch_max - self.pending.lines;
+            if block.lines < room {
+                self.pending.lines += block.lines;
+                self.pending.parts.push(block.data);
+                return;
+            }
+            let rest = match block.lines - room {
+                0 => None,
+                more => {
+                    let cut = memchr::memchr_iter(b'\n', &block.data).nth(room - 1).map_or(block.data.len(), |i| i + 1);
+                    let rest = Block { data: block.data[cut..].to_vec(), lines: more };
+                    block.data.truncate(cut);
+                    Some(rest)
+                }
+            };
+            self.pending.lines += room;
+            self.pending.parts.push(block.data);
+            self.hand_over();
+            match rest {
+                Some(r) => block = r,
+                None => return,
+            }
+        }
     }
 
-    /// Hands what was gathered to the shipper: as many lines as the queue has room for, the
-    /// oldest first; the others are dropped and counted.
+    /// Hands over the batch being gathered once its first line has waited `flush_every`.
+    pub fn flush_due(&mut self, now: Instant) {
+        if self.due_in(now).is_some_and(|d| d.is_zero()) {
+            self.hand_over();
+        }
+    }
+
+    /// How long until the batch being gathered is due (`None`: it is empty).
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.since.map(|t| (t + self.flush_every).saturating_duration_since(now))
+    }
+
+    /// Hands the batch being gathered to the shipper: as many lines as the queue has room for,
+    /// the oldest first; the others are dropped and counted.
     pub fn hand_over(&mut self) {
+        self.since = None;
         if self.pending.lines == 0 {
             return;
         }
+        let mut batch = std::mem::replace(&mut self.pending, Batch { parts: Vec::with_capacity(16), lines: 0 });
         let room = self.queue_max.saturating_sub(self.queued.load(Ordering::Relaxed));
-        let mut chunk = std::mem::replace(&mut self.pending, Chunk { data: Vec::with_capacity(64 * 1024), lines: 0 });
-        if chunk.lines > room {
-            let cut = memchr::memchr_iter(b'\n', &chunk.data).nth(room.wrapping_sub(1)).map_or(0, |i| i + 1);
-            let cut = if room == 0 { 0 } else { cut };
-            chunk.data.truncate(cut);
-            self.counts.dropped.fetch_add((chunk.lines - room) as u64, Ordering::Relaxed);
-            chunk.lines = room;
+        if batch.lines > room {
+            self.counts.dropped.fetch_add((batch.lines - room) as u64, Ordering::Relaxed);
+            keep_lines(&mut batch.parts, room);
+            batch.lines = room;
         }
-        if chunk.lines == 0 {
+        if batch.lines == 0 {
             return;
         }
-        // Queued chunks hold what they carry, not the gathering buffer's capacity.
-        chunk.data.shrink_to_fit();
-        self.queued.fetch_add(chunk.lines, Ordering::Relaxed);
-        let lines = chunk.lines;
-        if self.chunks.send(chunk).is_err() {
+        self.queued.fetch_add(batch.lines, Ordering::Relaxed);
+        let lines = batch.lines;
+        if self.batches.send(batch).is_err() {
             self.queued.fetch_sub(lines, Ordering::Relaxed);
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Keeps the first `n` lines of `parts` (blocks of whole lines).
+fn keep_lines(parts: &mut Vec<Vec<u8>>, mut n: usize) {
+    let mut keep = 0;
+    while keep < parts.len() && n > 0 {
+        let p = &mut parts[keep];
+        let lines = memchr::memchr_iter(b'\n', p).count();
+        if lines > n {
+            let cut = memchr::memchr_iter(b'\n', p).nth(n - 1).map_or(p.len(), |i| i + 1);
+            p.truncate(cut);
+            n = 0;
+        } else {
+            n -= lines;
+        }
+        keep += 1;
+    }
+    parts.truncate(keep);
 }
 
 impl Drop for Shipper {
@@ -271,7 +335,7 @@ impl Drop for Shipper {
         self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
         let (dead, _) = crossbeam_channel::unbounded();
-        drop(std::mem::replace(&mut self.chunks, dead));
+        drop(std::mem::replace(&mut self.batches, dead));
         if let Some(t) = self.thread.take() {
             // Bounded: the thread checks `stop` between batches and during its waits, and a
             // send has one overall deadline.
@@ -282,125 +346,72 @@ impl Drop for Shipper {
     }
 }
 
-/// The shipper thread: batches, sends, retries.
+/// The shipper thread: sends each batch, tries a failed one again after a backoff. It sleeps
+/// until a batch comes (one wakeup per batch, not per round of the log thread).
 fn ship(
     s: Shipping,
-    rx: Receiver<Chunk>,
+    rx: Receiver<Batch>,
     counts: &ShippingCounts,
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicUsize,
 ) {
-    // The batch in hand: the chunks as they came (never copied together), each whole lines.
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(64);
-    let mut lines = 0usize;
-    // Lines taken from the queue but beyond the batch in hand: they start the next one.
-    let mut rest: Option<Chunk> = None;
     let mut conn: Option<Conn> = None;
-    let mut backoff = Duration::from_millis(100);
-    let mut closed = false;
-    let mut encoded: Option<Vec<u8>> = None;
     let node = crate::otlp::node_name();
-    // Moves up to a batch's worth of lines from `c` into the batch; keeps the others in `rest`.
-    let take = |mut c: Chunk, batch: &mut Vec<Vec<u8>>, lines: &mut usize, rest: &mut Option<Chunk>| {
-        let room = s.batch_max - *lines;
-        if c.lines <= room {
-            *lines += c.lines;
-            batch.push(c.data);
-        } else {
-            // Only the lines past the batch are copied out.
-            let cut = memchr::memchr_iter(b'\n', &c.data).nth(room - 1).map_or(c.data.len(), |i| i + 1);
-            *rest = Some(Chunk { data: c.data[cut..].to_vec(), lines: c.lines - room });
-            c.data.truncate(cut);
-            *lines += room;
-            batch.push(c.data);
+    // Ends when the log thread drops its handle (the channel closes).
+    while let Ok(batch) = rx.recv() {
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
-    };
-    loop {
-        // Fill the batch: what was left over, else wait for lines; then what comes within
-        // flush_every, up to batch_max.
-        if lines == 0 {
-            match rest.take() {
-                Some(c) => take(c, &mut batch, &mut lines, &mut rest),
-                None => match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(c) => take(c, &mut batch, &mut lines, &mut rest),
-                    Err(RecvTimeoutError::Timeout) => {
+        let lines = batch.lines;
+        // OTLP: the lines become one export request, made once per batch (not per try).
+        let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
+        let (body, kind): (Vec<&[u8]>, _) = match &encoded {
+            Some(e) => (vec![&e[..]], PROTOBUF),
+            None => (batch.parts.iter().map(|p| &p[..]).collect(), NDJSON),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let reused = conn.is_some();
+            let mut sent = send(&s, &mut conn, &body, kind);
+            if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
+                // A kept connection the collector closed while idle: once more at once, on a
+                // new one.
+                conn = None;
+                sent = send(&s, &mut conn, &body, kind);
+            }
+            match sent {
+                Ok(()) => {
+                    counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
+                    queued.fetch_sub(lines, Ordering::Relaxed);
+                    break;
+                }
+                Err(Sent::Refused(status)) => {
+                    // The collector will never take this batch (400, 413, ...): dropped,
+                    // counted, and the next one goes.
+                    log::error!(
+                        "log shipping to {}: the collector refused a batch ({status}); {lines} records dropped",
+                        s.addr
+                    );
+                    counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+                    queued.fetch_sub(lines, Ordering::Relaxed);
+                    conn = None;
+                    break;
+                }
+                Err(Sent::Failed(e)) => {
+                    counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
+                    // Never the same batch twice on one connection.
+                    conn = None;
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        continue;
+                        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-            }
-            let until = Instant::now() + s.flush_every;
-            while lines < s.batch_max && rest.is_none() {
-                match rx.recv_deadline(until) {
-                    Ok(c) => take(c, &mut batch, &mut lines, &mut rest),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-            }
-        }
-        // OTLP: the lines become one export request, made once per batch (not per try).
-        if let (Some(service), None) = (&s.otlp, &encoded) {
-            encoded = Some(crate::otlp_logs::encode(&batch, service, &node));
-        }
-        let (body, kind): (Vec<&[u8]>, _) = match &encoded {
-            Some(e) => (vec![&e[..]], PROTOBUF),
-            None => (batch.iter().map(|c| &c[..]).collect(), NDJSON),
-        };
-        let reused = conn.is_some();
-        let mut sent = send(&s, &mut conn, &body, kind);
-        if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
-            // A kept connection the collector closed while idle: once more at once, on a new one.
-            conn = None;
-            sent = send(&s, &mut conn, &body, kind);
-        }
-        drop(body);
-        if !matches!(sent, Err(Sent::Failed(_))) {
-            encoded = None;
-        }
-        match sent {
-            Ok(()) => {
-                counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
-                queued.fetch_sub(lines, Ordering::Relaxed);
-                batch.clear();
-                lines = 0;
-                backoff = Duration::from_millis(100);
-                if (closed && rest.is_none()) || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-            }
-            Err(Sent::Refused(status)) => {
-                // The collector will never take this batch (400, 413, ...): dropped, counted,
-                // and the next one goes.
-                log::error!(
-                    "log shipping to {}: the collector refused a batch ({status}); {lines} records dropped",
-                    s.addr
-                );
-                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
-                counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
-                queued.fetch_sub(lines, Ordering::Relaxed);
-                batch.clear();
-                lines = 0;
-                conn = None;
-            }
-            Err(Sent::Failed(e)) => {
-                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
-                log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
-                // Never the same batch twice on one connection.
-                conn = None;
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -614,6 +625,31 @@ mod tests {
     }
 
     #[test]
+    fn lines_go_in_batches_of_batch_max_and_a_short_one_when_it_is_due() {
+        let (addr, t) = collector(vec![]);
+        let counts = Arc::new(ShippingCounts::default());
+        let s = Shipping { batch_max: 3, flush_every: Duration::from_millis(50), ..settings(addr) };
+        let mut sh = Shipper::start(s, counts.clone()).unwrap();
+        let block = |text: &[u8]| Block { data: text.to_vec(), lines: memchr::memchr_iter(b'\n', text).count() };
+        // The second block straddles two batches: split.
+        sh.offer(block(b"l0\nl1\nl2\nl3\nl4\n"));
+        sh.offer(block(b"l5\nl6\nl7\n"));
+        sh.flush_due(Instant::now());
+        assert_eq!(sh.pending.lines, 2, "two full batches left, the short one is not due yet");
+        std::thread::sleep(Duration::from_millis(60));
+        sh.flush_due(Instant::now());
+        assert_eq!(sh.pending.lines, 0);
+        let until = Instant::now() + Duration::from_secs(5);
+        while counts.shipped.load(Ordering::Relaxed) < 8 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(sh);
+        let bodies = t.join().unwrap();
+        assert_eq!(bodies, [&b"l0\nl1\nl2\n"[..], b"l3\nl4\nl5\n", b"l6\nl7\n"]);
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn a_full_queue_drops_the_newest_lines_and_counts_them() {
         // Nothing listens: every batch fails, so nothing leaves the queue.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -621,13 +657,14 @@ mod tests {
         drop(l);
         let counts = Arc::new(ShippingCounts::default());
         let mut sh = Shipper::start(Shipping { queue_max: 5, ..settings(addr) }, counts.clone()).unwrap();
-        for i in 0..3 {
-            sh.offer_lines(format!("line {i}\n").as_bytes(), b"");
-        }
+        let lines = |r: std::ops::Range<usize>| Block {
+            lines: r.len(),
+            data: r.map(|i| format!("line {i}\n")).collect::<String>().into_bytes(),
+        };
+        sh.offer(lines(0..3));
         sh.hand_over();
-        for i in 3..10 {
-            sh.offer_lines(format!("line {i}\n").as_bytes(), b"");
-        }
+        sh.offer(lines(3..7));
+        sh.offer(lines(7..10));
         sh.hand_over();
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 5, "3 + 2 fit in 5: the 5 newest go");
         assert_eq!(sh.queued.load(Ordering::Relaxed), 5);
@@ -635,6 +672,17 @@ mod tests {
         drop(sh);
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 10);
         assert_eq!(counts.shipped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_batch_cut_to_the_queue_keeps_its_oldest_lines() {
+        let mut parts = vec![b"a\nb\n".to_vec(), b"c\nd\ne\n".to_vec(), b"f\n".to_vec()];
+        keep_lines(&mut parts, 3);
+        assert_eq!(parts, [&b"a\nb\n"[..], b"c\n"]);
+        keep_lines(&mut parts, 2);
+        assert_eq!(parts, [&b"a\nb\n"[..]]);
+        keep_lines(&mut parts, 0);
+        assert!(parts.is_empty());
     }
 
     #[test]

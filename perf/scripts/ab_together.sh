@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# CPU per request of several gateway settings loaded at the same time: every gateway runs
+# pinned to core 0 and every load (one per gateway, the same for each) to core 1, so whatever
+# else the shared machine does in a round slows all sides alike. Each round prints, per side,
+# the CPU microseconds per request of the whole process (every thread, from
+# /proc/PID/task/*/schedstat, in nanoseconds) and of its busiest threads; the summary gives
+# each side's median against the first side's in the same rounds.
+#
+# Usage: perf/scripts/ab_together.sh PERF_BIN ROUNDS SECONDS NAME=BINARY,CONFIG[,FLAGS...] ...
+#   e.g. perf/scripts/ab_together.sh target/release/ringway-perf 10 5 \
+#          off=target/release/ringway,off.yaml,--no-stats ship=target/release/ringway,ship.yaml
+# The origin must listen where the configs point (e.g. `ringway-perf origin --listen
+# 127.0.0.1:18081 --body-size 13 --threads 1`, pinned to core 1); the path is /bench/x.
+set -euo pipefail
+perf=$1; rounds=$2; secs=$3; shift 3
+dir=$(mktemp -d)
+pids=(); ports=(); names=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+i=0
+for side in "$@"; do
+  name=${side%%=*}; IFS=, read -r -a spec <<< "${side#*=}"
+  port=$((18095 + i))
+  taskset -c 0 "${spec[0]}" --config "${spec[1]}" --workers 1 --listen "127.0.0.1:$port" \
+    --admin-listen 127.0.0.1:0 --data-dir "$dir/$name" --max-connections-per-ip 0 "${spec[@]:2}" \
+    > "$dir/$name.log" 2>&1 &
+  pids+=($!); ports+=("$port"); names+=("$name"); i=$((i + 1))
+done
+for port in "${ports[@]}"; do
+  for _ in $(seq 1 300); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.2
+  done
+done
+# Per thread: name and CPU nanoseconds.
+threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
+for r in $(seq 1 "$rounds"); do
+  for j in "${!pids[@]}"; do threads "${pids[$j]}" > "$dir/before.$j"; done
+  loads=()
+  for j in "${!pids[@]}"; do
+    taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$j]}/bench/x" --connections 50 \
+      --duration "$secs" > "$dir/load.$j" 2>&1 &
+    loads+=($!)
+  done
+  wait "${loads[@]}"
+  for j in "${!pids[@]}"; do
+    threads "${pids[$j]}" > "$dir/after.$j"
+    n=$(awk '/^requests/{print $2}' "$dir/load.$j")
+    # Threads are matched by name (a thread started during the round counts from zero).
+    awk -v n="$n" -v r="$r" -v side="${names[$j]}" '
+      NR == FNR { before[$1] += $2; next }
+      { after[$1] += $2 }
+      END {
+        for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
+        printf "%s %s %.3f%s\n", r, side, total, parts
+      }' "$dir/before.$j" "$dir/after.$j" | tee -a "$dir/rounds"
+  done
+done
+python3 - "$dir/rounds" "${names[0]}" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+first = sys.argv[2]
+by = {}
+for r in rows:
+    by.setdefault(r[1], {})[r[0]] = float(r[2])
+print(f"median CPU us per request over {len(by[first])} rounds, and against {first} (median of the rounds' ratios):")
+for side, v in by.items():
+    ratio = statistics.median(v[k] / by[first][k] for k in v)
+    print(f"  {side:12} {statistics.median(v.values()):8.3f}  {100 * (ratio - 1):+5.1f}%")
+EOF
