@@ -160,8 +160,10 @@ fn least_conn_prefers_the_idle_target() {
 
 #[test]
 fn p2c_ewma_avoids_the_slow_target() {
+    // Far slower than the fast target is, even when the machine is busy with other tests and
+    // the fast target's answers are late too.
     let slow = Upstream::start("slow", |_| {
-        Reply::Delay(Duration::from_millis(30), Box::new(Reply::Full(200, vec![], b"slow".to_vec())))
+        Reply::Delay(Duration::from_millis(100), Box::new(Reply::Full(200, vec![], b"slow".to_vec())))
     });
     let fast = Upstream::echo("fast");
     let gw = Gateway::start_with(
