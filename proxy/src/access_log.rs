@@ -54,6 +54,36 @@ pub struct Block {
     pub lines: usize,
 }
 
+/// Emptied block buffers, kept for the workers' next blocks: a block's memory is used again
+/// (its pages mapped, perhaps still in cache) rather than allocated and faulted in anew. Lock-free
+/// and bounded: what does not fit is freed.
+#[derive(Clone)]
+pub struct Spares {
+    tx: crossbeam_channel::Sender<Vec<u8>>,
+    rx: crossbeam_channel::Receiver<Vec<u8>>,
+    block_bytes: usize,
+}
+
+impl Spares {
+    /// Room for `count` buffers of blocks of `block_bytes`.
+    pub fn new(count: usize, block_bytes: usize) -> Spares {
+        let (tx, rx) = crossbeam_channel::bounded(count.max(1));
+        Spares { tx, rx, block_bytes }
+    }
+
+    /// Keeps `buf` for a later block (only a buffer of a whole block's size).
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() >= self.block_bytes {
+            buf.clear();
+            let _ = self.tx.try_send(buf);
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.block_bytes))
+    }
+}
+
 /// Room kept at the end of a block for the next line: a block is handed over before a line
 /// could make its buffer grow (a copy).
 const LINE_ROOM: usize = 2048;
@@ -64,6 +94,7 @@ pub struct LogQueue {
     block: RefCell<Block>,
     full: RefCell<rtrb::Producer<Block>>,
     block_bytes: usize,
+    spares: Spares,
     enabled: Arc<AtomicBool>,
     wake: Arc<Wake>,
 }
@@ -111,7 +142,7 @@ impl LogQueue {
             b.lines = 0;
             return;
         }
-        let next = Block { data: Vec::with_capacity(self.block_bytes), lines: 0 };
+        let next = Block { data: self.spares.take(), lines: 0 };
         let _ = full.push(std::mem::replace(b, next));
         gauges.log_queued.add(lines);
         // A queue a quarter full wakes the log thread (a syscall only when it sleeps).
@@ -158,15 +189,16 @@ impl AccessLog {
         let blocks = (queue_bytes / block_bytes).max(2);
         let enabled = Arc::new(AtomicBool::new(false));
         let (producers, consumers): (Vec<_>, Vec<_>) = (0..workers).map(|_| rtrb::RingBuffer::new(blocks)).unzip();
+        let spares = Spares::new(workers * (blocks + 1), block_bytes);
         let (orders, rx) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicU64::new(0));
         let shipped = Arc::new(ShippingCounts::default());
         let shared = (enabled.clone(), lost.clone(), shipped.clone());
         let parked = Arc::new(AtomicBool::new(false));
-        let p = parked.clone();
+        let (p, sp) = (parked.clone(), spares.clone());
         let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || log_thread(consumers, rx, &p, shared))?;
+            .spawn(move || log_thread(consumers, rx, (&p, sp), shared))?;
         let wake = Arc::new(Wake { parked, thread: thread.thread().clone() });
         let queues = producers
             .into_iter()
@@ -174,6 +206,7 @@ impl AccessLog {
                 block: RefCell::new(Block { data: Vec::with_capacity(block_bytes), lines: 0 }),
                 full: RefCell::new(full),
                 block_bytes,
+                spares: spares.clone(),
                 enabled: enabled.clone(),
                 wake: wake.clone(),
             })
@@ -258,7 +291,7 @@ impl AccessLog {
 fn log_thread(
     mut queues: Vec<rtrb::Consumer<Block>>,
     orders: crossbeam_channel::Receiver<Order>,
-    parked: &AtomicBool,
+    (parked, spares): (&AtomicBool, Spares),
     (enabled, lost, counts): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<ShippingCounts>),
 ) {
     let mut shipper: Option<Shipper> = None;
@@ -290,7 +323,7 @@ fn log_thread(
                 Order::Ship(settings, done) => {
                     // The old shipper sends what it holds, then the new one takes over.
                     drop(shipper.take());
-                    shipper = settings.and_then(|s| match Shipper::start(*s, counts.clone()) {
+                    shipper = settings.and_then(|s| match Shipper::start(*s, counts.clone(), spares.clone()) {
                         Ok(sh) => Some(sh),
                         Err(e) => {
                             log::error!("log shipping: cannot start its thread: {e}");
@@ -333,8 +366,9 @@ fn log_thread(
                         out = destination.as_ref().and_then(open);
                     }
                 }
-                if let Some(sh) = shipper.as_mut() {
-                    sh.offer(block);
+                match shipper.as_mut() {
+                    Some(sh) => sh.offer(block),
+                    None => spares.give(block.data),
                 }
             }
         }

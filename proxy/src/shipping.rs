@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use crate::access_log::Block;
+use crate::access_log::{Block, Spares};
 use crate::collector::Conn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -210,14 +210,16 @@ pub struct Shipper {
 
 impl Shipper {
     /// Starts the `log-shipper` thread; `counts` carry over from a shipper this one replaces.
-    pub fn start(settings: Shipping, counts: Arc<ShippingCounts>) -> std::io::Result<Shipper> {
+    /// Sent blocks' buffers go back to `spares`.
+    pub fn start(settings: Shipping, counts: Arc<ShippingCounts>, spares: Spares) -> std::io::Result<Shipper> {
         let (batches, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (queue_max, batch_max, flush_every) = (settings.queue_max, settings.batch_max, settings.flush_every);
         let (c, st, q) = (counts.clone(), stop.clone(), queued.clone());
-        let thread =
-            std::thread::Builder::new().name("log-shipper".into()).spawn(move || ship(settings, rx, &c, &st, &q))?;
+        let thread = std::thread::Builder::new()
+            .name("log-shipper".into())
+            .spawn(move || ship(settings, rx, &c, &st, &q, &spares))?;
         Ok(Shipper {
             batches,
             queued,
@@ -354,6 +356,7 @@ fn ship(
     counts: &ShippingCounts,
     stop: &AtomicBool,
     queued: &std::sync::atomic::AtomicUsize,
+    spares: &Spares,
 ) {
     let mut conn: Option<Conn> = None;
     let node = crate::otlp::node_name();
@@ -413,6 +416,11 @@ fn ship(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        // Sent (or refused for good): the blocks' buffers serve the workers again.
+        drop(body);
+        for p in batch.parts {
+            spares.give(p);
         }
     }
 }
@@ -629,7 +637,7 @@ mod tests {
         let (addr, t) = collector(vec![]);
         let counts = Arc::new(ShippingCounts::default());
         let s = Shipping { batch_max: 3, flush_every: Duration::from_millis(50), ..settings(addr) };
-        let mut sh = Shipper::start(s, counts.clone()).unwrap();
+        let mut sh = Shipper::start(s, counts.clone(), Spares::new(4, 4096)).unwrap();
         let block = |text: &[u8]| Block { data: text.to_vec(), lines: memchr::memchr_iter(b'\n', text).count() };
         // The second block straddles two batches: split.
         sh.offer(block(b"l0\nl1\nl2\nl3\nl4\n"));
@@ -656,7 +664,8 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let counts = Arc::new(ShippingCounts::default());
-        let mut sh = Shipper::start(Shipping { queue_max: 5, ..settings(addr) }, counts.clone()).unwrap();
+        let spares = Spares::new(4, 4096);
+        let mut sh = Shipper::start(Shipping { queue_max: 5, ..settings(addr) }, counts.clone(), spares).unwrap();
         let lines = |r: std::ops::Range<usize>| Block {
             lines: r.len(),
             data: r.map(|i| format!("line {i}\n")).collect::<String>().into_bytes(),
