@@ -74,6 +74,9 @@ impl HealthThread {
 impl Drop for HealthThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // A closed channel ends the thread's wait for messages at once.
+        let (dead, _) = crossbeam_channel::bounded(1);
+        drop(std::mem::replace(&mut self.tx, dead));
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -163,8 +166,9 @@ fn run(first: Arc<Snapshot>, rx: Receiver<Msg>, stop: &AtomicBool) {
         let mut books = Books::default();
         let done: Rc<RefCell<Vec<Probed>>> = Rc::default();
         let mut rounds: u64 = 0;
+        let mut next = None;
         while !stop.load(Ordering::Relaxed) {
-            while let Ok(m) = rx.try_recv() {
+            while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
                 match m {
                     Msg::Follow(s) => {
                         current = s;
@@ -202,7 +206,17 @@ fn run(first: Arc<Snapshot>, rx: Receiver<Msg>, stop: &AtomicBool) {
             if rounds.is_multiple_of(200) {
                 books.prune();
             }
-            monoio::time::sleep(decide::TICK).await;
+            if current.upstreams.values().any(|u| u.resilience.watches()) {
+                monoio::time::sleep(decide::TICK).await;
+            } else {
+                // Nothing to watch: the thread waits for a message (a new configuration, a
+                // report) instead of ticking; a wakeup costs a busy core a switch and back.
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(m) => next = Some(m),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            }
         }
     });
 }
