@@ -204,6 +204,8 @@ pub struct Shipper {
     pending: Batch,
     since: Option<Instant>,
     counts: Arc<ShippingCounts>,
+    /// Where the buffers of dropped lines go back (the shipper thread gives back sent ones).
+    spares: Spares,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -216,10 +218,10 @@ impl Shipper {
         let stop = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (queue_max, batch_max, flush_every) = (settings.queue_max, settings.batch_max, settings.flush_every);
-        let (c, st, q) = (counts.clone(), stop.clone(), queued.clone());
+        let (c, st, q, sp) = (counts.clone(), stop.clone(), queued.clone(), spares.clone());
         let thread = std::thread::Builder::new()
             .name("log-shipper".into())
-            .spawn(move || ship(settings, rx, &c, &st, &q, &spares))?;
+            .spawn(move || ship(settings, rx, &c, &st, &q, &sp))?;
         Ok(Shipper {
             batches,
             queued,
@@ -229,6 +231,7 @@ impl Shipper {
             pending: Batch { parts: Vec::with_capacity(16), lines: 0 },
             since: None,
             counts,
+            spares,
             stop,
             thread: Some(thread),
         })
@@ -297,7 +300,9 @@ impl Shipper {
         let room = self.queue_max.saturating_sub(self.queued.load(Ordering::Relaxed));
         if batch.lines > room {
             self.counts.dropped.fetch_add((batch.lines - room) as u64, Ordering::Relaxed);
-            keep_lines(&mut batch.parts, room);
+            for gone in keep_lines(&mut batch.parts, room) {
+                self.spares.give(gone);
+            }
             batch.lines = room;
         }
         if batch.lines == 0 {
@@ -312,8 +317,9 @@ impl Shipper {
     }
 }
 
-/// Keeps the first `n` lines of `parts` (blocks of whole lines).
-fn keep_lines(parts: &mut Vec<Vec<u8>>, mut n: usize) {
+/// Keeps the first `n` lines of `parts` (blocks of whole lines); gives back the blocks left
+/// out whole.
+fn keep_lines(parts: &mut Vec<Vec<u8>>, mut n: usize) -> Vec<Vec<u8>> {
     let mut keep = 0;
     while keep < parts.len() && n > 0 {
         let p = &mut parts[keep];
@@ -327,7 +333,7 @@ fn keep_lines(parts: &mut Vec<Vec<u8>>, mut n: usize) {
         }
         keep += 1;
     }
-    parts.truncate(keep);
+    parts.split_off(keep)
 }
 
 impl Drop for Shipper {
@@ -686,9 +692,9 @@ mod tests {
     #[test]
     fn a_batch_cut_to_the_queue_keeps_its_oldest_lines() {
         let mut parts = vec![b"a\nb\n".to_vec(), b"c\nd\ne\n".to_vec(), b"f\n".to_vec()];
-        keep_lines(&mut parts, 3);
+        assert_eq!(keep_lines(&mut parts, 3), [b"f\n"]);
         assert_eq!(parts, [&b"a\nb\n"[..], b"c\n"]);
-        keep_lines(&mut parts, 2);
+        assert_eq!(keep_lines(&mut parts, 2), [b"c\n"]);
         assert_eq!(parts, [&b"a\nb\n"[..]]);
         keep_lines(&mut parts, 0);
         assert!(parts.is_empty());
