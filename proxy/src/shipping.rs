@@ -10,11 +10,10 @@
 //! a batch is sent again only after a failure and never twice on one connection, and memory
 //! is bounded by the queue while the collector is away.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use crate::access_log::{Block, Spares};
-use crate::collector::Conn;
+use crate::collector::{send, Conn, Sent};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -434,150 +433,10 @@ fn ship(
 const NDJSON: &str = "application/x-ndjson";
 const PROTOBUF: &str = "application/x-protobuf";
 
-/// Why a batch did not go.
-pub(crate) enum Sent {
-    /// Not delivered (no connection, a 5xx, 408 or 429, no answer in time): send it again.
-    Failed(std::io::Error),
-    /// The collector refused it for good (another 4xx).
-    Refused(u16),
-}
-
-impl From<std::io::Error> for Sent {
-    fn from(e: std::io::Error) -> Self {
-        Sent::Failed(e)
-    }
-}
-
-/// The longest a batch takes to send and be answered.
-const SEND_DEADLINE: Duration = Duration::from_secs(5);
-
-/// POSTs one batch of `content_type`, the concatenation of `parts`, and reads the answer; a 2xx
-/// is success.
-pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, parts: &[&[u8]], content_type: &str) -> Result<(), Sent> {
-    let deadline = Instant::now() + SEND_DEADLINE;
-    let size: usize = parts.iter().map(|p| p.len()).sum();
-    let zipped: [Vec<u8>; 1];
-    let zipped_part: [&[u8]; 1];
-    let body: &[&[u8]] = if s.gzip {
-        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(size / 4), flate2::Compression::fast());
-        for p in parts {
-            z.write_all(p)?;
-        }
-        zipped = [z.finish()?];
-        zipped_part = [&zipped[0][..]];
-        &zipped_part
-    } else {
-        parts
-    };
-    let body_len: usize = body.iter().map(|p| p.len()).sum();
-    let mut head = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nuser-agent: ringway/{}\r\n",
-        s.path,
-        s.host,
-        body_len,
-        env!("CARGO_PKG_VERSION")
-    );
-    if s.gzip {
-        head.push_str("content-encoding: gzip\r\n");
-    }
-    for (n, v) in &s.headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    if conn.is_none() {
-        let c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(3))?;
-        c.set_write_timeout(Some(SEND_DEADLINE))?;
-        let _ = c.set_nodelay(true);
-        // The TLS handshake waits for the same deadline as the answer.
-        c.set_read_timeout(Some(SEND_DEADLINE))?;
-        *conn = Some(Conn::new(c, s.tls.as_ref())?);
-    }
-    let c = conn.as_mut().expect("connected above");
-    c.write_all(head.as_bytes())?;
-    for p in body {
-        c.write_all(p)?;
-    }
-    c.flush()?;
-    // Every read waits at most what is left of the deadline.
-    let left = |c: &Conn| -> std::io::Result<()> {
-        let l = deadline.saturating_duration_since(Instant::now());
-        if l.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
-        }
-        c.socket().set_read_timeout(Some(l))
-    };
-    // The answer: its head, then its body (Content-Length), so the connection can carry the
-    // next batch.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let (status, head_len, length, close) = loop {
-        // What the buffer holds so far: an interim answer to skip, the final head, or not
-        // enough yet.
-        let parsed = {
-            let mut fields = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut fields);
-            match r.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let status = r.code.unwrap_or(0);
-                    let field =
-                        |name: &str| r.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-                    let length = match status {
-                        204 | 304 => Some(0),
-                        _ => field("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
-                    };
-                    let close = field("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
-                    Some((status, len, length, close))
-                }
-                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => None,
-                _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer").into()),
-            }
-        };
-        match parsed {
-            // An interim answer: the final one follows (perhaps already here).
-            Some((status, len, _, _)) if (100..200).contains(&status) => {
-                buf.drain(..len);
-                continue;
-            }
-            Some(done) => break done,
-            None => {}
-        }
-        left(c)?;
-        let n = c.read(&mut chunk)?;
-        if n == 0 {
-            return Err(
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the collector closed the connection").into()
-            );
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    match length {
-        Some(n) => {
-            let mut have = buf.len() - head_len;
-            while have < n {
-                left(c)?;
-                let k = c.read(&mut chunk)?;
-                if k == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "answer cut short").into());
-                }
-                have += k;
-            }
-        }
-        // No length: the body runs to the close; the connection is not kept.
-        None => *conn = None,
-    }
-    if close {
-        *conn = None;
-    }
-    match status {
-        200..=299 => Ok(()),
-        400..=499 if status != 408 && status != 429 => Err(Sent::Refused(status)),
-        _ => Err(Sent::Failed(std::io::Error::other(format!("the collector answered {status}")))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     /// A collector on a real socket that answers each POST with `answers` in turn (then 204),
     /// and gives back the bodies it read.

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use ringway_policy::ConfigErrors;
 
+use crate::collector::Sent;
 use crate::otlp;
-use crate::shipping::{LogShippingSpec, Sent, Shipping};
+use crate::shipping::{LogShippingSpec, Shipping};
 
 /// `tracing` in the document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -286,7 +287,7 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
         }
         body.clear();
         encode(&batch, t, node, &mut body, &mut scratch);
-        match crate::shipping::send(&t.post, &mut conn, &[&body[..]], "application/x-protobuf") {
+        match crate::collector::send(&t.post, &mut conn, &[&body[..]], "application/x-protobuf") {
             Ok(()) => {
                 counts.exported.fetch_add(spans_in(&batch), Ordering::Relaxed);
                 batch.clear();
