@@ -378,20 +378,6 @@ fn push_ms(out: &mut Vec<u8>, d: Duration) {
     }
 }
 
-fn push_opt_ms(out: &mut Vec<u8>, d: Option<Duration>) {
-    match d {
-        Some(d) => push_ms(out, d),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-fn push_opt_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    match v {
-        Some(v) => push_str(out, v),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// Appends `unix_ms` as RFC 3339 UTC with milliseconds.
 pub fn push_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
     let secs = unix_ms / 1000;
@@ -442,7 +428,9 @@ pub fn push_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
 }
 
 impl Entry<'_> {
-    /// Appends the line, newline included.
+    /// Appends the line, newline included. A field that does not apply to the request (no
+    /// route, no upstream tried, no error...) is left out rather than written as `null`: every
+    /// byte of a line is formatted, queued, written and shipped.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let r = self.rec;
         // Room for the whole line at once (strings may grow sixfold when escaped).
@@ -454,33 +442,21 @@ impl Entry<'_> {
         push_str(out, r.request_id.as_bytes());
         out.extend_from_slice(b",\"worker\":");
         push_u64(out, self.worker as u64);
-        out.extend_from_slice(b",\"route\":");
-        push_opt_str(out, self.route.map(str::as_bytes));
-        if let Some(c) = self.consumer {
-            out.extend_from_slice(b",\"consumer\":");
-            push_str(out, c.as_bytes());
+        push_field(out, b",\"route\":", self.route.map(str::as_bytes));
+        push_field(out, b",\"consumer\":", self.consumer.map(str::as_bytes));
+        push_field(out, b",\"upstream\":", self.upstream.map(str::as_bytes));
+        if let Some(t) = self.target {
+            out.extend_from_slice(b",\"target\":");
+            push_addr(out, t.ip(), Some(t.port()));
         }
-        out.extend_from_slice(b",\"upstream\":");
-        push_opt_str(out, self.upstream.map(str::as_bytes));
-        out.extend_from_slice(b",\"target\":");
-        match self.target {
-            Some(t) => push_addr(out, t.ip(), Some(t.port())),
-            None => out.extend_from_slice(b"null"),
+        if let Some((method, host, path)) = self.text {
+            push_field(out, b",\"method\":", Some(method));
+            push_field(out, b",\"host\":", Some(host).filter(|h| !h.is_empty()));
+            push_field(out, b",\"path\":", Some(path));
         }
-        let (method, host, path) = match self.text {
-            Some((m, h, p)) => (Some(m), Some(h), Some(p)),
-            None => (None, None, None),
-        };
-        out.extend_from_slice(b",\"method\":");
-        push_opt_str(out, method);
-        out.extend_from_slice(b",\"host\":");
-        push_opt_str(out, host.filter(|h| !h.is_empty()));
-        out.extend_from_slice(b",\"path\":");
-        push_opt_str(out, path);
-        out.extend_from_slice(b",\"status\":");
-        match r.status {
-            0 => out.extend_from_slice(b"null"),
-            s => push_u64(out, u64::from(s)),
+        if r.status != 0 {
+            out.extend_from_slice(b",\"status\":");
+            push_u64(out, u64::from(r.status));
         }
         out.extend_from_slice(b",\"bytes_in\":");
         push_u64(out, r.bytes_in);
@@ -488,57 +464,58 @@ impl Entry<'_> {
         push_u64(out, r.bytes_out);
         out.extend_from_slice(b",\"duration_ms\":");
         push_ms(out, self.total);
-        out.extend_from_slice(b",\"upstream_connect_ms\":");
-        push_opt_ms(out, r.upstream_connect);
-        out.extend_from_slice(b",\"upstream_head_ms\":");
-        push_opt_ms(out, r.upstream_head);
-        out.extend_from_slice(b",\"upstream_last_ms\":");
-        push_opt_ms(out, r.upstream_last);
-        let cache = r.cache.as_str();
-        let limit: Option<&str> = match r.limit {
+        push_ms_field(out, b",\"upstream_connect_ms\":", r.upstream_connect);
+        push_ms_field(out, b",\"upstream_head_ms\":", r.upstream_head);
+        push_ms_field(out, b",\"upstream_last_ms\":", r.upstream_last);
+        push_field(out, b",\"cache\":", r.cache.as_str().map(str::as_bytes));
+        let limit: Option<&[u8]> = match r.limit {
             crate::record::LimitOutcome::Passed => None,
-            crate::record::LimitOutcome::RateLimited => Some("rate_limit"),
-            crate::record::LimitOutcome::ConcurrencyLimited => Some("concurrency_limit"),
+            crate::record::LimitOutcome::RateLimited => Some(b"rate_limit"),
+            crate::record::LimitOutcome::ConcurrencyLimited => Some(b"concurrency_limit"),
         };
-        if cache.is_none() && limit.is_none() {
-            out.extend_from_slice(b",\"cache\":null,\"limit\":null,\"attempts\":");
-        } else {
-            out.extend_from_slice(b",\"cache\":");
-            push_opt_str(out, cache.map(str::as_bytes));
-            out.extend_from_slice(b",\"limit\":");
-            push_opt_str(out, limit.map(str::as_bytes));
-            out.extend_from_slice(b",\"attempts\":");
-        }
+        push_field(out, b",\"limit\":", limit);
+        out.extend_from_slice(b",\"attempts\":");
         push_u64(out, u64::from(r.attempts));
         out.extend_from_slice(b",\"end\":\"");
         out.extend_from_slice(r.end.as_str().as_bytes());
-        if r.error.is_none() && r.error_source.is_none() && r.error_phase.is_none() {
-            out.extend_from_slice(b"\",\"error\":null,\"error_source\":null,\"error_phase\":null,\"trace_id\":");
-        } else {
-            out.extend_from_slice(b"\",\"error\":");
-            push_opt_str(out, r.error.map(str::as_bytes));
-            out.extend_from_slice(b",\"error_source\":");
-            push_opt_str(out, r.error_source.map(|s| s.as_str().as_bytes()));
-            out.extend_from_slice(b",\"error_phase\":");
-            push_opt_str(out, r.error_phase.map(|p| p.as_str().as_bytes()));
-            out.extend_from_slice(b",\"trace_id\":");
-        }
-        if r.trace.trace_id == [0; 16] {
-            out.extend_from_slice(b"null");
-        } else {
-            out.push(b'"');
+        out.push(b'"');
+        push_field(out, b",\"error\":", r.error.map(str::as_bytes));
+        push_field(out, b",\"error_source\":", r.error_source.map(|s| s.as_str().as_bytes()));
+        push_field(out, b",\"error_phase\":", r.error_phase.map(|p| p.as_str().as_bytes()));
+        if r.trace.trace_id != [0; 16] {
+            out.extend_from_slice(b",\"trace_id\":\"");
             push_hex(out, &r.trace.trace_id);
             out.push(b'"');
         }
-        out.extend_from_slice(b",\"client_ip\":");
         match r.client_ip {
-            IpAddr::V4(v) if v.is_unspecified() => out.extend_from_slice(b"null"),
-            ip => push_addr(out, ip, None),
+            IpAddr::V4(v) if v.is_unspecified() => {}
+            ip => {
+                out.extend_from_slice(b",\"client_ip\":");
+                push_addr(out, ip, None);
+            }
         }
         if let Some(c) = self.capture {
             c.write_json(out, r.bytes_in, r.bytes_out);
         }
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Appends `key` (`,"name":`) and `v` as a JSON string, or nothing when there is no value.
+#[inline]
+fn push_field(out: &mut Vec<u8>, key: &[u8], v: Option<&[u8]>) {
+    if let Some(v) = v {
+        out.extend_from_slice(key);
+        push_str(out, v);
+    }
+}
+
+/// Appends `key` and `d` in milliseconds, or nothing when there is no duration.
+#[inline]
+fn push_ms_field(out: &mut Vec<u8>, key: &[u8], d: Option<Duration>) {
+    if let Some(d) = d {
+        out.extend_from_slice(key);
+        push_ms(out, d);
     }
 }
 

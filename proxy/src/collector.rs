@@ -212,6 +212,18 @@ const SEND_DEADLINE: Duration = Duration::from_secs(5);
 /// POSTs one batch of `content_type`, the concatenation of `parts`, and reads the answer; a 2xx
 /// is success.
 pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, parts: &[&[u8]], content_type: &str) -> Result<(), Sent> {
+    let deadline = post(s, conn, parts, content_type)?;
+    answer(conn, deadline)
+}
+
+/// Writes the POST of one batch (connecting first when there is no connection); gives the
+/// deadline for its answer, which [`answer`] reads.
+pub(crate) fn post(
+    s: &Shipping,
+    conn: &mut Option<Conn>,
+    parts: &[&[u8]],
+    content_type: &str,
+) -> Result<Instant, Sent> {
     let deadline = Instant::now() + SEND_DEADLINE;
     let size: usize = parts.iter().map(|p| p.len()).sum();
     let zipped: [Vec<u8>; 1];
@@ -256,6 +268,15 @@ pub(crate) fn send(s: &Shipping, conn: &mut Option<Conn>, parts: &[&[u8]], conte
         c.write_all(p)?;
     }
     c.flush()?;
+    Ok(deadline)
+}
+
+/// Reads the answer to the POST on `conn` (by `deadline`); a 2xx is success. The connection is
+/// dropped when the collector closes it or the answer cannot be read whole.
+pub(crate) fn answer(conn: &mut Option<Conn>, deadline: Instant) -> Result<(), Sent> {
+    let Some(c) = conn.as_mut() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no connection to read the answer on").into());
+    };
     // Every read waits at most what is left of the deadline.
     let left = |c: &Conn| -> std::io::Result<()> {
         let l = deadline.saturating_duration_since(Instant::now());

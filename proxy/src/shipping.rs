@@ -13,12 +13,12 @@
 use std::net::SocketAddr;
 
 use crate::access_log::{Block, Spares};
-use crate::collector::{send, Conn, Sent};
+use crate::collector::{answer, post, send, Conn, Sent};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration, ConfigErrors};
@@ -354,7 +354,10 @@ impl Drop for Shipper {
 }
 
 /// The shipper thread: sends each batch, tries a failed one again after a backoff. It sleeps
-/// until a batch comes (one wakeup per batch, not per round of the log thread).
+/// until a batch comes, and reads the answer to a batch it posted when the next one comes (or
+/// [`ANSWER_WAIT`] has passed): one wakeup per batch, not one for the batch and one for its
+/// answer. A batch is answered before the next is posted, so order and retries are as if each
+/// were sent and answered at once.
 fn ship(
     s: Shipping,
     rx: Receiver<Batch>,
@@ -365,69 +368,141 @@ fn ship(
 ) {
     let mut conn: Option<Conn> = None;
     let node = crate::otlp::node_name();
-    // Ends when the log thread drops its handle (the channel closes).
-    while let Ok(batch) = rx.recv() {
+    let mut posted: Option<Posted> = None;
+    loop {
+        let next = match posted {
+            Some(_) => match rx.recv_timeout(ANSWER_WAIT) {
+                Ok(b) => Some(b),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Some(p) = posted.take() {
+                        settle(&s, &mut conn, p, (counts, stop, queued, spares));
+                    }
+                    return;
+                }
+            },
+            // Ends when the log thread drops its handle (the channel closes).
+            None => match rx.recv() {
+                Ok(b) => Some(b),
+                Err(_) => return,
+            },
+        };
+        if let Some(p) = posted.take() {
+            if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
+                return;
+            }
+        }
+        let Some(batch) = next else { continue };
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let lines = batch.lines;
         // OTLP: the lines become one export request, made once per batch (not per try).
         let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
-        let (body, kind): (Vec<&[u8]>, _) = match &encoded {
-            Some(e) => (vec![&e[..]], PROTOBUF),
-            None => (batch.parts.iter().map(|p| &p[..]).collect(), NDJSON),
+        let mut p = Posted { batch, encoded, first: Ok(Instant::now()), reused: conn.is_some() };
+        p.first = {
+            let (body, kind) = p.body();
+            post(&s, &mut conn, &body, kind)
         };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let reused = conn.is_some();
-            let mut sent = send(&s, &mut conn, &body, kind);
-            if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
-                // A kept connection the collector closed while idle: once more at once, on a
-                // new one.
-                conn = None;
-                sent = send(&s, &mut conn, &body, kind);
+        if p.first.is_err() {
+            // Not posted: tried again (or dropped) at once.
+            if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
+                return;
             }
-            match sent {
-                Ok(()) => {
-                    counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
-                    queued.fetch_sub(lines, Ordering::Relaxed);
-                    break;
-                }
-                Err(Sent::Refused(status)) => {
-                    // The collector will never take this batch (400, 413, ...): dropped,
-                    // counted, and the next one goes.
-                    log::error!(
-                        "log shipping to {}: the collector refused a batch ({status}); {lines} records dropped",
-                        s.addr
-                    );
-                    counts.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
-                    queued.fetch_sub(lines, Ordering::Relaxed);
-                    conn = None;
-                    break;
-                }
-                Err(Sent::Failed(e)) => {
-                    counts.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
-                    // Never the same batch twice on one connection.
-                    conn = None;
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        // Sent (or refused for good): the blocks' buffers serve the workers again.
-        drop(body);
-        for p in batch.parts {
-            spares.give(p);
+        } else {
+            posted = Some(p);
         }
     }
+}
+
+/// How long the shipper waits for the next batch before it reads the answer to the last one
+/// (which the shipped count waits for).
+const ANSWER_WAIT: Duration = Duration::from_millis(200);
+
+/// A batch the shipper posted (or failed to post), its answer not yet read.
+struct Posted {
+    batch: Batch,
+    /// The batch as one OTLP export request, when shipping OTLP.
+    encoded: Option<Vec<u8>>,
+    /// The post: the deadline of its answer, or why it failed.
+    first: Result<Instant, Sent>,
+    /// Whether it went on a connection kept from an earlier batch.
+    reused: bool,
+}
+
+impl Posted {
+    fn body(&self) -> (Vec<&[u8]>, &'static str) {
+        match &self.encoded {
+            Some(e) => (vec![&e[..]], PROTOBUF),
+            None => (self.batch.parts.iter().map(|p| &p[..]).collect(), NDJSON),
+        }
+    }
+}
+
+/// Reads the answer to a posted batch, and tries the batch again after a backoff (on a new
+/// connection) until it is delivered or refused for good; then gives its buffers back. False
+/// when the shipper is stopped meanwhile.
+fn settle(
+    s: &Shipping,
+    conn: &mut Option<Conn>,
+    mut p: Posted,
+    (counts, stop, queued, spares): (&ShippingCounts, &AtomicBool, &std::sync::atomic::AtomicUsize, &Spares),
+) -> bool {
+    let lines = p.batch.lines;
+    let first = std::mem::replace(&mut p.first, Ok(Instant::now()));
+    let (body, kind) = p.body();
+    let mut sent = first.and_then(|deadline| answer(conn, deadline));
+    let mut reused = p.reused;
+    let mut backoff = Duration::from_millis(100);
+    let done = loop {
+        if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
+            // A kept connection the collector closed while idle: once more at once, on a new
+            // one.
+            *conn = None;
+            sent = send(s, conn, &body, kind);
+        }
+        match sent {
+            Ok(()) => {
+                counts.shipped.fetch_add(lines as u64, Ordering::Relaxed);
+                queued.fetch_sub(lines, Ordering::Relaxed);
+                break true;
+            }
+            Err(Sent::Refused(status)) => {
+                // The collector will never take this batch (400, 413, ...): dropped, counted,
+                // and the next one goes.
+                log::error!(
+                    "log shipping to {}: the collector refused a batch ({status}); {lines} records dropped",
+                    s.addr
+                );
+                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+                queued.fetch_sub(lines, Ordering::Relaxed);
+                *conn = None;
+                break true;
+            }
+            Err(Sent::Failed(e)) => {
+                counts.failed_batches.fetch_add(1, Ordering::Relaxed);
+                log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
+                // Never the same batch twice on one connection.
+                *conn = None;
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        reused = false;
+        sent = send(s, conn, &body, kind);
+    };
+    // Sent (or refused for good): the blocks' buffers serve the workers again.
+    drop(body);
+    for part in p.batch.parts {
+        spares.give(part);
+    }
+    done
 }
 
 const NDJSON: &str = "application/x-ndjson";

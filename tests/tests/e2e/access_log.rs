@@ -104,8 +104,10 @@ fn a_line_per_request_with_route_target_sizes_times_and_trace(driver: &str) {
     assert_eq!(p["bytes_out"], r.body.len() as u64);
     assert_eq!(p["attempts"], 1);
     assert_eq!(p["end"], "completed");
-    assert_eq!(p["error"], Value::Null);
-    assert_eq!(p["cache"], Value::Null);
+    // Fields that do not apply are left out, not written as null.
+    for absent in ["error", "error_source", "error_phase", "cache", "limit", "consumer"] {
+        assert!(p.get(absent).is_none(), "{absent} in {p}");
+    }
     assert_eq!(p["client_ip"], "127.0.0.1");
     assert!(p["worker"].as_u64().is_some());
     assert!(p["duration_ms"].as_f64().unwrap() > 0.0);
@@ -123,15 +125,14 @@ fn a_line_per_request_with_route_target_sizes_times_and_trace(driver: &str) {
     assert_eq!(seen[0].header_all("traceparent").len(), 1);
 
     let n = &l[1];
-    assert_eq!(n["route"], Value::Null);
-    assert_eq!(n["upstream"], Value::Null);
-    assert_eq!(n["target"], Value::Null);
+    for absent in ["route", "upstream", "target", "upstream_head_ms", "upstream_last_ms"] {
+        assert!(n.get(absent).is_none(), "{absent} in {n}");
+    }
     assert_eq!(n["status"], 404);
     assert_eq!(n["end"], "error");
     assert_eq!(n["error"], "no_route");
     assert_eq!((n["error_source"].as_str(), n["error_phase"].as_str()), (Some("gateway"), Some("route")));
     assert_eq!(n["attempts"], 0);
-    assert_eq!(n["upstream_head_ms"], Value::Null);
     assert_eq!(n["bytes_out"], r2.body.len() as u64);
     assert_eq!(n["path"], "/elsewhere");
 
@@ -139,7 +140,7 @@ fn a_line_per_request_with_route_target_sizes_times_and_trace(driver: &str) {
     let trace = t["trace_id"].as_str().unwrap();
     assert_eq!(trace.len(), 32);
     assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(t["upstream_connect_ms"], Value::Null, "the pooled connection was reused");
+    assert!(t.get("upstream_connect_ms").is_none(), "the pooled connection was reused: {t}");
     let sent = seen[1].header("traceparent").unwrap();
     assert_eq!(&sent[3..35], trace, "the new trace goes upstream");
 }
