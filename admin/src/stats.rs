@@ -369,6 +369,7 @@ pub fn start(ticks: crossbeam_channel::Receiver<Tick>) -> std::io::Result<StatsT
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (s, st) = (store.clone(), stop.clone());
     let join = std::thread::Builder::new().name("ringway-stats".into()).spawn(move || {
+        ringway_runtime::background_thread();
         while !st.load(std::sync::atomic::Ordering::Relaxed) {
             match ticks.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(tick) => {

@@ -196,9 +196,10 @@ impl AccessLog {
         let shared = (enabled.clone(), lost.clone(), shipped.clone());
         let parked = Arc::new(AtomicBool::new(false));
         let (p, sp) = (parked.clone(), spares.clone());
-        let thread = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || crate::log_thread::run(consumers, rx, (&p, sp), shared))?;
+        let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            ringway_runtime::background_thread();
+            crate::log_thread::run(consumers, rx, (&p, sp), shared)
+        })?;
         let wake = Arc::new(Wake { parked, thread: thread.thread().clone() });
         let queues = producers
             .into_iter()

@@ -189,9 +189,10 @@ impl Exporter {
         let counts = Arc::new(TraceCounts::default());
         let c = counts.clone();
         let node = otlp::node_name();
-        let thread = std::thread::Builder::new()
-            .name("trace-exporter".into())
-            .spawn(move || export(rx, settings_rx, &c, &node))?;
+        let thread = std::thread::Builder::new().name("trace-exporter".into()).spawn(move || {
+            ringway_runtime::background_thread();
+            export(rx, settings_rx, &c, &node)
+        })?;
         Ok((Exporter { settings, counts: counts.clone(), thread: Some(thread) }, SpanSender { tx, counts }))
     }
 

@@ -13,4 +13,6 @@ mod workers;
 
 pub use driver::{DriverChoice, DriverKind};
 pub use mailbox::{mailbox, Mailbox, MailboxSender};
-pub use workers::{allowed_cpus, raise_nofile_limit, spawn_workers, WorkerContext, WorkerOptions, Workers};
+pub use workers::{
+    allowed_cpus, background_thread, raise_nofile_limit, spawn_workers, WorkerContext, WorkerOptions, Workers,
+};
