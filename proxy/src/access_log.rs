@@ -589,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_json_with_every_field() {
+    fn lines_are_json_with_the_fields_that_apply() {
         let mut rec = Record::new(monoio::time::Instant::now());
         rec.request_id = crate::record::RequestId::generated(*b"0123456789abcdef0123456789abcdef");
         rec.client_ip = "10.1.2.3".parse().unwrap();
@@ -619,8 +619,9 @@ mod tests {
         assert_eq!((v["route"].as_str(), v["path"].as_str()), (Some("r\"1"), Some("/p?q=\u{1}")));
         assert_eq!((v["duration_ms"].as_f64(), v["upstream_head_ms"].as_f64()), (Some(0.142), Some(0.081)));
         assert_eq!((v["status"].as_u64(), v["worker"].as_u64(), v["attempts"].as_u64()), (Some(200), Some(3), Some(1)));
+        // What does not apply is left out.
         for field in ["cache", "limit", "error", "error_source", "error_phase", "trace_id", "upstream_connect_ms"] {
-            assert!(v.get(field).is_some_and(|f| f.is_null()), "{field} in {v}");
+            assert!(v.get(field).is_none(), "{field} in {v}");
         }
         assert_eq!((v["client_ip"].as_str(), v["target"].as_str()), (Some("10.1.2.3"), Some("127.0.0.1:8080")));
         rec.cache = crate::record::CacheStatus::Hit;

@@ -236,8 +236,9 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
             }
         }
         let Some(t) = current.as_ref() else {
-            // Not exporting: wait for settings or spans. A span that arrives is kept when
-            // settings came first (both may be waiting), else dropped and counted.
+            // Not exporting: sleep until settings or spans come (no timer: an idle exporter
+            // costs a busy core nothing). A span that arrives is kept when settings came first
+            // (both may be waiting), else dropped and counted.
             counts.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
             batch.clear();
             crossbeam_channel::select! {
@@ -258,7 +259,6 @@ fn export(rx: Receiver<Finished>, settings: Receiver<Option<Tracing>>, counts: &
                     }
                     Err(_) => return,
                 },
-                default(Duration::from_millis(200)) => {}
             }
             continue;
         };
