@@ -399,11 +399,12 @@ fn ship(
         }
         // OTLP: the lines become one export request, made once per batch (not per try).
         let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
-        let mut p = Posted { batch, encoded, first: Ok(Instant::now()), reused: conn.is_some() };
+        let mut p = Posted { batch, encoded, first: Ok(Instant::now()), reused: conn.is_some(), at: Instant::now() };
         p.first = {
             let (body, kind) = p.body();
             post(&s, &mut conn, &body, kind)
         };
+        p.at = Instant::now();
         if p.first.is_err() {
             // Not posted: tried again (or dropped) at once.
             if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
@@ -428,6 +429,9 @@ struct Posted {
     first: Result<Instant, Sent>,
     /// Whether it went on a connection kept from an earlier batch.
     reused: bool,
+    /// When the post was written: the answer's deadline is moved on by the time the shipper
+    /// waited before reading it.
+    at: Instant,
 }
 
 impl Posted {
@@ -451,7 +455,7 @@ fn settle(
     let lines = p.batch.lines;
     let first = std::mem::replace(&mut p.first, Ok(Instant::now()));
     let (body, kind) = p.body();
-    let mut sent = first.and_then(|deadline| answer(conn, deadline));
+    let mut sent = first.and_then(|deadline| answer(conn, deadline + p.at.elapsed()));
     let mut reused = p.reused;
     let mut backoff = Duration::from_millis(100);
     let done = loop {
