@@ -399,12 +399,13 @@ fn ship(
         }
         // OTLP: the lines become one export request, made once per batch (not per try).
         let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
-        let mut p = Posted { batch, encoded, first: Ok(Instant::now()), reused: conn.is_some(), at: Instant::now() };
-        p.first = {
-            let (body, kind) = p.body();
-            post(&s, &mut conn, &body, kind)
-        };
-        p.at = Instant::now();
+        let reused = conn.is_some();
+        let (body, kind) = payload(&batch, &encoded);
+        // The answer has what is left of the send's deadline from when it is read, not from
+        // now: the wait for the next batch is the shipper's, not the collector's.
+        let first = post(&s, &mut conn, &body, kind).map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        drop(body);
+        let p = Posted { batch, encoded, first, reused };
         if p.first.is_err() {
             // Not posted: tried again (or dropped) at once.
             if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
@@ -425,21 +426,17 @@ struct Posted {
     batch: Batch,
     /// The batch as one OTLP export request, when shipping OTLP.
     encoded: Option<Vec<u8>>,
-    /// The post: the deadline of its answer, or why it failed.
-    first: Result<Instant, Sent>,
+    /// The post: how long its answer may take once the shipper reads it, or why it failed.
+    first: Result<Duration, Sent>,
     /// Whether it went on a connection kept from an earlier batch.
     reused: bool,
-    /// When the post was written: the answer's deadline is moved on by the time the shipper
-    /// waited before reading it.
-    at: Instant,
 }
 
-impl Posted {
-    fn body(&self) -> (Vec<&[u8]>, &'static str) {
-        match &self.encoded {
-            Some(e) => (vec![&e[..]], PROTOBUF),
-            None => (self.batch.parts.iter().map(|p| &p[..]).collect(), NDJSON),
-        }
+/// What a batch's POST carries (its OTLP encoding when there is one), and its content type.
+fn payload<'a>(batch: &'a Batch, encoded: &'a Option<Vec<u8>>) -> (Vec<&'a [u8]>, &'static str) {
+    match encoded {
+        Some(e) => (vec![&e[..]], PROTOBUF),
+        None => (batch.parts.iter().map(|p| &p[..]).collect(), NDJSON),
     }
 }
 
@@ -449,14 +446,12 @@ impl Posted {
 fn settle(
     s: &Shipping,
     conn: &mut Option<Conn>,
-    mut p: Posted,
+    Posted { batch, encoded, first, mut reused }: Posted,
     (counts, stop, queued, spares): (&ShippingCounts, &AtomicBool, &std::sync::atomic::AtomicUsize, &Spares),
 ) -> bool {
-    let lines = p.batch.lines;
-    let first = std::mem::replace(&mut p.first, Ok(Instant::now()));
-    let (body, kind) = p.body();
-    let mut sent = first.and_then(|deadline| answer(conn, deadline + p.at.elapsed()));
-    let mut reused = p.reused;
+    let lines = batch.lines;
+    let (body, kind) = payload(&batch, &encoded);
+    let mut sent = first.and_then(|left| answer(conn, Instant::now() + left));
     let mut backoff = Duration::from_millis(100);
     let done = loop {
         if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
@@ -504,7 +499,7 @@ fn settle(
     };
     // Sent (or refused for good): the blocks' buffers serve the workers again.
     drop(body);
-    for part in p.batch.parts {
+    for part in batch.parts {
         spares.give(part);
     }
     done
