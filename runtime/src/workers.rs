@@ -74,9 +74,9 @@ pub fn raise_nofile_limit() -> u64 {
 
 /// Marks the calling thread as background work beside the workers (`SCHED_BATCH`): when it
 /// wakes it does not preempt a worker busy on the same core, but waits for the worker to block or
-/// for the scheduler's next tick; it keeps its fair share of the core otherwise, so it is never
-/// starved. A thread that wakes often (to gather log lines, send a batch, export spans) then
-/// costs a busy worker no extra context switches. False when the policy could not be set.
+/// for the scheduler's next tick; it keeps its fair share of the core otherwise (unlike
+/// `SCHED_IDLE`). A thread that wakes often (to gather log lines, send a batch, export spans)
+/// then switches a busy worker out less often. False when the policy could not be set.
 pub fn background_thread() -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the struct passed to it; pid 0 is the calling thread.
