@@ -1,5 +1,5 @@
 //! What one access-log record costs the worker that makes it: a small GET's record formatted as
-//! a JSON line (`Entry::write_json`), and formatted into a worker's block of lines and queued
+//! a JSON line (`Entry::write`, with what a worker keeps between lines), and formatted into a worker's block of lines and queued
 //! (`LogQueue::push`, the log thread draining it).
 //!
 //!     cargo bench -p ringway-perf --bench record_line
@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ringway_proxy::access_log::{AccessLog, Entry};
+use ringway_proxy::log_line::LineCache;
 use ringway_proxy::metrics::WorkerGauges;
 use ringway_proxy::record::{Record, RequestId};
 
@@ -56,12 +57,13 @@ fn main() {
     entry(start_ms).write_json(&mut line);
     println!("a line is {} bytes: {}", line.len(), String::from_utf8_lossy(&line).trim_end());
 
+    let mut cache = LineCache::default();
     let format = best(|| {
         let t = Instant::now();
         for i in 0..PER_ROUND {
             line.clear();
             // A new millisecond every few records, a new second every few thousand.
-            black_box(entry(start_ms + (i as u64 >> 2))).write_json(&mut line);
+            black_box(entry(start_ms + (i as u64 >> 2))).write(&mut line, &mut cache);
             black_box(&line);
         }
         t.elapsed()

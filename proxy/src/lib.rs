@@ -30,6 +30,7 @@ pub mod io;
 pub mod json;
 pub mod jwks;
 pub mod lb;
+pub mod log_line;
 mod log_thread;
 pub mod metrics;
 pub mod otlp;

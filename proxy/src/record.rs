@@ -169,7 +169,7 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `bytes` as lower-case hex.
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
