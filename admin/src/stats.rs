@@ -348,14 +348,15 @@ pub fn parse_window(s: &str) -> Option<u64> {
 /// The statistics thread's handle: its store, and how to end it.
 pub struct StatsThread {
     pub store: Arc<Mutex<StatsStore>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to stop the thread.
+    stop: Option<crossbeam_channel::Sender<()>>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StatsThread {
-    /// Ends the thread (it checks every 200 ms) and waits for it.
+    /// Ends the thread and waits for it.
     pub fn stop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
@@ -363,26 +364,30 @@ impl StatsThread {
 }
 
 /// Starts the `ringway-stats` thread; it ends when stopped or when every worker's sender is
-/// gone.
+/// gone. It sleeps until a tick comes or it is stopped, with no timed wakeup: on a busy core
+/// every wakeup of a background thread costs the workers (five timed wakeups a second cost as
+/// much as the statistics themselves, `perf/results/monitoring/`).
 pub fn start(ticks: crossbeam_channel::Receiver<Tick>) -> std::io::Result<StatsThread> {
     let store = Arc::new(Mutex::new(StatsStore::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (s, st) = (store.clone(), stop.clone());
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let s = store.clone();
     let join = std::thread::Builder::new().name("ringway-stats".into()).spawn(move || {
         ringway_runtime::background_thread();
-        while !st.load(std::sync::atomic::Ordering::Relaxed) {
-            match ticks.recv_timeout(std::time::Duration::from_millis(200)) {
-                Ok(tick) => {
-                    if let Ok(mut store) = s.lock() {
-                        store.add(&tick);
+        loop {
+            crossbeam_channel::select! {
+                recv(ticks) -> tick => match tick {
+                    Ok(tick) => {
+                        if let Ok(mut store) = s.lock() {
+                            store.add(&tick);
+                        }
                     }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
+                },
+                recv(stopped) -> _ => return,
             }
         }
     })?;
-    Ok(StatsThread { store, stop, join: Some(join) })
+    Ok(StatsThread { store, stop: Some(stop), join: Some(join) })
 }
 
 #[cfg(test)]
