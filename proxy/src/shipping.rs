@@ -342,6 +342,9 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
         let (dead, _) = crossbeam_channel::unbounded();
         drop(std::mem::replace(&mut self.batches, dead));
         if let Some(t) = self.thread.take() {
@@ -484,12 +487,14 @@ fn settle(
                 log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
                 // Never the same batch twice on one connection.
                 *conn = None;
+                // Parked for the whole backoff (stopping unparks it): a collector away for
+                // minutes costs a wakeup per try, not one every few milliseconds.
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
                     if stop.load(Ordering::Relaxed) {
                         return false;
                     }
-                    std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+                    std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
