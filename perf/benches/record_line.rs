@@ -1,6 +1,6 @@
 //! What one access-log record costs the worker that makes it: a small GET's record formatted as
-//! a JSON line (`Entry::write`, with what a worker keeps between lines), and formatted into a worker's block of lines and queued
-//! (`LogQueue::push`, the log thread draining it).
+//! a JSON line (`Entry::write`, with what a worker keeps between lines), and formatted into a
+//! worker's block of lines and queued (`LogQueue::push`, the log thread draining it).
 //!
 //!     cargo bench -p ringway-perf --bench record_line
 //!

@@ -1,6 +1,6 @@
 //! JSON text written by hand on the request path (the access log's lines, captures).
 
-use crate::record::push_hex;
+use crate::record::HEX;
 
 /// Appends `v` as a JSON string: quotes, backslashes, control characters and bytes outside
 /// ASCII are escaped, so any input gives valid JSON.
@@ -70,22 +70,40 @@ fn plain(b: u8) -> bool {
 
 #[cold]
 fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
-    out.push(b'"');
+    let start = out.len();
+    out.resize(start + escaped_max(v), 0);
+    let n = write_escaped(&mut out[start..], v);
+    out.truncate(start + n);
+}
+
+/// The most bytes `v` takes as an escaped JSON string, quotes included.
+fn escaped_max(v: &[u8]) -> usize {
+    6 * v.len() + 2
+}
+
+/// Writes `v` as an escaped JSON string, quotes included, at the start of `out` (at least
+/// [`escaped_max`] long); gives the bytes written.
+#[cold]
+pub(crate) fn write_escaped(out: &mut [u8], v: &[u8]) -> usize {
+    let mut n = 0;
+    let mut put = |s: &[u8]| {
+        out[n..n + s.len()].copy_from_slice(s);
+        n += s.len();
+    };
+    put(b"\"");
     let mut rest = v;
     // Runs of plain bytes are copied whole; only the rare byte that needs escaping is written
     // on its own.
     while let Some(i) = rest.iter().position(|&b| !plain(b)) {
-        out.extend_from_slice(&rest[..i]);
+        put(&rest[..i]);
         match rest[i] {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b => {
-                out.extend_from_slice(b"\\u00");
-                push_hex(out, &[b]);
-            }
+            b'"' => put(b"\\\""),
+            b'\\' => put(b"\\\\"),
+            b => put(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]),
         }
         rest = &rest[i + 1..];
     }
-    out.extend_from_slice(rest);
-    out.push(b'"');
+    put(rest);
+    put(b"\"");
+    n
 }

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::json::{is_plain, push_str};
-use crate::record::{LimitOutcome, Record, HEX};
+use crate::json::{is_plain, write_escaped};
+use crate::record::{hex_into, LimitOutcome, Record};
 
 /// One access-log line's fields.
 pub struct Entry<'a> {
@@ -132,11 +132,10 @@ impl Line<'_> {
         }
     }
 
+    /// Escaped straight into the line (the line's bound counts six bytes for each).
     #[cold]
     fn escaped(&mut self, v: &[u8]) {
-        let mut tmp = Vec::with_capacity(v.len() * 6 + 2);
-        push_str(&mut tmp, v);
-        self.put(&tmp);
+        self.n += write_escaped(&mut self.b[self.n..], v);
     }
 
     /// `key` and `v` as a JSON string, or nothing when there is no value.
@@ -282,9 +281,7 @@ impl Entry<'_> {
         if r.trace.trace_id != [0; 16] {
             w.put(b",\"trace_id\":\"");
             let mut hex = [0u8; 32];
-            for (pair, b) in hex.chunks_exact_mut(2).zip(r.trace.trace_id) {
-                pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-            }
+            hex_into(&mut hex, &r.trace.trace_id);
             w.put(&hex);
             w.byte(b'"');
         }

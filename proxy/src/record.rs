@@ -171,14 +171,6 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `bytes` as lower-case hex.
-pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(2 * bytes.len());
-    for b in bytes {
-        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-    }
-}
-
 impl Trace {
     /// The trace of an inbound `traceparent` value (W3C Trace Context, level 1), when valid:
     /// version `00` (or a later version, read as far as version 00 goes), a trace id and a
@@ -220,7 +212,8 @@ impl Trace {
     }
 }
 
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+/// Writes `bytes` as lower-case hex at the start of `out`.
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = HEX[(b >> 4) as usize];
         pair[1] = HEX[(b & 15) as usize];
