@@ -1,6 +1,7 @@
-//! What one access-log record costs the worker that makes it: a small GET's record formatted as
-//! a JSON line (`Entry::write`, with what a worker keeps between lines), and formatted into a
-//! worker's block of lines and queued (`LogQueue::push`, the log thread draining it).
+//! What one access-log record costs: a small GET's record formatted as a JSON line
+//! (`Entry::write`, with what the formatter keeps between lines: the log thread's share), and
+//! copied into a worker's block of records and queued (`LogQueue::push`: the worker's share; the
+//! log thread drains the queue and formats the lines meanwhile).
 //!
 //!     cargo bench -p ringway-perf --bench record_line
 //!
@@ -71,7 +72,7 @@ fn main() {
     println!("format: {format:.1} ns per record");
 
     // The log on, writing to /dev/null: the worker's side is what is timed (the log thread
-    // drains the queue on the other core meanwhile).
+    // drains the queue and formats the lines on the other core meanwhile).
     let (mut log, queues) = AccessLog::start(1, 1 << 22).expect("the log thread starts");
     log.set(ringway_proxy::access_log::Destination::parse("/dev/null").expect("a destination")).expect("opens");
     let gauges = WorkerGauges::default();
@@ -83,6 +84,6 @@ fn main() {
         }
         t.elapsed()
     });
-    println!("format and queue: {push:.1} ns per record");
+    println!("queue: {push:.1} ns per record");
     log.stop();
 }

@@ -1,12 +1,13 @@
-//! JSON access logs: each worker formats one line per request straight into its current block
-//! (a buffer of whole lines) and hands full blocks to the log thread over its own bounded queue
-//! (wait-free, single producer, single consumer); the log thread writes the blocks to a file or
-//! stdout and passes them on to the shipper, without copying a line. A worker never blocks and
-//! never writes a file: when its queue is full the block's lines are dropped and counted. The
-//! file is reopened on request (SIGHUP, the logrotate convention).
+//! JSON access logs: each worker copies one record per request into its current block (see
+//! [`crate::log_record`]) and hands full blocks to the log thread over its own bounded queue
+//! (wait-free, single producer, single consumer); the log thread formats the lines, a block at a
+//! time, writes them to a file or stdout and passes them on to the shipper without copying a
+//! line again. A worker never blocks, never formats a line (but a capturing route's) and never
+//! writes a file: when its queue is full the block's records are dropped and counted. The file
+//! is reopened on request (SIGHUP, the logrotate convention).
 //!
-//! The worker side is on the hot path: no lock, no copy of a line, one allocation per block
-//! (some hundred lines).
+//! The worker side is on the hot path: no lock, one copy of a record, no allocation but a new
+//! block's when no spare one is left.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crate::log_line::LineCache;
 pub use crate::log_line::{push_rfc3339, Entry};
+use crate::log_record::Records;
 use crate::metrics::WorkerGauges;
 use crate::shipping::{Shipping, ShippingCounts};
 
@@ -47,77 +49,103 @@ impl Destination {
     }
 }
 
-/// Whole lines, each ending with a newline, in the order a worker wrote them.
+/// Whole lines, each ending with a newline, in the order each worker ended its requests.
 pub struct Block {
     pub data: Vec<u8>,
     pub lines: usize,
 }
 
-/// Emptied block buffers, kept for the workers' next blocks: a block's memory is used again
-/// (its pages mapped, perhaps still in cache) rather than allocated and faulted in anew. Lock-free
-/// and bounded: what does not fit is freed.
-#[derive(Clone)]
-pub struct Spares {
-    tx: crossbeam_channel::Sender<Vec<u8>>,
-    rx: crossbeam_channel::Receiver<Vec<u8>>,
+/// Emptied buffers of blocks (of lines, or of records), kept for the next blocks: a block's
+/// memory is used again (its pages mapped, perhaps still in cache) rather than allocated and
+/// faulted in anew. Lock-free and bounded: what does not fit is freed.
+pub struct Spares<T = Vec<u8>> {
+    tx: crossbeam_channel::Sender<T>,
+    rx: crossbeam_channel::Receiver<T>,
     block_bytes: usize,
 }
 
-impl Spares {
+impl<T> Clone for Spares<T> {
+    fn clone(&self) -> Self {
+        Spares { tx: self.tx.clone(), rx: self.rx.clone(), block_bytes: self.block_bytes }
+    }
+}
+
+/// A block's buffer, made for about a block's bytes and emptied to be used again.
+pub trait Reuse: Sized {
+    fn fresh(bytes: usize) -> Self;
+    /// Empties the buffer; false when it is not worth keeping (smaller than a block).
+    fn emptied(&mut self, bytes: usize) -> bool;
+}
+
+impl Reuse for Vec<u8> {
+    fn fresh(bytes: usize) -> Self {
+        Vec::with_capacity(bytes)
+    }
+
+    fn emptied(&mut self, bytes: usize) -> bool {
+        self.clear();
+        self.capacity() >= bytes
+    }
+}
+
+impl Reuse for Records {
+    fn fresh(bytes: usize) -> Self {
+        Records::with_bytes(bytes)
+    }
+
+    fn emptied(&mut self, _: usize) -> bool {
+        self.clear();
+        true
+    }
+}
+
+impl<T: Reuse> Spares<T> {
     /// Room for `count` buffers of blocks of `block_bytes`.
-    pub fn new(count: usize, block_bytes: usize) -> Spares {
+    pub fn new(count: usize, block_bytes: usize) -> Spares<T> {
         let (tx, rx) = crossbeam_channel::bounded(count.max(1));
         Spares { tx, rx, block_bytes }
     }
 
-    /// Keeps `buf` for a later block (only a buffer of a whole block's size).
-    pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() >= self.block_bytes {
-            buf.clear();
+    /// Keeps `buf` for a later block.
+    pub fn give(&self, mut buf: T) {
+        if buf.emptied(self.block_bytes) {
             let _ = self.tx.try_send(buf);
         }
     }
 
-    fn take(&self) -> Vec<u8> {
-        self.rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.block_bytes))
+    pub(crate) fn take(&self) -> T {
+        self.rx.try_recv().unwrap_or_else(|_| T::fresh(self.block_bytes))
     }
 }
 
 /// Room kept at the end of a block for the next line: a block is handed over before a line
 /// could make its buffer grow (a copy).
-const LINE_ROOM: usize = 2048;
+pub(crate) const LINE_ROOM: usize = 2048;
 
-/// Bytes of a block fetched ahead for the next line (a small GET's line is about 430).
-const NEXT_LINE: usize = 512;
-
-/// Asks for the room of the next line in the block to be brought into the cache for writing
-/// while the worker does other things. A block's memory comes back to a worker after a round
-/// through the log thread and the shipper (about a megabyte per worker), so the next line's
-/// room is seldom in the cache; written cold, each of a line's cache lines would be a miss on
-/// the request path.
+/// Asks for `bytes` from `at` to be brought into the cache for writing while the worker does
+/// other things. A block's memory comes back to a worker after a round through the log thread
+/// (hundreds of kilobytes a worker), so the next record's room is seldom in the cache; written
+/// cold, each of its cache lines would be a miss on the request path.
 #[inline(always)]
-fn prefetch_next_line(data: &Vec<u8>) {
+pub(crate) fn prefetch_for_write(at: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    if data.capacity() - data.len() >= NEXT_LINE {
+    for line in 0..bytes.div_ceil(64) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        let next = data.as_ptr().wrapping_add(data.len()).cast::<i8>();
-        for line in 0..NEXT_LINE / 64 {
-            // SAFETY: a prefetch is a hint: it never faults and changes no memory; the addresses
-            // are within the block's allocation (checked above).
-            unsafe { _mm_prefetch::<_MM_HINT_ET0>(next.wrapping_add(64 * line)) };
-        }
+        // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the
+        // address.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(64 * line).cast::<i8>()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+    let _ = (at, bytes);
 }
 
 /// A worker's end of its log queue.
 pub struct LogQueue {
-    /// The block being filled, and what the worker keeps from one line to the next.
-    block: RefCell<(Block, LineCache)>,
-    full: RefCell<rtrb::Producer<Block>>,
-    block_bytes: usize,
-    spares: Spares,
+    /// The block being filled, and what the worker keeps from one line to the next (for the
+    /// few lines it formats).
+    block: RefCell<(Records, LineCache)>,
+    full: RefCell<rtrb::Producer<Records>>,
+    spares: Spares<Records>,
     enabled: Arc<AtomicBool>,
     wake: Arc<Wake>,
 }
@@ -136,38 +164,35 @@ impl LogQueue {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Formats one line into the current block; hands the block over when it is full.
+    /// Queues one request's record in the current block; hands the block over when it is full.
     pub fn push(&self, entry: &Entry<'_>, gauges: &WorkerGauges) {
         let (b, cache) = &mut *self.block.borrow_mut();
-        entry.write(&mut b.data, cache);
-        b.lines += 1;
-        if b.data.len() + LINE_ROOM > self.block_bytes {
+        b.push(entry, cache);
+        if b.full() {
             self.hand_over(b, gauges);
         }
-        prefetch_next_line(&b.data);
+        b.prefetch_next();
     }
 
-    /// Hands over the lines of the current block, if any: the worker's timer calls it, so the
-    /// lines of a quiet worker do not wait for a full block.
+    /// Hands over the records of the current block, if any: the worker's timer calls it, so the
+    /// records of a quiet worker do not wait for a full block.
     pub fn flush(&self, gauges: &WorkerGauges) {
         let (b, _) = &mut *self.block.borrow_mut();
-        if b.lines > 0 {
+        if !b.is_empty() {
             self.hand_over(b, gauges);
         }
     }
 
-    fn hand_over(&self, b: &mut Block, gauges: &WorkerGauges) {
-        let lines = b.lines as u64;
+    fn hand_over(&self, b: &mut Records, gauges: &WorkerGauges) {
+        let lines = b.len() as u64;
         let mut full = self.full.borrow_mut();
         if full.is_full() {
-            // The log thread is behind: these lines are dropped and counted; the buffer stays.
+            // The log thread is behind: these records are dropped and counted; the buffer stays.
             gauges.log_dropped.add(lines);
-            b.data.clear();
-            b.lines = 0;
+            b.clear();
             return;
         }
-        let next = Block { data: self.spares.take(), lines: 0 };
-        let _ = full.push(std::mem::replace(b, next));
+        let _ = full.push(std::mem::replace(b, self.spares.take()));
         gauges.log_queued.add(lines);
         // A queue a quarter full wakes the log thread (a syscall only when it sleeps).
         if full.slots() * 4 <= full.buffer().capacity() * 3 && self.wake.parked.swap(false, Ordering::SeqCst) {
@@ -213,25 +238,25 @@ impl AccessLog {
         let blocks = (queue_bytes / block_bytes).max(2);
         let enabled = Arc::new(AtomicBool::new(false));
         let (producers, consumers): (Vec<_>, Vec<_>) = (0..workers).map(|_| rtrb::RingBuffer::new(blocks)).unzip();
-        let spares = Spares::new(workers * (blocks + 1), block_bytes);
+        let spares = Spares::<Vec<u8>>::new(workers * (blocks + 1), block_bytes);
+        let record_spares = Spares::<Records>::new(workers * (blocks + 1), block_bytes);
         let (orders, rx) = crossbeam_channel::bounded(16);
         let lost = Arc::new(AtomicU64::new(0));
         let shipped = Arc::new(ShippingCounts::default());
         let shared = (enabled.clone(), lost.clone(), shipped.clone());
         let parked = Arc::new(AtomicBool::new(false));
-        let (p, sp) = (parked.clone(), spares.clone());
+        let (p, sp, rsp) = (parked.clone(), spares.clone(), record_spares.clone());
         let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || {
             ringway_runtime::background_thread();
-            crate::log_thread::run(consumers, rx, (&p, sp), shared)
+            crate::log_thread::run(consumers, rx, (&p, sp, rsp), shared)
         })?;
         let wake = Arc::new(Wake { parked, thread: thread.thread().clone() });
         let queues = producers
             .into_iter()
             .map(|full| LogQueue {
-                block: RefCell::new((Block { data: Vec::with_capacity(block_bytes), lines: 0 }, LineCache::default())),
+                block: RefCell::new((Records::with_bytes(block_bytes), LineCache::default())),
                 full: RefCell::new(full),
-                block_bytes,
-                spares: spares.clone(),
+                spares: record_spares.clone(),
                 enabled: enabled.clone(),
                 wake: wake.clone(),
             })

@@ -31,6 +31,7 @@ pub mod json;
 pub mod jwks;
 pub mod lb;
 pub mod log_line;
+pub mod log_record;
 mod log_thread;
 pub mod metrics;
 pub mod otlp;
