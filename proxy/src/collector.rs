@@ -184,6 +184,13 @@ impl Write for Conn {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write_vectored(bufs),
+            Conn::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.flush(),
@@ -263,12 +270,27 @@ pub(crate) fn post(
         *conn = Some(Conn::new(c, s.tls.as_ref())?);
     }
     let c = conn.as_mut().expect("connected above");
-    c.write_all(head.as_bytes())?;
-    for p in body {
-        c.write_all(p)?;
-    }
+    write_all_parts(c, head.as_bytes(), body)?;
     c.flush()?;
     Ok(deadline)
+}
+
+/// Writes `head` and `body` in as few calls as the socket takes (one `writev` for a whole batch
+/// when its buffer has room): each write on a socket without delay is sent at once, and wakes
+/// the collector if it sleeps.
+fn write_all_parts(c: &mut Conn, head: &[u8], body: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        std::iter::once(head).chain(body.iter().copied()).map(std::io::IoSlice::new).collect();
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        match c.write_vectored(left) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the answer to the POST on `conn` (by `deadline`); a 2xx is success. The connection is
