@@ -170,8 +170,8 @@ pub struct Args {
     #[arg(long)]
     pub access_log_query: bool,
 
-    /// Each worker's access-log queue, in bytes (blocks of lines of up to 64 KiB); the lines of a
-    /// block that does not fit are dropped and counted.
+    /// Each worker's access-log queue, in bytes (blocks of request records of about 64 KiB); the
+    /// records of a block that does not fit are dropped and counted.
     #[arg(long, default_value_t = 1 << 20)]
     pub access_log_buffer: usize,
 

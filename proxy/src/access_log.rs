@@ -150,8 +150,9 @@ pub struct LogQueue {
     wake: Arc<Wake>,
 }
 
-/// How a worker wakes the log thread (its queue a quarter full).
+/// How a worker wakes the log thread (its queue holding `at` blocks).
 struct Wake {
+    at: usize,
     /// Set by the log thread while it sleeps (or is about to).
     parked: Arc<AtomicBool>,
     thread: std::thread::Thread,
@@ -195,7 +196,7 @@ impl LogQueue {
         let _ = full.push(std::mem::replace(b, self.spares.take()));
         gauges.log_queued.add(lines);
         // A queue a quarter full wakes the log thread (a syscall only when it sleeps).
-        if full.slots() * 4 <= full.buffer().capacity() * 3 && self.wake.parked.swap(false, Ordering::SeqCst) {
+        if full.buffer().capacity() - full.slots() >= self.wake.at && self.wake.parked.swap(false, Ordering::SeqCst) {
             self.wake.thread.unpark();
         }
     }
@@ -246,11 +247,13 @@ impl AccessLog {
         let shared = (enabled.clone(), lost.clone(), shipped.clone());
         let parked = Arc::new(AtomicBool::new(false));
         let (p, sp, rsp) = (parked.clone(), spares.clone(), record_spares.clone());
+        // A queue a quarter full wakes the log thread.
+        let wake_at = blocks.div_ceil(4);
         let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || {
             ringway_runtime::background_thread();
-            crate::log_thread::run(consumers, rx, (&p, sp, rsp), shared)
+            crate::log_thread::run(consumers, rx, (&p, sp, rsp, wake_at), shared)
         })?;
-        let wake = Arc::new(Wake { parked, thread: thread.thread().clone() });
+        let wake = Arc::new(Wake { at: wake_at, parked, thread: thread.thread().clone() });
         let queues = producers
             .into_iter()
             .map(|full| LogQueue {

@@ -1,8 +1,9 @@
-//! One access-log line per request, formatted on the worker. Every request that is shipped or
-//! logged pays for its line, so the line is written in one pass into a scratch buffer sized for
-//! its longest form (fixed-size copies for the keys, no growth checks), with what repeats from
-//! line to line kept formatted: the date of the current second, the last client address and the
-//! last target.
+//! One access-log line per request, formatted by the log thread from the records the workers
+//! queue (see [`crate::log_record`]; a capturing route's line by its worker). Every request that
+//! is shipped or logged pays for its line, so the line is written in one pass into a scratch
+//! buffer sized for its longest form (fixed-size copies for the keys, no growth checks), with
+//! what repeats from line to line kept formatted: the date of the current second, the last
+//! client address and the last target.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};

@@ -56,10 +56,9 @@ impl Sink<'_> {
 pub(crate) fn run(
     mut queues: Vec<rtrb::Consumer<Records>>,
     orders: crossbeam_channel::Receiver<Order>,
-    (parked, spares, record_spares): (&AtomicBool, Spares, Spares<Records>),
+    (parked, spares, record_spares, wake_at): (&AtomicBool, Spares, Spares<Records>, usize),
     (enabled, lost, counts): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<ShippingCounts>),
 ) {
-    let capacity = queues.first().map_or(0, |q| q.buffer().capacity());
     let mut sink = Sink { out: None, destination: None, shipper: None, spares: &spares, lost: &lost };
     // The block of lines being formatted, and what the formatter keeps from line to line.
     let mut lines = Block { data: spares.take(), lines: 0 };
@@ -128,7 +127,7 @@ pub(crate) fn run(
             sh.flush_due(now);
         }
         // A queue a quarter full is drained again at once.
-        if fullest * 4 >= capacity && fullest > 0 && !stopping {
+        if fullest >= wake_at && !stopping {
             continue;
         }
         if let Some(w) = sink.out.as_mut() {
@@ -142,7 +141,7 @@ pub(crate) fn run(
         // a channel would spin and yield first, each yield a switch to a worker and back.
         let wait = sink.shipper.as_ref().and_then(|sh| sh.due_in(now)).map_or(SLEEP, |d| d.min(SLEEP));
         parked.store(true, Ordering::SeqCst);
-        if queues.iter().all(|q| q.slots() * 4 < capacity) {
+        if queues.iter().all(|q| q.slots() < wake_at) {
             std::thread::park_timeout(wait);
         }
         parked.store(false, Ordering::Relaxed);

@@ -120,11 +120,11 @@ async fn sweeper(worker: Rc<Worker>) {
     }
 }
 
-/// How long a worker's access-log lines wait at most for their block to fill.
+/// How long a worker's access-log records wait at most for their block to fill.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 
 /// Hands over the worker's partly filled access-log block every [`LOG_FLUSH`] while the log is
-/// on: the lines of a quiet worker reach the log soon (a busy worker's blocks fill first).
+/// on: the records of a quiet worker reach the log soon (a busy worker's blocks fill first).
 async fn log_flusher(worker: Rc<Worker>) {
     let Some(log) = &worker.log else { return };
     loop {
@@ -304,7 +304,7 @@ pub async fn run_worker(ctx: WorkerContext, setup: WorkerSetup) {
     if worker.active.get() > 0 {
         log::warn!("worker {}: drain timeout with {} connection(s) open", ctx.id, worker.active.get());
     }
-    // The last lines go to the log thread before the worker ends (the node stops the log after
+    // The last records go to the log thread before the worker ends (the node stops the log after
     // its workers).
     if let Some(log) = &worker.log {
         log.flush(&worker.metrics.gauges);

@@ -2,7 +2,7 @@
 //! access log.
 //!
 //! Hot path: a clock read, one lookup of the route's counters, and (when the log is on) one
-//! line formatted into a reused buffer.
+//! record copied into the worker's block of records (the log thread formats its line).
 
 use monoio::time::Instant;
 
