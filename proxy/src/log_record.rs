@@ -202,8 +202,8 @@ mod tests {
             unix_ms: 1_796_075_112_345 + i as u64 * 7,
             total: Duration::from_micros(142 + i as u64),
             worker: i % 2,
-            route: (i % 3 != 0).then_some("r\"1"),
-            consumer: (i % 4 == 0).then_some("émile"),
+            route: (!i.is_multiple_of(3)).then_some("r\"1"),
+            consumer: i.is_multiple_of(4).then_some("émile"),
             upstream: (i % 3 == 1).then_some("u"),
             target: (i % 3 == 1).then(|| SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16))),
             text: match i % 10 {
