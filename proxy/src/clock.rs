@@ -15,6 +15,16 @@ fn system_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A monotonic instant and the system clock's reading then, in microseconds since the Unix
+/// epoch, taken together (see [`Clock::unix_ms_at`]).
+pub type Anchor = (monoio::time::Instant, u64);
+
+/// Reads both clocks now.
+pub fn anchor() -> Anchor {
+    let us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    (monoio::time::Instant::now(), us)
+}
+
 /// A worker's clock (cheap to clone; every worker of a gateway shares the skew).
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
@@ -52,6 +62,18 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Milliseconds since the Unix epoch at `now`, counted from `anchor` (which the worker takes
+    /// once a second) rather than read: the access log stamps every request without a second
+    /// clock read beside the monotonic one its duration needs. A step of the system clock shows
+    /// within a second.
+    #[inline]
+    pub fn unix_ms_at(&self, (at, us): Anchor, now: monoio::time::Instant) -> u64 {
+        let since = now.saturating_duration_since(at).as_micros() as u64;
+        (us.saturating_add(since) / 1000).saturating_add_signed(self.skew_ms())
+    }
+}
+
 impl ClockHand {
     /// Moves every clock of the gateway forward by `ms`; returns the skew now.
     pub fn advance(&self, ms: u64) -> i64 {
@@ -72,5 +94,20 @@ mod tests {
         assert!(moved >= before + 90_000 && moved < before + 100_000);
         assert_eq!(Clock::real().skew_ms(), 0);
         assert_eq!(clock.clone().skew_ms(), 90_000, "clones share the skew");
+    }
+
+    #[test]
+    fn wall_time_counted_from_an_anchor_agrees_with_the_system_clock() {
+        let (clock, hand) = Clock::movable();
+        let wall = anchor();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (before, counted, after) =
+            (Clock::real().unix_ms(), clock.unix_ms_at(wall, monoio::time::Instant::now()), Clock::real().unix_ms());
+        assert!(before <= counted + 1 && counted <= after + 1, "{before} {counted} {after}");
+        hand.advance(5_000);
+        let moved = clock.unix_ms_at(wall, monoio::time::Instant::now());
+        assert!(moved >= counted + 5_000 && moved < counted + 6_000, "{counted} {moved}");
+        // At the anchor's own instant, its own reading.
+        assert_eq!(Clock::real().unix_ms_at(wall, wall.0), wall.1 / 1000);
     }
 }

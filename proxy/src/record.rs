@@ -126,6 +126,14 @@ impl RequestId {
         Some(RequestId { buf, len: v.len() as u8 })
     }
 
+    /// An id queued for the access log (from [`RequestId::as_bytes`]: 64 bytes at most).
+    pub(crate) fn queued(v: &[u8]) -> Self {
+        let mut buf = [0u8; 64];
+        let len = v.len().min(64);
+        buf[..len].copy_from_slice(&v[..len]);
+        RequestId { buf, len: len as u8 }
+    }
+
     /// No id yet.
     pub fn empty() -> Self {
         RequestId { buf: [0; 64], len: 0 }

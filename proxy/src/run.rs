@@ -111,6 +111,7 @@ async fn sweeper(worker: Rc<Worker>) {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = Instant::now();
         worker.coarse_now.set(now);
+        worker.wall.set(crate::clock::anchor());
         // How late the timer woke: the time other work held the loop (its lag).
         let lag = now.saturating_duration_since(due).as_micros().min(u128::from(u64::MAX)) as u64;
         worker.metrics.flush_stats(&mut worker.series.borrow_mut(), worker.clock.unix_ms() / 1000, lag);

@@ -185,6 +185,9 @@ pub struct Worker {
     watched: RefCell<FdSlots<Instant>>,
     /// A clock read once a second by the sweeper: deadlines a second coarse cost no clock read.
     pub(crate) coarse_now: Cell<Instant>,
+    /// The wall clock at a monotonic instant, taken with `coarse_now`: the access log's
+    /// timestamps are counted from it ([`Clock::unix_ms_at`]).
+    pub(crate) wall: Cell<crate::clock::Anchor>,
     request_seq: Cell<u64>,
     id_prefix: u64,
     /// State of the generator of trace and span ids.
@@ -286,6 +289,7 @@ impl Worker {
             idle: RefCell::new(FdSlots::default()),
             watched: RefCell::new(FdSlots::default()),
             coarse_now: Cell::new(Instant::now()),
+            wall: Cell::new(crate::clock::anchor()),
             request_seq: Cell::new(0),
             id_prefix,
             rng: Cell::new(crate::record::mix64(id_prefix)),

@@ -41,7 +41,7 @@ pub(super) fn finish(
     if let Some(log) = worker.log.as_ref().filter(|l| l.enabled()) {
         let entry = Entry {
             rec,
-            unix_ms: worker.clock.unix_ms().saturating_sub(total.as_millis() as u64),
+            unix_ms: worker.clock.unix_ms_at(worker.wall.get(), now).saturating_sub(total.as_millis() as u64),
             total,
             worker: worker.ctx.id,
             route: route_id,
