@@ -163,6 +163,8 @@ pub struct LogQueue {
     spares: Spares<Records>,
     enabled: Arc<AtomicBool>,
     wake: Arc<Wake>,
+    /// A full block was handed over since the worker's timer last looked.
+    handed: std::cell::Cell<bool>,
 }
 
 /// How a worker wakes the log thread (its queue holding `at` blocks).
@@ -186,12 +188,22 @@ impl LogQueue {
         b.push(entry, cache);
         if b.full() {
             self.hand_over(b, gauges);
+            self.handed.set(true);
         }
         b.prefetch_next();
     }
 
-    /// Hands over the records of the current block, if any: the worker's timer calls it, so the
-    /// records of a quiet worker do not wait for a full block.
+    /// The worker's timer: hands over the current block's records when no full block went
+    /// since the last tick, so the records of a quiet worker do not wait for a full block (two
+    /// ticks at most) while a busy worker's blocks go full (a part-filled block takes a slot of
+    /// the queue, and the log thread is woken by slots).
+    pub fn tick(&self, gauges: &WorkerGauges) {
+        if !self.handed.replace(false) {
+            self.flush(gauges);
+        }
+    }
+
+    /// Hands over the records of the current block, if any.
     pub fn flush(&self, gauges: &WorkerGauges) {
         let (b, _) = &mut *self.block.borrow_mut();
         if !b.is_empty() {
@@ -277,6 +289,7 @@ impl AccessLog {
                 spares: record_spares.clone(),
                 enabled: enabled.clone(),
                 wake: wake.clone(),
+                handed: std::cell::Cell::new(false),
             })
             .collect();
         let log = AccessLog { orders, enabled, lost, thread: Some(thread), destination: None, shipping: None, shipped };

@@ -121,17 +121,18 @@ async fn sweeper(worker: Rc<Worker>) {
     }
 }
 
-/// How long a worker's access-log records wait at most for their block to fill.
+/// How often a worker looks whether its access-log block should go before it is full.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 
-/// Hands over the worker's partly filled access-log block every [`LOG_FLUSH`] while the log is
-/// on: the records of a quiet worker reach the log soon (a busy worker's blocks fill first).
+/// Hands over the worker's partly filled access-log block while the log is on when no full
+/// block went during the last [`LOG_FLUSH`]: the records of a quiet worker reach the log within
+/// two ticks (a busy worker's blocks fill first).
 async fn log_flusher(worker: Rc<Worker>) {
     let Some(log) = &worker.log else { return };
     loop {
         let on = log.enabled();
         monoio::time::sleep(if on { LOG_FLUSH } else { Duration::from_secs(1) }).await;
-        log.flush(&worker.metrics.gauges);
+        log.tick(&worker.metrics.gauges);
     }
 }
 
