@@ -3,8 +3,10 @@
 # pinned to core 0 and every load (one per gateway, the same for each) to core 1, so whatever
 # else the shared machine does in a round slows all sides alike. Each round prints, per side,
 # the CPU microseconds per request of the whole process (every thread, from
-# /proc/PID/task/*/schedstat, in nanoseconds) and of its busiest threads; the summary gives
-# each side's median against the first side's in the same rounds.
+# /proc/PID/task/*/schedstat, in nanoseconds), of its busiest threads and its request rate
+# (krps); the summary gives each side's median against the first side's in the same rounds.
+# Two processes of one build can differ by a point or two for their whole life: name each side
+# twice, in the order A B B A, and read both.
 #
 # Usage: perf/scripts/ab_together.sh PERF_BIN ROUNDS SECONDS NAME=BINARY,CONFIG[,FLAGS...] ...
 #   e.g. perf/scripts/ab_together.sh target/release/ringway-perf 10 5 \
@@ -46,12 +48,12 @@ for r in $(seq 1 "$rounds"); do
     threads "${pids[$j]}" > "$dir/after.$j"
     n=$(awk '/^requests/{print $2}' "$dir/load.$j")
     # Threads are matched by name (a thread started during the round counts from zero).
-    awk -v n="$n" -v r="$r" -v side="${names[$j]}" '
+    awk -v n="$n" -v r="$r" -v side="${names[$j]}" -v secs="$secs" '
       NR == FNR { before[$1] += $2; next }
       { after[$1] += $2 }
       END {
         for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
-        printf "%s %s %.3f%s\n", r, side, total, parts
+        printf "%s %s %.3f%s krps=%.2f\n", r, side, total, parts, n / secs / 1000
       }' "$dir/before.$j" "$dir/after.$j" | tee -a "$dir/rounds"
   done
 done

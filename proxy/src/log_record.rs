@@ -1,7 +1,7 @@
-//! What a worker queues for the access log: each request's record as it is (its fixed fields
-//! copied whole, its strings after one another in one buffer), not its line. The log thread
-//! formats the lines ([`Records::write_lines`]), a block at a time, away from the request path:
-//! the worker's share of a logged request is a copy of a few hundred bytes.
+//! What a worker queues for the access log: each request's record, not its line (the fields its
+//! line shows, under 200 bytes, and its strings after one another in one buffer). The log
+//! thread formats the lines ([`Records::write_lines`]), a block at a time, away from the request
+//! path: the worker's share of a logged request is a copy of some 250 bytes.
 //!
 //! A request whose route captures bodies is the exception: its line is formatted by the worker
 //! (the capture is not kept past the request) and queued as it is.
@@ -309,6 +309,8 @@ mod tests {
         }
         queued.push(block);
         assert!(queued.len() > 3, "{} blocks", queued.len());
+        // What the documents say a queued record takes.
+        assert!(std::mem::size_of::<Item>() < 200, "{} bytes", std::mem::size_of::<Item>());
         assert_eq!(queued.iter().map(Records::len).sum::<usize>(), recs.len());
         let mut handed = Vec::new();
         let mut lines = Block { data: Vec::with_capacity(8 * 1024), lines: 0 };
