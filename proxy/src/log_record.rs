@@ -153,7 +153,7 @@ impl Records {
             client_ip: r.client_ip,
             trace_id: r.trace.trace_id,
             status: r.status,
-            worker: e.worker as u16,
+            worker: u16::try_from(e.worker).unwrap_or(u16::MAX),
             cache: r.cache,
             limit: r.limit,
             attempts: r.attempts,
