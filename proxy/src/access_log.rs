@@ -128,30 +128,34 @@ pub(crate) const LINE_ROOM: usize = 2048;
 /// cold, each of its cache lines would be a miss on the request path.
 #[inline(always)]
 pub(crate) fn prefetch_for_write(at: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in 0..bytes.div_ceil(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the
-        // address.
-        unsafe { _mm_prefetch::<_MM_HINT_ET0>(at.wrapping_add(64 * line).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, bytes);
+    prefetch(at, bytes, true);
 }
 
-/// Asks for `bytes` from `at` to be brought into the cache for reading (see
-/// [`prefetch_for_write`]): the log thread reads a block of records long after the worker wrote
-/// it, its lines seldom still in the cache.
+/// Asks for `bytes` from `at` to be brought into the cache for reading: the log thread reads a
+/// block of records long after the worker wrote it, its lines seldom still in the cache.
 #[inline(always)]
 pub(crate) fn prefetch_for_read(at: *const u8, bytes: usize) {
+    prefetch(at, bytes, false);
+}
+
+#[inline(always)]
+fn prefetch(at: *const u8, bytes: usize, write: bool) {
     #[cfg(target_arch = "x86_64")]
     for line in 0..bytes.div_ceil(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: as in `prefetch_for_write`: a hint that never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line).cast::<i8>()) };
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let p = at.wrapping_add(64 * line).cast::<i8>();
+        // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the
+        // address.
+        unsafe {
+            if write {
+                _mm_prefetch::<_MM_HINT_ET0>(p)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p)
+            }
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, bytes);
+    let _ = (at, bytes, write);
 }
 
 /// A worker's end of its log queue.

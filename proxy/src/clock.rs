@@ -9,10 +9,16 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+/// The time since the Unix epoch, as the system clock says.
+#[inline]
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// Milliseconds since the Unix epoch, as the system clock says.
 #[inline]
 fn system_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    since_epoch().as_millis() as u64
 }
 
 /// A monotonic instant and the system clock's reading then, in microseconds since the Unix
@@ -21,8 +27,7 @@ pub type Anchor = (monoio::time::Instant, u64);
 
 /// Reads both clocks now.
 pub fn anchor() -> Anchor {
-    let us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    (monoio::time::Instant::now(), us)
+    (monoio::time::Instant::now(), since_epoch().as_micros() as u64)
 }
 
 /// A worker's clock (cheap to clone; every worker of a gateway shares the skew).
@@ -60,9 +65,7 @@ impl Clock {
     pub fn unix_ms(&self) -> u64 {
         system_ms().saturating_add_signed(self.skew_ms())
     }
-}
 
-impl Clock {
     /// Milliseconds since the Unix epoch at `now`, counted from `anchor` (which the worker takes
     /// once a second) rather than read: the access log stamps every request without a second
     /// clock read beside the monotonic one its duration needs. A step of the system clock shows
