@@ -171,8 +171,9 @@ pub struct Args {
     pub access_log_query: bool,
 
     /// Each worker's access-log queue, in bytes (blocks of request records of about 64 KiB); the
-    /// records of a block that does not fit are dropped and counted.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// records of a block that does not fit are dropped and counted. A queue a quarter full
+    /// wakes the log thread.
+    #[arg(long, default_value_t = 4 << 20)]
     pub access_log_buffer: usize,
 
     /// Keep no per-API call statistics (`GET /admin/v1/stats` and the status page then have

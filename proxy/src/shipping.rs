@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
 
 use ringway_policy::{is_valid_header_name, is_valid_header_value, parse_duration, ConfigErrors};
@@ -203,6 +203,8 @@ pub struct Shipper {
     pending: Batch,
     since: Option<Instant>,
     counts: Arc<ShippingCounts>,
+    /// A batch went to the shipper thread since it was last woken.
+    handed: bool,
     /// Where the buffers of dropped lines go back (the shipper thread gives back sent ones).
     spares: Spares,
     stop: Arc<AtomicBool>,
@@ -231,6 +233,7 @@ impl Shipper {
             pending: Batch { parts: Vec::with_capacity(16), lines: 0 },
             since: None,
             counts,
+            handed: false,
             spares,
             stop,
             thread: Some(thread),
@@ -277,10 +280,18 @@ impl Shipper {
         }
     }
 
-    /// Hands over the batch being gathered once its first line has waited `flush_every`.
+    /// Ends a pass of the log thread: hands over the batch being gathered once its first line
+    /// has waited `flush_every`, and wakes the shipper thread for the batches handed over since
+    /// the last pass. One wakeup per pass, not per batch: every wakeup of a thread that slept
+    /// costs (its caches refilled, and on a busy core a switch away from a worker).
     pub fn flush_due(&mut self, now: Instant) {
         if self.due_in(now).is_some_and(|d| d.is_zero()) {
             self.hand_over();
+        }
+        if std::mem::take(&mut self.handed) {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
         }
     }
 
@@ -310,9 +321,12 @@ impl Shipper {
         }
         self.queued.fetch_add(batch.lines, Ordering::Relaxed);
         let lines = batch.lines;
+        // The shipper thread is woken at the end of the pass (see [`Shipper::flush_due`]).
         if self.batches.send(batch).is_err() {
             self.queued.fetch_sub(lines, Ordering::Relaxed);
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+        } else {
+            self.handed = true;
         }
     }
 }
@@ -342,11 +356,12 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
+        // The channel closed first, so that the thread, once woken, finds it closed.
+        let (dead, _) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.batches, dead));
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
-        let (dead, _) = crossbeam_channel::unbounded();
-        drop(std::mem::replace(&mut self.batches, dead));
         if let Some(t) = self.thread.take() {
             // Bounded: the thread checks `stop` between batches and during its waits, and a
             // send has one overall deadline.
@@ -374,22 +389,15 @@ fn ship(
     let node = crate::otlp::node_name();
     let mut posted: Option<Posted> = None;
     loop {
-        let next = match posted {
-            Some(_) => match rx.recv_timeout(ANSWER_WAIT) {
-                Ok(b) => Some(b),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    if let Some(p) = posted.take() {
-                        settle(&s, &mut conn, p, (counts, stop, queued, spares));
-                    }
-                    return;
-                }
-            },
+        let next = match next_batch(&rx, posted.as_ref().map(|_| ANSWER_WAIT)) {
+            Ok(b) => b,
             // Ends when the log thread drops its handle (the channel closes).
-            None => match rx.recv() {
-                Ok(b) => Some(b),
-                Err(_) => return,
-            },
+            Err(()) => {
+                if let Some(p) = posted.take() {
+                    settle(&s, &mut conn, p, (counts, stop, queued, spares));
+                }
+                return;
+            }
         };
         if let Some(p) = posted.take() {
             if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
@@ -416,6 +424,28 @@ fn ship(
             }
         } else {
             posted = Some(p);
+        }
+    }
+}
+
+/// The next batch, parked at most `most` (`None`: until one comes) for the log thread's wake
+/// at the end of its pass, not waiting on the channel (which spins and yields first, each yield
+/// a switch to a worker sharing the core and back). `Err`: the channel is closed and empty.
+fn next_batch(rx: &Receiver<Batch>, most: Option<Duration>) -> Result<Option<Batch>, ()> {
+    let until = most.map(|d| Instant::now() + d);
+    loop {
+        match rx.try_recv() {
+            Ok(b) => return Ok(Some(b)),
+            Err(TryRecvError::Disconnected) => return Err(()),
+            Err(TryRecvError::Empty) => {}
+        }
+        // An unpark between the try and the park is kept: the park returns at once.
+        match until {
+            None => std::thread::park(),
+            Some(t) => match t.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                _ => return Ok(None),
+            },
         }
     }
 }
