@@ -8,6 +8,11 @@
 # Two processes of one build can differ by a point or two for their whole life: name each side
 # twice, in the order A B B A, and read both.
 #
+# Gateways sharing one core also share its caches: the more sides, the more each one's memory
+# traffic (a log's records and lines) costs the others and itself. With ALONE=1 in the
+# environment each side is loaded on its own in turn (the others idle), as a gateway runs on a
+# node of its own; the rounds then take as many times longer as there are sides.
+#
 # Usage: perf/scripts/ab_together.sh PERF_BIN ROUNDS SECONDS NAME=BINARY,CONFIG[,FLAGS...] ...
 #   e.g. perf/scripts/ab_together.sh target/release/ringway-perf 10 5 \
 #          off=target/release/ringway,off.yaml,--no-stats ship=target/release/ringway,ship.yaml
@@ -35,27 +40,46 @@ for port in "${ports[@]}"; do
 done
 # Per thread: name and CPU nanoseconds.
 threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
+# One side's load for SECS seconds, in the background.
+load() {
+  taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$1]}/bench/x" --connections 50 \
+    --duration "$secs" > "$dir/load.$1" 2>&1
+}
+# One side's figures for the round, from its threads before and after its load.
+report() {
+  local j=$1 r=$2
+  threads "${pids[$j]}" > "$dir/after.$j"
+  n=$(awk '/^requests/{print $2}' "$dir/load.$j")
+  # Threads are matched by name (a thread started during the round counts from zero).
+  awk -v n="$n" -v r="$r" -v side="${names[$j]}" -v secs="$secs" '
+    NR == FNR { before[$1] += $2; next }
+    { after[$1] += $2 }
+    END {
+      for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
+      printf "%s %s %.3f%s krps=%.2f\n", r, side, total, parts, n / secs / 1000
+    }' "$dir/before.$j" "$dir/after.$j" | tee -a "$dir/rounds"
+}
 for r in $(seq 1 "$rounds"); do
+  if [ -n "${ALONE:-}" ]; then
+    # Each side loaded on its own, the others idle, in turn; every other round in the
+    # opposite order, so a drift of the machine within a round weighs on all sides alike.
+    order=("${!pids[@]}")
+    if [ $((r % 2)) -eq 0 ]; then mapfile -t order < <(printf '%s\n' "${order[@]}" | tac); fi
+    for j in "${order[@]}"; do
+      threads "${pids[$j]}" > "$dir/before.$j"
+      load "$j"
+      report "$j" "$r"
+    done
+    continue
+  fi
   for j in "${!pids[@]}"; do threads "${pids[$j]}" > "$dir/before.$j"; done
   loads=()
   for j in "${!pids[@]}"; do
-    taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$j]}/bench/x" --connections 50 \
-      --duration "$secs" > "$dir/load.$j" 2>&1 &
+    load "$j" &
     loads+=($!)
   done
   wait "${loads[@]}"
-  for j in "${!pids[@]}"; do
-    threads "${pids[$j]}" > "$dir/after.$j"
-    n=$(awk '/^requests/{print $2}' "$dir/load.$j")
-    # Threads are matched by name (a thread started during the round counts from zero).
-    awk -v n="$n" -v r="$r" -v side="${names[$j]}" -v secs="$secs" '
-      NR == FNR { before[$1] += $2; next }
-      { after[$1] += $2 }
-      END {
-        for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
-        printf "%s %s %.3f%s krps=%.2f\n", r, side, total, parts, n / secs / 1000
-      }' "$dir/before.$j" "$dir/after.$j" | tee -a "$dir/rounds"
-  done
+  for j in "${!pids[@]}"; do report "$j" "$r"; done
 done
 python3 - "$dir/rounds" "${names[0]}" <<'EOF'
 import statistics, sys

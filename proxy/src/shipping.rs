@@ -372,11 +372,11 @@ impl Drop for Shipper {
     }
 }
 
-/// The shipper thread: sends each batch, tries a failed one again after a backoff. It sleeps
-/// until a batch comes, and reads the answer to a batch it posted when the next one comes (or
-/// [`ANSWER_WAIT`] has passed): one wakeup per batch, not one for the batch and one for its
-/// answer. A batch is answered before the next is posted, so order and retries are as if each
-/// were sent and answered at once.
+/// The shipper thread: sends each batch and reads its answer before it posts the next, so order
+/// and retries are as if each were sent and answered at once; tries a failed one again after a
+/// backoff. It sleeps until the log thread wakes it at the end of a pass, then sends every
+/// batch queued: its waits for answers are short ones, with its caches still warm (reading an
+/// answer only when the next batch came took a timed wakeup of its own for a pass's last batch).
 fn ship(
     s: Shipping,
     rx: Receiver<Batch>,
@@ -387,24 +387,8 @@ fn ship(
 ) {
     let mut conn: Option<Conn> = None;
     let node = crate::otlp::node_name();
-    let mut posted: Option<Posted> = None;
-    loop {
-        let next = match next_batch(&rx, posted.as_ref().map(|_| ANSWER_WAIT)) {
-            Ok(b) => b,
-            // Ends when the log thread drops its handle (the channel closes).
-            Err(()) => {
-                if let Some(p) = posted.take() {
-                    settle(&s, &mut conn, p, (counts, stop, queued, spares));
-                }
-                return;
-            }
-        };
-        if let Some(p) = posted.take() {
-            if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
-                return;
-            }
-        }
-        let Some(batch) = next else { continue };
+    // Ends when the log thread drops its handle (the channel closes).
+    while let Ok(batch) = next_batch(&rx) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
@@ -412,47 +396,27 @@ fn ship(
         let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
         let reused = conn.is_some();
         let (body, kind) = payload(&batch, &encoded);
-        // The answer has what is left of the send's deadline from when it is read, not from
-        // now: the wait for the next batch is the shipper's, not the collector's.
         let first = post(&s, &mut conn, &body, kind).map(|deadline| deadline.saturating_duration_since(Instant::now()));
         drop(body);
-        let p = Posted { batch, encoded, first, reused };
-        if p.first.is_err() {
-            // Not posted: tried again (or dropped) at once.
-            if !settle(&s, &mut conn, p, (counts, stop, queued, spares)) {
-                return;
-            }
-        } else {
-            posted = Some(p);
+        if !settle(&s, &mut conn, Posted { batch, encoded, first, reused }, (counts, stop, queued, spares)) {
+            return;
         }
     }
 }
 
-/// The next batch, parked at most `most` (`None`: until one comes) for the log thread's wake
-/// at the end of its pass, not waiting on the channel (which spins and yields first, each yield
-/// a switch to a worker sharing the core and back). `Err`: the channel is closed and empty.
-fn next_batch(rx: &Receiver<Batch>, most: Option<Duration>) -> Result<Option<Batch>, ()> {
-    let until = most.map(|d| Instant::now() + d);
+/// The next batch, parked until one comes: the log thread wakes the thread at the end of its
+/// pass. A plain park, not a wait on the channel (which spins and yields first, each yield a
+/// switch to a worker sharing the core and back). `Err`: the channel is closed and empty.
+fn next_batch(rx: &Receiver<Batch>) -> Result<Batch, ()> {
     loop {
         match rx.try_recv() {
-            Ok(b) => return Ok(Some(b)),
+            Ok(b) => return Ok(b),
             Err(TryRecvError::Disconnected) => return Err(()),
-            Err(TryRecvError::Empty) => {}
-        }
-        // An unpark between the try and the park is kept: the park returns at once.
-        match until {
-            None => std::thread::park(),
-            Some(t) => match t.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
-                _ => return Ok(None),
-            },
+            // An unpark between the try and the park is kept: the park returns at once.
+            Err(TryRecvError::Empty) => std::thread::park(),
         }
     }
 }
-
-/// How long the shipper waits for the next batch before it reads the answer to the last one
-/// (which the shipped count waits for).
-const ANSWER_WAIT: Duration = Duration::from_millis(200);
 
 /// A batch the shipper posted (or failed to post), its answer not yet read.
 struct Posted {
