@@ -172,7 +172,9 @@ pub struct Args {
 
     /// Each worker's access-log queue, in bytes (blocks of request records of about 64 KiB); the
     /// records of a block that does not fit are dropped and counted. A queue a quarter full
-    /// wakes the log thread.
+    /// wakes the log thread. Emptied blocks are kept for reuse, up to as many again as the
+    /// queue holds, of records and of lines: a log thread that fell behind leaves up to about
+    /// three times this per worker allocated.
     #[arg(long, default_value_t = 4 << 20)]
     pub access_log_buffer: usize,
 
