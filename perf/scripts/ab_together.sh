@@ -40,7 +40,7 @@ for port in "${ports[@]}"; do
 done
 # Per thread: name and CPU nanoseconds.
 threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
-# One side's load for SECS seconds, in the background.
+# One side's load for SECS seconds.
 load() {
   taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$1]}/bench/x" --connections 50 \
     --duration "$secs" > "$dir/load.$1" 2>&1

@@ -203,8 +203,6 @@ pub struct Shipper {
     pending: Batch,
     since: Option<Instant>,
     counts: Arc<ShippingCounts>,
-    /// A batch went to the shipper thread since it was last woken.
-    handed: bool,
     /// Where the buffers of dropped lines go back (the shipper thread gives back sent ones).
     spares: Spares,
     stop: Arc<AtomicBool>,
@@ -233,7 +231,6 @@ impl Shipper {
             pending: Batch { parts: Vec::with_capacity(16), lines: 0 },
             since: None,
             counts,
-            handed: false,
             spares,
             stop,
             thread: Some(thread),
@@ -281,14 +278,14 @@ impl Shipper {
     }
 
     /// Ends a pass of the log thread: hands over the batch being gathered once its first line
-    /// has waited `flush_every`, and wakes the shipper thread for the batches handed over since
-    /// the last pass. One wakeup per pass, not per batch: every wakeup of a thread that slept
+    /// has waited `flush_every`, and wakes the shipper thread when batches are queued for it. One wakeup per pass, not per batch: every wakeup of a thread that slept
     /// costs (its caches refilled, and on a busy core a switch away from a worker).
     pub fn flush_due(&mut self, now: Instant) {
         if self.due_in(now).is_some_and(|d| d.is_zero()) {
             self.hand_over();
         }
-        if std::mem::take(&mut self.handed) {
+        if !self.batches.is_empty() {
+            // A thread already sending finds the wakeup kept and looks at the queue once more.
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
@@ -325,8 +322,6 @@ impl Shipper {
         if self.batches.send(batch).is_err() {
             self.queued.fetch_sub(lines, Ordering::Relaxed);
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
-        } else {
-            self.handed = true;
         }
     }
 }
@@ -396,7 +391,7 @@ fn ship(
         let encoded = s.otlp.as_ref().map(|service| crate::otlp_logs::encode(&batch.parts, service, &node));
         let reused = conn.is_some();
         let (body, kind) = payload(&batch, &encoded);
-        let first = post(&s, &mut conn, &body, kind).map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let first = post(&s, &mut conn, &body, kind);
         drop(body);
         if !settle(&s, &mut conn, Posted { batch, encoded, first, reused }, (counts, stop, queued, spares)) {
             return;
@@ -423,8 +418,8 @@ struct Posted {
     batch: Batch,
     /// The batch as one OTLP export request, when shipping OTLP.
     encoded: Option<Vec<u8>>,
-    /// The post: how long its answer may take once the shipper reads it, or why it failed.
-    first: Result<Duration, Sent>,
+    /// The post: by when its answer must have come, or why it failed.
+    first: Result<Instant, Sent>,
     /// Whether it went on a connection kept from an earlier batch.
     reused: bool,
 }
@@ -448,7 +443,7 @@ fn settle(
 ) -> bool {
     let lines = batch.lines;
     let (body, kind) = payload(&batch, &encoded);
-    let mut sent = first.and_then(|left| answer(conn, Instant::now() + left));
+    let mut sent = first.and_then(|deadline| answer(conn, deadline));
     let mut backoff = Duration::from_millis(100);
     let done = loop {
         if reused && matches!(&sent, Err(Sent::Failed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof) {
