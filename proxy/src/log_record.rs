@@ -60,8 +60,10 @@ const AHEAD: usize = 4;
 /// A duration in microseconds (the line shows no finer), or [`NONE`].
 const NONE: u64 = u64::MAX;
 
+/// Whole seconds and the microseconds of the last one (no 128-bit arithmetic on the worker).
+#[inline(always)]
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(NONE - 1).min(NONE - 1)
+    d.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(d.subsec_micros())).min(NONE - 1)
 }
 
 fn duration(us: u64) -> Option<Duration> {
@@ -123,25 +125,30 @@ impl Records {
             self.push_line(e, cache);
             return;
         }
-        let (method, host, path) = match e.text {
-            Some((m, h, p)) => (Some(m), Some(h), Some(p)),
-            None => (None, None, None),
-        };
         let r = e.rec;
-        let strs = [
-            Some(r.request_id.as_bytes()).filter(|id| !id.is_empty()),
-            e.route.map(str::as_bytes),
-            e.consumer.map(str::as_bytes),
-            e.upstream.map(str::as_bytes),
-            method,
-            host,
-            path,
-        ];
-        let lens = strs.map(|s| s.map_or(ABSENT, |s| s.len() as u32));
-        for s in strs.into_iter().flatten() {
-            self.text.extend_from_slice(s);
-        }
-        let us = |d: Option<Duration>| d.map_or(NONE, micros);
+        // The strings one after another, each length noted (straight-line code: the worker's
+        // share of a logged request is mostly this and the copy of the fields below).
+        let text = &mut self.text;
+        let mut put = |s: &[u8]| {
+            text.extend_from_slice(s);
+            s.len() as u32
+        };
+        let id = r.request_id.as_bytes();
+        let id = if id.is_empty() { ABSENT } else { put(id) };
+        let mut name = |s: Option<&str>| match s {
+            Some(s) => put(s.as_bytes()),
+            None => ABSENT,
+        };
+        let (route, consumer, upstream) = (name(e.route), name(e.consumer), name(e.upstream));
+        let [method, host, path] = match e.text {
+            Some((m, h, p)) => [put(m), put(h), put(p)],
+            None => [ABSENT; 3],
+        };
+        let lens = [id, route, consumer, upstream, method, host, path];
+        let us = |d: Option<Duration>| match d {
+            Some(d) => micros(d),
+            None => NONE,
+        };
         self.items.push(Item::Record(Fixed {
             unix_ms: e.unix_ms,
             total_us: micros(e.total),
