@@ -278,17 +278,10 @@ impl Shipper {
     }
 
     /// Ends a pass of the log thread: hands over the batch being gathered once its first line
-    /// has waited `flush_every`, and wakes the shipper thread when batches are queued for it. One wakeup per pass, not per batch: every wakeup of a thread that slept
-    /// costs (its caches refilled, and on a busy core a switch away from a worker).
+    /// has waited `flush_every`.
     pub fn flush_due(&mut self, now: Instant) {
         if self.due_in(now).is_some_and(|d| d.is_zero()) {
             self.hand_over();
-        }
-        if !self.batches.is_empty() {
-            // A thread already sending finds the wakeup kept and looks at the queue once more.
-            if let Some(t) = &self.thread {
-                t.thread().unpark();
-            }
         }
     }
 
@@ -318,10 +311,18 @@ impl Shipper {
         }
         self.queued.fetch_add(batch.lines, Ordering::Relaxed);
         let lines = batch.lines;
-        // The shipper thread is woken at the end of the pass (see [`Shipper::flush_due`]).
         if self.batches.send(batch).is_err() {
             self.queued.fetch_sub(lines, Ordering::Relaxed);
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+        }
+        // Woken for each batch, at once: its lines, just formatted, are sent while the core's
+        // caches still hold them. Woken once at the end of the log thread's pass instead, with
+        // every batch of the pass queued, the shipper read each line back from memory after the
+        // pass had formatted a few megabytes, and the worker sharing the core found its own
+        // working set evicted (see `perf/results/monitoring`). A thread already sending finds
+        // the wakeup kept and looks at the queue once more.
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
         }
     }
 }
@@ -369,9 +370,9 @@ impl Drop for Shipper {
 
 /// The shipper thread: sends each batch and reads its answer before it posts the next, so order
 /// and retries are as if each were sent and answered at once; tries a failed one again after a
-/// backoff. It sleeps until the log thread wakes it at the end of a pass, then sends every
-/// batch queued: its waits for answers are short ones, with its caches still warm (reading an
-/// answer only when the next batch came took a timed wakeup of its own for a pass's last batch).
+/// backoff. It sleeps until the log thread wakes it with a batch, then sends every batch
+/// queued: its waits for answers are short ones, with its caches still warm (reading an answer
+/// only when the next batch came took a timed wakeup of its own for a pass's last batch).
 fn ship(
     s: Shipping,
     rx: Receiver<Batch>,
@@ -399,8 +400,8 @@ fn ship(
     }
 }
 
-/// The next batch, parked until one comes: the log thread wakes the thread at the end of its
-/// pass. A plain park, not a wait on the channel (which spins and yields first, each yield a
+/// The next batch, parked until one comes: the log thread wakes the thread with each batch.
+/// A plain park, not a wait on the channel (which spins and yields first, each yield a
 /// switch to a worker sharing the core and back). `Err`: the channel is closed and empty.
 fn next_batch(rx: &Receiver<Batch>) -> Result<Batch, ()> {
     loop {
