@@ -316,11 +316,11 @@ impl Shipper {
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
         }
         // Woken for each batch, at once: its lines, just formatted, are sent while the core's
-        // caches still hold them. Woken once at the end of the log thread's pass instead, with
-        // every batch of the pass queued, the shipper read each line back from memory after the
-        // pass had formatted a few megabytes, and the worker sharing the core found its own
-        // working set evicted (see `perf/results/monitoring`). A thread already sending finds
-        // the wakeup kept and looks at the queue once more.
+        // caches still hold them. Woken once at the end of the log thread's pass instead, the
+        // shipper read them back after the pass had formatted a few megabytes, and both
+        // threads and the worker beside them cost more (`perf/results/monitoring`). A thread
+        // already sending finds the wakeup kept and looks at the queue once more; a full queue
+        // hands over nothing and wakes no one.
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
