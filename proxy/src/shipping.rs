@@ -315,12 +315,11 @@ impl Shipper {
             self.queued.fetch_sub(lines, Ordering::Relaxed);
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
         }
-        // Woken for each batch, at once: its lines, just formatted, are sent while the core's
-        // caches still hold them. Woken once at the end of the log thread's pass instead, the
-        // shipper read them back after the pass had formatted a few megabytes, and both
-        // threads and the worker beside them cost more (`perf/results/monitoring`). A thread
-        // already sending finds the wakeup kept and looks at the queue once more; a full queue
-        // hands over nothing and wakes no one.
+        // Woken for each batch, at once, so that its lines, just formatted, go into the socket
+        // while the core's caches may still hold them rather than after the rest of the log
+        // thread's pass (side by side with one wakeup a pass the difference was within the
+        // noise: `perf/results/monitoring`). A thread already sending finds the wakeup kept
+        // and looks at the queue once more; a full queue hands over nothing and wakes no one.
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
