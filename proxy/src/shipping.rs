@@ -316,8 +316,8 @@ impl Shipper {
             self.counts.dropped.fetch_add(lines as u64, Ordering::Relaxed);
         }
         // Woken for each batch, at once, and given the core: its lines, just formatted, go into
-        // the socket while the core's caches still hold them rather than after the rest of the
-        // log thread's pass. Both threads are `SCHED_BATCH`, so a wakeup alone does not
+        // the socket before the next batch is formatted rather than after the rest of the log
+        // thread's pass. Both threads are `SCHED_BATCH`, so a wakeup alone does not
         // preempt the log thread; the yield lets the shipper run before the next batch is
         // formatted (its CPU a request 0.09 against 0.12-0.13 us: `perf/results/monitoring`).
         // A thread already sending finds the wakeup kept and looks at the queue once more; a
