@@ -44,6 +44,7 @@ pub mod respond;
 pub mod router;
 pub mod run;
 pub mod session;
+pub mod shipper;
 pub mod shipping;
 pub mod snapshot;
 pub mod spares;

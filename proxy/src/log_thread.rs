@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::access_log::{Block, Destination, Order, Spares, SLEEP};
 use crate::log_line::LineCache;
 use crate::log_record::Records;
-use crate::shipping::{Shipper, ShippingCounts};
+use crate::shipper::Shipper;
+use crate::shipping::ShippingCounts;
 
 /// Where blocks of lines go: the file, then the shipper (which keeps each until it is sent).
 struct Sink<'a> {
