@@ -11,6 +11,20 @@ fn duration(s: &str) -> Result<Duration, String> {
     ringway_proxy::config::parse_duration(s)
 }
 
+/// `--background-cpus`: named CPUs, or `any`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackgroundCpus {
+    Any,
+    These(Vec<usize>),
+}
+
+fn background_cpus(s: &str) -> Result<BackgroundCpus, String> {
+    if s == "any" {
+        return Ok(BackgroundCpus::Any);
+    }
+    ringway_runtime::parse_cpu_list(s).map(BackgroundCpus::These)
+}
+
 fn network(s: &str) -> Result<ringway_proxy::Network, String> {
     ringway_proxy::Network::parse(s)
 }
@@ -43,6 +57,13 @@ pub struct Args {
     /// Do not pin workers to cores.
     #[arg(long)]
     pub no_pin: bool,
+
+    /// CPUs for the background threads (access log, log shipping, trace export, statistics,
+    /// key fetching, health probes, the admin thread), as `1` or `0,2-3`, or `any`. By default,
+    /// the CPUs this process may use beyond those the pinned workers take, if any; else any.
+    /// A background thread on a core of its own shares no cache with a worker.
+    #[arg(long, value_parser = background_cpus)]
+    pub background_cpus: Option<BackgroundCpus>,
 
     /// Do not ask io_uring for SINGLE_ISSUER | DEFER_TASKRUN.
     #[arg(long)]

@@ -241,6 +241,16 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     if count == 0 {
         bail!("--workers must be at least 1");
     }
+    // Before any background thread starts.
+    let background = match &args.background_cpus {
+        Some(crate::cli::BackgroundCpus::Any) => Vec::new(),
+        Some(crate::cli::BackgroundCpus::These(cpus)) => cpus.clone(),
+        None => ringway_runtime::spare_cpus(count, !args.no_pin),
+    };
+    if !background.is_empty() {
+        log::info!("background threads on CPUs {background:?}");
+    }
+    ringway_runtime::set_background_cpus(background);
     let (store, secrets) = open_store(&args)?;
     let stored = store.load().context("cannot load the stored configuration")?;
     let mut spec = spec_from_state(&stored).map_err(anyhow::Error::msg)?;
@@ -424,7 +434,10 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     let drain_timeout = args.drain_timeout;
     let admin = std::thread::Builder::new()
         .name("ringway-admin".into())
-        .spawn(move || admin_thread(state, ctx, job_rx, inv_rx, stop_rx, workers, drain_timeout))
+        .spawn(move || {
+            ringway_runtime::place_background();
+            admin_thread(state, ctx, job_rx, inv_rx, stop_rx, workers, drain_timeout)
+        })
         .context("cannot start the admin thread")?;
     let http = match HttpServer::start(admin_listener, metrics_listener, job_tx, admin_limits) {
         Ok(h) => h,

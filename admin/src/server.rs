@@ -60,6 +60,7 @@ impl HttpServer {
         let thread = std::thread::Builder::new()
             .name("ringway-admin-http".into())
             .spawn(move || {
+                ringway_runtime::place_background();
                 rt.block_on(async move {
                     for (endpoint, listener) in listeners {
                         tokio::spawn(accept(listener, endpoint, jobs.clone(), limits.clone()));

@@ -11,7 +11,11 @@
 # Gateways sharing one core also share its caches: the more sides, the more each one's memory
 # traffic (a log's records and lines) costs the others and itself. With ALONE=1 in the
 # environment each side is loaded on its own in turn (the others idle), as a gateway runs on a
-# node of its own; the rounds then take as many times longer as there are sides.
+# node of its own; the rounds then take as many times longer as there are sides. With FRESH=1
+# as well, each side's gateway is started anew for each of its turns (loaded one second before
+# it is measured, and stopped after): a process's own lasting bias (its memory's layout, say:
+# two processes of one build can differ by a point or two for their whole life) then varies from
+# round to round, and shrinks with the rounds, instead of weighing on every round of its side.
 #
 # Usage: perf/scripts/ab_together.sh PERF_BIN ROUNDS SECONDS NAME=BINARY,CONFIG[,FLAGS...] ...
 #   e.g. perf/scripts/ab_together.sh target/release/ringway-perf 10 5 \
@@ -22,22 +26,32 @@ set -euo pipefail
 perf=$1; rounds=$2; secs=$3; shift 3
 dir=$(mktemp -d)
 pids=(); ports=(); names=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-i=0
-for side in "$@"; do
-  name=${side%%=*}; IFS=, read -r -a spec <<< "${side#*=}"
-  port=$((18095 + i))
-  taskset -c 0 "${spec[0]}" --config "${spec[1]}" --workers 1 --listen "127.0.0.1:$port" \
-    --admin-listen 127.0.0.1:0 --data-dir "$dir/$name" --max-connections-per-ip 0 "${spec[@]:2}" \
-    > "$dir/$name.log" 2>&1 &
-  pids+=($!); ports+=("$port"); names+=("$name"); i=$((i + 1))
-done
-for port in "${ports[@]}"; do
+stop_all() { for p in "${pids[@]}"; do if [ "$p" -gt 0 ]; then kill "$p" 2>/dev/null || true; fi; done; }
+trap 'stop_all; wait 2>/dev/null; rm -rf "$dir"' EXIT
+specs=()
+# Starts side $1's gateway (a new data directory each time) and waits until it answers.
+start() {
+  local j=$1 spec
+  IFS=, read -r -a spec <<< "${specs[$j]}"
+  rm -rf "${dir:?}/${names[$j]}"
+  taskset -c 0 "${spec[0]}" --config "${spec[1]}" --workers 1 --listen "127.0.0.1:${ports[$j]}" \
+    --admin-listen 127.0.0.1:0 --data-dir "$dir/${names[$j]}" --max-connections-per-ip 0 "${spec[@]:2}" \
+    >> "$dir/${names[$j]}.log" 2>&1 &
+  pids[j]=$!
+}
+ready() {
   for _ in $(seq 1 300); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    curl -s -o /dev/null "http://127.0.0.1:${ports[$1]}/" && return
     sleep 0.2
   done
+}
+i=0
+for side in "$@"; do
+  names+=("${side%%=*}"); specs+=("${side#*=}"); ports+=($((18095 + i))); pids+=(0)
+  if [ -z "${FRESH:-}" ]; then start "$i"; fi
+  i=$((i + 1))
 done
+if [ -z "${FRESH:-}" ]; then for j in "${!names[@]}"; do ready "$j"; done; fi
 # Per thread: name and CPU nanoseconds.
 threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
 # One side's load for SECS seconds.
@@ -66,9 +80,20 @@ for r in $(seq 1 "$rounds"); do
     order=("${!pids[@]}")
     if [ $((r % 2)) -eq 0 ]; then mapfile -t order < <(printf '%s\n' "${order[@]}" | tac); fi
     for j in "${order[@]}"; do
+      if [ -n "${FRESH:-}" ]; then
+        start "$j"
+        ready "$j"
+        taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$j]}/bench/x" --connections 50 \
+          --duration 1 > /dev/null 2>&1
+      fi
       threads "${pids[$j]}" > "$dir/before.$j"
       load "$j"
       report "$j" "$r"
+      if [ -n "${FRESH:-}" ]; then
+        kill "${pids[$j]}"
+        wait "${pids[$j]}" 2>/dev/null || true
+        pids[j]=0
+      fi
     done
     continue
   fi

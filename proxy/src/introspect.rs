@@ -41,7 +41,10 @@ impl Introspector {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("introspect-{i}")).spawn(move || run(rx))?;
+            std::thread::Builder::new().name(format!("introspect-{i}")).spawn(move || {
+                ringway_runtime::place_background();
+                run(rx)
+            })?;
         }
         Ok(Introspector { tx })
     }

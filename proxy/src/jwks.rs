@@ -41,7 +41,10 @@ impl KeyFetcher {
     /// Starts the thread filling `store`. It ends when every handle is dropped.
     pub fn start(store: Arc<KeyStore>) -> std::io::Result<KeyFetcher> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
-        std::thread::Builder::new().name("jwks-fetch".into()).spawn(move || run(&store, rx))?;
+        std::thread::Builder::new().name("jwks-fetch".into()).spawn(move || {
+            ringway_runtime::place_background();
+            run(&store, rx)
+        })?;
         Ok(KeyFetcher { tx })
     }
 

@@ -1,14 +1,15 @@
 //! Log shipping: the access-log lines (one JSON record per request) sent in batches to a
 //! collector over HTTP, from a `log-shipper` thread, never from a worker.
 //!
-//! The log thread, which drains the workers' queues, gathers their blocks of lines into batches
-//! of `batch_max` ([`crate::shipper::Shipper::offer`]) and hands each over when it is full or its first line
-//! has waited `flush_every` ([`crate::shipper::Shipper::hand_over`]) to the shipper's queue, bounded in lines:
-//! past `queue_max`, the newest lines are dropped and counted. The shipper POSTs each batch as
-//! NDJSON (gzipped when asked) or OTLP and, when the collector is down or answers an error,
-//! tries the same batch again with a growing backoff, on a new connection. So lines go out in the order each worker wrote them,
-//! a batch is sent again only after a failure and never twice on one connection, and memory
-//! is bounded by the queue while the collector is away.
+//! The log thread, which drains the workers' queues, gathers their blocks of lines into
+//! batches of `batch_max` ([`crate::shipper::Shipper::offer`]) and hands each over when it is
+//! full or its first line has waited `flush_every` ([`crate::shipper::Shipper::hand_over`]) to
+//! the shipper's queue, bounded in lines: past `queue_max`, the newest lines are dropped and
+//! counted. The shipper POSTs each batch as NDJSON (gzipped when asked) or OTLP and, when the
+//! collector is down or answers an error, tries the same batch again with a growing backoff, on
+//! a new connection. So lines go out in the order each worker wrote them, a batch is sent again
+//! only after a failure and never twice on one connection, and memory is bounded by the queue
+//! while the collector is away.
 
 use std::net::SocketAddr;
 

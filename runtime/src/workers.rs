@@ -77,10 +77,74 @@ pub fn raise_nofile_limit() -> u64 {
 /// for the scheduler's next tick; it keeps its fair share of the core otherwise (unlike
 /// `SCHED_IDLE`). A thread that wakes often (to gather log lines, send a batch, export spans)
 /// then switches a busy worker out less often. False when the policy could not be set.
+/// The thread also moves to the background CPUs ([`place_background`]).
 pub fn background_thread() -> bool {
+    place_background();
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the struct passed to it; pid 0 is the calling thread.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
+}
+
+/// The CPUs background threads run on; empty: wherever the process may run.
+static BACKGROUND_CPUS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets the CPUs the background threads started from now on run on (empty: wherever the
+/// process may). Threads that share no core with a worker share none of its caches either: the
+/// log thread's lines, streaming through a core's cache, no longer push the worker's own data
+/// out of it.
+pub fn set_background_cpus(cpus: Vec<usize>) {
+    *BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = cpus;
+}
+
+/// Moves the calling thread to the background CPUs, if any are set; false when they are set and
+/// the move failed (the thread then runs wherever the process may).
+pub fn place_background() -> bool {
+    let cpus = BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    cpus.is_empty() || pin_to_set(&cpus)
+}
+
+/// The CPUs the background threads run on when none are named: those this process may run on
+/// beyond the first `workers`, which pinned workers take; none (anywhere) when the workers are
+/// not pinned or take every one.
+pub fn spare_cpus(workers: usize, pinned: bool) -> Vec<usize> {
+    let cpus = allowed_cpus();
+    if !pinned || cpus.len() <= workers {
+        return Vec::new();
+    }
+    cpus[workers..].to_vec()
+}
+
+/// A list of CPUs as `0,2-3`; each must exist on this machine.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    // SAFETY: sysconf only reads the name it is given.
+    let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let num = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("{part:?} is not a CPU or a range of CPUs"));
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if lo > hi {
+            return Err(format!("{part:?}: the range runs backwards"));
+        }
+        if hi >= configured {
+            return Err(format!("CPU {hi} does not exist (this machine has {configured}: 0 to {})", configured - 1));
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+fn pin_to_set(cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is plain data, initialised before use; every CPU is below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
 }
 
 /// The CPUs this process is allowed to run on (respects `taskset`).
@@ -180,4 +244,41 @@ where
         handles.push(handle);
     }
     Ok(Workers { handles, contexts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn own_cpus() -> Vec<usize> {
+        allowed_cpus()
+    }
+
+    #[test]
+    fn cpu_lists_are_parsed_and_checked_against_the_machine() {
+        assert_eq!(parse_cpu_list("0"), Ok(vec![0]));
+        assert_eq!(parse_cpu_list("0,0-0"), Ok(vec![0]));
+        for bad in ["", "x", "1-0", "0,", "-1"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = parse_cpu_list("0,100000").unwrap_err();
+        assert!(e.contains("CPU 100000 does not exist"), "{e}");
+    }
+
+    #[test]
+    fn background_threads_move_to_the_cpus_set_for_them_and_the_spare_ones_are_past_the_workers() {
+        let mine = own_cpus();
+        assert_eq!(spare_cpus(1, true), mine[1..].to_vec());
+        assert!(spare_cpus(1, false).is_empty(), "unpinned workers leave nothing spare");
+        assert!(spare_cpus(mine.len(), true).is_empty());
+        let last = *mine.last().unwrap();
+        set_background_cpus(vec![last]);
+        let placed = std::thread::spawn(|| (background_thread(), own_cpus())).join().unwrap();
+        set_background_cpus(Vec::new());
+        assert_eq!(placed.1, [last]);
+        // With none set, a thread keeps the mask it was started with.
+        let unplaced = std::thread::spawn(|| (place_background(), own_cpus())).join().unwrap();
+        assert_eq!(unplaced, (true, mine));
+    }
 }

@@ -106,3 +106,55 @@ fn runs_on_the_epoll_driver_when_asked_and_says_so() {
     let gw = Gateway::start_with(&single(&[up.addr], "", ""), "io_uring", &[]);
     assert!(gw.logged("driver io_uring"), "{}", gw.log());
 }
+
+/// Each thread of process `pid`: its name and the CPUs it may run on.
+fn threads_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let list = |s: &str| -> Vec<usize> {
+        s.split(',')
+            .flat_map(|part| {
+                let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+                lo.trim().parse::<usize>().unwrap()..=hi.trim().parse::<usize>().unwrap()
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(status)) =
+            (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("status")))
+        else {
+            continue;
+        };
+        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(list).unwrap();
+        out.push((comm.trim().to_string(), cpus));
+    }
+    out
+}
+
+#[test]
+fn background_threads_run_on_the_cpus_named_for_them() {
+    let up = Upstream::echo("a");
+    let mine = ringway_runtime::allowed_cpus();
+    let last = *mine.last().unwrap();
+    let cfg = single(&[up.addr], "", "");
+    let gw = Gateway::start_with(&cfg, &default_driver(), &["--background-cpus", &last.to_string()]);
+    assert_eq!(Client::connect(gw.addr).get("/").status, 200);
+    let threads = threads_cpus(gw.pid());
+    let on = |name: &str| threads.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone());
+    for name in ["access-log", "ringway-stats", "ringway-admin", "health"] {
+        assert_eq!(on(name), Some(vec![last]), "{name}: {threads:?}");
+    }
+    // The workers (not pinned here) and the main thread keep the process's CPUs.
+    assert_eq!(on("ringway-w0"), Some(mine.clone()), "{threads:?}");
+    drop(gw);
+    // `any`: wherever the process may run.
+    let gw = Gateway::start_with(&cfg, &default_driver(), &["--background-cpus", "any"]);
+    assert_eq!(threads_cpus(gw.pid()).iter().find(|(n, _)| n == "access-log").map(|(_, c)| c.clone()), Some(mine));
+    drop(gw);
+    // A CPU the machine does not have is refused before anything starts.
+    let (status, log) = match Gateway::try_start(&cfg, &default_driver(), &["--background-cpus", "0,99999"]) {
+        Ok(_) => panic!("a CPU that does not exist was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("CPU 99999 does not exist"), "{log}");
+}
