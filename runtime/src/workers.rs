@@ -96,11 +96,20 @@ pub fn set_background_cpus(cpus: Vec<usize>) {
     *BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = cpus;
 }
 
-/// Moves the calling thread to the background CPUs, if any are set; false when they are set and
-/// the move failed (the thread then runs wherever the process may).
+/// Moves the calling thread to the background CPUs, if any are set; false (and a warning) when
+/// they are set and the move failed, say to CPUs outside the process's cgroup: the thread then
+/// runs wherever the process may.
 pub fn place_background() -> bool {
     let cpus = BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    cpus.is_empty() || pin_to_set(&cpus)
+    if cpus.is_empty() || pin_to_set(&cpus) {
+        return true;
+    }
+    log::warn!(
+        "cannot move the {:?} thread to CPUs {cpus:?}: {}",
+        std::thread::current().name().unwrap_or("unnamed"),
+        io::Error::last_os_error()
+    );
+    false
 }
 
 /// The CPUs the background threads run on when none are named: those this process may run on
@@ -250,11 +259,6 @@ where
 mod tests {
     use super::*;
 
-    /// The CPUs the calling thread may run on.
-    fn own_cpus() -> Vec<usize> {
-        allowed_cpus()
-    }
-
     #[test]
     fn cpu_lists_are_parsed_and_checked_against_the_machine() {
         assert_eq!(parse_cpu_list("0"), Ok(vec![0]));
@@ -268,17 +272,18 @@ mod tests {
 
     #[test]
     fn background_threads_move_to_the_cpus_set_for_them_and_the_spare_ones_are_past_the_workers() {
-        let mine = own_cpus();
+        // `allowed_cpus` reads the calling thread's CPUs.
+        let mine = allowed_cpus();
         assert_eq!(spare_cpus(1, true), mine[1..].to_vec());
         assert!(spare_cpus(1, false).is_empty(), "unpinned workers leave nothing spare");
         assert!(spare_cpus(mine.len(), true).is_empty());
         let last = *mine.last().unwrap();
         set_background_cpus(vec![last]);
-        let placed = std::thread::spawn(|| (background_thread(), own_cpus())).join().unwrap();
+        let placed = std::thread::spawn(|| (background_thread(), allowed_cpus())).join().unwrap();
         set_background_cpus(Vec::new());
         assert_eq!(placed.1, [last]);
         // With none set, a thread keeps the mask it was started with.
-        let unplaced = std::thread::spawn(|| (place_background(), own_cpus())).join().unwrap();
+        let unplaced = std::thread::spawn(|| (place_background(), allowed_cpus())).join().unwrap();
         assert_eq!(unplaced, (true, mine));
     }
 }
