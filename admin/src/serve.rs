@@ -432,13 +432,10 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
     let (job_tx, job_rx) = unbounded::<Job>();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let drain_timeout = args.drain_timeout;
-    let admin = std::thread::Builder::new()
-        .name("ringway-admin".into())
-        .spawn(move || {
-            ringway_runtime::place_background();
-            admin_thread(state, ctx, job_rx, inv_rx, stop_rx, workers, drain_timeout)
-        })
-        .context("cannot start the admin thread")?;
+    let admin = ringway_runtime::spawn_background("ringway-admin", move || {
+        admin_thread(state, ctx, job_rx, inv_rx, stop_rx, workers, drain_timeout)
+    })
+    .context("cannot start the admin thread")?;
     let http = match HttpServer::start(admin_listener, metrics_listener, job_tx, admin_limits) {
         Ok(h) => h,
         Err(e) => {

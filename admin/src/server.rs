@@ -57,20 +57,17 @@ impl HttpServer {
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let limits = Arc::new(limits);
-        let thread = std::thread::Builder::new()
-            .name("ringway-admin-http".into())
-            .spawn(move || {
-                ringway_runtime::place_background();
-                rt.block_on(async move {
-                    for (endpoint, listener) in listeners {
-                        tokio::spawn(accept(listener, endpoint, jobs.clone(), limits.clone()));
-                    }
-                    // Until stopped, or until the handle is dropped.
-                    let _ = stop_rx.await;
-                });
-                // Dropping the runtime ends every connection task.
-            })
-            .context("cannot start the admin API's thread")?;
+        let thread = ringway_runtime::spawn_background("ringway-admin-http", move || {
+            rt.block_on(async move {
+                for (endpoint, listener) in listeners {
+                    tokio::spawn(accept(listener, endpoint, jobs.clone(), limits.clone()));
+                }
+                // Until stopped, or until the handle is dropped.
+                let _ = stop_rx.await;
+            });
+            // Dropping the runtime ends every connection task.
+        })
+        .context("cannot start the admin API's thread")?;
         Ok(HttpServer { stop: Some(stop_tx), thread: Some(thread) })
     }
 

@@ -371,7 +371,7 @@ pub fn start(ticks: crossbeam_channel::Receiver<Tick>) -> std::io::Result<StatsT
     let store = Arc::new(Mutex::new(StatsStore::default()));
     let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
     let s = store.clone();
-    let join = std::thread::Builder::new().name("ringway-stats".into()).spawn(move || {
+    let join = ringway_runtime::spawn_background("ringway-stats", move || {
         ringway_runtime::background_thread();
         loop {
             crossbeam_channel::select! {

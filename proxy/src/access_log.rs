@@ -284,7 +284,7 @@ impl AccessLog {
         let (p, sp, rsp) = (parked.clone(), spares.clone(), record_spares.clone());
         // A queue a quarter full wakes the log thread.
         let wake_at = blocks.div_ceil(4);
-        let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+        let thread = ringway_runtime::spawn_background("access-log", move || {
             ringway_runtime::background_thread();
             crate::log_thread::run(consumers, rx, (&p, sp, rsp, wake_at), shared)
         })?;

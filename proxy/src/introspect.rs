@@ -41,10 +41,7 @@ impl Introspector {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("introspect-{i}")).spawn(move || {
-                ringway_runtime::place_background();
-                run(rx)
-            })?;
+            ringway_runtime::spawn_background(format!("introspect-{i}"), move || run(rx))?;
         }
         Ok(Introspector { tx })
     }

@@ -41,10 +41,7 @@ impl KeyFetcher {
     /// Starts the thread filling `store`. It ends when every handle is dropped.
     pub fn start(store: Arc<KeyStore>) -> std::io::Result<KeyFetcher> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
-        std::thread::Builder::new().name("jwks-fetch".into()).spawn(move || {
-            ringway_runtime::place_background();
-            run(&store, rx)
-        })?;
+        ringway_runtime::spawn_background("jwks-fetch", move || run(&store, rx))?;
         Ok(KeyFetcher { tx })
     }
 

@@ -43,7 +43,7 @@ impl Shipper {
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (queue_max, batch_max, flush_every) = (settings.queue_max, settings.batch_max, settings.flush_every);
         let (c, st, q, sp) = (counts.clone(), stop.clone(), queued.clone(), spares.clone());
-        let thread = std::thread::Builder::new().name("log-shipper".into()).spawn(move || {
+        let thread = ringway_runtime::spawn_background("log-shipper", move || {
             ringway_runtime::background_thread();
             ship(settings, rx, &c, &st, &q, &sp)
         })?;

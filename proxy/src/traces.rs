@@ -189,7 +189,7 @@ impl Exporter {
         let counts = Arc::new(TraceCounts::default());
         let c = counts.clone();
         let node = otlp::node_name();
-        let thread = std::thread::Builder::new().name("trace-exporter".into()).spawn(move || {
+        let thread = ringway_runtime::spawn_background("trace-exporter", move || {
             ringway_runtime::background_thread();
             export(rx, settings_rx, &c, &node)
         })?;

@@ -42,10 +42,7 @@ impl Verifier {
         let _ = ringway_policy::consumer::decoy_hash();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("password-check-{i}")).spawn(move || {
-                ringway_runtime::place_background();
-                check(rx)
-            })?;
+            ringway_runtime::spawn_background(format!("password-check-{i}"), move || check(rx))?;
         }
         Ok(Verifier { tx })
     }

@@ -77,9 +77,7 @@ pub fn raise_nofile_limit() -> u64 {
 /// for the scheduler's next tick; it keeps its fair share of the core otherwise (unlike
 /// `SCHED_IDLE`). A thread that wakes often (to gather log lines, send a batch, export spans)
 /// then switches a busy worker out less often. False when the policy could not be set.
-/// The thread also moves to the background CPUs ([`place_background`]).
 pub fn background_thread() -> bool {
-    place_background();
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the struct passed to it; pid 0 is the calling thread.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
@@ -96,10 +94,23 @@ pub fn set_background_cpus(cpus: Vec<usize>) {
     *BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = cpus;
 }
 
+/// Starts a named background thread on the background CPUs ([`set_background_cpus`]): every
+/// thread that is not a worker starts here, so none is left beside the workers by oversight.
+pub fn spawn_background<F, T>(name: impl Into<String>, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        place_background();
+        f()
+    })
+}
+
 /// Moves the calling thread to the background CPUs, if any are set; false (and a warning) when
 /// they are set and the move failed, say to CPUs outside the process's cgroup: the thread then
 /// runs wherever the process may.
-pub fn place_background() -> bool {
+fn place_background() -> bool {
     let cpus = BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if cpus.is_empty() || pin_to_set(&cpus) {
         return true;
@@ -279,11 +290,11 @@ mod tests {
         assert!(spare_cpus(mine.len(), true).is_empty());
         let last = *mine.last().unwrap();
         set_background_cpus(vec![last]);
-        let placed = std::thread::spawn(|| (background_thread(), allowed_cpus())).join().unwrap();
+        let placed = spawn_background("placed", allowed_cpus).unwrap().join().unwrap();
         set_background_cpus(Vec::new());
-        assert_eq!(placed.1, [last]);
+        assert_eq!(placed, [last]);
         // With none set, a thread keeps the mask it was started with.
-        let unplaced = std::thread::spawn(|| (place_background(), allowed_cpus())).join().unwrap();
+        let unplaced = spawn_background("unplaced", || (place_background(), allowed_cpus())).unwrap().join().unwrap();
         assert_eq!(unplaced, (true, mine));
     }
 }

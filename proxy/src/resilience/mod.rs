@@ -54,10 +54,7 @@ impl HealthThread {
         let (tx, rx) = crossbeam_channel::bounded(64);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = std::thread::Builder::new().name("health".into()).spawn(move || {
-            ringway_runtime::place_background();
-            run(first, rx, &flag)
-        })?;
+        let handle = ringway_runtime::spawn_background("health", move || run(first, rx, &flag))?;
         Ok(HealthThread { tx, stop, handle: Some(handle) })
     }
 
