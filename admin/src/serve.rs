@@ -251,7 +251,8 @@ pub fn start(args: Args) -> anyhow::Result<Handle> {
         log::info!("background threads on CPUs {background:?}");
     }
     ringway_runtime::set_background_cpus(background);
-    let (store, secrets) = open_store(&args)?;
+    // Opened on the background CPUs: the store's own threads, started as it opens, stay there.
+    let (store, secrets) = ringway_runtime::on_background_cpus(|| open_store(&args))?;
     let stored = store.load().context("cannot load the stored configuration")?;
     let mut spec = spec_from_state(&stored).map_err(anyhow::Error::msg)?;
     crate::secrets::open_document(&mut spec, &secrets).map_err(anyhow::Error::msg)?;

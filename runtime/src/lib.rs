@@ -14,6 +14,6 @@ mod workers;
 pub use driver::{DriverChoice, DriverKind};
 pub use mailbox::{mailbox, Mailbox, MailboxSender};
 pub use workers::{
-    allowed_cpus, background_thread, parse_cpu_list, raise_nofile_limit, set_background_cpus, spare_cpus,
-    spawn_background, spawn_workers, WorkerContext, WorkerOptions, Workers,
+    allowed_cpus, background_thread, on_background_cpus, parse_cpu_list, raise_nofile_limit, set_background_cpus,
+    spare_cpus, spawn_background, spawn_workers, WorkerContext, WorkerOptions, Workers,
 };

@@ -107,6 +107,19 @@ where
     })
 }
 
+/// Runs `f` on the calling thread moved to the background CPUs for its length, then moves the
+/// thread back: threads a library starts inside `f` (the store's flushes and compactions, made
+/// as it opens) inherit the background CPUs, while those started after it keep the caller's.
+pub fn on_background_cpus<T>(f: impl FnOnce() -> T) -> T {
+    let before = allowed_cpus();
+    let moved = !BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && place_background();
+    let out = f();
+    if moved && !pin_to_set(&before) {
+        log::warn!("cannot move the thread back to CPUs {before:?}: {}", io::Error::last_os_error());
+    }
+    out
+}
+
 /// Moves the calling thread to the background CPUs, if any are set; false (and a warning) when
 /// they are set and the move failed, say to CPUs outside the process's cgroup: the thread then
 /// runs wherever the process may.
@@ -291,8 +304,15 @@ mod tests {
         let last = *mine.last().unwrap();
         set_background_cpus(vec![last]);
         let placed = spawn_background("placed", allowed_cpus).unwrap().join().unwrap();
+        // A thread a library starts inside `on_background_cpus` inherits them; the caller is
+        // back on its own CPUs after.
+        let (during, inherited) =
+            on_background_cpus(|| (allowed_cpus(), std::thread::spawn(allowed_cpus).join().unwrap()));
+        let after = allowed_cpus();
         set_background_cpus(Vec::new());
         assert_eq!(placed, [last]);
+        assert_eq!((during, inherited), (vec![last], vec![last]));
+        assert_eq!(after, mine);
         // With none set, a thread keeps the mask it was started with.
         let unplaced = spawn_background("unplaced", || (place_background(), allowed_cpus())).unwrap().join().unwrap();
         assert_eq!(unplaced, (true, mine));

@@ -107,7 +107,8 @@ fn runs_on_the_epoll_driver_when_asked_and_says_so() {
     assert!(gw.logged("driver io_uring"), "{}", gw.log());
 }
 
-/// Each thread of process `pid`: its name and the CPUs it may run on.
+/// Each thread of process `pid`: its name (`main` for the process's first thread) and the CPUs
+/// it may run on.
 fn threads_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
     let list = |s: &str| -> Vec<usize> {
         s.split(',')
@@ -125,7 +126,8 @@ fn threads_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
             continue;
         };
         let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(list).unwrap();
-        out.push((comm.trim().to_string(), cpus));
+        let main = task.file_name().to_str() == Some(pid.to_string().as_str());
+        out.push((if main { "main".to_string() } else { comm.trim().to_string() }, cpus));
     }
     out
 }
@@ -140,11 +142,14 @@ fn background_threads_run_on_the_cpus_named_for_them() {
     assert_eq!(Client::connect(gw.addr).get("/").status, 200);
     let threads = threads_cpus(gw.pid());
     let on = |name: &str| threads.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone());
-    for name in ["access-log", "ringway-stats", "ringway-admin", "health"] {
+    // The store's own threads too, started as it opened.
+    for name in ["access-log", "ringway-stats", "ringway-admin", "health", "rocksdb:low", "rocksdb:high"] {
         assert_eq!(on(name), Some(vec![last]), "{name}: {threads:?}");
     }
-    // The workers (not pinned here) and the main thread keep the process's CPUs.
+    // The workers (not pinned here) and the main thread, which opened the store, keep the
+    // process's CPUs.
     assert_eq!(on("ringway-w0"), Some(mine.clone()), "{threads:?}");
+    assert_eq!(on("main"), Some(mine.clone()), "{threads:?}");
     drop(gw);
     // `any`: wherever the process may run.
     let gw = Gateway::start_with(&cfg, &default_driver(), &["--background-cpus", "any"]);
