@@ -16,6 +16,16 @@ struct Batch {
     lines: usize,
 }
 
+/// What the log thread and the shipper thread tell each other besides the batches.
+#[derive(Default)]
+struct Flags {
+    /// The handle is dropped: the thread ends.
+    stop: AtomicBool,
+    /// The thread sleeps out a backoff and sends nothing before it ends: a batch handed over
+    /// meanwhile needs no wakeup (it finds the batch queued when it looks next).
+    resting: AtomicBool,
+}
+
 /// The log thread's handle on the shipper thread.
 pub struct Shipper {
     batches: Sender<Batch>,
@@ -30,7 +40,7 @@ pub struct Shipper {
     counts: Arc<ShippingCounts>,
     /// Where the buffers of dropped lines go back (the shipper thread gives back sent ones).
     spares: Spares,
-    stop: Arc<AtomicBool>,
+    flags: Arc<Flags>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -39,13 +49,13 @@ impl Shipper {
     /// Sent blocks' buffers go back to `spares`.
     pub fn start(settings: Shipping, counts: Arc<ShippingCounts>, spares: Spares) -> std::io::Result<Shipper> {
         let (batches, rx) = crossbeam_channel::unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
+        let flags = Arc::new(Flags::default());
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (queue_max, batch_max, flush_every) = (settings.queue_max, settings.batch_max, settings.flush_every);
-        let (c, st, q, sp) = (counts.clone(), stop.clone(), queued.clone(), spares.clone());
+        let (c, f, q, sp) = (counts.clone(), flags.clone(), queued.clone(), spares.clone());
         let thread = ringway_runtime::spawn_background("log-shipper", move || {
             ringway_runtime::background_thread();
-            ship(settings, rx, &c, &st, &q, &sp)
+            ship(settings, rx, &c, &f, &q, &sp)
         })?;
         Ok(Shipper {
             batches,
@@ -57,7 +67,7 @@ impl Shipper {
             since: None,
             counts,
             spares,
-            stop,
+            flags,
             thread: Some(thread),
         })
     }
@@ -146,8 +156,12 @@ impl Shipper {
         // preempt the log thread; the yield lets the shipper run before the next batch is
         // formatted (its CPU a request 0.09 against 0.12-0.13 us: `perf/results/monitoring`).
         // A thread already sending finds the wakeup kept and looks at the queue once more; a
-        // full queue hands over nothing and wakes no one.
-        if let Some(t) = &self.thread {
+        // full queue hands over nothing and wakes no one, and neither does a batch handed over
+        // while the thread sleeps out a backoff (a collector away for minutes costs a wakeup
+        // per try, not one per batch). The fence pairs with the thread's as it stops resting:
+        // either this sees it awake, or it sees this batch queued.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(t) = self.thread.as_ref().filter(|_| !self.flags.resting.load(Ordering::Relaxed)) {
             t.thread().unpark();
             std::thread::yield_now();
         }
@@ -178,7 +192,7 @@ impl Drop for Shipper {
     /// counted.
     fn drop(&mut self) {
         self.hand_over();
-        self.stop.store(true, Ordering::Relaxed);
+        self.flags.stop.store(true, Ordering::Relaxed);
         // The channel closed first, so that the thread, once woken, finds it closed.
         let (dead, _) = crossbeam_channel::unbounded();
         drop(std::mem::replace(&mut self.batches, dead));
@@ -204,7 +218,7 @@ fn ship(
     s: Shipping,
     rx: Receiver<Batch>,
     counts: &ShippingCounts,
-    stop: &AtomicBool,
+    flags: &Flags,
     queued: &std::sync::atomic::AtomicUsize,
     spares: &Spares,
 ) {
@@ -212,7 +226,7 @@ fn ship(
     let node = crate::otlp::node_name();
     // Ends when the log thread drops its handle (the channel closes).
     while let Ok(batch) = next_batch(&rx) {
-        if stop.load(Ordering::Relaxed) {
+        if flags.stop.load(Ordering::Relaxed) {
             return;
         }
         // OTLP: the lines become one export request, made once per batch (not per try).
@@ -221,7 +235,7 @@ fn ship(
         let (body, kind) = payload(&batch, &encoded);
         let first = post(&s, &mut conn, &body, kind);
         drop(body);
-        if !settle(&s, &mut conn, Posted { batch, encoded, first, reused }, (counts, stop, queued, spares)) {
+        if !settle(&s, &mut conn, Posted { batch, encoded, first, reused }, (counts, flags, queued, spares)) {
             return;
         }
     }
@@ -267,7 +281,7 @@ fn settle(
     s: &Shipping,
     conn: &mut Option<Conn>,
     Posted { batch, encoded, first, mut reused }: Posted,
-    (counts, stop, queued, spares): (&ShippingCounts, &AtomicBool, &std::sync::atomic::AtomicUsize, &Spares),
+    (counts, flags, queued, spares): (&ShippingCounts, &Flags, &std::sync::atomic::AtomicUsize, &Spares),
 ) -> bool {
     let lines = batch.lines;
     let (body, kind) = payload(&batch, &encoded);
@@ -304,15 +318,18 @@ fn settle(
                 log::warn!("log shipping to {}: {e}; trying again in {backoff:?}", s.addr);
                 // Never the same batch twice on one connection.
                 *conn = None;
-                // Parked for the whole backoff (stopping unparks it): a collector away for
-                // minutes costs a wakeup per try, not one every few milliseconds.
+                // Parked for the whole backoff (stopping unparks it; batches handed over
+                // meanwhile do not): a collector away for minutes costs a wakeup per try.
                 let until = Instant::now() + backoff;
+                flags.resting.store(true, Ordering::Relaxed);
                 while Instant::now() < until {
-                    if stop.load(Ordering::Relaxed) {
+                    if flags.stop.load(Ordering::Relaxed) {
                         return false;
                     }
                     std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
                 }
+                flags.resting.store(false, Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::SeqCst);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

@@ -156,6 +156,64 @@ fn a_collector_that_recovers_gets_the_queue_and_a_full_queue_counts_what_it_drop
     assert!(m.contains(&format!("ringway_log_shipping_dropped_total {dropped}")), "{m}");
 }
 
+/// The voluntary context switches of the gateway's `log-shipper` thread so far.
+fn shipper_switches(gw: &Gateway) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).unwrap().flatten() {
+        if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "log-shipper") {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            let v = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).unwrap();
+            return v.trim().parse().unwrap();
+        }
+    }
+    panic!("no log-shipper thread");
+}
+
+#[test]
+fn batches_handed_over_during_a_backoff_wait_without_waking_the_shipper_and_all_arrive() {
+    let origin = Upstream::echo("o");
+    let answer = Arc::new(AtomicU16::new(503));
+    let a = answer.clone();
+    let collector = Upstream::start("c", move |_| Reply::Full(a.load(Ordering::Relaxed), vec![], vec![]));
+    // One line a batch: every request's record is handed over on its own.
+    let cfg = format!(
+        "{}log_shipping: {{endpoint: \"http://{}/ingest\", flush_every: \"10ms\", batch_max: 1}}\n",
+        single(&[origin.addr], "", ""),
+        collector.addr
+    );
+    let gw = Gateway::start_with(&cfg, &ringway_tests::gateway::default_driver(), &["--workers", "1"]);
+    let mut client = Client::connect(gw.addr);
+    let figures = || {
+        let st = gw.admin("GET", "/admin/v1/status", None).json();
+        let get = |k: &str| st["log_shipping"][k].as_u64().unwrap();
+        (get("shipped"), get("dropped"), get("failed_batches"))
+    };
+    assert_eq!(client.get("/first").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while figures().2 == 0 {
+        assert!(Instant::now() < deadline, "the first batch never failed: {:?}", figures());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Backing off (100 ms, then 200, 400, 800...): 1000 batches come meanwhile.
+    let before = shipper_switches(&gw);
+    let total = 1000;
+    for i in 0..total {
+        assert_eq!(client.get(&format!("/r{i}")).status, 200);
+    }
+    // The log thread hands them over within its 500 ms sleep.
+    std::thread::sleep(Duration::from_millis(1500));
+    let woken = shipper_switches(&gw) - before;
+    // A few tries, each a sleep or two; one wakeup a batch would be hundreds.
+    assert!(woken < 60, "the shipper was woken {woken} times while it backed off");
+    // Up again: every batch queued meanwhile is found and sent.
+    answer.store(200, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while figures().0 < total + 1 {
+        assert!(Instant::now() < deadline, "not all shipped: {:?}", figures());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(figures().1, 0, "nothing dropped");
+}
+
 #[test]
 fn bad_shipping_settings_are_refused_with_their_paths() {
     let origin = Upstream::echo("o");
