@@ -6,7 +6,9 @@
 # two loads follow each other within seconds. The gateway is pinned to core 0, the load to
 # core 1; each side is loaded one second unmeasured after the switch, then measured. Every
 # RESTART_EVERY rounds (default 5) the gateway is started anew, so the figures span several
-# processes. Output as `ab_together.sh`'s (one line per side and round), read the same way.
+# processes; each takes the sides in turn A B, B A, ..., every other process starting B A.
+# Output as `ab_together.sh`'s (one line per side and round), read the same way. PORT (default
+# 18095) and PORT + 100 (the admin API) must be free.
 #
 # Usage: perf/scripts/ab_toggle.sh PERF_BIN GATEWAY ROUNDS SECONDS ON=CONFIG OFF=CONFIG [FLAGS...]
 #   e.g. perf/scripts/ab_toggle.sh target/release/ringway-perf target/release/ringway 30 5 \
@@ -16,8 +18,19 @@ set -euo pipefail
 perf=$1; gw=$2; rounds=$3; secs=$4
 names=("${5%%=*}" "${6%%=*}"); configs=("${5#*=}" "${6#*=}"); shift 6
 dir=$(mktemp -d)
-port=18095; admin=18195; pid=0
-trap 'if [ "$pid" -gt 0 ]; then kill "$pid" 2>/dev/null || true; fi; wait 2>/dev/null; rm -rf "$dir"' EXIT
+port=${PORT:-18095}; admin=$((port + 100)); pid=0; every=${RESTART_EVERY:-5}
+if ! [ "$every" -ge 1 ] 2>/dev/null; then echo "RESTART_EVERY must be 1 or more" >&2; exit 2; fi
+for p in "$port" "$admin"; do
+  if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/"; then echo "port $p is taken" >&2; exit 2; fi
+done
+# On failure the gateway's log is kept, and where it is said.
+finish() {
+  local rc=$?
+  if [ "$pid" -gt 0 ]; then kill "$pid" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  if [ "$rc" -eq 0 ]; then rm -rf "$dir"; else echo "failed; the gateway's log is $dir/log" >&2; fi
+}
+trap finish EXIT
 start() {
   rm -rf "${dir:?}/data"
   taskset -c 0 "$gw" --config "${configs[0]}" --workers 1 --listen "127.0.0.1:$port" \
@@ -25,29 +38,38 @@ start() {
     >> "$dir/log" 2>&1 &
   pid=$!
   for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || break
     curl -s -o /dev/null "http://127.0.0.1:$port/" && return
     sleep 0.2
   done
   echo "the gateway did not start: $(tail -5 "$dir/log")" >&2
   exit 1
 }
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=0; }
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=0; }
 # Per thread: name and CPU nanoseconds.
 threads() { for t in /proc/"$pid"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
 load() {
   taskset -c 1 "$perf" load --url "http://127.0.0.1:$port/bench/x" --connections 50 --duration "$1" > "$dir/load" 2>&1
 }
 for r in $(seq 1 "$rounds"); do
-  if [ $(((r - 1) % ${RESTART_EVERY:-5})) -eq 0 ]; then
+  if [ $(((r - 1) % every)) -eq 0 ]; then
     if [ "$pid" -gt 0 ]; then stop; fi
     start "$@"
   fi
-  # Every other round in the opposite order, so a drift within a round weighs on both alike.
+  # Every other round of a process in the opposite order, so a drift within a round weighs on
+  # both alike and neither side always has a process's first load.
   order=(0 1)
-  if [ $((r % 2)) -eq 0 ]; then order=(1 0); fi
+  if [ $((((r - 1) % every + (r - 1) / every) % 2)) -eq 1 ]; then order=(1 0); fi
   for j in "${order[@]}"; do
-    curl -sf -X PUT -H 'content-type: application/yaml' --data-binary @"${configs[$j]}" \
-      "http://127.0.0.1:$admin/admin/v1/config" > /dev/null
+    if ! answer=$(curl -sS -X PUT -H 'content-type: application/yaml' --data-binary @"${configs[$j]}" \
+      -w '\n%{http_code}' "http://127.0.0.1:$admin/admin/v1/config"); then
+      echo "the admin API did not answer" >&2
+      exit 1
+    fi
+    if [ "${answer##*$'\n'}" != 200 ]; then
+      echo "PUT ${configs[$j]} refused: $answer" >&2
+      exit 1
+    fi
     load 1
     threads > "$dir/before"
     load "$secs"

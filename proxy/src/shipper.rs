@@ -21,8 +21,9 @@ struct Batch {
 struct Flags {
     /// The handle is dropped: the thread ends.
     stop: AtomicBool,
-    /// The thread sleeps out a backoff and sends nothing before it ends: a batch handed over
-    /// meanwhile needs no wakeup (it finds the batch queued when it looks next).
+    /// The thread is trying a failed batch again (sending it, or sleeping out a backoff) and
+    /// takes no other before it is through: a batch handed over meanwhile needs no wakeup (it
+    /// finds the batch queued when it looks next).
     resting: AtomicBool,
 }
 
@@ -157,9 +158,9 @@ impl Shipper {
         // formatted (its CPU a request 0.09 against 0.12-0.13 us: `perf/results/monitoring`).
         // A thread already sending finds the wakeup kept and looks at the queue once more; a
         // full queue hands over nothing and wakes no one, and neither does a batch handed over
-        // while the thread sleeps out a backoff (a collector away for minutes costs a wakeup
-        // per try, not one per batch). The fence pairs with the thread's as it stops resting:
-        // either this sees it awake, or it sees this batch queued.
+        // while the thread tries a failed one again (a collector away for minutes costs a
+        // wakeup per try, not one per batch). The fence pairs with the thread's as it stops
+        // resting: either this sees it awake, or it sees this batch queued.
         std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(t) = self.thread.as_ref().filter(|_| !self.flags.resting.load(Ordering::Relaxed)) {
             t.thread().unpark();
@@ -319,7 +320,8 @@ fn settle(
                 // Never the same batch twice on one connection.
                 *conn = None;
                 // Parked for the whole backoff (stopping unparks it; batches handed over
-                // meanwhile do not): a collector away for minutes costs a wakeup per try.
+                // meanwhile do not, until this batch is through): a collector away for minutes
+                // costs a wakeup per try.
                 let until = Instant::now() + backoff;
                 flags.resting.store(true, Ordering::Relaxed);
                 while Instant::now() < until {
@@ -328,14 +330,17 @@ fn settle(
                     }
                     std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
                 }
-                flags.resting.store(false, Ordering::Relaxed);
-                std::sync::atomic::fence(Ordering::SeqCst);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
         reused = false;
         sent = send(s, conn, &body, kind);
     };
+    // Through with this batch: batches handed over from now on wake the thread again; the fence
+    // pairs with the log thread's (it sees this, or the thread's next look at the queue sees
+    // its batch).
+    flags.resting.store(false, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::SeqCst);
     // Sent (or refused for good): the blocks' buffers serve the workers again.
     drop(body);
     for part in batch.parts {

@@ -111,13 +111,19 @@ where
 /// thread back: threads a library starts inside `f` (the store's flushes and compactions, made
 /// as it opens) inherit the background CPUs, while those started after it keep the caller's.
 pub fn on_background_cpus<T>(f: impl FnOnce() -> T) -> T {
+    /// Moves the thread back when dropped, so also when `f` unwinds.
+    struct Back(Vec<usize>);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if !pin_to_set(&self.0) {
+                log::warn!("cannot move the thread back to CPUs {:?}: {}", self.0, io::Error::last_os_error());
+            }
+        }
+    }
     let before = allowed_cpus();
     let moved = !BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && place_background();
-    let out = f();
-    if moved && !pin_to_set(&before) {
-        log::warn!("cannot move the thread back to CPUs {before:?}: {}", io::Error::last_os_error());
-    }
-    out
+    let _back = moved.then_some(Back(before));
+    f()
 }
 
 /// Moves the calling thread to the background CPUs, if any are set; false (and a warning) when
