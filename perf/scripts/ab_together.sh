@@ -23,6 +23,8 @@
 # The origin must listen where the configs point (e.g. `ringway-perf origin --listen
 # 127.0.0.1:18081 --body-size 13 --threads 1`, pinned to core 1); the path is /bench/x.
 set -euo pipefail
+# shellcheck source=cpu_per_request.sh
+. "$(dirname "$0")/cpu_per_request.sh"
 perf=$1; rounds=$2; secs=$3; shift 3
 dir=$(mktemp -d)
 pids=(); ports=(); names=()
@@ -52,8 +54,6 @@ for side in "$@"; do
   i=$((i + 1))
 done
 if [ -z "${FRESH:-}" ]; then for j in "${!names[@]}"; do ready "$j"; done; fi
-# Per thread: name and CPU nanoseconds.
-threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
 # One side's load for SECS seconds.
 load() {
   taskset -c 1 "$perf" load --url "http://127.0.0.1:${ports[$1]}/bench/x" --connections 50 \
@@ -64,14 +64,7 @@ report() {
   local j=$1 r=$2
   threads "${pids[$j]}" > "$dir/after.$j"
   n=$(awk '/^requests/{print $2}' "$dir/load.$j")
-  # Threads are matched by name (a thread started during the round counts from zero).
-  awk -v n="$n" -v r="$r" -v side="${names[$j]}" -v secs="$secs" '
-    NR == FNR { before[$1] += $2; next }
-    { after[$1] += $2 }
-    END {
-      for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
-      printf "%s %s %.3f%s krps=%.2f\n", r, side, total, parts, n / secs / 1000
-    }' "$dir/before.$j" "$dir/after.$j" | tee -a "$dir/rounds"
+  cpu_report "$dir/before.$j" "$dir/after.$j" "$n" "$r" "${names[$j]}" "$secs" | tee -a "$dir/rounds"
 }
 for r in $(seq 1 "$rounds"); do
   if [ -n "${ALONE:-}" ]; then

@@ -15,6 +15,8 @@
 #          ship=ship.yaml stats=off.yaml
 # The origin must listen where the configs point (as for `ab_together.sh`); the path is /bench/x.
 set -euo pipefail
+# shellcheck source=cpu_per_request.sh
+. "$(dirname "$0")/cpu_per_request.sh"
 perf=$1; gw=$2; rounds=$3; secs=$4
 names=("${5%%=*}" "${6%%=*}"); configs=("${5#*=}" "${6#*=}"); shift 6
 dir=$(mktemp -d)
@@ -46,8 +48,6 @@ start() {
   exit 1
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=0; }
-# Per thread: name and CPU nanoseconds.
-threads() { for t in /proc/"$pid"/task/*; do echo "$(tr ' ' _ < "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done; }
 load() {
   taskset -c 1 "$perf" load --url "http://127.0.0.1:$port/bench/x" --connections 50 --duration "$1" > "$dir/load" 2>&1
 }
@@ -71,17 +71,11 @@ for r in $(seq 1 "$rounds"); do
       exit 1
     fi
     load 1
-    threads > "$dir/before"
+    threads "$pid" > "$dir/before"
     load "$secs"
-    threads > "$dir/after"
+    threads "$pid" > "$dir/after"
     n=$(awk '/^requests/{print $2}' "$dir/load")
-    awk -v n="$n" -v r="$r" -v side="${names[$j]}" -v secs="$secs" '
-      NR == FNR { before[$1] += $2; next }
-      { after[$1] += $2 }
-      END {
-        for (t in after) { us = (after[t] - before[t]) / 1000 / n; total += us; if (us >= 0.05) parts = parts sprintf(" %s=%.2f", t, us) }
-        printf "%s %s %.3f%s krps=%.2f\n", r, side, total, parts, n / secs / 1000
-      }' "$dir/before" "$dir/after" | tee -a "$dir/rounds"
+    cpu_report "$dir/before" "$dir/after" "$n" "$r" "${names[$j]}" "$secs" | tee -a "$dir/rounds"
   done
 done
 python3 - "$dir/rounds" "${names[1]}" "${names[0]}" <<'EOF'

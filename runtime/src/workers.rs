@@ -121,8 +121,7 @@ pub fn on_background_cpus<T>(f: impl FnOnce() -> T) -> T {
         }
     }
     let before = allowed_cpus();
-    let moved = !BACKGROUND_CPUS.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && place_background();
-    let _back = moved.then_some(Back(before));
+    let _back = place_background().then_some(Back(before));
     f()
 }
 

@@ -168,6 +168,25 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Each thread of the gateway: its name (`main` for the process's first thread) and its
+    /// `/proc/PID/task/TID/status`.
+    pub fn threads(&self) -> Vec<(String, String)> {
+        let pid = self.pid().to_string();
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's tasks").flatten() {
+            let (Ok(comm), Ok(status)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("status")),
+            ) else {
+                // A thread that ended meanwhile.
+                continue;
+            };
+            let main = task.file_name().to_str() == Some(pid.as_str());
+            out.push((if main { "main".to_string() } else { comm.trim().to_string() }, status));
+        }
+        out
+    }
+
     /// Everything the gateway logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -107,29 +107,13 @@ fn runs_on_the_epoll_driver_when_asked_and_says_so() {
     assert!(gw.logged("driver io_uring"), "{}", gw.log());
 }
 
-/// Each thread of process `pid`: its name (`main` for the process's first thread) and the CPUs
-/// it may run on.
-fn threads_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
-    let list = |s: &str| -> Vec<usize> {
-        s.split(',')
-            .flat_map(|part| {
-                let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-                lo.trim().parse::<usize>().unwrap()..=hi.trim().parse::<usize>().unwrap()
-            })
-            .collect()
+/// Each thread of the gateway (`main` for the first): its name and the CPUs it may run on.
+fn threads_cpus(gw: &Gateway) -> Vec<(String, Vec<usize>)> {
+    let cpus = |status: &str| {
+        let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+        ringway_runtime::parse_cpu_list(list).expect("a list of CPUs")
     };
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let (Ok(comm), Ok(status)) =
-            (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("status")))
-        else {
-            continue;
-        };
-        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(list).unwrap();
-        let main = task.file_name().to_str() == Some(pid.to_string().as_str());
-        out.push((if main { "main".to_string() } else { comm.trim().to_string() }, cpus));
-    }
-    out
+    gw.threads().into_iter().map(|(name, status)| (name, cpus(&status))).collect()
 }
 
 #[test]
@@ -140,7 +124,7 @@ fn background_threads_run_on_the_cpus_named_for_them() {
     let cfg = single(&[up.addr], "", "");
     let gw = Gateway::start_with(&cfg, &default_driver(), &["--background-cpus", &last.to_string()]);
     assert_eq!(Client::connect(gw.addr).get("/").status, 200);
-    let threads = threads_cpus(gw.pid());
+    let threads = threads_cpus(&gw);
     let on = |name: &str| threads.iter().find(|(n, _)| n == name).map(|(_, c)| c.clone());
     // The store's own threads too, started as it opened (RocksDB names them on glibc; with its
     // default of two background jobs, one flushes on `rocksdb:high`).
@@ -154,7 +138,7 @@ fn background_threads_run_on_the_cpus_named_for_them() {
     drop(gw);
     // `any`: wherever the process may run.
     let gw = Gateway::start_with(&cfg, &default_driver(), &["--background-cpus", "any"]);
-    assert_eq!(threads_cpus(gw.pid()).iter().find(|(n, _)| n == "access-log").map(|(_, c)| c.clone()), Some(mine));
+    assert_eq!(threads_cpus(&gw).iter().find(|(n, _)| n == "access-log").map(|(_, c)| c.clone()), Some(mine));
     drop(gw);
     // A CPU the machine does not have is refused before anything starts.
     let (status, log) = match Gateway::try_start(&cfg, &default_driver(), &["--background-cpus", "0,99999"]) {

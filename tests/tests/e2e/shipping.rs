@@ -45,6 +45,13 @@ fn wait_records(collector: &Upstream, accepted: impl Fn(&Upstream) -> Vec<Value>
     }
 }
 
+/// The gateway's shipping figures from `/admin/v1/status`: shipped, dropped, failed batches.
+fn shipping_figures(gw: &Gateway) -> (u64, u64, u64) {
+    let st = gw.admin("GET", "/admin/v1/status", None).json();
+    let get = |k: &str| st["log_shipping"][k].as_u64().unwrap();
+    (get("shipped"), get("dropped"), get("failed_batches"))
+}
+
 fn shipping_config(origin: std::net::SocketAddr, collector: std::net::SocketAddr, extra: &str) -> String {
     format!(
         "{}log_shipping: {{endpoint: \"http://{collector}/ingest\", flush_every: \"50ms\", batch_max: 50{extra}}}\n",
@@ -115,11 +122,7 @@ fn a_collector_that_recovers_gets_the_queue_and_a_full_queue_counts_what_it_drop
         assert_eq!(client.get(&format!("/r{i}")).status, 200);
     }
     // Down: the batch in hand is tried again and again; the queue holds 100; the rest drop.
-    let figures = || {
-        let st = gw.admin("GET", "/admin/v1/status", None).json();
-        let get = |k: &str| st["log_shipping"][k].as_u64().unwrap();
-        (get("shipped"), get("dropped"), get("failed_batches"))
-    };
+    let figures = || shipping_figures(&gw);
     let deadline = Instant::now() + Duration::from_secs(10);
     while figures().2 == 0 || figures().1 == 0 {
         assert!(Instant::now() < deadline, "no failed batch or no drop: {:?}", figures());
@@ -158,14 +161,9 @@ fn a_collector_that_recovers_gets_the_queue_and_a_full_queue_counts_what_it_drop
 
 /// The voluntary context switches of the gateway's `log-shipper` thread so far.
 fn shipper_switches(gw: &Gateway) -> u64 {
-    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).unwrap().flatten() {
-        if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "log-shipper") {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
-            let v = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).unwrap();
-            return v.trim().parse().unwrap();
-        }
-    }
-    panic!("no log-shipper thread");
+    let (_, status) = gw.threads().into_iter().find(|(n, _)| n == "log-shipper").expect("a log-shipper thread");
+    let v = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).unwrap();
+    v.trim().parse().unwrap()
 }
 
 #[test]
@@ -182,11 +180,7 @@ fn batches_handed_over_during_a_backoff_wait_without_waking_the_shipper_and_all_
     );
     let gw = Gateway::start_with(&cfg, &ringway_tests::gateway::default_driver(), &["--workers", "1"]);
     let mut client = Client::connect(gw.addr);
-    let figures = || {
-        let st = gw.admin("GET", "/admin/v1/status", None).json();
-        let get = |k: &str| st["log_shipping"][k].as_u64().unwrap();
-        (get("shipped"), get("dropped"), get("failed_batches"))
-    };
+    let figures = || shipping_figures(&gw);
     assert_eq!(client.get("/first").status, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while figures().2 == 0 {
